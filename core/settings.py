@@ -1,0 +1,276 @@
+"""refitd's one configuration object.
+
+Sources, highest first: arguments given to :meth:`Settings.load`, environment
+variables ``REFITD_*`` (nested with ``__``: ``REFITD_SERVING__PORT=9000``), then
+the TOML file (``--config``, else ``$REFITD_CONFIG``, else ``<home>/refitd.toml``).
+Build it once at an entry point and pass it down.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from core.errors import ConfigError
+
+_toml_path: ContextVar[Path | None] = ContextVar("refitd_toml_path", default=None)
+
+
+def default_home() -> Path:
+    """State directory: ``$REFITD_HOME``, else systemd's ``$STATE_DIRECTORY``, else ~/.local/share/refitd."""
+    if os.environ.get("REFITD_HOME"):
+        return Path(os.environ["REFITD_HOME"]).expanduser()
+    if os.environ.get("STATE_DIRECTORY"):
+        # systemd may pass several colon-separated directories; the first is ours.
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    return Path("~/.local/share/refitd").expanduser()
+
+
+class ModelSection(BaseModel):
+    name: str = Field("refitd", description="Model name served under /v2/models/{name}.")
+    base_model: Path | None = Field(
+        None,
+        description="Local Hugging Face model folder to fine-tune from; unset = the bundled all-MiniLM-L6-v2.",
+    )
+    max_length: int = Field(64, description="Maximum tokens per text, for training and serving.")
+
+    @field_validator("max_length")
+    @classmethod
+    def _max_length(cls, v: int) -> int:
+        if not 8 <= v <= 512:
+            raise ValueError(f"model.max_length must be between 8 and 512; got {v}")
+        return v
+
+    @field_validator("base_model")
+    @classmethod
+    def _base_model(cls, v: Path | None) -> Path | None:
+        if v is not None and not (Path(v).expanduser() / "config.json").is_file():
+            raise ValueError(
+                f"model.base_model must be a local Hugging Face model folder with a config.json; "
+                f"{v} has none"
+            )
+        return None if v is None else Path(v).expanduser()
+
+
+class TrainingSection(BaseModel):
+    data: Path | None = Field(
+        None, description="CSV / JSONL / Parquet file of labelled texts; unset = the bundled tweet corpus."
+    )
+    text_column: str = Field("text", description="Column holding the text in `data`.")
+    label_column: str = Field("label", description="Column holding the label in `data`.")
+    topics: list[str] = Field(
+        ["airline"], description="Bundled corpus only: topics to train the first model on."
+    )
+    max_train_rows: int | None = Field(
+        3000, description="Cap on training rows (a stratified sample); unset = all."
+    )
+    validation_fraction: float = Field(0.1, description="Share of rows held out for validation.")
+    test_fraction: float = Field(0.15, description="Share of rows in the frozen test set.")
+    epochs: float = Field(2.0, description="Training epochs.")
+    batch_size: int = Field(32, description="Training batch size.")
+    learning_rate: float = Field(5e-5, description="Peak learning rate.")
+    weight_decay: float = Field(0.01, description="L2 weight decay.")
+    warmup_ratio: float = Field(0.06, description="Share of steps used for linear warm-up.")
+    lr_scheduler: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="Learning-rate decay after warm-up."
+    )
+    optimizer: Literal["adamw", "sgd", "rmsprop"] = Field("adamw", description="Optimizer.")
+    freeze_embeddings: bool = Field(True, description="Keep the embedding layer frozen.")
+    freeze_layers: int = Field(3, description="Number of lowest encoder layers kept frozen.")
+    dropout: float | None = Field(None, description="Hidden dropout; unset = the model's own.")
+    label_smoothing: float = Field(0.0, description="Label smoothing factor.")
+    early_stopping_patience: int = Field(
+        2, description="Evaluations without a macro-F1 gain before training stops."
+    )
+    seed: int = Field(42, description="Random seed for sampling, splits and training.")
+    threads: int | None = Field(None, description="CPU threads for training; unset = all cores.")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainingSection:
+        if self.batch_size < 1:
+            raise ValueError(f"training.batch_size must be ≥ 1; got {self.batch_size}")
+        if self.epochs <= 0:
+            raise ValueError(f"training.epochs must be > 0; got {self.epochs}")
+        if not 0 < self.learning_rate < 1:
+            raise ValueError(f"training.learning_rate must be in (0, 1); got {self.learning_rate}")
+        if not 0 <= self.freeze_layers <= 48:
+            raise ValueError(f"training.freeze_layers must be between 0 and 48; got {self.freeze_layers}")
+        if self.validation_fraction + self.test_fraction >= 0.8:
+            raise ValueError(
+                "training.validation_fraction + training.test_fraction must leave ≥ 20% for training; "
+                f"got {self.validation_fraction} + {self.test_fraction}"
+            )
+        if self.max_train_rows is not None and self.max_train_rows < 50:
+            raise ValueError(f"training.max_train_rows must be ≥ 50 or unset; got {self.max_train_rows}")
+        return self
+
+
+class ServingSection(BaseModel):
+    host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
+    port: int = Field(8000, description="Port the HTTP server listens on.")
+    provider: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="ONNX Runtime device: auto = CUDA when onnxruntime-gpu sees a GPU, else CPU."
+    )
+    threads: int | None = Field(None, description="ONNX Runtime intra-op threads; unset = all cores.")
+    max_batch_size: int = Field(32, description="Most texts the batcher runs in one session call.")
+    max_wait_ms: float = Field(5.0, description="Longest a request waits for others to fill a batch.")
+    queue_size: int = Field(1024, description="Most texts waiting; beyond it requests get 503.")
+    request_timeout_s: float = Field(10.0, description="Longest a request waits for its answer.")
+    max_texts_per_request: int = Field(256, description="Most texts in one request.")
+    max_text_chars: int = Field(10_000, description="Most characters in one text.")
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token for /v1/admin/*; unset = admin routes disabled."
+    )
+    poll_interval_s: float = Field(5.0, description="How often the server checks the registry for a new champion.")
+
+    @model_validator(mode="after")
+    def _check(self) -> ServingSection:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"serving.port must be between 0 and 65535; got {self.port}")
+        if self.max_batch_size < 1:
+            raise ValueError(f"serving.max_batch_size must be ≥ 1; got {self.max_batch_size}")
+        if self.queue_size < self.max_batch_size:
+            raise ValueError(
+                f"serving.queue_size must be ≥ serving.max_batch_size ({self.max_batch_size}); got {self.queue_size}"
+            )
+        return self
+
+
+class DriftSection(BaseModel):
+    window_size: int = Field(1000, description="Current window: the last N predictions.")
+    min_window: int = Field(200, description="A window smaller than this is 'insufficient data', never drift.")
+    reference_size: int = Field(2000, description="Rows of the champion's training data used as reference.")
+
+    @model_validator(mode="after")
+    def _check(self) -> DriftSection:
+        if self.min_window < 30:
+            raise ValueError(f"drift.min_window must be ≥ 30; got {self.min_window}")
+        if self.window_size < self.min_window:
+            raise ValueError(
+                f"drift.window_size must be ≥ drift.min_window ({self.min_window}); got {self.window_size}"
+            )
+        return self
+
+
+class SchedulerSection(BaseModel):
+    drift_interval_minutes: float = Field(10.0, description="Minutes between drift checks.")
+    refit_cron: str | None = Field(None, description="Cron expression for scheduled refits; unset = none.")
+    label_trigger: int | None = Field(
+        None, description="Refit once this many new labels arrived since the champion was trained; unset = off."
+    )
+
+
+class DatabaseSection(BaseModel):
+    url: str | None = Field(
+        None,
+        description="SQLAlchemy URL (sqlite:///… or postgresql+psycopg://…); unset = SQLite in the state directory.",
+    )
+    echo: bool = Field(False, description="Log every SQL statement.")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("sqlite:", "postgresql")):
+            raise ValueError(
+                f"database.url must start with sqlite:/// or postgresql+psycopg://; got {v.split(':')[0]}:…"
+            )
+        if v is not None and v.startswith("postgresql://"):
+            v = "postgresql+psycopg://" + v.removeprefix("postgresql://")
+        return v
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="REFITD_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    home: Path = Field(default_factory=default_home, description="State directory: database, models, reports.")
+    log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
+    model: ModelSection = Field(default_factory=ModelSection, description="The model being served and refit.")
+    training: TrainingSection = Field(default_factory=TrainingSection, description="Fine-tuning.")
+    serving: ServingSection = Field(default_factory=ServingSection, description="HTTP serving.")
+    drift: DriftSection = Field(default_factory=DriftSection, description="Drift watch.")
+    scheduler: SchedulerSection = Field(default_factory=SchedulerSection, description="Scheduled jobs.")
+    database: DatabaseSection = Field(default_factory=DatabaseSection, description="The SQL store.")
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        if v.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError(f"log_level must be one of DEBUG, INFO, WARNING, ERROR; got {v!r}")
+        return v.upper()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = _toml_path.get()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: Path | str | None = None, **overrides: Any) -> Settings:
+        """Build settings from overrides, env and TOML; raise ConfigError saying what to fix."""
+        path = _find_config(config_file, overrides.get("home"))
+        token = _toml_path.set(path)
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg'].removeprefix('Value error, ')}"
+                for e in exc.errors()
+            )
+            where = f" (config file {path})" if path else ""
+            raise ConfigError(problems + where) from None
+        finally:
+            _toml_path.reset(token)
+
+    # Derived locations ---------------------------------------------------------------
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{self.home / 'refitd.db'}"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.home / "spool"
+
+
+def _find_config(config_file: Path | str | None, home: Any) -> Path | None:
+    if config_file is not None:
+        path = Path(config_file).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    if os.environ.get("REFITD_CONFIG"):
+        path = Path(os.environ["REFITD_CONFIG"]).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"REFITD_CONFIG points at {path}, which does not exist")
+        return path
+    candidate = (Path(home).expanduser() if home else default_home()) / "refitd.toml"
+    return candidate if candidate.is_file() else None

@@ -1,0 +1,150 @@
+"""SQLModel tables: one class per entity.
+
+The schema itself is owned by the Alembic migrations in ``core/migrations``;
+these classes must match them (a test compares the two).
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, LargeBinary, text
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_prediction_id() -> str:
+    return uuid.uuid4().hex
+
+
+class VersionStatus(str, enum.Enum):
+    candidate = "candidate"
+    champion = "champion"
+    archived = "archived"
+    rejected = "rejected"
+
+
+class ModelVersion(SQLModel, table=True):
+    """One trained model: what it is, where it came from, how good it is."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        # The database itself allows at most one champion (SQLite and PostgreSQL partial index).
+        Index(
+            "ix_model_versions_one_champion",
+            "status",
+            unique=True,
+            sqlite_where=text("status = 'champion'"),
+            postgresql_where=text("status = 'champion'"),
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    version: str = Field(index=True, unique=True, max_length=32)
+    status: str = Field(default=VersionStatus.candidate.value, max_length=16, index=True)
+    parent: str | None = Field(default=None, max_length=32)
+    artifact_uri: str | None = Field(default=None, max_length=1024)
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    data_digest: str | None = Field(default=None, max_length=128)
+    data_counts: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    gate_reason: str | None = None
+    flow_run_id: str | None = Field(default=None, max_length=64)
+    code_version: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+    promoted_at: datetime | None = None
+
+
+class Prediction(SQLModel, table=True):
+    """One answered text, logged for drift checks and for joining feedback labels."""
+
+    __tablename__ = "predictions"
+
+    id: str = Field(default_factory=new_prediction_id, primary_key=True, max_length=32)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    model_version: str = Field(index=True, max_length=32)
+    text: str
+    label: str = Field(max_length=64)
+    scores: dict[str, float] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    confidence: float
+    latency_ms: float
+    embedding: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+
+
+class Feedback(SQLModel, table=True):
+    """A ground-truth label, for a logged prediction or for a bare text."""
+
+    __tablename__ = "feedback"
+
+    id: int | None = Field(default=None, primary_key=True)
+    prediction_id: str | None = Field(default=None, index=True, unique=True, max_length=32)
+    text: str | None = None
+    label: str = Field(max_length=64)
+    source: str = Field(default="api", max_length=32)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class DriftCheck(SQLModel, table=True):
+    """One drift check over a window of production traffic."""
+
+    __tablename__ = "drift_checks"
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    model_version: str | None = Field(default=None, max_length=32)
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+    window_size: int = 0
+    verdict: str = Field(max_length=32)
+    signals: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    reason: str = ""
+    report_path: str | None = Field(default=None, max_length=1024)
+    duration_s: float | None = None
+
+
+class RefitRun(SQLModel, table=True):
+    """One run of the training flow (the first fit or a refit) and its outcome."""
+
+    __tablename__ = "refit_runs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    finished_at: datetime | None = None
+    trigger: str = Field(max_length=32)
+    status: str = Field(default="running", max_length=16, index=True)
+    flow_run_id: str | None = Field(default=None, max_length=64)
+    candidate_version: str | None = Field(default=None, max_length=32)
+    verdict: str | None = Field(default=None, max_length=16)
+    reason: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class Event(SQLModel, table=True):
+    """The audit trail: what happened, to what, who did it and why, in words."""
+
+    __tablename__ = "events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    kind: str = Field(index=True, max_length=64)
+    subject: str | None = Field(default=None, max_length=128)
+    actor: str = Field(default="refitd", max_length=64)
+    reason: str = ""
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class RegistryLock(SQLModel, table=True):
+    """A single row every registry write updates first, serialising them across processes."""
+
+    __tablename__ = "registry_lock"
+
+    id: int = Field(default=1, primary_key=True)
+    holder: str | None = Field(default=None, max_length=128)
+    held_at: datetime | None = None

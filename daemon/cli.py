@@ -1,0 +1,283 @@
+"""The ``refitd`` command line.
+
+Each command is its own composition root: it builds Settings once from
+``--config`` / ``--home`` / env / TOML and passes them down. Training runs in
+a child process (``python -m flows …``): this process never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from core.errors import RefitdError
+from core.logs import configure_logging
+from core.settings import Settings
+
+app = typer.Typer(help="refitd: serve a fine-tuned classifier, watch it drift, refit and promote.", no_args_is_help=True)
+models_app = typer.Typer(help="Model versions in the registry.", no_args_is_help=True)
+db_app = typer.Typer(help="The SQL store.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(db_app, name="db")
+
+console = Console()
+err = Console(stderr=True)
+log = logging.getLogger("refitd")
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    obj = ctx.find_root().obj or {}
+    overrides: dict[str, Any] = {}
+    if obj.get("home") is not None:
+        overrides["home"] = obj["home"]
+    settings = Settings.load(obj.get("config"), **overrides)
+    configure_logging(obj.get("log_level") or settings.log_level)
+    return settings
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option(help="refitd.toml to read (default: $REFITD_CONFIG, <home>/refitd.toml).")] = None,
+    home: Annotated[Path | None, typer.Option(help="State directory (default: $REFITD_HOME, $STATE_DIRECTORY, ~/.local/share/refitd).")] = None,
+    log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = None,
+) -> None:
+    ctx.obj = {"config": config, "home": home, "log_level": log_level}
+
+
+# db ---------------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade(ctx: typer.Context) -> None:
+    """Apply database migrations up to the newest schema."""
+    from core.db import make_engine, upgrade
+
+    settings = _settings(ctx)
+    revision = upgrade(make_engine(settings.database_url))
+    console.print(f"database at revision [bold]{revision}[/] ({_safe_url(settings.database_url)})")
+
+
+@db_app.command("current")
+def db_current(ctx: typer.Context) -> None:
+    """Show the schema revision the database is at."""
+    from core.db import current_revision, head_revision, make_engine
+
+    settings = _settings(ctx)
+    current = current_revision(make_engine(settings.database_url))
+    console.print(f"current {current or '(empty)'}; newest {head_revision()}")
+
+
+# init -------------------------------------------------------------------------------------
+
+
+@app.command()
+def init(
+    ctx: typer.Context,
+    data: Annotated[Path | None, typer.Option(help="CSV / JSONL / Parquet file of labelled texts.")] = None,
+    base_model: Annotated[Path | None, typer.Option(help="Local Hugging Face model folder to fine-tune.")] = None,
+    quick: Annotated[bool, typer.Option(help="Train a few hundred examples (about a minute).")] = False,
+) -> None:
+    """Create the state directory and database, fine-tune v1, evaluate it and promote it."""
+    from core.db import make_engine, upgrade
+
+    settings = _settings(ctx)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    upgrade(make_engine(settings.database_url))
+    args = ["init"] + (["--quick"] if quick else [])
+    if data is not None:
+        args += ["--data", str(data.expanduser().resolve())]
+    if base_model is not None:
+        args += ["--base-model", str(base_model.expanduser().resolve())]
+    result = run_flow(ctx, settings, args)
+    _print_init(result)
+    if not result.get("promoted"):
+        raise typer.Exit(1)
+
+
+def run_flow(ctx: typer.Context, settings: Settings, args: list[str]) -> dict[str, Any]:
+    """Run ``python -m flows ARGS`` with this command's settings; return its JSON summary."""
+    obj = ctx.find_root().obj or {}
+    with tempfile.TemporaryDirectory(prefix="refitd-flow-") as tmp:
+        result_file = Path(tmp) / "result.json"
+        cmd = [sys.executable, "-m", "flows", "--home", str(settings.home), "--result-file", str(result_file)]
+        if obj.get("config") is not None:
+            cmd += ["--config", str(obj["config"])]
+        console.print(f"[dim]running flow: {' '.join(args)}[/]")
+        code = subprocess.call(cmd + args, stdout=subprocess.DEVNULL)
+        if not result_file.is_file():
+            err.print(f"[red]the flow process exited with code {code} before reporting a result[/]")
+            raise typer.Exit(2)
+        result = json.loads(result_file.read_text())
+    if "error" in result:
+        err.print(f"[red]{result['error']}[/]")
+        raise typer.Exit(2)
+    return result
+
+
+def _print_init(result: dict[str, Any]) -> None:
+    table = Table(title=f"{result['version']}: frozen test set (n={result['after']['n']})")
+    table.add_column("metric")
+    for name in ("majority baseline", "base model, fresh head", result["version"]):
+        table.add_column(name, justify="right")
+    for metric in ("accuracy", "macro_precision", "macro_recall", "macro_f1"):
+        table.add_row(
+            metric,
+            f"{result['baseline'][metric]:.3f}",
+            f"{result['before'][metric]:.3f}",
+            f"{result['after'][metric]:.3f}",
+        )
+    console.print(table)
+    colour = "green" if result["promoted"] else "red"
+    console.print(f"[{colour}]{result['reason']}[/]  (training {result['train_seconds']:.0f} s)")
+
+
+# serve / predict --------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default serving.host, 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default serving.port).")] = None,
+) -> None:
+    """Serve the champion over HTTP (JSON API and Open Inference Protocol V2)."""
+    from serving.server import serve as run_server
+
+    run_server(_settings(ctx), host=host, port=port)
+
+
+@app.command()
+def predict(
+    ctx: typer.Context,
+    texts: Annotated[list[str], typer.Argument(help="Texts to classify.")],
+    url: Annotated[str | None, typer.Option(help="Server URL (default: http://serving.host:serving.port).")] = None,
+) -> None:
+    """Classify texts: through the server when one is up, else with the champion loaded here."""
+    import httpx
+
+    settings = _settings(ctx)
+    base = url or f"http://{settings.serving.host}:{settings.serving.port}"
+    try:
+        response = httpx.post(f"{base}/v1/predict", json={"texts": texts}, timeout=30)
+        if response.status_code != 200:
+            err.print(f"[red]{response.status_code}: {response.json().get('error', response.text)}[/]")
+            raise typer.Exit(1)
+        predictions, where = response.json()["predictions"], f"server {base}"
+    except httpx.TransportError:
+        predictions, where = _predict_locally(settings, texts), "champion loaded locally (not logged)"
+    table = Table(title=f"answered by {where}")
+    for col in ("text", "label", "confidence", "version", "prediction id"):
+        table.add_column(col)
+    for text, p in zip(texts, predictions, strict=True):
+        table.add_row(text[:60], p["label"], f"{max(p['scores'].values()):.3f}", p["model_version"], p.get("prediction_id") or "-")
+    console.print(table)
+
+
+def _predict_locally(settings: Settings, texts: list[str]) -> list[dict[str, Any]]:
+    from core import registry
+    from core.artifacts import ArtifactStore
+    from core.db import make_engine, session_scope
+    from core.errors import NoChampionError
+    from serving.runtime import OnnxClassifier
+
+    with session_scope(make_engine(settings.database_url)) as session:
+        champion = registry.get_champion(session)
+    if champion is None:
+        raise NoChampionError()
+    runtime = OnnxClassifier(champion.version, ArtifactStore(settings.models_dir).path(champion.version), provider=settings.serving.provider)
+    runtime.load()
+    batch = runtime.predict(texts)
+    return [
+        {"label": lbl, "scores": dict(zip(runtime.labels, map(float, s), strict=True)), "model_version": champion.version, "prediction_id": None}
+        for lbl, s in zip(batch.labels, batch.scores, strict=True)
+    ]
+
+
+# models / status --------------------------------------------------------------------------
+
+
+@models_app.command("list")
+def models_list(ctx: typer.Context, limit: Annotated[int, typer.Option(help="Most rows.")] = 20) -> None:
+    """Versions, newest first, with status and test metrics."""
+    from core import registry
+    from core.db import make_engine, session_scope
+
+    settings = _settings(ctx)
+    with session_scope(make_engine(settings.database_url)) as session:
+        rows = registry.list_versions(session, limit=limit)
+    table = Table(title="model versions")
+    for col in ("version", "status", "parent", "test acc", "test macro-F1", "created", "reason"):
+        table.add_column(col)
+    for mv in rows:
+        test = mv.metrics.get("test", {})
+        table.add_row(
+            mv.version, mv.status, mv.parent or "-", _fmt(test.get("accuracy")), _fmt(test.get("macro_f1")),
+            mv.created_at.strftime("%Y-%m-%d %H:%M"), (mv.gate_reason or "")[:70],
+        )
+    console.print(table)
+
+
+@app.command()
+def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """Champion and its test metrics, counts, recent events."""
+    from daemon.report import gather_status
+
+    settings = _settings(ctx)
+    info = gather_status(settings)
+    if as_json:
+        console.print_json(json.dumps(info, default=str))
+        return
+    champ = info["champion"]
+    if champ is None:
+        console.print("[yellow]no champion yet: run `refitd init`[/]")
+    else:
+        console.print(
+            f"champion [bold]{champ['version']}[/] (promoted {champ['promoted_at']}): "
+            f"test accuracy {_fmt(champ['test_accuracy'])}, macro-F1 {_fmt(champ['test_macro_f1'])}"
+        )
+    console.print("counts: " + ", ".join(f"{k} {v}" for k, v in info["counts"].items()))
+    for ev in info["events"]:
+        console.print(f"  {ev['created_at']}  {ev['kind']:<12} {ev['subject'] or '':<6} {ev['reason']}")
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+# not built yet ----------------------------------------------------------------------------
+
+
+def _not_built(name: str, issue: str) -> None:
+    @app.command(name, help=f"Not built yet ({issue}).", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def _cmd(ctx: typer.Context) -> None:
+        err.print(f"`refitd {name}` is not built yet ({issue}).")
+        raise typer.Exit(2)
+
+
+for _name, _issue in (("run", "the daemon"), ("refit", "the refit flow"), ("drift", "the drift watch"),
+                      ("demo", "the demo"), ("feedback", "feedback from the CLI")):
+    _not_built(_name, _issue)
+
+
+def main() -> None:
+    try:
+        app()
+    except RefitdError as exc:
+        err.print(f"[red]{exc}[/]")
+        sys.exit(2)

@@ -1,0 +1,94 @@
+"""Export a fine-tuned classifier to ONNX (logits + pooled embedding) and check parity."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from transformers import PreTrainedModel
+
+from core.encoding import encode, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+INPUTS = ["input_ids", "attention_mask"]
+OUTPUTS = ["logits", "embedding"]
+
+
+class ParityError(RuntimeError):
+    """The exported graph does not compute what the torch model computes."""
+
+
+class _WithEmbedding(torch.nn.Module):
+    """Class logits plus the mean-pooled last hidden state (the sentence embedding)."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        hidden = out.hidden_states[-1]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        embedding = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-6)
+        return out.logits, embedding
+
+
+def export_onnx(model: PreTrainedModel, tokenizer: Any, path: Path, *, max_length: int) -> Path:
+    """Write ``path`` with dynamic batch and sequence axes."""
+    model = model.to("cpu").eval()
+    sample = tokenizer(["a short example", "a somewhat longer example sentence here"], padding=True, return_tensors="pt")
+    args = (sample["input_ids"], sample["attention_mask"])
+    dynamic = {name: {0: "batch", 1: "sequence"} for name in INPUTS}
+    dynamic.update({"logits": {0: "batch"}, "embedding": {0: "batch"}})
+    with torch.no_grad():
+        torch.onnx.export(
+            _WithEmbedding(model),
+            args,
+            str(path),
+            input_names=INPUTS,
+            output_names=OUTPUTS,
+            dynamic_axes=dynamic,
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    log.info("exported %s (%.1f MB)", path.name, path.stat().st_size / 1e6)
+    return path
+
+
+def check_parity(
+    model: PreTrainedModel,
+    onnx_path: Path,
+    tokenizer_json: Path,
+    texts: list[str],
+    *,
+    max_length: int,
+    tolerance: float = 1e-3,
+) -> float:
+    """Largest |logit difference| between torch and ONNX Runtime on ``texts``; ParityError above ``tolerance``."""
+    tok = load_tokenizer(tokenizer_json, max_length=max_length)
+    feeds = encode(tok, texts)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    onnx_logits = session.run(["logits"], feeds)[0]
+    with torch.no_grad():
+        torch_logits = (
+            model.to("cpu")
+            .eval()(
+                input_ids=torch.from_numpy(feeds["input_ids"]),
+                attention_mask=torch.from_numpy(feeds["attention_mask"]),
+            )
+            .logits.numpy()
+        )
+    diff = float(np.max(np.abs(onnx_logits - torch_logits))) if len(texts) else 0.0
+    if not np.isfinite(diff) or diff > tolerance:
+        raise ParityError(
+            f"ONNX export differs from the torch model: max |Δlogit| = {diff:.2e} > tolerance {tolerance:.0e} "
+            f"on {len(texts)} texts"
+        )
+    log.info("parity ok: max |Δlogit| = %.2e on %d texts", diff, len(texts))
+    return diff

@@ -1,0 +1,264 @@
+"""Fine-tuning a sequence classifier with transformers' Trainer.
+
+Dynamic padding and length grouping, frozen embeddings and lower layers with
+optional gradual unfreezing (top down), the optimizer / schedule / L2 /
+dropout / label smoothing a practitioner expects, early stopping on
+validation macro-F1 keeping the best checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    EarlyStoppingCallback,
+    PreTrainedModel,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitConfig:
+    """Hyperparameters of one fine-tuning run (a flat, JSON-able record stored with the version)."""
+
+    labels: list[str]
+    max_length: int = 64
+    epochs: float = 2.0
+    batch_size: int = 32
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    lr_scheduler: str = "linear"
+    optimizer: str = "adamw"
+    freeze_embeddings: bool = True
+    freeze_layers: int = 3
+    unfreeze_every_epochs: float | None = None
+    dropout: float | None = None
+    label_smoothing: float = 0.0
+    early_stopping_patience: int = 2
+    group_by_length: bool = True
+    seed: int = 42
+    threads: int | None = None
+    evals_per_epoch: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FitResult:
+    model: PreTrainedModel
+    tokenizer: Any
+    train_seconds: float
+    examples_per_second: float
+    best_metric: float | None
+    history: list[dict[str, Any]]
+    device: str
+
+
+_OPTIMIZERS = {"adamw": ("adamw_torch", None), "sgd": ("sgd", "momentum=0.9"), "rmsprop": ("rmsprop", None)}
+
+
+def device_name() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(source: Path, labels: list[str], *, dropout: float | None) -> tuple[PreTrainedModel, Any]:
+    """A classifier with ``len(labels)`` outputs from a local Hugging Face folder (new head if needed)."""
+    extra: dict[str, Any] = {}
+    if dropout is not None:
+        extra = {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout, "classifier_dropout": dropout}
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(source),
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={lbl: i for i, lbl in enumerate(labels)},
+        ignore_mismatched_sizes=True,
+        **extra,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    return model, tokenizer
+
+
+def encoder_layers(model: PreTrainedModel) -> list[torch.nn.Module]:
+    base = model.base_model
+    encoder = getattr(base, "encoder", None) or getattr(base, "transformer", None)
+    layers = getattr(encoder, "layer", None) or getattr(encoder, "layers", None)
+    if layers is None:
+        raise ValueError(f"cannot find encoder layers in {type(model).__name__}; set training.freeze_layers = 0")
+    return list(layers)
+
+
+def apply_freezing(model: PreTrainedModel, *, freeze_embeddings: bool, freeze_layers: int) -> dict[str, int]:
+    """Freeze the embeddings and the lowest ``freeze_layers`` encoder layers; return parameter counts."""
+    embeddings = getattr(model.base_model, "embeddings", None)
+    if freeze_embeddings and embeddings is not None:
+        for p in embeddings.parameters():
+            p.requires_grad = False
+    for layer in encoder_layers(model)[:freeze_layers]:
+        for p in layer.parameters():
+            p.requires_grad = False
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable_params": trainable, "total_params": sum(p.numel() for p in model.parameters())}
+
+
+class GradualUnfreezing(TrainerCallback):
+    """Every ``every`` epochs unfreeze the highest still-frozen encoder layer (top down)."""
+
+    def __init__(self, model: PreTrainedModel, every: float) -> None:
+        self.frozen = [layer for layer in encoder_layers(model) if not any(p.requires_grad for p in layer.parameters())]
+        self.every = every
+        self.next_at = every
+
+    def on_epoch_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        while self.frozen and state.epoch is not None and state.epoch + 1e-6 >= self.next_at:
+            layer = self.frozen.pop()
+            for p in layer.parameters():
+                p.requires_grad = True
+            self.next_at += self.every
+            log.info("epoch %.1f: unfroze one more encoder layer (%d still frozen)", state.epoch, len(self.frozen))
+
+
+class _Trainer(Trainer):
+    """Trainer whose optimizer knows every parameter, so layers unfrozen later do train."""
+
+    def create_optimizer(self, model=None):  # type: ignore[no-untyped-def]
+        target = model if model is not None else self.model
+        frozen = [p for p in target.parameters() if not p.requires_grad]
+        for p in frozen:
+            p.requires_grad = True
+        try:
+            return super().create_optimizer(model) if model is not None else super().create_optimizer()
+        finally:
+            for p in frozen:
+                p.requires_grad = False  # no gradient → the optimizer skips them until unfrozen
+
+
+class _Rows(torch.utils.data.Dataset):
+    def __init__(self, tokenizer: Any, texts: list[str], label_ids: list[int], max_length: int) -> None:
+        enc = tokenizer(texts, truncation=True, max_length=max_length)
+        self.items = [
+            {"input_ids": ids, "attention_mask": mask, "labels": lbl}
+            for ids, mask, lbl in zip(enc["input_ids"], enc["attention_mask"], label_ids, strict=True)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.items[i]
+
+
+def _metrics(eval_pred: Any) -> dict[str, float]:
+    logits, labels = eval_pred
+    preds = np.asarray(logits).argmax(axis=-1)
+    return {
+        "accuracy": float(accuracy_score(labels, preds)),
+        "macro_f1": float(f1_score(labels, preds, average="macro", zero_division=0)),
+    }
+
+
+def fit(
+    source: Path,
+    train: pd.DataFrame,
+    validation: pd.DataFrame,
+    config: FitConfig,
+    *,
+    callbacks: list[TrainerCallback] | None = None,
+) -> FitResult:
+    """Fine-tune the model in ``source`` on ``train`` (text, label), early-stopping on ``validation``."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    model, tokenizer = load_model(source, config.labels, dropout=config.dropout)
+    counts = apply_freezing(model, freeze_embeddings=config.freeze_embeddings, freeze_layers=config.freeze_layers)
+    log.info("fine-tuning %s: %d of %d parameters trainable", source.name, counts["trainable_params"], counts["total_params"])
+    label_id = {lbl: i for i, lbl in enumerate(config.labels)}
+    train_ds = _Rows(tokenizer, train["text"].tolist(), [label_id[x] for x in train["label"]], config.max_length)
+    val_ds = _Rows(tokenizer, validation["text"].tolist(), [label_id[x] for x in validation["label"]], config.max_length)
+    steps_per_epoch = max(1, -(-len(train_ds) // config.batch_size))
+    eval_steps = max(1, steps_per_epoch // max(1, config.evals_per_epoch))
+    optim, optim_args = _OPTIMIZERS[config.optimizer]
+    extra_callbacks = list(callbacks or [])
+    if config.unfreeze_every_epochs:
+        extra_callbacks.append(GradualUnfreezing(model, config.unfreeze_every_epochs))
+    with tempfile.TemporaryDirectory(prefix="refitd-train-") as out:
+        args = TrainingArguments(
+            output_dir=out,
+            num_train_epochs=config.epochs,
+            per_device_train_batch_size=config.batch_size,
+            per_device_eval_batch_size=max(64, config.batch_size),
+            learning_rate=config.learning_rate,
+            weight_decay=config.weight_decay,
+            warmup_steps=config.warmup_ratio,  # a float < 1 is a share of all steps
+            lr_scheduler_type=config.lr_scheduler,
+            optim=optim,
+            optim_args=optim_args,
+            label_smoothing_factor=config.label_smoothing,
+            train_sampling_strategy="group_by_length" if config.group_by_length else "random",
+            eval_strategy="steps",
+            eval_steps=eval_steps,
+            save_strategy="steps",
+            save_steps=eval_steps,
+            save_total_limit=2,
+            load_best_model_at_end=True,
+            metric_for_best_model="macro_f1",
+            greater_is_better=True,
+            logging_steps=max(1, eval_steps // 4),
+            seed=config.seed,
+            data_seed=config.seed,
+            report_to=[],
+            use_cpu=not torch.cuda.is_available(),
+            dataloader_num_workers=0,
+            disable_tqdm=not _progress_wanted(),
+            save_only_model=True,
+        )
+        trainer = _Trainer(
+            model=model,
+            args=args,
+            train_dataset=train_ds,
+            eval_dataset=val_ds,
+            processing_class=tokenizer,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            compute_metrics=_metrics,
+            callbacks=[EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience), *extra_callbacks],
+        )
+        start = time.perf_counter()
+        output = trainer.train()
+        seconds = time.perf_counter() - start
+        history = [dict(h) for h in trainer.state.log_history]
+        best = trainer.state.best_metric
+    model = trainer.model.to("cpu").eval()
+    samples = output.metrics.get("train_samples_per_second") or (len(train_ds) * config.epochs / seconds)
+    return FitResult(model, tokenizer, seconds, float(samples), best, history, device_name())
+
+
+def _progress_wanted() -> bool:
+    return os.environ.get("REFITD_PROGRESS", "1") != "0"
+
+
+@torch.no_grad()
+def predict_torch(model: PreTrainedModel, tokenizer: Any, texts: list[str], *, max_length: int, batch_size: int = 64) -> np.ndarray:
+    """Class logits from the torch model (used for the 'before' column and export parity)."""
+    model.eval()
+    out = []
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[i : i + batch_size], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        enc.pop("token_type_ids", None)
+        out.append(model(**enc.to(model.device)).logits.float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.config.num_labels), dtype=np.float32)

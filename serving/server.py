@@ -1,0 +1,53 @@
+"""Composition root of the serving process: settings → engine → store → log → plane → app → uvicorn."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import uvicorn
+from fastapi import FastAPI
+
+from core.artifacts import ArtifactStore
+from core.db import make_engine
+from core.settings import Settings
+from serving.app import create_app
+from serving.dataplane import DataPlane
+from serving.predlog import PredictionLog
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Serving:
+    plane: DataPlane
+    app: FastAPI
+    predlog: PredictionLog
+
+
+def build(settings: Settings) -> Serving:
+    """Wire the serving objects; nothing is loaded or started yet."""
+    engine = make_engine(settings.database_url, echo=settings.database.echo)
+    predlog = PredictionLog(engine, settings.spool_dir)
+    plane = DataPlane(settings, engine, ArtifactStore(settings.models_dir), predlog)
+    return Serving(plane, create_app(plane), predlog)
+
+
+def serve(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
+    """Load the champion and serve HTTP until interrupted; flush the prediction log on the way out."""
+    parts = build(settings)
+    parts.plane.load_champion()
+    parts.predlog.start()
+    config = uvicorn.Config(
+        parts.app,
+        host=host or settings.serving.host,
+        port=settings.serving.port if port is None else port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        parts.predlog.close()
+        log.info("prediction log flushed (%d rows written, %d spooled)", parts.predlog.written, parts.predlog.spooled)
