@@ -99,9 +99,10 @@ class ModelLoadError(RefitdError):
 class BadRequestError(RefitdError):
     """A request that cannot be served as sent; says what is wrong."""
 
-    status_code = 422
+    status_code = 400
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, status_code: int = 400) -> None:
+        self.status_code = status_code
         super().__init__(message)
 
 

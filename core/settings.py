@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -36,7 +36,12 @@ def default_home() -> Path:
     return Path("~/.local/share/refitd").expanduser()
 
 
-class ModelSection(BaseModel):
+class _Section(BaseModel):
+    # A misspelt key is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSection(_Section):
     name: str = Field("refitd", description="Model name served under /v2/models/{name}.")
     base_model: Path | None = Field(
         None,
@@ -62,7 +67,7 @@ class ModelSection(BaseModel):
         return None if v is None else Path(v).expanduser()
 
 
-class TrainingSection(BaseModel):
+class TrainingSection(_Section):
     data: Path | None = Field(
         None, description="CSV / JSONL / Parquet file of labelled texts; unset = the bundled tweet corpus."
     )
@@ -115,7 +120,7 @@ class TrainingSection(BaseModel):
         return self
 
 
-class ServingSection(BaseModel):
+class ServingSection(_Section):
     host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
     port: int = Field(8000, description="Port the HTTP server listens on.")
     provider: Literal["auto", "cpu", "cuda"] = Field(
@@ -146,7 +151,7 @@ class ServingSection(BaseModel):
         return self
 
 
-class DriftSection(BaseModel):
+class DriftSection(_Section):
     window_size: int = Field(1000, description="Current window: the last N predictions.")
     min_window: int = Field(200, description="A window smaller than this is 'insufficient data', never drift.")
     reference_size: int = Field(2000, description="Rows of the champion's training data used as reference.")
@@ -162,7 +167,7 @@ class DriftSection(BaseModel):
         return self
 
 
-class SchedulerSection(BaseModel):
+class SchedulerSection(_Section):
     drift_interval_minutes: float = Field(10.0, description="Minutes between drift checks.")
     refit_cron: str | None = Field(None, description="Cron expression for scheduled refits; unset = none.")
     label_trigger: int | None = Field(
@@ -170,7 +175,7 @@ class SchedulerSection(BaseModel):
     )
 
 
-class DatabaseSection(BaseModel):
+class DatabaseSection(_Section):
     url: str | None = Field(
         None,
         description="SQLAlchemy URL (sqlite:///… or postgresql+psycopg://…); unset = SQLite in the state directory.",

@@ -6,9 +6,13 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import json
+from typing import TypeVar
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
 
 from core.errors import BadRequestError, OverloadedError, RefitdError
 from serving.dataplane import DataPlane
@@ -16,10 +20,35 @@ from serving.schemas import PredictRequest, PredictResponse
 
 log = logging.getLogger(__name__)
 
+Body = TypeVar("Body", bound=BaseModel)
 
-def _validation_message(exc: RequestValidationError) -> str:
+
+async def parse_body(request: Request, model: type[Body]) -> Body:
+    """Decode a JSON body whatever its content type; say exactly what is wrong when it cannot."""
+    raw = await request.body()
+    if not raw:
+        raise BadRequestError("the request body is empty: send a JSON object")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequestError(f"the request body is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadRequestError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise BadRequestError(_errors_message(exc.errors()), 422) from None
+
+
+def _body_schema(model: type[BaseModel]) -> dict:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+def _errors_message(errors: list) -> str:
     parts = []
-    for err in exc.errors():
+    for err in errors:
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         parts.append(f"{where}: {msg}" if where else msg)
@@ -43,11 +72,14 @@ def create_app(plane: DataPlane) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"error": _validation_message(exc)}, status_code=422)
+        return JSONResponse({"error": _errors_message(list(exc.errors()))}, status_code=422)
 
-    @app.post("/v1/predict", response_model=PredictResponse, summary="Classify one text or a list of texts")
-    async def predict(body: PredictRequest) -> PredictResponse:
-        texts = body.as_list()
+    @app.post(
+        "/v1/predict", response_model=PredictResponse, summary="Classify one text or a list of texts",
+        openapi_extra=_body_schema(PredictRequest),
+    )
+    async def predict(request: Request) -> PredictResponse:
+        texts = (await parse_body(request, PredictRequest)).as_list()
         _check_texts(texts, max_texts=limits.max_texts_per_request, max_chars=limits.max_text_chars)
         return PredictResponse(predictions=await plane.predict(texts))
 
@@ -68,11 +100,11 @@ def create_app(plane: DataPlane) -> FastAPI:
 
 def _check_texts(texts: list[str], *, max_texts: int, max_chars: int) -> None:
     if not texts:
-        raise BadRequestError('"texts" is empty: send at least one text')
+        raise BadRequestError('"texts" is empty: send at least one text', 422)
     if len(texts) > max_texts:
-        raise BadRequestError(f"too many texts: {len(texts)} > {max_texts} (serving.max_texts_per_request)")
+        raise BadRequestError(f"too many texts: {len(texts)} > {max_texts} (serving.max_texts_per_request)", 413)
     for i, text in enumerate(texts):
         if not text.strip():
-            raise BadRequestError(f"text {i} is empty")
+            raise BadRequestError(f"text {i} is empty", 422)
         if len(text) > max_chars:
-            raise BadRequestError(f"text {i} has {len(text)} characters > {max_chars} (serving.max_text_chars)")
+            raise BadRequestError(f"text {i} has {len(text)} characters > {max_chars} (serving.max_text_chars)", 413)

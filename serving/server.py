@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import uvicorn
@@ -16,6 +20,25 @@ from serving.dataplane import DataPlane
 from serving.predlog import PredictionLog
 
 log = logging.getLogger(__name__)
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn, minus re-raising the caught signal after shutdown: we still have a log to flush.
+
+    SIGTERM / SIGINT only set flags (stop accepting, drain in-flight requests); a second SIGINT forces exit.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
 
 
 @dataclass
@@ -47,7 +70,7 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
         timeout_graceful_shutdown=10,
     )
     try:
-        uvicorn.Server(config).run()
+        GracefulServer(config).run()
     finally:
         parts.predlog.close()
         log.info("prediction log flushed (%d rows written, %d spooled)", parts.predlog.written, parts.predlog.spooled)

@@ -1,0 +1,41 @@
+# The two commands: `make demo` (set up, then run the main job on the embedded default)
+# and `make test` (set up, then run the tests). Both create .venv and install into it.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+HOME_DIR ?= $(CURDIR)/state/demo
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: install demo demo-quick test test-all clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned: the CPU wheel; a looser spec would pull a multi-GB CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/refitd --home $(HOME_DIR) init
+	$(BIN)/refitd --home $(HOME_DIR) predict "@united lost my bag and nobody answers" "@JetBlue smooth flight, friendly crew"
+
+demo-quick: $(STAMP)
+	$(BIN)/refitd --home $(HOME_DIR) init --quick
+	$(BIN)/refitd --home $(HOME_DIR) predict "@united lost my bag and nobody answers" "@JetBlue smooth flight, friendly crew"
+
+# Fast tests (the default). PostgreSQL store tests run when REFITD_TEST_DATABASE_URL is set.
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) state .pytest_cache

@@ -1,0 +1,52 @@
+"""Settings: defaults, TOML < env < arguments, messages that say what to do."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.errors import ConfigError
+from core.settings import Settings, default_home
+
+
+def test_defaults_point_into_home(tmp_path) -> None:
+    s = Settings.load(home=tmp_path)
+    assert s.database_url == f"sqlite:///{tmp_path / 'refitd.db'}"
+    assert s.serving.host == "127.0.0.1" and s.model.name == "refitd"
+
+
+def test_home_resolution_order(monkeypatch, tmp_path) -> None:
+    monkeypatch.delenv("REFITD_HOME", raising=False)
+    monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path}/svc:/other")
+    assert default_home() == tmp_path / "svc"
+    monkeypatch.setenv("REFITD_HOME", str(tmp_path / "mine"))
+    assert default_home() == tmp_path / "mine"
+
+
+def test_sources_toml_then_env_then_arguments(monkeypatch, tmp_path) -> None:
+    (tmp_path / "refitd.toml").write_text("[serving]\nport = 9001\nmax_batch_size = 16\n[drift]\nwindow_size = 500\n")
+    monkeypatch.setenv("REFITD_SERVING__PORT", "9002")
+    s = Settings.load(home=tmp_path)
+    assert (s.serving.port, s.serving.max_batch_size, s.drift.window_size) == (9002, 16, 500)
+    s = Settings.load(home=tmp_path, serving={"port": 9003})
+    assert s.serving.port == 9003
+
+
+@pytest.mark.parametrize(
+    ("toml", "match"),
+    [
+        ("[drift]\nwindow_size = 50\nmin_window = 100\n", r"drift.window_size must be ≥ drift.min_window \(100\); got 50"),
+        ("[training]\nbatch_size = 0\n", r"training.batch_size must be ≥ 1; got 0"),
+        ("[database]\nurl = 'mysql://x'\n", r"database.url must start with sqlite:/// or postgresql\+psycopg://"),
+        ("[serving]\nprot = 1\n", r"serving.prot: Extra inputs are not permitted"),
+    ],
+)
+def test_invalid_settings_say_what_to_do(tmp_path, toml, match) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=match):
+        Settings.load(path, home=tmp_path)
+
+
+def test_missing_config_file(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        Settings.load(tmp_path / "nope.toml")

@@ -1,0 +1,106 @@
+"""The SQL store on SQLite and PostgreSQL: migrations and registry invariants."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+
+import pytest
+from sqlalchemy import inspect, update
+from sqlalchemy.exc import IntegrityError
+
+from core import registry
+from core.db import current_revision, head_revision, make_engine, session_scope, upgrade
+from core.errors import NotFoundError, RegistryError
+from core.tables import ModelVersion
+
+
+def _versions(engine, n: int) -> list[str]:
+    return [registry.register_version(engine, artifact_uri=f"/models/x{i}").version for i in range(n)]
+
+
+def _champions(engine) -> list[str]:
+    with session_scope(engine) as s:
+        return [mv.version for mv in s.query(ModelVersion).filter(ModelVersion.status == "champion")]
+
+
+def test_migrations_apply_from_empty(db_url: str) -> None:
+    engine = make_engine(db_url)
+    assert current_revision(engine) is None
+    assert upgrade(engine) == head_revision()
+    tables = set(inspect(engine).get_table_names())
+    assert {"model_versions", "predictions", "feedback", "drift_checks", "refit_runs", "events"} <= tables
+    assert upgrade(engine) == head_revision()  # idempotent
+
+
+def test_register_numbers_versions(engine) -> None:
+    assert _versions(engine, 3) == ["v1", "v2", "v3"]
+
+
+def test_promote_keeps_exactly_one_champion(engine) -> None:
+    v1, v2 = _versions(engine, 2)
+    registry.promote(engine, v1, reason="first")
+    registry.promote(engine, v2, reason="better")
+    assert _champions(engine) == [v2]
+    with session_scope(engine) as s:
+        assert registry.get_version(s, version=v1).status == "archived"
+        kinds = [e.kind for e in registry.list_events(s)]
+    assert kinds.count("promoted") == 2
+
+
+def test_database_refuses_a_second_champion(engine) -> None:
+    v1, v2 = _versions(engine, 2)
+    registry.promote(engine, v1)
+    with pytest.raises(IntegrityError):
+        with session_scope(engine) as s:
+            s.exec(update(ModelVersion).where(ModelVersion.version == v2).values(status="champion"))
+
+
+def test_rollback_restores_previous_and_rejects_current(engine) -> None:
+    v1, v2 = _versions(engine, 2)
+    registry.promote(engine, v1)
+    registry.promote(engine, v2)
+    restored = registry.rollback(engine, actor="ops", reason="live accuracy fell")
+    assert restored.version == v1
+    assert _champions(engine) == [v1]
+    with session_scope(engine) as s:
+        bad = registry.get_version(s, version=v2)
+        assert bad.status == "rejected" and "live accuracy fell" in bad.gate_reason
+    with pytest.raises(RegistryError, match="nothing to roll back to"):
+        registry.rollback(engine)
+
+
+def test_unknown_version_and_unpublished_artifact(engine) -> None:
+    with pytest.raises(NotFoundError):
+        registry.promote(engine, "v99")
+    bare = registry.register_version(engine)  # no artifact yet
+    with pytest.raises(RegistryError, match="no artifact"):
+        registry.promote(engine, bare.version)
+
+
+def _promote_many(url: str, versions: list[str], rounds: int) -> None:
+    engine = make_engine(url)
+    for _ in range(rounds):
+        for v in versions:
+            registry.promote(engine, v, actor="racer")
+
+
+def test_concurrent_promotions_from_two_processes(engine, db_url: str) -> None:
+    versions = _versions(engine, 4)
+    registry.promote(engine, versions[0])
+    ctx = mp.get_context("spawn")
+    procs = [
+        ctx.Process(target=_promote_many, args=(db_url, versions[:2], 15)),
+        ctx.Process(target=_promote_many, args=(db_url, versions[2:], 15)),
+    ]
+    for p in procs:
+        p.start()
+    seen = set()
+    while any(p.is_alive() for p in procs):
+        champions = _champions(engine)
+        assert len(champions) <= 1  # never two at once, as any reader sees it
+        seen.update(champions)
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    assert len(_champions(engine)) == 1
+    assert len(seen) >= 2

@@ -1,0 +1,67 @@
+"""A real server on a free port over a real (untrained) model artifact."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from core import registry
+from core.artifacts import ArtifactStore
+from core.db import make_engine, upgrade
+from core.settings import Settings
+from serving.server import Serving, build
+from tests.artifact_factory import copy_artifact
+from tests.conftest import free_port
+
+
+def publish_version(settings: Settings, source: Path, *, promote: bool = True) -> str:
+    engine = make_engine(settings.database_url)
+    mv = registry.register_version(engine)
+    store = ArtifactStore(settings.models_dir)
+    staged = copy_artifact(source, store.staging("test"))
+    final = store.publish(mv.version, staged)
+    registry.update_version(engine, mv.version, artifact_uri=str(final))
+    if promote:
+        registry.promote(engine, mv.version, actor="test")
+    return mv.version
+
+
+@dataclass
+class Running:
+    url: str
+    settings: Settings
+    parts: Serving
+    server: uvicorn.Server
+
+
+@pytest.fixture
+def running(tmp_path: Path, untrained_artifact: Path) -> Iterator[Running]:
+    settings = Settings.load(home=tmp_path, serving={"max_texts_per_request": 8, "max_text_chars": 200})
+    upgrade(make_engine(settings.database_url))
+    publish_version(settings, untrained_artifact)
+    parts = build(settings)
+    parts.plane.load_champion()
+    parts.predlog.start()
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(parts.app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/v2/health/ready").status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    yield Running(url, settings, parts, server)
+    server.should_exit = True
+    thread.join(15)
+    parts.predlog.close()
