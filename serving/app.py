@@ -2,25 +2,37 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import secrets
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-
-import json
 from typing import TypeVar
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
 
-from core.errors import BadRequestError, OverloadedError, RefitdError
+from core import registry
+from core.errors import BadRequestError, NoChampionError, OverloadedError, RefitdError
 from serving.dataplane import DataPlane
-from serving.schemas import PredictRequest, PredictResponse
+from serving.limits import check_texts
+from serving.oip import add_v2_routes
+from serving.schemas import FeedbackRequest, PredictRequest, PredictResponse
 
 log = logging.getLogger(__name__)
 
 Body = TypeVar("Body", bound=BaseModel)
+
+
+class AdminDenied(RefitdError):
+    def __init__(self, message: str, status_code: int) -> None:
+        self.status_code = status_code
+        super().__init__(message)
 
 
 async def parse_body(request: Request, model: type[Body]) -> Body:
@@ -39,14 +51,10 @@ async def parse_body(request: Request, model: type[Body]) -> Body:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise BadRequestError(_errors_message(exc.errors()), 422) from None
+        raise BadRequestError(errors_message(exc.errors()), 422) from None
 
 
-def _body_schema(model: type[BaseModel]) -> dict:
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
-
-
-def _errors_message(errors: list) -> str:
+def errors_message(errors: list) -> str:
     parts = []
     for err in errors:
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
@@ -55,15 +63,48 @@ def _errors_message(errors: list) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def _body_schema(model: type[BaseModel]) -> dict:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
 def create_app(plane: DataPlane) -> FastAPI:
     limits = plane.settings.serving
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
+        plane.predlog.start()
+        try:
+            await asyncio.to_thread(plane.load_champion)
+        except NoChampionError:
+            log.warning("no champion yet; not ready until one is promoted")
+        except RefitdError as exc:
+            log.error("%s; not ready until a loadable champion is promoted", exc)
+        await plane.batcher.start()
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(plane.watch_registry(stop), name="registry-watch")
+        try:
+            yield
+        finally:
+            stop.set()
+            await watcher
+            await plane.batcher.stop()
+            await asyncio.to_thread(plane.predlog.close)
+            log.info("prediction log flushed: %d rows written, %d spooled", plane.predlog.written, plane.predlog.spooled)
 
-    app = FastAPI(title="refitd", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="refitd", version="0.1.0", lifespan=lifespan,
+                  description="Classify texts with the current champion; Open Inference Protocol V2 under /v2.")
     app.state.plane = plane
+    metrics = plane.metrics
+
+    @app.middleware("http")
+    async def _count(request: Request, call_next):  # type: ignore[no-untyped-def]
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.requests.labels(route=path, code=str(response.status_code)).inc()
+        metrics.latency.labels(route=path).observe(time.perf_counter() - start)
+        return response
 
     @app.exception_handler(RefitdError)
     async def _refitd_error(_request: Request, exc: RefitdError) -> JSONResponse:
@@ -72,39 +113,63 @@ def create_app(plane: DataPlane) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"error": _errors_message(list(exc.errors()))}, status_code=422)
+        return JSONResponse({"error": errors_message(list(exc.errors()))}, status_code=422)
 
-    @app.post(
-        "/v1/predict", response_model=PredictResponse, summary="Classify one text or a list of texts",
-        openapi_extra=_body_schema(PredictRequest),
-    )
+    @app.exception_handler(HTTPException)
+    async def _http(_request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.post("/v1/predict", response_model=PredictResponse, summary="Classify one text or a list of texts",
+              openapi_extra=_body_schema(PredictRequest))
     async def predict(request: Request) -> PredictResponse:
         texts = (await parse_body(request, PredictRequest)).as_list()
-        _check_texts(texts, max_texts=limits.max_texts_per_request, max_chars=limits.max_text_chars)
+        check_texts(texts, max_texts=limits.max_texts_per_request, max_chars=limits.max_text_chars)
         return PredictResponse(predictions=await plane.predict(texts))
+
+    @app.post("/v1/feedback", summary="Record the true label of a prediction (or of a text)",
+              openapi_extra=_body_schema(FeedbackRequest))
+    async def feedback(request: Request) -> dict:
+        body = await parse_body(request, FeedbackRequest)
+        if body.text is not None:
+            check_texts([body.text], max_texts=1, max_chars=limits.max_text_chars)
+        return await asyncio.to_thread(plane.feedback, label=body.label, prediction_id=body.prediction_id,
+                                       text=body.text, source=body.source)
 
     @app.get("/v1/status", summary="What is served, and how the server is doing")
     async def status() -> dict:
-        return plane.status()
+        return await asyncio.to_thread(plane.status)
 
-    @app.get("/v2/health/live", summary="Open Inference Protocol: the process is up")
-    async def live() -> dict:
-        return {"live": True}
+    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        metrics.queue_depth.set(plane.batcher.queued_texts)
+        metrics.log_pending.set(plane.predlog.pending)
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @app.get("/v2/health/ready", summary="Open Inference Protocol: a model is loaded")
-    async def ready() -> JSONResponse:
-        return JSONResponse({"ready": plane.ready}, status_code=200 if plane.ready else 503)
+    def admin(request: Request) -> str:
+        token = limits.admin_token
+        if token is None:
+            raise AdminDenied("admin routes are disabled: set serving.admin_token to enable them", 404)
+        given = request.headers.get("authorization", "")
+        if not given.startswith("Bearer ") or not secrets.compare_digest(given[7:], token.get_secret_value()):
+            raise AdminDenied("admin routes need 'Authorization: Bearer <serving.admin_token>'", 401)
+        return request.headers.get("x-refitd-actor", "admin")
 
+    @app.post("/v1/admin/reload", summary="Load the registry's champion now (retries a refused one)")
+    async def reload(request: Request) -> dict:
+        admin(request)
+        return {"serving": await asyncio.to_thread(plane.load_champion, retry_refused=True)}
+
+    @app.post("/v1/admin/promote/{version}", summary="Promote a version and serve it")
+    async def promote(version: str, request: Request) -> dict:
+        actor = admin(request)
+        await asyncio.to_thread(registry.promote, plane.engine, version, actor=actor, reason=f"promoted by {actor} over HTTP")
+        return {"serving": await asyncio.to_thread(plane.load_champion, retry_refused=True)}
+
+    @app.post("/v1/admin/rollback", summary="Restore the previous champion and serve it")
+    async def rollback(request: Request) -> dict:
+        actor = admin(request)
+        restored = await asyncio.to_thread(registry.rollback, plane.engine, actor=actor, reason=f"rollback by {actor} over HTTP")
+        return {"champion": restored.version, "serving": await asyncio.to_thread(plane.load_champion, retry_refused=True)}
+
+    add_v2_routes(app, plane)
     return app
-
-
-def _check_texts(texts: list[str], *, max_texts: int, max_chars: int) -> None:
-    if not texts:
-        raise BadRequestError('"texts" is empty: send at least one text', 422)
-    if len(texts) > max_texts:
-        raise BadRequestError(f"too many texts: {len(texts)} > {max_texts} (serving.max_texts_per_request)", 413)
-    for i, text in enumerate(texts):
-        if not text.strip():
-            raise BadRequestError(f"text {i} is empty", 422)
-        if len(text) > max_chars:
-            raise BadRequestError(f"text {i} has {len(text)} characters > {max_chars} (serving.max_text_chars)", 413)

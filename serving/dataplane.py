@@ -1,8 +1,8 @@
 """The serving handler: everything the HTTP endpoints do, minus HTTP.
 
-Holds the runtime of the version being served, answers predictions, hands
-rows to the prediction log, and swaps in a new champion when the registry
-names one.
+Holds the runtime of the version being served, answers predictions through
+the batcher, hands rows to the prediction log, records feedback, and swaps
+in a new champion when the registry names one.
 """
 
 from __future__ import annotations
@@ -15,99 +15,191 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from core import registry
 from core.artifacts import ArtifactStore
 from core.db import session_scope
-from core.errors import ModelLoadError, NoChampionError, NotReadyError
+from core.errors import BadRequestError, ModelLoadError, NoChampionError, NotFoundError, NotReadyError, RefitdError
 from core.settings import Settings
-from core.tables import new_prediction_id, utcnow
+from core.tables import Feedback, Prediction, new_prediction_id, utcnow
+from serving.batcher import Answer, Batcher
+from serving.metrics import ServingMetrics
 from serving.predlog import PredictionLog
 from serving.runtime import OnnxClassifier
 
 log = logging.getLogger(__name__)
 
 
+class StoreUnavailable(RefitdError):
+    status_code = 503
+
+    def __init__(self) -> None:
+        super().__init__("the database is unavailable; feedback was not recorded, retry shortly")
+
+
 class DataPlane:
     def __init__(self, settings: Settings, engine: Engine, store: ArtifactStore, predlog: PredictionLog) -> None:
         self.settings, self.engine, self.store, self.predlog = settings, engine, store, predlog
+        self.metrics = ServingMetrics()
         self.runtime: OnnxClassifier | None = None
         self.started = time.time()
+        self.refused: dict[str, str] = {}  # version → why it was refused (not retried until asked)
         self._swap_lock = threading.Lock()
+        s = settings.serving
+        self.batcher = Batcher(lambda: self.runtime, max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms,
+                               queue_size=s.queue_size, timeout_s=s.request_timeout_s, on_batch=self._on_batch)
 
-    # Model lifecycle ------------------------------------------------------------------
+    # model lifecycle ------------------------------------------------------------------
 
-    def load_champion(self) -> str | None:
-        """Load the registry's champion if it is not the version being served; return what is served."""
+    def champion_version(self) -> str:
         with session_scope(self.engine) as session:
             champion = registry.get_champion(session)
         if champion is None:
             raise NoChampionError()
-        if self.runtime is not None and self.runtime.version == champion.version:
-            return champion.version
-        return self.load_version(champion.version)
+        return champion.version
+
+    def load_champion(self, *, retry_refused: bool = False) -> str | None:
+        """Serve the registry's champion if it is not served yet; returns the version served."""
+        version = self.champion_version()
+        if self.runtime is not None and self.runtime.version == version:
+            return version
+        if version in self.refused and not retry_refused:
+            return self.runtime.version if self.runtime else None
+        return self.load_version(version)
 
     def load_version(self, version: str) -> str:
-        """Load ``version`` beside the current one and swap to it; the old one keeps serving on failure."""
+        """Load ``version`` beside the current one, smoke-query it, then swap; on failure keep serving the old one."""
         with self._swap_lock:
-            folder = self.store.path(version)
-            candidate = OnnxClassifier(
-                version, folder, provider=self.settings.serving.provider, threads=self.settings.serving.threads
-            )
             try:
+                candidate = OnnxClassifier(version, self.store.path(version),
+                                           provider=self.settings.serving.provider, threads=self.settings.serving.threads)
                 candidate.load()
-            except ModelLoadError as exc:
-                log.error("refused to serve %s: %s", version, exc.reason)
-                with session_scope(self.engine) as session:
-                    registry.record_event(session, kind="load_refused", subject=version, reason=str(exc))
-                raise
-            self.runtime = candidate  # one reference assignment: requests see old or new, never half
+            except RefitdError as exc:
+                self._refuse(version, str(exc))
+                raise ModelLoadError(version, str(exc)) from exc
+            previous = self.runtime
+            self.runtime = candidate  # one reference assignment: a batch runs wholly on old or new
+            self.refused.pop(version, None)
+            self.metrics.serving(version)
+            if previous is not None:
+                self.metrics.swaps.inc()
+                self._event("swapped", version, f"now serving {version} (was {previous.version})")
             log.info("serving %s", version)
             return version
+
+    def _refuse(self, version: str, reason: str) -> None:
+        log.error("refused to serve %s: %s", version, reason)
+        self.refused[version] = reason
+        self.metrics.refused.inc()
+        self._event("load_refused", version, f"refused {version}; still serving "
+                    f"{self.runtime.version if self.runtime else 'nothing'}: {reason}")
+
+    def _event(self, kind: str, subject: str, reason: str, actor: str = "serving") -> None:
+        try:
+            with session_scope(self.engine) as session:
+                registry.record_event(session, kind=kind, subject=subject, reason=reason, actor=actor)
+        except SQLAlchemyError:
+            log.warning("could not record %s event for %s (database unavailable)", kind, subject)
+
+    async def watch_registry(self, stop: asyncio.Event) -> None:
+        """Poll the registry and swap to a new champion in the background."""
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), self.settings.serving.poll_interval_s)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await asyncio.to_thread(self.load_champion)
+            except (RefitdError, SQLAlchemyError) as exc:
+                log.debug("registry poll: %s", exc)
 
     @property
     def ready(self) -> bool:
         return self.runtime is not None and self.runtime.ready
 
-    # Requests ---------------------------------------------------------------------------
+    # requests -------------------------------------------------------------------------
 
     async def predict(self, texts: list[str]) -> list[dict[str, Any]]:
-        runtime = self.runtime
-        if runtime is None:
-            raise NotReadyError()
-        start = time.perf_counter()
-        batch = await asyncio.to_thread(runtime.predict, texts)
-        latency_ms = (time.perf_counter() - start) * 1000.0
-        return self._answer(runtime, texts, batch.labels, batch.scores, batch.embeddings, latency_ms)
+        answer = await self.batcher.submit(texts)
+        return self._log(texts, answer)
 
-    def _answer(
-        self, runtime: OnnxClassifier, texts: list[str], labels: list[str], scores: np.ndarray,
-        embeddings: np.ndarray, latency_ms: float,
-    ) -> list[dict[str, Any]]:
-        now = utcnow()
-        answers, rows = [], []
-        for text, label, row_scores, emb in zip(texts, labels, scores, embeddings, strict=True):
+    def _log(self, texts: list[str], answer: Answer) -> list[dict[str, Any]]:
+        now, version, labels = utcnow(), answer.runtime.version, answer.runtime.labels
+        out, rows = [], []
+        for text, label, row_scores, emb in zip(texts, answer.labels, answer.scores, answer.embeddings, strict=True):
             pid = new_prediction_id()
-            class_scores = {lbl: float(s) for lbl, s in zip(runtime.labels, row_scores, strict=True)}
-            answers.append({"prediction_id": pid, "label": label, "scores": class_scores, "model_version": runtime.version})
-            rows.append({
-                "id": pid, "created_at": now, "model_version": runtime.version, "text": text, "label": label,
-                "scores": class_scores, "confidence": float(row_scores.max()), "latency_ms": latency_ms,
-                "embedding": emb.astype(np.float16).tobytes(),
-            })
-        self.predlog.add(rows)
-        return answers
+            scores = {lbl: float(s) for lbl, s in zip(labels, row_scores, strict=True)}
+            out.append({"prediction_id": pid, "label": label, "scores": scores, "model_version": version})
+            rows.append({"id": pid, "created_at": now, "model_version": version, "text": text, "label": label,
+                         "scores": scores, "confidence": float(row_scores.max()), "latency_ms": answer.latency_ms,
+                         "embedding": emb.astype(np.float16).tobytes()})
+            self.metrics.predictions.labels(label=label).inc()
+        self.predlog.add(rows)  # durable before the caller is answered
+        return out
+
+    def feedback(self, *, label: str, prediction_id: str | None, text: str | None, source: str) -> dict[str, Any]:
+        """Record a ground-truth label; the same label twice is a no-op, a new label replaces the old."""
+        labels = self.runtime.labels if self.runtime else []
+        if labels and label not in labels:
+            raise BadRequestError(f"unknown label {label!r}; expected one of {', '.join(labels)}", 422)
+        try:
+            if prediction_id is not None and not self._prediction_exists(prediction_id):
+                self.predlog.flush()  # it may still be on its way to the table
+                if not self._prediction_exists(prediction_id):
+                    raise NotFoundError("prediction", prediction_id)
+            return self._upsert_feedback(label=label, prediction_id=prediction_id, text=text, source=source)
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable() from exc
+
+    def _prediction_exists(self, prediction_id: str) -> bool:
+        with session_scope(self.engine) as session:
+            return session.get(Prediction, prediction_id) is not None
+
+    def _upsert_feedback(self, *, label: str, prediction_id: str | None, text: str | None, source: str) -> dict[str, Any]:
+        for _ in range(2):
+            try:
+                with session_scope(self.engine) as session:
+                    row = None
+                    if prediction_id is not None:
+                        row = session.query(Feedback).filter(Feedback.prediction_id == prediction_id).one_or_none()
+                    if row is not None and row.label == label:
+                        return {"feedback_id": row.id, "status": "unchanged"}
+                    status = "replaced" if row is not None else "recorded"
+                    row = row or Feedback(prediction_id=prediction_id, text=text, label=label, source=source)
+                    row.label, row.source, row.created_at = label, source, utcnow()
+                    session.add(row)
+                    session.flush()
+                    return {"feedback_id": row.id, "status": status}
+            except IntegrityError:
+                continue  # a concurrent duplicate won the insert; read it back
+        raise StoreUnavailable()
+
+    def _on_batch(self, size: int, seconds: float) -> None:
+        self.metrics.batch_size.observe(size)
+        self.metrics.batch_seconds.observe(seconds)
 
     def status(self) -> dict[str, Any]:
-        with session_scope(self.engine) as session:
-            champion = registry.get_champion(session)
+        try:
+            champion: str | None = self.champion_version()
+        except (RefitdError, SQLAlchemyError):
+            champion = None
         runtime = self.runtime
         return {
-            "champion": champion.version if champion else None,
+            "champion": champion,
             "serving": runtime.version if runtime else None,
             "ready": self.ready,
             "device": runtime.device if runtime else None,
             "labels": runtime.labels if runtime else [],
-            "pending_log_rows": self.predlog.pending,
+            "queue_depth": self.batcher.queued_texts,
+            "refused": self.refused,
+            "prediction_log": {"pending": self.predlog.pending, "spooled_segments": self.predlog.spooled_segments,
+                               "database_ok": self.predlog.db_ok},
             "uptime_s": round(time.time() - self.started, 1),
         }
+
+    def require_ready(self) -> OnnxClassifier:
+        if self.runtime is None:
+            raise NotReadyError()
+        return self.runtime

@@ -1,8 +1,12 @@
-"""Prediction logging off the request path: buffered, flushed in bulk inserts.
+"""Prediction logging off the request path, durable from the moment a request is answered.
 
-Rows are handed over after a request is answered and written by one
-background thread. When the database refuses a flush, the rows are appended
-to a spool file in the state directory and replayed once it answers again.
+Before a request is acknowledged its rows are appended to the active spool
+segment (``spool/wal-*.jsonl``, written through to the OS). A background
+thread rotates the segment and bulk-inserts its rows; the segment is deleted
+once the database has them. When the database refuses a flush the segment is
+kept as ``pending-*.jsonl`` and replayed when it answers again; segments left
+by a crash are replayed at start. Replays skip ids already stored, so a row is
+never lost and never doubled.
 """
 
 from __future__ import annotations
@@ -11,12 +15,12 @@ import json
 import logging
 import threading
 import time
-from collections import deque
+import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from core.tables import Prediction
@@ -25,52 +29,90 @@ log = logging.getLogger(__name__)
 
 
 class PredictionLog:
-    """A bounded-latency writer of prediction rows."""
-
     def __init__(self, engine: Engine, spool_dir: Path, *, flush_every_s: float = 0.5, batch_rows: int = 512) -> None:
         self.engine = engine
-        self.spool = Path(spool_dir) / "predictions.jsonl"
+        self.dir = Path(spool_dir)
         self.flush_every_s, self.batch_rows = flush_every_s, batch_rows
-        self._pending: deque[dict[str, Any]] = deque()
-        self._lock = threading.Lock()
+        self._rows: list[dict[str, Any]] = []
+        self._active: Path | None = None
+        self._fh: IO[str] | None = None
+        self._lock = threading.Lock()  # guards _rows and the active segment
+        self._flush_lock = threading.Lock()  # one flush at a time
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.written = 0
         self.spooled = 0
+        self.db_ok = True
+
+    # lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.spool.parent.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for leftover in sorted(self.dir.glob("wal-*.jsonl")):  # a previous process died mid-segment
+            leftover.rename(leftover.with_name("pending-" + leftover.name.removeprefix("wal-")))
+        with self._lock:
+            self._open_segment()
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
-    def add(self, rows: list[dict[str, Any]]) -> None:
-        with self._lock:
-            self._pending.extend(rows)
-            if len(self._pending) >= self.batch_rows:
-                self._wake.set()
-
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
-
-    def flush(self) -> None:
-        """Write everything pending now (to the database, else to the spool)."""
-        self._replay_spool()
-        while True:
-            with self._lock:
-                rows = [self._pending.popleft() for _ in range(min(self.batch_rows, len(self._pending)))]
-            if not rows:
-                return
-            self._write(rows)
-
     def close(self, timeout: float = 10.0) -> None:
-        """Stop the writer and flush what is left."""
+        """Stop the writer and flush what is left (to the database, else to a pending segment)."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
         self.flush()
+        with self._lock:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
+            if self._active is not None and self._active.exists() and self._active.stat().st_size == 0:
+                self._active.unlink()
+
+    # request path ----------------------------------------------------------------------
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        """Make rows durable (spool segment) and queue them for the database."""
+        lines = "".join(json.dumps(_jsonable(r)) + "\n" for r in rows)
+        with self._lock:
+            if self._fh is None:
+                self._open_segment()
+            assert self._fh is not None
+            self._fh.write(lines)
+            self._fh.flush()
+            self._rows.extend(rows)
+            if len(self._rows) >= self.batch_rows:
+                self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        """Rows not yet in the database (queued in memory; spooled segments not counted)."""
+        return len(self._rows)
+
+    @property
+    def spooled_segments(self) -> int:
+        return sum(1 for _ in self.dir.glob("pending-*.jsonl"))
+
+    # writer ---------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        with self._flush_lock:
+            self._replay_pending()
+            with self._lock:
+                rows, segment, fh = self._rows, self._active, self._fh
+                if not rows:
+                    return
+                self._rows = []
+                self._open_segment()
+            if fh is not None:
+                fh.close()
+            assert segment is not None
+            if self._insert(rows, skip_existing=False):
+                segment.unlink(missing_ok=True)
+            else:
+                segment.rename(segment.with_name("pending-" + segment.name.removeprefix("wal-")))
+                self.spooled += len(rows)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -78,49 +120,56 @@ class PredictionLog:
             self._wake.clear()
             try:
                 self.flush()
-            except Exception:  # noqa: BLE001 - the writer thread must survive anything
+            except Exception:  # noqa: BLE001 - the writer thread must outlive any one failure
                 log.exception("prediction log flush failed")
                 time.sleep(1.0)
 
-    def _write(self, rows: list[dict[str, Any]]) -> None:
+    def _open_segment(self) -> None:
+        self._active = self.dir / f"wal-{time.time_ns()}-{uuid.uuid4().hex[:6]}.jsonl"
+        self._fh = self._active.open("a", encoding="utf-8")
+
+    def _insert(self, rows: list[dict[str, Any]], *, skip_existing: bool) -> bool:
         try:
             with self.engine.begin() as conn:
-                conn.execute(insert(Prediction), rows)
-            self.written += len(rows)
+                if skip_existing:
+                    stored = _existing_ids(conn, [r["id"] for r in rows])
+                    rows = [r for r in rows if r["id"] not in stored]
+                if rows:
+                    conn.execute(insert(Prediction), rows)
         except SQLAlchemyError as exc:
-            log.warning("database refused %d prediction rows (%s); spooling to %s", len(rows), exc.__class__.__name__, self.spool)
-            self._append_spool(rows)
-
-    def _append_spool(self, rows: list[dict[str, Any]]) -> None:
-        with self.spool.open("a", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(_jsonable(row)) + "\n")
-            fh.flush()
-        self.spooled += len(rows)
-
-    def _replay_spool(self) -> None:
-        if not self.spool.is_file() or self.spool.stat().st_size == 0:
-            return
-        replaying = self.spool.with_suffix(".replaying")
-        if not replaying.exists():
-            self.spool.rename(replaying)
-        rows = [_from_json(json.loads(line)) for line in replaying.read_text(encoding="utf-8").splitlines() if line]
-        try:
-            with self.engine.begin() as conn:
-                existing = _existing_ids(conn, [r["id"] for r in rows])
-                fresh = [r for r in rows if r["id"] not in existing]
-                if fresh:
-                    conn.execute(insert(Prediction), fresh)
-        except SQLAlchemyError:
-            return  # still down; keep the file for the next try
-        replaying.unlink()
+            if self.db_ok:
+                log.warning("database refused prediction rows (%s); keeping them in %s", type(exc).__name__, self.dir)
+            self.db_ok = False
+            return False
+        if not self.db_ok:
+            log.info("database is back; prediction logging resumed")
+        self.db_ok = True
         self.written += len(rows)
-        log.info("replayed %d spooled prediction rows", len(rows))
+        return True
+
+    def _replay_pending(self) -> None:
+        for segment in sorted(self.dir.glob("pending-*.jsonl")):
+            rows = _read_segment(segment)
+            if rows and not self._insert(rows, skip_existing=True):
+                return  # still down: keep this and later segments for the next try
+            segment.unlink()
+            log.info("replayed %d spooled prediction rows from %s", len(rows), segment.name)
+
+
+def _read_segment(segment: Path) -> list[dict[str, Any]]:
+    rows = []
+    for n, line in enumerate(segment.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(_from_json(json.loads(line)))
+        except (ValueError, KeyError):
+            # Only a crash mid-write leaves a torn line, and that request was never acknowledged.
+            log.warning("%s line %d is torn; skipped (its request was not acknowledged)", segment.name, n)
+    return rows
 
 
 def _existing_ids(conn: Any, ids: list[str]) -> set[str]:
-    from sqlalchemy import select
-
     found: set[str] = set()
     for i in range(0, len(ids), 500):
         found.update(conn.execute(select(Prediction.id).where(Prediction.id.in_(ids[i : i + 500]))).scalars())

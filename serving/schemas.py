@@ -36,3 +36,20 @@ class PredictResponse(BaseModel):
 
 class ErrorOut(BaseModel):
     error: str
+
+
+class FeedbackRequest(BaseModel):
+    """The true label of a logged prediction (``prediction_id``) or of a bare ``text``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str = Field(..., min_length=1, description="The true label.")
+    prediction_id: str | None = Field(None, description="Id returned by /v1/predict.")
+    text: str | None = Field(None, description="A text never predicted, with its label.")
+    source: str = Field("api", max_length=32, description="Where the label came from (api, review, import…).")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> FeedbackRequest:
+        if (self.prediction_id is None) == (self.text is None):
+            raise ValueError('send exactly one of "prediction_id" or "text" with the "label"')
+        return self

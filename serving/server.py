@@ -57,10 +57,8 @@ def build(settings: Settings) -> Serving:
 
 
 def serve(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
-    """Load the champion and serve HTTP until interrupted; flush the prediction log on the way out."""
+    """Serve HTTP until SIGTERM / SIGINT; the app's lifespan loads the champion and flushes the log."""
     parts = build(settings)
-    parts.plane.load_champion()
-    parts.predlog.start()
     config = uvicorn.Config(
         parts.app,
         host=host or settings.serving.host,
@@ -69,8 +67,4 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
         access_log=False,
         timeout_graceful_shutdown=10,
     )
-    try:
-        GracefulServer(config).run()
-    finally:
-        parts.predlog.close()
-        log.info("prediction log flushed (%d rows written, %d spooled)", parts.predlog.written, parts.predlog.spooled)
+    GracefulServer(config).run()

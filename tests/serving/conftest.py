@@ -47,8 +47,6 @@ def running(tmp_path: Path, untrained_artifact: Path) -> Iterator[Running]:
     upgrade(make_engine(settings.database_url))
     publish_version(settings, untrained_artifact)
     parts = build(settings)
-    parts.plane.load_champion()
-    parts.predlog.start()
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(parts.app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -64,4 +62,3 @@ def running(tmp_path: Path, untrained_artifact: Path) -> Iterator[Running]:
     yield Running(url, settings, parts, server)
     server.should_exit = True
     thread.join(15)
-    parts.predlog.close()

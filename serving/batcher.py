@@ -1,0 +1,179 @@
+"""Dynamic batching: requests join a bounded queue; one worker runs them in batches.
+
+A batch closes at ``max_batch_size`` texts or ``max_wait_ms`` after its first
+request, whichever comes first. When more texts wait than one batch holds,
+they are sorted by length and cut into batches of similar length, so short
+texts are not padded to a long one. Each batch runs on the runtime that was
+current when it started, so a hot swap never changes a batch midway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from core.errors import NotReadyError, OverloadedError, RefitdError
+from serving.runtime import Batch, OnnxClassifier
+
+log = logging.getLogger(__name__)
+
+
+class RequestTimeout(RefitdError):
+    status_code = 504
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no answer within {seconds:g} s (serving.request_timeout_s); the server is overloaded")
+
+
+@dataclass
+class Answer:
+    runtime: OnnxClassifier
+    labels: list[str]
+    scores: np.ndarray
+    embeddings: np.ndarray
+    latency_ms: float
+
+
+@dataclass
+class _Item:
+    texts: list[str]
+    future: asyncio.Future[Answer]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    def __init__(
+        self,
+        current_runtime: Callable[[], OnnxClassifier | None],
+        *,
+        max_batch_size: int,
+        max_wait_ms: float,
+        queue_size: int,
+        timeout_s: float,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self.current_runtime = current_runtime
+        self.max_batch_size, self.max_wait = max_batch_size, max_wait_ms / 1000.0
+        self.queue_size, self.timeout_s = queue_size, timeout_s
+        self.on_batch = on_batch
+        self.queued_texts = 0
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._task: asyncio.Task[None] | None = None
+        self.inflight = 0
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="batcher")
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Finish what is queued (up to ``timeout``), then stop the worker."""
+        deadline = time.monotonic() + timeout
+        while (self.queued_texts or self.inflight) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, texts: list[str]) -> Answer:
+        """Queue ``texts`` and wait for their answer; OverloadedError when the queue is full."""
+        if self.current_runtime() is None:
+            raise NotReadyError()
+        if self.queued_texts + len(texts) > self.queue_size:
+            raise OverloadedError(
+                f"queue full ({self.queued_texts} texts waiting, limit {self.queue_size}); retry shortly", retry_after=1
+            )
+        item = _Item(texts, asyncio.get_running_loop().create_future())
+        self.queued_texts += len(texts)
+        self._queue.put_nowait(item)
+        try:
+            return await asyncio.wait_for(asyncio.shield(item.future), self.timeout_s)
+        except TimeoutError:
+            item.future.cancel()
+            raise RequestTimeout(self.timeout_s) from None
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = await self._collect()
+            self.queued_texts -= sum(len(i.texts) for i in items)
+            live = [i for i in items if not i.future.done()]
+            if not live:
+                continue
+            self.inflight += 1
+            try:
+                for group in self._groups(live):
+                    await self._run(loop, group)
+            finally:
+                self.inflight -= 1
+
+    async def _collect(self) -> list[_Item]:
+        first = await self._queue.get()
+        items, count = [first], len(first.texts)
+        deadline = time.perf_counter() + self.max_wait
+        while count < self.max_batch_size:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0 and self._queue.empty():
+                break
+            try:
+                item = self._queue.get_nowait() if remaining <= 0 else await asyncio.wait_for(self._queue.get(), remaining)
+            except (TimeoutError, asyncio.QueueEmpty):
+                break
+            items.append(item)
+            count += len(item.texts)
+        # More waiting than one batch holds: take a few batches' worth and group them by length.
+        while not self._queue.empty() and count < 4 * self.max_batch_size:
+            item = self._queue.get_nowait()
+            items.append(item)
+            count += len(item.texts)
+        return items
+
+    def _groups(self, items: list[_Item]) -> list[list[_Item]]:
+        """Requests in batches of ≤ max_batch_size texts, shortest texts together."""
+        if sum(len(i.texts) for i in items) <= self.max_batch_size:
+            return [items]
+        ordered = sorted(items, key=lambda i: max(len(t) for t in i.texts))
+        groups, current, count = [], [], 0
+        for item in ordered:
+            if current and count + len(item.texts) > self.max_batch_size:
+                groups.append(current)
+                current, count = [], 0
+            current.append(item)
+            count += len(item.texts)
+        if current:
+            groups.append(current)
+        return groups
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, group: list[_Item]) -> None:
+        runtime = self.current_runtime()
+        texts = [t for item in group for t in item.texts]
+        start = time.perf_counter()
+        try:
+            if runtime is None:
+                raise NotReadyError()
+            batch: Batch = await loop.run_in_executor(self._executor, runtime.predict, texts)
+        except Exception as exc:  # noqa: BLE001 - every waiting caller must hear about it
+            for item in group:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        seconds = time.perf_counter() - start
+        if self.on_batch is not None:
+            self.on_batch(len(texts), seconds)
+        offset = 0
+        for item in group:
+            n = len(item.texts)
+            if not item.future.done():
+                latency = (time.perf_counter() - item.enqueued) * 1000.0
+                item.future.set_result(Answer(runtime, batch.labels[offset : offset + n], batch.scores[offset : offset + n],
+                                              batch.embeddings[offset : offset + n], latency))
+            offset += n

@@ -1,0 +1,71 @@
+"""Open Inference Protocol V2 routes (KServe / Triton HTTP), answered by the DataPlane."""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from core.errors import NotFoundError
+from serving import v2
+from serving.dataplane import DataPlane
+from serving.limits import check_texts
+
+SERVER_VERSION = "0.1.0"
+
+
+def add_v2_routes(app: FastAPI, plane: DataPlane) -> None:
+    name = plane.settings.model.name
+    limits = plane.settings.serving
+
+    def check(model: str, version: str | None = None) -> None:
+        if model != name:
+            raise NotFoundError("model", model)
+        served = plane.runtime.version if plane.runtime else None
+        if version is not None and version != served:
+            raise NotFoundError(f"version of {name} being served ({served})", version)
+
+    @app.get("/v2", summary="Server metadata")
+    async def server_metadata() -> dict:
+        return {"name": "refitd", "version": SERVER_VERSION, "extensions": ["binary_tensor_data", "model_repository"]}
+
+    @app.get("/v2/health/live", summary="The process is up")
+    async def live() -> dict:
+        return {"live": True}
+
+    @app.get("/v2/health/ready", summary="A model is loaded")
+    async def ready() -> JSONResponse:
+        return JSONResponse({"ready": plane.ready}, status_code=200 if plane.ready else 503)
+
+    async def metadata(model: str, version: str | None = None) -> dict:
+        check(model, version)
+        runtime = plane.require_ready()
+        return v2.model_metadata(name, runtime.version, len(runtime.labels))
+
+    async def model_ready(model: str, version: str | None = None) -> JSONResponse:
+        check(model, version)
+        return JSONResponse({"name": name, "ready": plane.ready}, status_code=200 if plane.ready else 503)
+
+    async def infer(model: str, request: Request, version: str | None = None) -> Response:
+        check(model, version)
+        runtime = plane.require_ready()
+        parsed = v2.parse_infer(await request.body(), request.headers.get(v2.HEADER), {"label", "scores"})
+        check_texts(parsed.texts, max_texts=limits.max_texts_per_request, max_chars=limits.max_text_chars)
+        answers = await plane.predict(parsed.texts)
+        served = answers[0]["model_version"]
+        labels = runtime.labels if runtime.version == served else list(answers[0]["scores"])
+        scores = np.asarray([[a["scores"][lbl] for lbl in labels] for a in answers], dtype=np.float32)
+        body, headers = v2.build_response(parsed, model_name=name, model_version=served,
+                                          labels=[a["label"] for a in answers], scores=scores)
+        return Response(body, headers=headers)
+
+    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        app.add_api_route(prefix, metadata, methods=["GET"], summary="Model metadata")
+        app.add_api_route(prefix + "/ready", model_ready, methods=["GET"], summary="Model readiness")
+        app.add_api_route(prefix + "/infer", infer, methods=["POST"], summary="Inference: BYTES input 'text' [N]")
+
+    @app.post("/v2/repository/index", summary="Models in the repository")
+    async def repository_index() -> list[dict]:
+        runtime = plane.runtime
+        return [{"name": name, "version": runtime.version if runtime else "",
+                 "state": "READY" if plane.ready else "UNAVAILABLE", "reason": ""}]
