@@ -181,6 +181,9 @@ class DatabaseSection(_Section):
         description="SQLAlchemy URL (sqlite:///… or postgresql+psycopg://…); unset = SQLite in the state directory.",
     )
     echo: bool = Field(False, description="Log every SQL statement.")
+    timeout_s: float = Field(
+        30.0, description="How long a statement waits for a SQLite lock, or a PostgreSQL connection attempt."
+    )
 
     @field_validator("url")
     @classmethod

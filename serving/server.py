@@ -50,7 +50,7 @@ class Serving:
 
 def build(settings: Settings) -> Serving:
     """Wire the serving objects; nothing is loaded or started yet."""
-    engine = make_engine(settings.database_url, echo=settings.database.echo)
+    engine = make_engine(settings.database_url, echo=settings.database.echo, busy_timeout_s=settings.database.timeout_s)
     predlog = PredictionLog(engine, settings.spool_dir)
     plane = DataPlane(settings, engine, ArtifactStore(settings.models_dir), predlog)
     return Serving(plane, create_app(plane), predlog)

@@ -41,12 +41,7 @@ class Running:
     server: uvicorn.Server
 
 
-@pytest.fixture
-def running(tmp_path: Path, untrained_artifact: Path) -> Iterator[Running]:
-    settings = Settings.load(home=tmp_path, serving={"max_texts_per_request": 8, "max_text_chars": 200})
-    upgrade(make_engine(settings.database_url))
-    publish_version(settings, untrained_artifact)
-    parts = build(settings)
+def _start(settings: Settings, parts: Serving) -> Running:
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(parts.app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -58,7 +53,37 @@ def running(tmp_path: Path, untrained_artifact: Path) -> Iterator[Running]:
             if httpx.get(f"{url}/v2/health/ready").status_code == 200:
                 break
         except httpx.TransportError:
-            time.sleep(0.1)
-    yield Running(url, settings, parts, server)
-    server.should_exit = True
-    thread.join(15)
+            pass
+        time.sleep(0.1)
+    running = Running(url, settings, parts, server)
+    running.thread = thread  # type: ignore[attr-defined]
+    return running
+
+
+def _stop(running: Running) -> None:
+    running.server.should_exit = True
+    running.thread.join(15)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def start_server(tmp_path: Path, untrained_artifact: Path) -> Iterator:
+    """Start a real server over a fresh home with v1 promoted; settings overrides as keyword arguments."""
+    started: list[Running] = []
+
+    def start(**overrides) -> Running:
+        serving = {"max_texts_per_request": 8, "max_text_chars": 200, **overrides.pop("serving", {})}
+        settings = Settings.load(home=tmp_path, serving=serving, **overrides)
+        upgrade(make_engine(settings.database_url))
+        publish_version(settings, untrained_artifact)
+        running = _start(settings, build(settings))
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        _stop(running)
+
+
+@pytest.fixture
+def running(start_server) -> Running:
+    return start_server()

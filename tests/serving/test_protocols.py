@@ -1,0 +1,104 @@
+"""Feedback, Open Inference Protocol V2 through a real V2 client, metrics and admin routes."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton
+from prometheus_client.parser import text_string_to_metric_families
+from sqlmodel import select
+
+from core.db import make_engine, session_scope
+from core.tables import Feedback
+
+
+def _predict(url: str, text: str) -> dict:
+    return httpx.post(f"{url}/v1/predict", json={"text": text}).json()["predictions"][0]
+
+
+def test_feedback_idempotent_replace_and_404(running) -> None:
+    pid = _predict(running.url, "@united lost my bag")["prediction_id"]
+    first = httpx.post(f"{running.url}/v1/feedback", json={"prediction_id": pid, "label": "negative"})
+    again = httpx.post(f"{running.url}/v1/feedback", json={"prediction_id": pid, "label": "negative"})
+    changed = httpx.post(f"{running.url}/v1/feedback", json={"prediction_id": pid, "label": "neutral"})
+    assert (first.json()["status"], again.json()["status"], changed.json()["status"]) == ("recorded", "unchanged", "replaced")
+    assert first.json()["feedback_id"] == again.json()["feedback_id"] == changed.json()["feedback_id"]
+    bare = httpx.post(f"{running.url}/v1/feedback", json={"text": "never predicted", "label": "positive"})
+    assert bare.status_code == 200
+    unknown = httpx.post(f"{running.url}/v1/feedback", json={"prediction_id": "f" * 32, "label": "negative"})
+    assert unknown.status_code == 404 and "not found" in unknown.json()["error"]
+    bad_label = httpx.post(f"{running.url}/v1/feedback", json={"prediction_id": pid, "label": "furious"})
+    assert bad_label.status_code == 422 and "expected one of negative, neutral, positive" in bad_label.json()["error"]
+    neither = httpx.post(f"{running.url}/v1/feedback", json={"label": "negative"})
+    assert neither.status_code == 422
+    with session_scope(make_engine(running.settings.database_url)) as s:
+        rows = s.exec(select(Feedback)).all()
+    assert sorted((r.label, r.prediction_id is None) for r in rows) == [("neutral", False), ("positive", True)]
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_v2_infer_with_tritonclient(running, binary: bool) -> None:
+    client = triton.InferenceServerClient(running.url.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("refitd")
+    meta = client.get_model_metadata("refitd")
+    assert meta["inputs"][0] == {"name": "text", "datatype": "BYTES", "shape": [-1]}
+    texts = np.array([b"@united worst airline", b"@jetblue lovely crew", "caf\u00e9 ok".encode()], dtype=object)
+    tensor = triton.InferInput("text", [3], "BYTES")
+    tensor.set_data_from_numpy(texts, binary_data=binary)
+    outputs = [triton.InferRequestedOutput("label", binary_data=binary), triton.InferRequestedOutput("scores", binary_data=binary)]
+    result = client.infer("refitd", [tensor], outputs=outputs)
+    labels = [x.decode() if isinstance(x, bytes) else x for x in result.as_numpy("label")]
+    scores = result.as_numpy("scores")
+    assert scores.shape == (3, 3) and np.allclose(scores.sum(axis=1), 1, atol=1e-4)
+    assert labels == [["negative", "neutral", "positive"][i] for i in scores.argmax(axis=1)]
+    assert result.get_response()["model_version"] == "v1"
+    # no outputs named: the client asks for all of them in binary
+    default = client.infer("refitd", [tensor])
+    assert default.as_numpy("scores").shape == (3, 3)
+    index = client.get_model_repository_index()
+    assert index == [{"name": "refitd", "version": "v1", "state": "READY", "reason": ""}]
+
+
+def test_v2_versioned_routes_and_errors(running) -> None:
+    url = running.url
+    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["hello"]}]}
+    assert httpx.post(f"{url}/v2/models/refitd/versions/v1/infer", json=body).status_code == 200
+    assert httpx.post(f"{url}/v2/models/refitd/versions/v7/infer", json=body).status_code == 404
+    assert httpx.post(f"{url}/v2/models/other/infer", json=body).status_code == 404
+    cases = [
+        ({"inputs": [{"name": "text", "datatype": "FP32", "shape": [1], "data": [1.0]}]}, 422, "datatype BYTES"),
+        ({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": ["a"]}]}, 422, "shape [2] but 1 elements"),
+        ({"inputs": [{"name": "img", "datatype": "BYTES", "shape": [1], "data": ["a"]}]}, 422, "unknown input 'img'"),
+        ({"inputs": []}, 422, 'missing input "text"'),
+        ({"outputs": []}, 422, '"inputs" list'),
+        ({**body, "outputs": [{"name": "logits"}]}, 422, "unknown output(s) ['logits']"),
+    ]
+    for payload, status, message in cases:
+        r = httpx.post(f"{url}/v2/models/refitd/infer", json=payload)
+        assert r.status_code == status and message in r.json()["error"], (payload, r.text)
+    r = httpx.post(f"{url}/v2/models/refitd/infer", content=b"{nope")
+    assert r.status_code == 400
+    r = httpx.post(f"{url}/v2/models/refitd/infer", content=b"{}", headers={"Inference-Header-Content-Length": "99"})
+    assert r.status_code == 400 and "body has 2 bytes" in r.json()["error"]
+
+
+def test_metrics_scrape_parses(running) -> None:
+    for _ in range(3):
+        _predict(running.url, "@united delayed again")
+    httpx.post(f"{running.url}/v1/predict", content=b"{bad")
+    families = {f.name: f for f in text_string_to_metric_families(httpx.get(f"{running.url}/metrics").text)}
+    requests = {(s.labels["route"], s.labels["code"]): s.value for s in families["refitd_requests"].samples
+                if s.name == "refitd_requests_total"}
+    assert requests[("/v1/predict", "200")] == 3 and requests[("/v1/predict", "400")] == 1
+    assert any(s.labels.get("version") == "v1" and s.value == 1 for s in families["refitd_model_version_info"].samples)
+    assert sum(s.value for s in families["refitd_batch_size"].samples if s.name == "refitd_batch_size_count") >= 3
+    assert sum(s.value for s in families["refitd_predictions"].samples if s.name == "refitd_predictions_total") == 3
+    for name in ("refitd_queue_depth", "refitd_model_swaps", "refitd_model_loads_refused", "refitd_request_latency_seconds"):
+        assert name in families
+
+
+def test_admin_routes_disabled_without_token(running) -> None:
+    r = httpx.post(f"{running.url}/v1/admin/reload")
+    assert r.status_code == 404 and "serving.admin_token" in r.json()["error"]
