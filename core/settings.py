@@ -81,9 +81,9 @@ class TrainingSection(_Section):
     )
     validation_fraction: float = Field(0.1, description="Share of rows held out for validation.")
     test_fraction: float = Field(0.15, description="Share of rows in the frozen test set.")
-    epochs: float = Field(2.0, description="Training epochs.")
+    epochs: float = Field(3.0, description="Training epochs.")
     batch_size: int = Field(32, description="Training batch size.")
-    learning_rate: float = Field(5e-5, description="Peak learning rate.")
+    learning_rate: float = Field(1e-4, description="Peak learning rate.")
     weight_decay: float = Field(0.01, description="L2 weight decay.")
     warmup_ratio: float = Field(0.06, description="Share of steps used for linear warm-up.")
     lr_scheduler: Literal["linear", "cosine", "constant"] = Field(
@@ -99,6 +99,22 @@ class TrainingSection(_Section):
     )
     seed: int = Field(42, description="Random seed for sampling, splits and training.")
     threads: int | None = Field(None, description="CPU threads for training; unset = all cores.")
+    warm_start: Literal["champion", "base"] = Field(
+        "champion", description="Refit from the current champion's weights, or from the base model."
+    )
+    unfreeze_every_epochs: float | None = Field(
+        None, description="Gradual unfreezing: unfreeze one more frozen layer (top down) every this many epochs."
+    )
+    augment: bool = Field(False, description="Augment training texts (random deletion / swap / insertion).")
+    augment_copies: int = Field(1, description="Augmented copies added per training text when augment is on.")
+    replay_ratio: float = Field(
+        1.0, description="Older labelled rows replayed per new labelled row, so a refit does not forget."
+    )
+    recent_test_fraction: float = Field(
+        0.2, description="Share of new labelled production rows held out as the recent test set."
+    )
+    min_rows: int = Field(100, description="A refit with fewer training rows fails with that reason.")
+    min_class_share: float = Field(0.02, description="Every label must be at least this share of training rows.")
 
     @model_validator(mode="after")
     def _check(self) -> TrainingSection:
@@ -120,6 +136,35 @@ class TrainingSection(_Section):
         return self
 
 
+class GateSection(_Section):
+    primary_metric: Literal["macro_f1", "accuracy"] = Field("macro_f1", description="Metric the gate compares.")
+    min_delta: float = Field(
+        0.01, description="A candidate must beat the champion by this much on the recent test set."
+    )
+    max_regression: float = Field(
+        0.02, description="…and may lose at most this much on the frozen test set."
+    )
+    baseline_margin: float = Field(
+        0.05, description="With no champion, a candidate must beat the majority-class baseline by this much."
+    )
+    int8_tolerance: float = Field(
+        0.01, description="INT8 is served only if its accuracy is within this of fp32 on both test sets."
+    )
+
+
+class HpoSection(_Section):
+    trials: int = Field(0, description="Optuna trials per refit; 0 = no search, use the training settings.")
+    sampler: Literal["grid", "random", "tpe"] = Field("tpe", description="grid, random, or Bayesian (TPE).")
+    pruner: Literal["hyperband", "none"] = Field("hyperband", description="Stop unpromising trials early.")
+    budget_minutes: float = Field(30.0, description="Wall-clock budget for the whole search.")
+    learning_rate: list[float] = Field([2e-5, 5e-5, 1e-4, 2e-4], description="Learning rates to search.")
+    freeze_layers: list[int] = Field([0, 2, 4], description="Frozen lower layers to search.")
+    epochs: list[float] = Field([1.0, 2.0, 3.0], description="Epoch counts to search.")
+    weight_decay: list[float] = Field([0.0, 0.01, 0.1], description="L2 weight decays to search.")
+    dropout: list[float] = Field([0.1, 0.2], description="Dropout rates to search.")
+    batch_size: list[int] = Field([16, 32], description="Batch sizes to search.")
+
+
 class ServingSection(_Section):
     host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
     port: int = Field(8000, description="Port the HTTP server listens on.")
@@ -127,6 +172,9 @@ class ServingSection(_Section):
         "auto", description="ONNX Runtime device: auto = CUDA when onnxruntime-gpu sees a GPU, else CPU."
     )
     threads: int | None = Field(None, description="ONNX Runtime intra-op threads; unset = all cores.")
+    precision: Literal["auto", "fp32", "int8"] = Field(
+        "auto", description="Which export to serve: auto = the gate's verdict (INT8 if it kept accuracy), or force one."
+    )
     max_batch_size: int = Field(32, description="Most texts the batcher runs in one session call.")
     max_wait_ms: float = Field(5.0, description="Longest a request waits for others to fill a batch.")
     queue_size: int = Field(1024, description="Most texts waiting; beyond it requests get 503.")
@@ -206,6 +254,8 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
     model: ModelSection = Field(default_factory=ModelSection, description="The model being served and refit.")
     training: TrainingSection = Field(default_factory=TrainingSection, description="Fine-tuning.")
+    gate: GateSection = Field(default_factory=GateSection, description="When a candidate may replace the champion.")
+    hpo: HpoSection = Field(default_factory=HpoSection, description="Hyperparameter search during refits.")
     serving: ServingSection = Field(default_factory=ServingSection, description="HTTP serving.")
     drift: DriftSection = Field(default_factory=DriftSection, description="Drift watch.")
     scheduler: SchedulerSection = Field(default_factory=SchedulerSection, description="Scheduled jobs.")

@@ -24,10 +24,14 @@ from core.logs import configure_logging
 from core.settings import Settings
 
 app = typer.Typer(help="refitd: serve a fine-tuned classifier, watch it drift, refit and promote.", no_args_is_help=True)
-models_app = typer.Typer(help="Model versions in the registry.", no_args_is_help=True)
 db_app = typer.Typer(help="The SQL store.", no_args_is_help=True)
-app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
+
+
+def _add_models_commands() -> None:
+    from daemon.models_cli import models_app
+
+    app.add_typer(models_app, name="models")
 
 console = Console()
 err = Console(stderr=True)
@@ -99,7 +103,7 @@ def init(
     if base_model is not None:
         args += ["--base-model", str(base_model.expanduser().resolve())]
     result = run_flow(ctx, settings, args)
-    _print_init(result)
+    print_result(result)
     if not result.get("promoted"):
         raise typer.Exit(1)
 
@@ -124,21 +128,68 @@ def run_flow(ctx: typer.Context, settings: Settings, args: list[str]) -> dict[st
     return result
 
 
-def _print_init(result: dict[str, Any]) -> None:
-    table = Table(title=f"{result['version']}: frozen test set (n={result['after']['n']})")
-    table.add_column("metric")
-    for name in ("majority baseline", "base model, fresh head", result["version"]):
-        table.add_column(name, justify="right")
-    for metric in ("accuracy", "macro_precision", "macro_recall", "macro_f1"):
-        table.add_row(
-            metric,
-            f"{result['baseline'][metric]:.3f}",
-            f"{result['before'][metric]:.3f}",
-            f"{result['after'][metric]:.3f}",
-        )
-    console.print(table)
-    colour = "green" if result["promoted"] else "red"
-    console.print(f"[{colour}]{result['reason']}[/]  (training {result['train_seconds']:.0f} s)")
+METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1")
+
+
+def print_result(result: dict[str, Any]) -> None:
+    """Before/after tables on the frozen and recent test sets, then the gate's verdict."""
+    m, version = result["metrics"], result["version"]
+    cand, champ = m["candidate"], m.get("champion")
+    for set_name in ("frozen", "recent"):
+        report = cand.get(set_name) or {}
+        if not report.get("n"):
+            continue
+        table = Table(title=f"{version} on the {set_name} test set (n={report['n']})")
+        columns: list[tuple[str, dict]] = []
+        if set_name == "frozen":
+            columns.append(("majority baseline", cand["baseline"]))
+            if m.get("before"):
+                columns.append(("base model, fresh head", m["before"]))
+        if champ and (champ.get(set_name) or {}).get("n"):
+            columns.append((f"champion {result.get('parent')}", champ[set_name]))
+        columns += [(f"{version} fp32", report), (f"{version} int8", cand.get(f"{set_name}_int8") or {})]
+        table.add_column("metric")
+        for name, _ in columns:
+            table.add_column(name, justify="right")
+        for metric in METRICS:
+            table.add_row(metric, *[_fmt(col.get(metric)) for _, col in columns])
+        console.print(table)
+    colour = "green" if result["promoted"] else "yellow" if result["verdict"] == "held" else "red"
+    console.print(f"[{colour}]{version} {result['reason']}[/]")
+    console.print(f"[dim]{result['int8']}; timings {result['timings']} s[/]")
+    if m.get("hpo"):
+        h = m["hpo"]
+        console.print(f"[dim]search ({h['sampler']}, {len(h['trials'])} trials, {h['pruned']} pruned, "
+                      f"{h['seconds']:.0f} s): best macro-F1 {h['best_value']:.3f} with {h['best_params']}[/]")
+
+
+@app.command()
+def refit(
+    ctx: typer.Context,
+    from_: Annotated[str, typer.Option("--from", help="Warm start: champion or base.")] = "champion",
+    hpo: Annotated[int | None, typer.Option(help="Optuna trials (default hpo.trials; 0 = no search).")] = None,
+    sampler: Annotated[str | None, typer.Option(help="grid, random or tpe.")] = None,
+    budget: Annotated[float | None, typer.Option(help="Search budget in minutes.")] = None,
+    no_promote: Annotated[bool, typer.Option("--no-promote", help="Evaluate and gate, but do not promote.")] = False,
+    quick: Annotated[bool, typer.Option(help="A few hundred examples, short texts.")] = False,
+    drill_shuffle_labels: Annotated[bool, typer.Option(help="Gate drill: train on shuffled labels; must be rejected.")] = False,
+) -> None:
+    """Refit now on the reference data plus new labels; promote only if the gate says it is better."""
+    from core.db import make_engine, upgrade
+
+    if from_ not in ("champion", "base"):
+        raise typer.BadParameter("--from must be champion or base")
+    settings = _settings(ctx)
+    upgrade(make_engine(settings.database_url))
+    args = ["refit", "--from", from_]
+    for flag, value in (("--hpo", hpo), ("--sampler", sampler), ("--budget", budget)):
+        if value is not None:
+            args += [flag, str(value)]
+    args += ["--no-promote"] * no_promote + ["--quick"] * quick + ["--drill-shuffle-labels"] * drill_shuffle_labels
+    result = run_flow(ctx, settings, args)
+    print_result(result)
+    if result["verdict"] == "rejected" and not drill_shuffle_labels:
+        raise typer.Exit(1)
 
 
 # serve / predict --------------------------------------------------------------------------
@@ -206,27 +257,6 @@ def _predict_locally(settings: Settings, texts: list[str]) -> list[dict[str, Any
 # models / status --------------------------------------------------------------------------
 
 
-@models_app.command("list")
-def models_list(ctx: typer.Context, limit: Annotated[int, typer.Option(help="Most rows.")] = 20) -> None:
-    """Versions, newest first, with status and test metrics."""
-    from core import registry
-    from core.db import make_engine, session_scope
-
-    settings = _settings(ctx)
-    with session_scope(make_engine(settings.database_url)) as session:
-        rows = registry.list_versions(session, limit=limit)
-    table = Table(title="model versions")
-    for col in ("version", "status", "parent", "test acc", "test macro-F1", "created", "reason"):
-        table.add_column(col)
-    for mv in rows:
-        test = mv.metrics.get("test", {})
-        table.add_row(
-            mv.version, mv.status, mv.parent or "-", _fmt(test.get("accuracy")), _fmt(test.get("macro_f1")),
-            mv.created_at.strftime("%Y-%m-%d %H:%M"), (mv.gate_reason or "")[:70],
-        )
-    console.print(table)
-
-
 @app.command()
 def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """Champion and its test metrics, counts, recent events."""
@@ -270,9 +300,12 @@ def _not_built(name: str, issue: str) -> None:
         raise typer.Exit(2)
 
 
-for _name, _issue in (("run", "the daemon"), ("refit", "the refit flow"), ("drift", "the drift watch"),
+for _name, _issue in (("run", "the daemon"), ("drift", "the drift watch"),
                       ("demo", "the demo"), ("feedback", "feedback from the CLI")):
     _not_built(_name, _issue)
+
+
+_add_models_commands()
 
 
 def main() -> None:

@@ -1,89 +1,91 @@
-"""Prefect tasks shared by the training flows: each one typed step."""
+"""Prefect tasks of the training flow: each one typed step with a one-line docstring."""
 
 from __future__ import annotations
 
 import json
 import logging
+import random
 import shutil
-from dataclasses import asdict, dataclass
+import subprocess
+import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+import numpy as np
 from prefect import task
 from prefect.cache_policies import NONE
 
-from core.artifacts import META, ArtifactStore
-from core.datasets import digest_frame, load_configured, stratified_sample
+from core import registry
+from core.artifacts import META, ArtifactStore, read_meta
+from core.datasets import load_configured
+from core.db import make_engine, session_scope
+from core.labels import labelled_rows
 from core.settings import Settings
+from core.tables import ModelVersion
+from flows import snapshot as snap
+from flows.augment import augment_frame
+from flows.calibrate import fit_temperature
 from flows.evaluate import majority_baseline, onnx_logits, report_from_logits
-from flows.export import check_parity, export_onnx
+from flows.export import check_parity, export_onnx, quantize_int8
 from flows.finetune import FitConfig, FitResult, fit, load_model, predict_torch
+from flows.hpo import search
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.onnx"
-TOKENIZER_FILE = "tokenizer.json"
-HF_DIR = "hf"
+MODEL_FILE, INT8_FILE, TOKENIZER_FILE, HF_DIR = "model.onnx", "model.int8.onnx", "tokenizer.json", "hf"
 
 
-@dataclass
-class Snapshot:
-    """Exactly the rows one training run used, with their digest and counts."""
-
-    train: pd.DataFrame
-    validation: pd.DataFrame
-    test: pd.DataFrame
-    labels: list[str]
-    digest: str
-    counts: dict[str, Any]
-
-
-@task(cache_policy=NONE)
-def prepare_data(settings: Settings, *, max_train_rows: int | None, max_test_rows: int | None) -> Snapshot:
-    """Load the configured data, split it deterministically and sample the training rows."""
+@task(cache_policy=NONE, retries=2, retry_delay_seconds=5)
+def snapshot_data(settings: Settings, champion: ModelVersion | None, *, quick: bool) -> snap.Snapshot:
+    """Reference data + production labels since the champion was trained + replay, deduplicated."""
     t = settings.training
-    frame = load_configured(
-        data=t.data,
-        text_column=t.text_column,
-        label_column=t.label_column,
-        topics=t.topics,
-        validation_fraction=t.validation_fraction,
-        test_fraction=t.test_fraction,
-    )
-    labels = sorted(frame["label"].unique().tolist())
-    train = stratified_sample(frame[frame["split"] == "train"], max_train_rows, seed=t.seed)
-    validation = stratified_sample(
-        frame[frame["split"] == "validation"], None if max_train_rows is None else max(200, max_train_rows // 3), seed=t.seed
-    )
-    test = stratified_sample(frame[frame["split"] == "test"], max_test_rows, seed=t.seed)
-    counts = {
-        name: {"rows": len(part), "labels": part["label"].value_counts().to_dict()}
-        for name, part in (("train", train), ("validation", validation), ("test", test))
-    }
-    log.info("data: %d train, %d validation, %d test rows; labels %s", len(train), len(validation), len(test), labels)
-    return Snapshot(train, validation, test, labels, digest_frame(pd.concat([train, validation])), counts)
+    reference = load_configured(data=t.data, text_column=t.text_column, label_column=t.label_column, topics=t.topics,
+                                validation_fraction=t.validation_fraction, test_fraction=t.test_fraction)
+    with session_scope(make_engine(settings.database_url)) as session:
+        production = labelled_rows(session)
+    return snap.build(reference, production, since=champion.created_at if champion else None,
+                      validation_fraction=t.validation_fraction, test_fraction=t.test_fraction,
+                      recent_fraction=t.recent_test_fraction, replay_ratio=t.replay_ratio,
+                      max_train_rows=400 if quick else t.max_train_rows, max_test_rows=500 if quick else None,
+                      seed=t.seed)
 
 
 @task(cache_policy=NONE)
-def score_base_model(source: Path, snapshot: Snapshot, *, max_length: int) -> dict[str, Any]:
-    """Score the untuned model (pre-trained encoder, fresh head) on the test set: the 'before' column."""
+def validate_data(snapshot: snap.Snapshot, *, min_rows: int, min_class_share: float) -> None:
+    """Fail the run with a reason a human can act on when the data cannot make a good model."""
+    snap.validate(snapshot, min_rows=min_rows, min_class_share=min_class_share)
+
+
+@task(cache_policy=NONE)
+def score_base_model(source: Path, snapshot: snap.Snapshot, *, max_length: int) -> dict[str, Any]:
+    """Score the untuned model (pre-trained encoder, fresh head) on the frozen test set."""
     model, tokenizer = load_model(source, snapshot.labels, dropout=None)
     logits = predict_torch(model, tokenizer, snapshot.test["text"].tolist(), max_length=max_length)
     return report_from_logits(logits, snapshot.test["label"].tolist(), snapshot.labels)
 
 
 @task(cache_policy=NONE)
-def fine_tune(source: Path, snapshot: Snapshot, config: FitConfig) -> FitResult:
-    """Fine-tune the model in ``source`` on the snapshot's training rows."""
-    return fit(source, snapshot.train, snapshot.validation, config)
+def fine_tune(source: Path, snapshot: snap.Snapshot, config: FitConfig, settings: Settings, *,
+              trials: int, shuffle_labels: bool) -> tuple[FitResult, dict[str, Any] | None]:
+    """Fine-tune (after an optional hyperparameter search); return the model and the search record."""
+    train = snapshot.train
+    if shuffle_labels:  # a gate drill: a model that learnt nothing must be rejected
+        train = train.assign(label=random.Random(config.seed).sample(list(train["label"]), len(train)))
+    if settings.training.augment:
+        train = augment_frame(train, copies=settings.training.augment_copies, seed=config.seed)
+    if trials > 0:
+        hpo = settings.hpo.model_copy(update={"trials": trials})
+        return search(source, train, snapshot.validation, config, hpo)
+    return fit(source, train, snapshot.validation, config), None
 
 
 @task(cache_policy=NONE)
 def export_model(fitted: FitResult, store: ArtifactStore, *, max_length: int) -> Path:
-    """Export ONNX, tokenizer and the Hugging Face checkpoint into a staging folder."""
+    """Export fp32 and INT8 ONNX, the tokenizer and the Hugging Face checkpoint into a staging folder."""
     staged = store.staging("candidate")
     export_onnx(fitted.model, fitted.tokenizer, staged / MODEL_FILE, max_length=max_length)
+    quantize_int8(staged / MODEL_FILE, staged / INT8_FILE)
     fitted.tokenizer.backend_tokenizer.save(str(staged / TOKENIZER_FILE))
     fitted.model.save_pretrained(staged / HF_DIR)
     fitted.tokenizer.save_pretrained(staged / HF_DIR)
@@ -93,44 +95,91 @@ def export_model(fitted: FitResult, store: ArtifactStore, *, max_length: int) ->
 @task(cache_policy=NONE)
 def check_export(fitted: FitResult, staged: Path, texts: list[str], *, max_length: int, tolerance: float) -> float:
     """Fail the run unless ONNX Runtime reproduces the torch logits."""
-    return check_parity(
-        fitted.model, staged / MODEL_FILE, staged / TOKENIZER_FILE, texts, max_length=max_length, tolerance=tolerance
-    )
+    return check_parity(fitted.model, staged / MODEL_FILE, staged / TOKENIZER_FILE, texts,
+                        max_length=max_length, tolerance=tolerance)
+
+
+def _score(folder: Path, model_file: str, tokenizer_file: str, max_length: int, part, labels) -> tuple[dict, np.ndarray]:
+    if not len(part):
+        return {"n": 0}, np.zeros((0, len(labels)), dtype=np.float32)
+    logits = onnx_logits(folder / model_file, folder / tokenizer_file, part["text"].tolist(), max_length=max_length)
+    return report_from_logits(logits, part["label"].tolist(), labels), logits
 
 
 @task(cache_policy=NONE)
-def evaluate_export(staged: Path, snapshot: Snapshot, *, max_length: int) -> dict[str, Any]:
-    """Score the exported ONNX model (what will be served) and the majority baseline on the test set."""
-    texts, truth = snapshot.test["text"].tolist(), snapshot.test["label"].tolist()
-    logits = onnx_logits(staged / MODEL_FILE, staged / TOKENIZER_FILE, texts, max_length=max_length)
-    return {
-        "test": report_from_logits(logits, truth, snapshot.labels),
-        "majority_baseline": majority_baseline(snapshot.train["label"].tolist(), truth, snapshot.labels),
-    }
+def evaluate(staged: Path, champion_dir: Path | None, snapshot: snap.Snapshot, *, max_length: int) -> dict[str, Any]:
+    """Candidate (fp32 and INT8) and champion on the same frozen and recent test sets."""
+    labels = snapshot.labels
+    out: dict[str, Any] = {"candidate": {}, "champion": None}
+    agreement = {}
+    for name, part in (("frozen", snapshot.test), ("recent", snapshot.recent_test)):
+        out["candidate"][name], fp32 = _score(staged, MODEL_FILE, TOKENIZER_FILE, max_length, part, labels)
+        out["candidate"][f"{name}_int8"], int8 = _score(staged, INT8_FILE, TOKENIZER_FILE, max_length, part, labels)
+        if len(part):
+            agreement[name] = float((fp32.argmax(1) == int8.argmax(1)).mean())
+    out["candidate"]["int8_agreement"] = agreement
+    out["candidate"]["baseline"] = majority_baseline(snapshot.train["label"].tolist(), snapshot.test["label"].tolist(), labels)
+    if champion_dir is not None:
+        meta = read_meta(champion_dir)
+        out["champion"] = {
+            name: _score(champion_dir, meta["model_file"], meta["tokenizer_file"], int(meta["max_length"]), part,
+                         meta["labels"])[0]
+            for name, part in (("frozen", snapshot.test), ("recent", snapshot.recent_test))
+        }
+    return out
 
 
 @task(cache_policy=NONE)
-def write_metadata(
-    staged: Path, snapshot: Snapshot, config: FitConfig, fitted: FitResult, metrics: dict[str, Any], lineage: dict[str, Any]
-) -> None:
-    """Store what a runtime needs, plus config, metrics and data lineage beside the weights."""
-    meta = {
-        "format": 1,
-        "labels": snapshot.labels,
-        "max_length": config.max_length,
-        "model_file": MODEL_FILE,
-        "tokenizer_file": TOKENIZER_FILE,
-        "outputs": ["logits", "embedding"],
-        "embedding_dim": int(fitted.model.config.hidden_size),
-        "calibration": {"temperature": 1.0},
-    }
+def calibrate(staged: Path, snapshot: snap.Snapshot, *, max_length: int) -> dict[str, float]:
+    """Fit temperature scaling on the validation set (the drift watch's label-free estimate uses it)."""
+    v = snapshot.validation
+    logits = onnx_logits(staged / MODEL_FILE, staged / TOKENIZER_FILE, v["text"].tolist(), max_length=max_length)
+    y = np.asarray([snapshot.labels.index(x) for x in v["label"]])
+    return fit_temperature(logits, y)
+
+
+@task(cache_policy=NONE)
+def trial_load(staged: Path) -> dict[str, Any]:
+    """Load the candidate in a fresh ONNX Runtime session in a separate process, as the server would."""
+    proc = subprocess.run([sys.executable, "-m", "serving.trial_load", str(staged)], capture_output=True, text=True,
+                          timeout=300)
+    try:
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        result = {"ok": False, "reason": f"trial load crashed (exit {proc.returncode}): {proc.stderr[-500:]}"}
+    return result
+
+
+@task(cache_policy=NONE)
+def write_runtime_meta(staged: Path, snapshot: snap.Snapshot, config: FitConfig, fitted: FitResult, *,
+                       calibration: dict[str, float], serve_int8: bool) -> None:
+    """Write what a runtime needs to serve the candidate: labels, files, max_length, calibration."""
+    meta = {"format": 1, "labels": snapshot.labels, "max_length": config.max_length, "model_file": MODEL_FILE,
+            "int8_file": INT8_FILE, "serve_file": INT8_FILE if serve_int8 else MODEL_FILE,
+            "tokenizer_file": TOKENIZER_FILE, "outputs": ["logits", "embedding"],
+            "embedding_dim": int(fitted.model.config.hidden_size), "calibration": calibration}
     (staged / META).write_text(json.dumps(meta, indent=2))
+
+
+@task(cache_policy=NONE)
+def write_record(staged: Path, snapshot: snap.Snapshot, config: FitConfig, fitted: FitResult, *,
+                 metrics: dict[str, Any], lineage: dict[str, Any]) -> None:
+    """Store config, metrics, lineage and the exact training rows beside the weights."""
     (staged / "config.json").write_text(json.dumps(asdict(config), indent=2, default=str))
     (staged / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (staged / "lineage.json").write_text(
-        json.dumps({**lineage, "data_digest": snapshot.digest, "data_counts": snapshot.counts}, indent=2, default=str)
-    )
+    (staged / "lineage.json").write_text(json.dumps(lineage, indent=2, default=str))
     (staged / "train_history.json").write_text(json.dumps(fitted.history, indent=2, default=str))
+    snapshot.train.to_parquet(staged / "train_rows.parquet")  # exactly what was trained on (the digest's input)
+
+
+@task(cache_policy=NONE)
+def register_candidate(settings: Settings, staged: Path, fields: dict[str, Any]) -> str:
+    """Register the candidate row and publish its sealed artifact under the new version name."""
+    engine = make_engine(settings.database_url)
+    mv = registry.register_version(engine, **fields)
+    final = ArtifactStore(settings.models_dir).publish(mv.version, staged)
+    registry.update_version(engine, mv.version, artifact_uri=str(final))
+    return mv.version
 
 
 def discard(staged: Path | None) -> None:

@@ -73,7 +73,8 @@ class DataPlane:
         with self._swap_lock:
             try:
                 candidate = OnnxClassifier(version, self.store.path(version),
-                                           provider=self.settings.serving.provider, threads=self.settings.serving.threads)
+                                           provider=self.settings.serving.provider, threads=self.settings.serving.threads,
+                                           precision=self.settings.serving.precision)
                 candidate.load()
             except RefitdError as exc:
                 self._refuse(version, str(exc))

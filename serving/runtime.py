@@ -49,9 +49,11 @@ def providers_for(choice: str) -> list[str]:
 class OnnxClassifier:
     """One loaded model version."""
 
-    def __init__(self, version: str, folder: Path, *, provider: str = "auto", threads: int | None = None) -> None:
+    def __init__(
+        self, version: str, folder: Path, *, provider: str = "auto", threads: int | None = None, precision: str = "auto"
+    ) -> None:
         self.version, self.folder = version, Path(folder)
-        self.provider, self.threads = provider, threads
+        self.provider, self.threads, self.precision = provider, threads, precision
         self.ready = False
         self.labels: list[str] = []
         self.temperature = 1.0
@@ -63,7 +65,7 @@ class OnnxClassifier:
             meta = read_meta(self.folder)
             self.labels = list(meta["labels"])
             self.temperature = float(meta.get("calibration", {}).get("temperature", 1.0))
-            model_file = self.folder / meta.get("serve_file", meta["model_file"])
+            model_file = self.folder / _model_file(meta, self.precision)
             self._tokenizer = load_tokenizer(self.folder / meta["tokenizer_file"], max_length=int(meta["max_length"]))
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -103,8 +105,11 @@ class OnnxClassifier:
         return self._session.get_providers()[0] if self._session is not None else "none"
 
 
-def timed_load(version: str, folder: Path, *, provider: str, threads: int | None) -> tuple[OnnxClassifier, float]:
-    start = time.perf_counter()
-    runtime = OnnxClassifier(version, folder, provider=provider, threads=threads)
-    runtime.load()
-    return runtime, time.perf_counter() - start
+def _model_file(meta: dict, precision: str) -> str:
+    if precision == "fp32":
+        return meta["model_file"]
+    if precision == "int8":
+        if "int8_file" not in meta:
+            raise ModelLoadError("-", "serving.precision = 'int8' but this version has no INT8 export")
+        return meta["int8_file"]
+    return meta.get("serve_file", meta["model_file"])

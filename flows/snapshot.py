@@ -1,0 +1,139 @@
+"""Exactly which rows a training run uses: the reference data, new production labels, replay.
+
+The frozen test set is the reference data's ``test`` split, and any production
+text that hashes into that split is kept out of training too, so no refit ever
+trains on a frozen test row. New production labels (since the champion was
+trained) are split by a salted hash of the text into recent-test / validation /
+train; older rows are replayed beside them so the model does not forget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+
+from core.datasets import digest_frame, normalise, split_of, stratified_sample
+from core.errors import DataError
+
+RECENT_SALT = "refitd-recent-v1"
+NEW_VALIDATION_FRACTION = 0.1
+
+
+@dataclass
+class Snapshot:
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame  # the frozen test set
+    recent_test: pd.DataFrame
+    labels: list[str]
+    digest: str = ""
+    counts: dict[str, Any] = field(default_factory=dict)
+
+    def seal(self) -> Snapshot:
+        self.digest = digest_frame(pd.concat([self.train[["text", "label"]], self.validation[["text", "label"]]]))
+        self.counts = {
+            name: {
+                "rows": int(len(part)),
+                "labels": {k: int(v) for k, v in part["label"].value_counts().items()},
+                "sources": {k: int(v) for k, v in part["source"].value_counts().items()} if "source" in part else {},
+            }
+            for name, part in (("train", self.train), ("validation", self.validation), ("test", self.test),
+                               ("recent_test", self.recent_test))
+        }
+        return self
+
+
+def _recent_split(text: str, recent_fraction: float) -> str:
+    u = int.from_bytes(hashlib.sha256((RECENT_SALT + normalise(text)).encode()).digest()[:8], "big") / 2**64
+    if u < recent_fraction:
+        return "recent_test"
+    if u < recent_fraction + NEW_VALIDATION_FRACTION:
+        return "validation"
+    return "train"
+
+
+def _dedupe(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per normalised text; the last (newest) label wins."""
+    key = frame["text"].map(normalise)
+    return frame[~key.duplicated(keep="last")].reset_index(drop=True)
+
+
+def build(
+    reference: pd.DataFrame,
+    production: pd.DataFrame,
+    *,
+    since: datetime | None,
+    validation_fraction: float,
+    test_fraction: float,
+    recent_fraction: float,
+    replay_ratio: float,
+    max_train_rows: int | None,
+    max_test_rows: int | None,
+    seed: int,
+) -> Snapshot:
+    """The training snapshot. ``reference`` has a ``split`` column; ``production`` has text, label, created_at."""
+    labels = sorted(reference["label"].unique().tolist())
+    # Sort first: the same rows in any order make the same snapshot (and the same digest).
+    ref = reference.sort_values("text", kind="stable").reset_index(drop=True).assign(source="reference")
+    production = production.sort_values(["created_at", "text"], kind="stable") if len(production) else production
+    prod = production.assign(source="feedback")[["text", "label", "created_at", "source"]] if len(production) else \
+        pd.DataFrame(columns=["text", "label", "created_at", "source"])
+    frozen = prod["text"].map(lambda t: split_of(t, validation_fraction=validation_fraction,
+                                                   test_fraction=test_fraction) == "test")
+    prod = _dedupe(prod.loc[~frozen.astype(bool)])
+    is_new = (prod["created_at"] > since) if since is not None else pd.Series(True, index=prod.index)
+    is_new = is_new.astype(bool)
+    new, old = prod.loc[is_new].copy(), prod.loc[~is_new].copy()
+    new["source"], old["source"] = "feedback_new", "feedback_old"
+    new["part"] = new["text"].map(lambda t: _recent_split(t, recent_fraction))
+    old["part"] = old["text"].map(lambda t: _recent_split(t, recent_fraction))
+
+    new_train = new[new["part"] == "train"]
+    old_pool = pd.concat([ref[ref["split"] == "train"], old[old["part"] == "train"]], ignore_index=True)
+    if len(new_train):
+        replay_n = int(round(replay_ratio * len(new_train)))
+        if max_train_rows is not None:
+            replay_n = max(0, min(replay_n, max_train_rows - len(new_train)))
+        train = pd.concat([stratified_sample(old_pool, replay_n, seed=seed) if replay_n else old_pool.iloc[:0],
+                           stratified_sample(new_train, max_train_rows, seed=seed)], ignore_index=True)
+    else:
+        train = stratified_sample(old_pool, max_train_rows, seed=seed)
+    train = _dedupe(train)
+    val_cap = None if max_train_rows is None else max(200, max_train_rows // 3)
+    validation = _dedupe(pd.concat([stratified_sample(ref[ref["split"] == "validation"], val_cap, seed=seed),
+                                    new[new["part"] == "validation"], old[old["part"] == "validation"]],
+                                   ignore_index=True))
+    test = stratified_sample(ref[ref["split"] == "test"], max_test_rows, seed=seed)
+    recent = new[new["part"] == "recent_test"].reset_index(drop=True)
+    cols = ["text", "label", "source"]
+    return Snapshot(train[cols], validation[cols], test[cols], recent[cols], labels).seal()
+
+
+def validate(snap: Snapshot, *, min_rows: int, min_class_share: float) -> None:
+    """Raise DataError with a reason a human can act on, or return quietly."""
+    train = snap.train
+    if len(train) < min_rows:
+        raise DataError(f"only {len(train)} training rows; need at least {min_rows} (training.min_rows)")
+    empty = train["text"].fillna("").str.strip() == ""
+    if empty.any():
+        raise DataError(f"{int(empty.sum())} training rows have empty text")
+    dup = train["text"].map(normalise).duplicated()
+    if dup.any():
+        raise DataError(f"{int(dup.sum())} training texts are duplicated")
+    for name, part in (("train", train), ("validation", snap.validation), ("recent test", snap.recent_test)):
+        unknown = sorted(set(part["label"]) - set(snap.labels))
+        if unknown:
+            raise DataError(f"{name} rows carry labels outside the label set {snap.labels}: {unknown}; "
+                            "fix the feedback or retrain from data that has them")
+    shares = train["label"].value_counts(normalize=True)
+    for label in snap.labels:
+        share = float(shares.get(label, 0.0))
+        if share < min_class_share:
+            raise DataError(f"label {label!r} is {share:.1%} of training rows; need ≥ {min_class_share:.1%} "
+                            "(training.min_class_share): collect more labels for it")
+    if len(snap.validation) < 20:
+        raise DataError(f"only {len(snap.validation)} validation rows; early stopping needs at least 20")

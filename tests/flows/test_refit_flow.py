@@ -1,0 +1,85 @@
+"""The refit flow end to end under Prefect's test harness, on tiny data."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from sqlmodel import select
+
+from core import registry
+from core.artifacts import ArtifactStore
+from core.datasets import load_bundled_corpus
+from core.db import make_engine, session_scope
+from core.tables import Feedback, ModelVersion, RefitRun, utcnow
+from tests.flows.conftest import tiny_settings
+
+
+def _add_labels(settings, n: int, topics: list[str], seed: int = 0) -> None:
+    """Labelled production data from other topics (the drift the refit must learn)."""
+    corpus = load_bundled_corpus()
+    rows = corpus[corpus["topic"].isin(topics)].sample(n=n, random_state=seed)
+    now = utcnow()
+    with session_scope(make_engine(settings.database_url)) as s:
+        for i, (text, label) in enumerate(zip(rows["text"], rows["label"], strict=True)):
+            s.add(Feedback(text=text, label=label, source="test", created_at=now + timedelta(milliseconds=i)))
+
+
+def _versions(settings) -> dict[str, ModelVersion]:
+    with session_scope(make_engine(settings.database_url)) as s:
+        return {mv.version: mv for mv in s.exec(select(ModelVersion))}
+
+
+def test_refit_produces_a_complete_gated_candidate(home, prefect_harness) -> None:
+    from flows.refit import refit
+
+    settings = tiny_settings(home)
+    _add_labels(settings, 500, ["apple", "self_driving", "coachella"])
+    result = refit(settings, trigger="manual", quick=True)
+    version = result["version"]
+    assert version == "v2" and result["parent"] == "v1"
+    assert result["verdict"] in {"promoted", "rejected"} and result["reason"].startswith(result["verdict"])
+    mv = _versions(settings)[version]
+    assert mv.parent == "v1" and mv.data_digest and mv.flow_run_id and mv.gate_reason == result["reason"]
+    assert mv.data_counts["train"]["sources"]["feedback_new"] > 0 and mv.data_counts["recent_test"]["rows"] > 0
+    m = mv.metrics
+    for set_name in ("frozen", "recent", "frozen_int8", "recent_int8"):
+        assert m["candidate"][set_name]["n"] > 0
+    assert m["champion"]["frozen"]["n"] == m["candidate"]["frozen"]["n"]
+    assert m["trial_load"]["ok"] and m["parity_max_abs_diff"] < 1e-3
+    assert 0.05 < m["calibration"]["temperature"] < 20
+    store = ArtifactStore(settings.models_dir)
+    store.verify(version)
+    meta = store.meta(version)
+    assert meta["calibration"]["temperature"] == m["calibration"]["temperature"]
+    assert meta["serve_file"] in {"model.onnx", "model.int8.onnx"}
+    lineage = json.loads((store.path(version) / "lineage.json").read_text())
+    assert lineage["parent"] == "v1" and lineage["params"]["warm_start"] == "champion"
+    with session_scope(make_engine(settings.database_url)) as s:
+        run = s.exec(select(RefitRun).where(RefitRun.candidate_version == version)).one()
+    assert run.status == "completed" and run.verdict == result["verdict"]
+
+
+def test_sabotaged_candidate_is_rejected_and_champion_untouched(home, prefect_harness) -> None:
+    from flows.refit import refit
+
+    settings = tiny_settings(home)
+    _add_labels(settings, 300, ["apple", "deflategate"], seed=1)
+    result = refit(settings, trigger="drill", quick=True, shuffle_labels=True)
+    assert result["verdict"] == "rejected" and "rejected:" in result["reason"]
+    versions = _versions(settings)
+    assert versions["v1"].status == "champion" and versions[result["version"]].status == "rejected"
+
+
+def test_bad_data_fails_the_run_with_a_reason(home, prefect_harness) -> None:
+    from flows.refit import refit
+
+    settings = tiny_settings(home, training={"min_rows": 100_000})
+    with pytest.raises(Exception, match="need at least 100000"):
+        refit(settings, trigger="manual", quick=True)
+    with session_scope(make_engine(settings.database_url)) as s:
+        run = s.exec(select(RefitRun).order_by(RefitRun.id.desc())).first()
+        champion = registry.get_champion(s)
+    assert run.status == "failed" and "need at least 100000 (training.min_rows)" in run.reason
+    assert champion.version == "v1"

@@ -1,0 +1,77 @@
+"""Training snapshots: frozen test rows never train; new labels split; replay; validation reasons."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+import pytest
+
+from core.datasets import assign_splits, split_of
+from core.errors import DataError
+from flows import snapshot as snap
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+KW = dict(validation_fraction=0.1, test_fraction=0.15, recent_fraction=0.2, replay_ratio=1.0,
+          max_train_rows=None, max_test_rows=None, seed=0)
+
+
+def _reference(n: int = 1200) -> pd.DataFrame:
+    labels = ["negative", "neutral", "positive"]
+    frame = pd.DataFrame({"text": [f"reference tweet {i}" for i in range(n)], "label": [labels[i % 3] for i in range(n)]})
+    return assign_splits(frame, validation_fraction=0.1, test_fraction=0.15)
+
+
+def _production(n: int, start: datetime, prefix: str = "prod") -> pd.DataFrame:
+    labels = ["negative", "neutral", "positive"]
+    return pd.DataFrame({"text": [f"{prefix} text {i}" for i in range(n)], "label": [labels[i % 3] for i in range(n)],
+                         "created_at": [start + timedelta(seconds=i) for i in range(n)]})
+
+
+def test_frozen_test_rows_never_train_even_when_fed_back() -> None:
+    ref = _reference()
+    frozen = ref[ref["split"] == "test"]
+    echoed = frozen.head(50)[["text", "label"]].assign(created_at=T0 + timedelta(days=2))  # came back as feedback
+    prod = pd.concat([_production(400, T0 + timedelta(days=1)), echoed], ignore_index=True)
+    s = snap.build(ref, prod, since=T0, **KW)
+    trained = set(s.train["text"]) | set(s.validation["text"])
+    assert not trained & set(frozen["text"])
+    assert all(split_of(t, validation_fraction=0.1, test_fraction=0.15) != "test" for t in s.train["text"])
+    assert set(s.test["text"]) == set(frozen["text"])
+
+
+def test_new_labels_split_and_replay_ratio() -> None:
+    ref = _reference()
+    prod = pd.concat([_production(100, T0 - timedelta(days=1), "old"), _production(500, T0 + timedelta(hours=1), "new")])
+    s = snap.build(ref, prod, since=T0, **KW)
+    new_train = (s.train["source"] == "feedback_new").sum()
+    replayed = s.train["source"].isin(["reference", "feedback_old"]).sum()
+    assert abs(replayed - new_train) <= 3  # replay_ratio 1.0
+    assert len(s.recent_test) and set(s.recent_test["source"]) == {"feedback_new"}
+    assert not set(s.recent_test["text"]) & set(s.train["text"])
+    assert not s.recent_test["text"].str.startswith("old").any()
+    assert s.counts["train"]["sources"]["feedback_new"] == new_train
+    again = snap.build(ref, prod.sample(frac=1.0, random_state=3), since=T0, **KW)
+    assert again.digest == s.digest  # the digest names the rows, not their order
+
+
+def test_without_new_labels_trains_on_reference() -> None:
+    s = snap.build(_reference(), _production(0, T0), since=T0, **KW)
+    assert set(s.train["source"]) == {"reference"} and s.recent_test.empty
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        (lambda s: s.train.head(10), "only 10 training rows; need at least 100"),
+        (lambda s: s.train[s.train["label"] != "positive"], "label 'positive' is 0.0% of training rows"),
+        (lambda s: pd.concat([s.train, s.train.head(5)]), "5 training texts are duplicated"),
+        (lambda s: s.train.assign(label=["angry"] + list(s.train["label"][1:])), "labels outside the label set"),
+        (lambda s: s.train.assign(text=[" "] + list(s.train["text"][1:])), "1 training rows have empty text"),
+    ],
+)
+def test_validation_reasons(mutate, match) -> None:
+    s = snap.build(_reference(), _production(0, T0), since=None, **KW)
+    s.train = mutate(s)
+    with pytest.raises(DataError, match=match):
+        snap.validate(s, min_rows=100, min_class_share=0.05)
