@@ -16,36 +16,23 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from core.errors import RefitdError
-from core.logs import configure_logging
 from core.settings import Settings
+from daemon.models_cli import models_app
+from daemon.terminal import METRICS, console, err
+from daemon.terminal import fmt as _fmt
+from daemon.terminal import settings_from as _settings
 
 app = typer.Typer(help="refitd: serve a fine-tuned classifier, watch it drift, refit and promote.", no_args_is_help=True)
 db_app = typer.Typer(help="The SQL store.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(models_app, name="models")
+feedback_app = typer.Typer(help="Ground-truth labels.", no_args_is_help=True)
+app.add_typer(feedback_app, name="feedback")
 
-
-def _add_models_commands() -> None:
-    from daemon.models_cli import models_app
-
-    app.add_typer(models_app, name="models")
-
-console = Console()
-err = Console(stderr=True)
 log = logging.getLogger("refitd")
-
-
-def _settings(ctx: typer.Context) -> Settings:
-    obj = ctx.find_root().obj or {}
-    overrides: dict[str, Any] = {}
-    if obj.get("home") is not None:
-        overrides["home"] = obj["home"]
-    settings = Settings.load(obj.get("config"), **overrides)
-    configure_logging(obj.get("log_level") or settings.log_level)
-    return settings
 
 
 @app.callback()
@@ -128,9 +115,6 @@ def run_flow(ctx: typer.Context, settings: Settings, args: list[str]) -> dict[st
     return result
 
 
-METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1")
-
-
 def print_result(result: dict[str, Any]) -> None:
     """Before/after tables on the frozen and recent test sets, then the gate's verdict."""
     m, version = result["metrics"], result["version"]
@@ -190,6 +174,29 @@ def refit(
     print_result(result)
     if result["verdict"] == "rejected" and not drill_shuffle_labels:
         raise typer.Exit(1)
+
+
+@feedback_app.command("import")
+def feedback_import(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="CSV / JSONL / Parquet with text and label columns.")],
+    source: Annotated[str, typer.Option(help="Recorded as the labels' source.")] = "import",
+) -> None:
+    """Add labelled texts in bulk (e.g. a labelling team's export); the next refit trains on them."""
+    from core.datasets import load_table
+    from core.db import make_engine, session_scope, upgrade
+    from core.tables import Feedback, utcnow
+
+    settings = _settings(ctx)
+    t = settings.training
+    frame = load_table(path, text_column=t.text_column, label_column=t.label_column)
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    now = utcnow()
+    with session_scope(engine) as session:
+        session.add_all(Feedback(text=text, label=label, source=source, created_at=now)
+                        for text, label in zip(frame["text"], frame["label"], strict=True))
+    console.print(f"imported {len(frame)} labelled texts from {path} ({frame['label'].value_counts().to_dict()})")
 
 
 # serve / predict --------------------------------------------------------------------------
@@ -280,10 +287,6 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", h
         console.print(f"  {ev['created_at']}  {ev['kind']:<12} {ev['subject'] or '':<6} {ev['reason']}")
 
 
-def _fmt(value: Any) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -300,12 +303,8 @@ def _not_built(name: str, issue: str) -> None:
         raise typer.Exit(2)
 
 
-for _name, _issue in (("run", "the daemon"), ("drift", "the drift watch"),
-                      ("demo", "the demo"), ("feedback", "feedback from the CLI")):
+for _name, _issue in (("run", "the daemon"), ("drift", "the drift watch"), ("demo", "the demo")):
     _not_built(_name, _issue)
-
-
-_add_models_commands()
 
 
 def main() -> None:

@@ -7,7 +7,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from daemon.cli import METRICS, _fmt, _settings, console
+from daemon.terminal import METRICS, console
+from daemon.terminal import fmt as _fmt
+from daemon.terminal import settings_from as _settings
 
 models_app = typer.Typer(help="Model versions in the registry.", no_args_is_help=True)
 
