@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -104,7 +105,10 @@ def run_flow(ctx: typer.Context, settings: Settings, args: list[str]) -> dict[st
         if obj.get("config") is not None:
             cmd += ["--config", str(obj["config"])]
         console.print(f"[dim]running flow: {' '.join(args)}[/]")
-        code = subprocess.call(cmd + args, stdout=subprocess.DEVNULL)
+        env = dict(os.environ)
+        if obj.get("log_level"):
+            env["REFITD_LOG_LEVEL"] = obj["log_level"]
+        code = subprocess.call(cmd + args, stdout=subprocess.DEVNULL, env=env)
         if not result_file.is_file():
             err.print(f"[red]the flow process exited with code {code} before reporting a result[/]")
             raise typer.Exit(2)

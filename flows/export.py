@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,10 @@ def export_onnx(model: PreTrainedModel, tokenizer: Any, path: Path, *, max_lengt
     args = (sample["input_ids"], sample["attention_mask"])
     dynamic = {name: {0: "batch", 1: "sequence"} for name in INPUTS}
     dynamic.update({"logits": {0: "batch"}, "embedding": {0: "batch"}})
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # Tracing warns about Python-side shape checks in the attention mask code; parity is checked below.
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", category=UserWarning)
         torch.onnx.export(
             _WithEmbedding(model),
             args,

@@ -29,6 +29,31 @@ log = logging.getLogger(__name__)
 Body = TypeVar("Body", bound=BaseModel)
 
 
+class RequestMetrics:
+    """Pure ASGI middleware: requests by route template and status code, and latency."""
+
+    def __init__(self, app, metrics) -> None:  # type: ignore[no-untyped-def]
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), [500]
+
+        async def send_wrapper(message) -> None:  # type: ignore[no-untyped-def]
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            path = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(route=path, code=str(status[0])).inc()
+            self.metrics.latency.labels(route=path).observe(time.perf_counter() - start)
+
+
 class AdminDenied(RefitdError):
     def __init__(self, message: str, status_code: int) -> None:
         self.status_code = status_code
@@ -96,15 +121,7 @@ def create_app(plane: DataPlane) -> FastAPI:
     app.state.plane = plane
     metrics = plane.metrics
 
-    @app.middleware("http")
-    async def _count(request: Request, call_next):  # type: ignore[no-untyped-def]
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.requests.labels(route=path, code=str(response.status_code)).inc()
-        metrics.latency.labels(route=path).observe(time.perf_counter() - start)
-        return response
+    app.add_middleware(RequestMetrics, metrics=metrics)
 
     @app.exception_handler(RefitdError)
     async def _refitd_error(_request: Request, exc: RefitdError) -> JSONResponse:
@@ -121,10 +138,11 @@ def create_app(plane: DataPlane) -> FastAPI:
 
     @app.post("/v1/predict", response_model=PredictResponse, summary="Classify one text or a list of texts",
               openapi_extra=_body_schema(PredictRequest))
-    async def predict(request: Request) -> PredictResponse:
+    async def predict(request: Request) -> Response:
         texts = (await parse_body(request, PredictRequest)).as_list()
         check_texts(texts, max_texts=limits.max_texts_per_request, max_chars=limits.max_text_chars)
-        return PredictResponse(predictions=await plane.predict(texts))
+        # Built by the data plane to the PredictResponse schema; serialised directly (no re-validation).
+        return Response(json.dumps({"predictions": await plane.predict(texts)}), media_type="application/json")
 
     @app.post("/v1/feedback", summary="Record the true label of a prediction (or of a text)",
               openapi_extra=_body_schema(FeedbackRequest))

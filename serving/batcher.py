@@ -1,7 +1,8 @@
 """Dynamic batching: requests join a bounded queue; one worker runs them in batches.
 
 A batch closes at ``max_batch_size`` texts or ``max_wait_ms`` after its first
-request, whichever comes first. When more texts wait than one batch holds,
+request, whichever comes first; a request that finds nobody else waiting runs at once
+(adaptive batching: batches form from the requests that arrive while one runs). When more texts wait than one batch holds,
 they are sorted by length and cut into batches of similar length, so short
 texts are not padded to a long one. Each batch runs on the runtime that was
 current when it started, so a hot swap never changes a batch midway.
@@ -119,6 +120,10 @@ class Batcher:
     async def _collect(self) -> list[_Item]:
         first = await self._queue.get()
         items, count = [first], len(first.texts)
+        if self._queue.empty():
+            # A lone request runs at once: under load, requests pile up while a batch runs, so
+            # batches fill without waiting; the window below only tops up a batch already forming.
+            return items
         deadline = time.perf_counter() + self.max_wait
         while count < self.max_batch_size:
             remaining = deadline - time.perf_counter()

@@ -11,6 +11,7 @@ never lost and never doubled.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import threading
@@ -180,12 +181,12 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
     out = dict(row)
     out["created_at"] = row["created_at"].isoformat()
     if row.get("embedding") is not None:
-        out["embedding"] = row["embedding"].hex()
+        out["embedding"] = base64.b64encode(row["embedding"]).decode("ascii")
     return out
 
 
 def _from_json(row: dict[str, Any]) -> dict[str, Any]:
     row["created_at"] = datetime.fromisoformat(row["created_at"])
     if row.get("embedding") is not None:
-        row["embedding"] = bytes.fromhex(row["embedding"])
+        row["embedding"] = base64.b64decode(row["embedding"])
     return row

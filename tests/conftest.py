@@ -81,3 +81,20 @@ def untrained_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.artifact_factory import build_artifact
 
     return build_artifact(tmp_path_factory.mktemp("artifact") / "staged")
+
+
+def wait_ready(url: str, timeout: float = 60) -> None:
+    """Wait until a refitd server at ``url`` answers /v2/health/ready with 200."""
+    import time
+
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} never became ready")

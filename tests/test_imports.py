@@ -44,7 +44,7 @@ def test_imports_go_one_way(package: str) -> None:
 @pytest.mark.parametrize(
     "statement",
     [
-        "import serving.server, serving.app, serving.runtime, serving.dataplane",
+        "import serving.server, serving.app, serving.runtime, serving.dataplane, serving.batcher, serving.oip, serving.predlog, serving.trial_load",
         "import daemon.cli",
     ],
 )

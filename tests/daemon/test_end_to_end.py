@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -14,7 +13,7 @@ from sqlmodel import select
 
 from core.db import make_engine, session_scope
 from core.tables import ModelVersion, Prediction, RefitRun
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_ready
 
 REFITD = [sys.executable, "-c", "from daemon.cli import main; main()"]
 
@@ -42,13 +41,7 @@ def test_init_quick_then_serve_and_predict(tmp_path: Path) -> None:
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{url}/v2/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        wait_ready(url)
         answer = httpx.post(f"{url}/v1/predict", json={"text": "@united my flight was cancelled again"}, timeout=30)
         assert answer.status_code == 200, answer.text
         prediction = answer.json()["predictions"][0]

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 import uvicorn
 
@@ -18,7 +16,7 @@ from core.db import make_engine, upgrade
 from core.settings import Settings
 from serving.server import Serving, build
 from tests.artifact_factory import copy_artifact
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_ready
 
 
 def publish_version(settings: Settings, source: Path, *, promote: bool = True) -> str:
@@ -47,14 +45,7 @@ def _start(settings: Settings, parts: Serving) -> Running:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/v2/health/ready").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
+    wait_ready(url, timeout=30)
     running = Running(url, settings, parts, server)
     running.thread = thread  # type: ignore[attr-defined]
     return running

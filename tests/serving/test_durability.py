@@ -16,7 +16,7 @@ from sqlmodel import select
 
 from core.db import make_engine, session_scope
 from core.tables import Prediction
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_ready
 from tests.tcp_proxy import TcpProxy
 
 
@@ -90,7 +90,7 @@ def test_killed_server_loses_no_acknowledged_prediction(start_server, tmp_path) 
     cmd = [sys.executable, "-c", "from daemon.cli import main; main()", "serve"]
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    _wait_until(lambda: _ready(url), timeout=60)
+    wait_ready(url)
     acknowledged: list[str] = []
     stop = threading.Event()
 
@@ -119,15 +119,8 @@ def test_killed_server_loses_no_acknowledged_prediction(start_server, tmp_path) 
     # A new server process replays what the dead one had acknowledged but not stored.
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_until(lambda: _ready(url), timeout=60)
+        wait_ready(url)
         _wait_until(lambda: set(acknowledged) <= _stored_ids(prepared.settings.database_url), timeout=30)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
