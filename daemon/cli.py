@@ -78,13 +78,22 @@ def init(
     data: Annotated[Path | None, typer.Option(help="CSV / JSONL / Parquet file of labelled texts.")] = None,
     base_model: Annotated[Path | None, typer.Option(help="Local Hugging Face model folder to fine-tune.")] = None,
     quick: Annotated[bool, typer.Option(help="Train a few hundred examples (about a minute).")] = False,
+    force: Annotated[bool, typer.Option(help="Train a first model even if a champion exists.")] = False,
 ) -> None:
     """Create the state directory and database, fine-tune v1, evaluate it and promote it."""
-    from core.db import make_engine, upgrade
+    from core import registry
+    from core.db import make_engine, session_scope, upgrade
 
     settings = _settings(ctx)
     settings.home.mkdir(parents=True, exist_ok=True)
-    upgrade(make_engine(settings.database_url))
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    with session_scope(engine) as session:
+        champion = registry.get_champion(session)
+    if champion is not None and not force:
+        console.print(f"already initialised: {champion.version} is the champion in {settings.home} "
+                      "(`refitd refit` trains a new candidate; `--force` trains a first model again)")
+        return
     args = ["init"] + (["--quick"] if quick else [])
     if data is not None:
         args += ["--data", str(data.expanduser().resolve())]

@@ -27,6 +27,8 @@ def test_init_quick_then_serve_and_predict(tmp_path: Path) -> None:
     init = subprocess.run(REFITD + ["init", "--quick"], env=_env(home), capture_output=True, text=True, timeout=600)
     assert init.returncode == 0, init.stdout[-3000:] + init.stderr[-3000:]
     assert "promoted" in init.stdout
+    again = subprocess.run(REFITD + ["init", "--quick"], env=_env(home), capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "already initialised: v1 is the champion" in again.stdout.replace("\n", " ")
 
     engine = make_engine(f"sqlite:///{home / 'refitd.db'}")
     with session_scope(engine) as s:
