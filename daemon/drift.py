@@ -1,0 +1,111 @@
+"""Drift signals on a window of production traffic against the champion's reference data.
+
+Work in progress toward the drift watch: the signals and the verdict rule are
+here and tested; the scheduled job, the HTML history in an Evidently workspace,
+alerts and the CLI come with the rest of the watch.
+
+Signals (each with its own method and threshold):
+- text: Evidently's text content drift (a domain classifier's ROC AUC), drifted above the threshold;
+- embedding: drift of the served model's pooled embeddings (Evidently's ``model()`` embedding method);
+- label / confidence: predicted-label and max-probability distribution drift (Evidently ValueDrift);
+- descriptors: length, out-of-vocabulary share and non-letter share (Evidently ValueDrift).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+_WORD = re.compile(r"[a-z']+")
+
+
+@dataclass(frozen=True)
+class SignalSpec:
+    name: str
+    column: str
+    method: str
+    threshold: float
+    higher_is_drift: bool = True  # distances / AUCs: drift above; p-values: drift below
+
+
+@dataclass
+class Signal:
+    name: str
+    method: str
+    score: float
+    threshold: float
+    drifted: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+DEFAULT_SPECS = (
+    SignalSpec("text", "text", "abs_text_content_drift", 0.55),
+    SignalSpec("label", "label", "jensenshannon", 0.1),
+    SignalSpec("confidence", "confidence", "wasserstein", 0.1),
+    SignalSpec("length", "length", "wasserstein", 0.1),
+    SignalSpec("oov_share", "oov_share", "wasserstein", 0.1),
+    SignalSpec("non_letter_share", "non_letter_share", "wasserstein", 0.1),
+)
+
+
+def vocabulary(texts: pd.Series) -> set[str]:
+    return {w for t in texts for w in _WORD.findall(t.lower())}
+
+
+def add_descriptors(frame: pd.DataFrame, vocab: set[str]) -> pd.DataFrame:
+    """Length in characters, share of words outside the reference vocabulary, share of non-letters."""
+    def oov(text: str) -> float:
+        words = _WORD.findall(text.lower())
+        return sum(w not in vocab for w in words) / len(words) if words else 1.0
+
+    def non_letters(text: str) -> float:
+        return sum(not (c.isalpha() or c.isspace()) for c in text) / max(1, len(text))
+
+    return frame.assign(length=frame["text"].str.len().astype(float), oov_share=frame["text"].map(oov),
+                        non_letter_share=frame["text"].map(non_letters))
+
+
+def value_drift_report(reference: pd.DataFrame, current: pd.DataFrame, specs=DEFAULT_SPECS):  # type: ignore[no-untyped-def]
+    """Run one Evidently Report with a ValueDrift per signal; return (snapshot, signals)."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import ValueDrift
+
+    definition = DataDefinition(
+        text_columns=["text"], categorical_columns=["label"],
+        numerical_columns=["confidence", "length", "oov_share", "non_letter_share"],
+    )
+    columns = ["text", "label", "confidence", "length", "oov_share", "non_letter_share"]
+    report = Report([ValueDrift(column=s.column, method=s.method, threshold=s.threshold) for s in specs])
+    snapshot = report.run(Dataset.from_pandas(current[columns], data_definition=definition),
+                          Dataset.from_pandas(reference[columns], data_definition=definition))
+    values = [float(m["value"]) for m in snapshot.dict()["metrics"]]
+    signals = [Signal(s.name, s.method, v, s.threshold, v > s.threshold if s.higher_is_drift else v < s.threshold)
+               for s, v in zip(specs, values, strict=True)]
+    return snapshot, signals
+
+
+def embedding_signal(reference: np.ndarray, current: np.ndarray, *, threshold: float = 0.55, seed: int = 0) -> Signal:
+    """Evidently's ``model()`` embedding drift: a classifier told to separate the two windows (ROC AUC)."""
+    from evidently.legacy.metrics.data_drift.embedding_drift_methods import model
+
+    cols = [f"e{i}" for i in range(reference.shape[1])]
+    method = model(threshold=threshold, bootstrap=False)
+    score, drifted, name = method(pd.DataFrame(current, columns=cols), pd.DataFrame(reference, columns=cols))
+    return Signal("embedding", f"{name}", float(score), threshold, bool(drifted))
+
+
+def verdict(signals: list[Signal], *, window: int, min_window: int, min_drifted: int = 2) -> tuple[str, str]:
+    """drifted / not_drifted / insufficient_data, with the reason in words."""
+    if window < min_window:
+        return "insufficient_data", f"window has {window} predictions; a check needs at least {min_window}"
+    drifted = [s for s in signals if s.drifted]
+    names = ", ".join(f"{s.name} {s.score:.3f} > {s.threshold:g}" for s in drifted) or "none"
+    if len(drifted) >= min_drifted:
+        return "drifted", f"{len(drifted)} signals drifted (needs {min_drifted}): {names}"
+    return "not_drifted", f"{len(drifted)} signals drifted (needs {min_drifted}): {names}"
