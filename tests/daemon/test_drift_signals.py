@@ -25,7 +25,8 @@ def windows(untrained_artifact):
         return frame.assign(label=out.labels, confidence=out.scores.max(axis=1)), out.embeddings
 
     ref, ref_emb = scored(airline.iloc[:1200])
-    vocab = vocabulary(ref["text"])
+    vocab = vocabulary(ref["text"].iloc[0::2])
+    ref, ref_emb = ref.iloc[1::2], ref_emb[1::2]
     clean, clean_emb = scored(airline.iloc[1200:1600])
     mixed, mixed_emb = scored(pd.concat([airline.iloc[1600:1800], other.iloc[:200]]))
     return ([add_descriptors(f, vocab) for f in (ref, clean, mixed)], (ref_emb, clean_emb, mixed_emb))

@@ -1,0 +1,96 @@
+"""``refitd drift …``: run a check now, list checks, show one, find its HTML report."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from daemon.terminal import console
+from daemon.terminal import settings_from as _settings
+
+drift_app = typer.Typer(help="Drift checks on production traffic.", no_args_is_help=True)
+
+
+def _print_check(row) -> None:  # type: ignore[no-untyped-def]
+    colour = {"drifted": "red", "not_drifted": "green"}.get(row.verdict, "yellow")
+    console.print(f"check {row.id} on {row.model_version}: [{colour}]{row.verdict}[/] — {row.reason}")
+    table = Table(title=f"window of {row.window_size} predictions ({row.window_start} … {row.window_end})")
+    for name in ("signal", "method", "score", "threshold", "drifted"):
+        table.add_column(name)
+    for name, sig in row.signals.items():
+        if not name.startswith("_"):
+            table.add_row(name, sig["method"], f"{sig['score']:.3f}", f"{sig['threshold']:g}", "yes" if sig["drifted"] else "no")
+    console.print(table)
+    perf = row.signals.get("_performance") or {}
+    if perf:
+        measured, estimate = perf.get("measured_accuracy"), perf.get("estimated_accuracy")
+        console.print(f"labelled rows {perf['labelled']}; measured accuracy {_num(measured)}; "
+                      f"label-free estimate {_num(estimate)}")
+    if row.report_path:
+        console.print(f"report: {row.report_path}")
+
+
+def _num(value) -> str:  # type: ignore[no-untyped-def]
+    return "-" if value is None else f"{value:.3f}"
+
+
+@drift_app.command("check")
+def drift_check(ctx: typer.Context) -> None:
+    """Check the current window now and print the verdict table."""
+    from core.db import make_engine, upgrade
+    from daemon.watch import run_check
+
+    settings = _settings(ctx)
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    _print_check(run_check(settings, engine))
+
+
+@drift_app.command("list")
+def drift_list(ctx: typer.Context, limit: Annotated[int, typer.Option(help="Most rows.")] = 20) -> None:
+    """Recent checks, newest first."""
+    from core.db import make_engine, session_scope
+    from daemon.watch import list_checks
+
+    with session_scope(make_engine(_settings(ctx).database_url)) as session:
+        rows = list_checks(session, limit=limit)
+    table = Table(title="drift checks")
+    for name in ("id", "time", "version", "window", "verdict", "reason"):
+        table.add_column(name)
+    for r in rows:
+        table.add_row(str(r.id), f"{r.created_at:%Y-%m-%d %H:%M}", r.model_version or "-", str(r.window_size),
+                      r.verdict, r.reason[:80])
+    console.print(table)
+
+
+def _get(ctx: typer.Context, check_id: int):  # type: ignore[no-untyped-def]
+    from core.db import make_engine, session_scope
+    from core.errors import NotFoundError
+    from core.tables import DriftCheck
+
+    with session_scope(make_engine(_settings(ctx).database_url)) as session:
+        row = session.get(DriftCheck, check_id)
+    if row is None:
+        raise NotFoundError("drift check", check_id)
+    return row
+
+
+@drift_app.command("show")
+def drift_show(ctx: typer.Context, check_id: Annotated[int, typer.Argument(help="Check id.")]) -> None:
+    """Every signal of one check, its verdict and reason."""
+    _print_check(_get(ctx, check_id))
+
+
+@drift_app.command("open")
+def drift_open(ctx: typer.Context, check_id: Annotated[int, typer.Argument(help="Check id.")]) -> None:
+    """Print the HTML report's path (and open it in a browser when there is one)."""
+    import webbrowser
+
+    row = _get(ctx, check_id)
+    if not row.report_path:
+        console.print(f"check {check_id} has no report ({row.verdict}: {row.reason})")
+        raise typer.Exit(1)
+    console.print(row.report_path)
+    webbrowser.open(f"file://{row.report_path}")

@@ -1,0 +1,64 @@
+"""A drift check end to end over logged predictions: insufficient, clean, shifted; rows and HTML reports."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core import registry
+from core.artifacts import ArtifactStore
+from core.datasets import load_bundled_corpus
+from core.db import make_engine, session_scope, upgrade
+from core.settings import Settings
+from core.tables import Prediction, new_prediction_id, utcnow
+from daemon.watch import run_check
+from serving.runtime import OnnxClassifier
+from tests.artifact_factory import copy_artifact
+
+
+def _log(settings: Settings, runtime: OnnxClassifier, texts: list[str], start) -> None:  # type: ignore[no-untyped-def]
+    out = runtime.predict(texts)
+    with session_scope(make_engine(settings.database_url)) as s:
+        for i, (text, label, scores, emb) in enumerate(zip(texts, out.labels, out.scores, out.embeddings, strict=True)):
+            s.add(Prediction(id=new_prediction_id(), created_at=start + timedelta(milliseconds=i), model_version="v1",
+                             text=text, label=label, scores={}, confidence=float(scores.max()), latency_ms=1.0,
+                             embedding=emb.astype(np.float16).tobytes()))
+
+
+def test_checks_over_logged_traffic(tmp_path: Path, untrained_artifact: Path) -> None:
+    corpus = load_bundled_corpus()
+    airline = corpus[corpus["topic"] == "airline"].sample(1300, random_state=1)
+    other = corpus[corpus["topic"] != "airline"].sample(300, random_state=1)
+    settings = Settings.load(home=tmp_path, drift={"window_size": 300, "min_window": 200, "reference_size": 800})
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    store = ArtifactStore(settings.models_dir)
+    staged = copy_artifact(untrained_artifact, store.staging("t"))
+    airline.iloc[:800][["text", "label"]].to_parquet(staged / "train_rows.parquet")
+    mv = registry.register_version(engine)
+    registry.update_version(engine, mv.version, artifact_uri=str(store.publish(mv.version, staged)))
+    registry.promote(engine, mv.version)
+    runtime = OnnxClassifier("v1", store.path("v1"), provider="cpu")
+    runtime.load()
+
+    t0 = utcnow()
+    _log(settings, runtime, airline["text"].iloc[800:900].tolist(), t0)
+    tiny = run_check(settings, engine)
+    assert tiny.verdict == "insufficient_data" and tiny.report_path is None
+
+    _log(settings, runtime, airline["text"].iloc[900:1200].tolist(), t0 + timedelta(minutes=1))
+    clean = run_check(settings, engine)
+    assert clean.verdict == "not_drifted", clean.reason
+    assert Path(clean.report_path).is_file() and Path(clean.report_path).stat().st_size > 100_000
+    assert {"text", "embedding", "label", "confidence", "length", "oov_share"} <= set(clean.signals)
+
+    _log(settings, runtime, airline["text"].iloc[1200:1300].tolist() + other["text"].iloc[:200].tolist(),
+         t0 + timedelta(minutes=2))
+    shifted = run_check(settings, engine)
+    assert shifted.verdict == "drifted", shifted.reason
+    assert shifted.signals["text"]["drifted"] and shifted.signals["embedding"]["drifted"]
+    assert shifted.window_size == 300 and shifted.duration_s < 60
+    assert (settings.home / "drift" / "reference-v1.parquet").is_file()  # cached for the next check
