@@ -203,6 +203,11 @@ class DriftSection(_Section):
     window_size: int = Field(1000, description="Current window: the last N predictions.")
     min_window: int = Field(200, description="A window smaller than this is 'insufficient data', never drift.")
     reference_size: int = Field(2000, description="Rows of the champion's training data used as reference.")
+    webhook_url: str | None = Field(
+        None, description="POST a JSON alert (Slack-compatible `text`) here when the verdict changes; unset = off."
+    )
+    webhook_timeout_s: float = Field(5.0, description="Timeout of one webhook attempt.")
+    webhook_retries: int = Field(3, description="Webhook attempts before the failure is recorded as an event.")
 
     @model_validator(mode="after")
     def _check(self) -> DriftSection:

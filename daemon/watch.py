@@ -20,10 +20,12 @@ from sqlmodel import Session, col
 
 from core import registry
 from core.artifacts import ArtifactStore
+from core.datasets import load_configured
 from core.db import session_scope
 from core.errors import NoChampionError
 from core.settings import Settings
 from core.tables import DriftCheck, Feedback, ModelVersion, Prediction, utcnow
+from daemon.alerts import Webhook, drift_payload
 from daemon.drift import Signal, add_descriptors, embedding_signal, value_drift_report, verdict, vocabulary
 from serving.runtime import OnnxClassifier
 
@@ -58,7 +60,13 @@ def reference_for(settings: Settings, champion: ModelVersion) -> tuple[pd.DataFr
         frame = pd.read_parquet(cache)
         return frame.drop(columns=["embedding"]), embeddings_of(frame)
     folder = ArtifactStore(settings.models_dir).path(champion.version)
-    rows = pd.read_parquet(folder / "train_rows.parquet")
+    if (folder / "train_rows.parquet").is_file():
+        rows = pd.read_parquet(folder / "train_rows.parquet")
+    else:  # an artifact from before training rows were stored: the configured data's training split
+        t = settings.training
+        data = load_configured(data=t.data, text_column=t.text_column, label_column=t.label_column, topics=t.topics,
+                               validation_fraction=t.validation_fraction, test_fraction=t.test_fraction)
+        rows = data[data["split"] == "train"]
     rows = rows.sample(n=min(settings.drift.reference_size, len(rows)), random_state=0)
     runtime = OnnxClassifier(champion.version, folder, provider=settings.serving.provider, threads=settings.serving.threads)
     runtime.load()
@@ -119,13 +127,25 @@ def run_check(settings: Settings, engine: Engine) -> DriftCheck:
             row.reason = f"measured accuracy fell {perf_signal.score:.3f} below the champion's test score; {row.reason}"
         row.signals = {s.name: s.as_dict() for s in signals + ([perf_signal] if perf_signal else [])} | {"_performance": perf}
         row.report_path = str(_save_html(settings, snapshot))
+        _add_to_workspace(settings, snapshot, name=f"{champion.version} {row.verdict}")
     row.duration_s = round(time.perf_counter() - start, 2)
     with session_scope(engine) as session:
+        previous = _last_verdict(session)
         session.add(row)
         session.flush()
         session.refresh(row)
     log.info("drift check %s: %s — %s", row.id, row.verdict, row.reason)
+    if settings.drift.webhook_url and row.verdict != "insufficient_data" and row.verdict != previous:
+        Webhook(settings.drift.webhook_url, engine, timeout_s=settings.drift.webhook_timeout_s,
+                retries=settings.drift.webhook_retries).send(drift_payload(row, previous))
     return row
+
+
+def _last_verdict(session: Session) -> str | None:
+    """The verdict of the newest check that had enough data (an alert fires when this changes)."""
+    return session.scalars(
+        select(DriftCheck.verdict).where(DriftCheck.verdict != "insufficient_data").order_by(col(DriftCheck.id).desc())
+    ).first()
 
 
 def _save_html(settings: Settings, snapshot: Any) -> Path:
@@ -133,6 +153,26 @@ def _save_html(settings: Settings, snapshot: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     snapshot.save_html(str(path))
     return path
+
+
+def workspace_project(settings: Settings):  # type: ignore[no-untyped-def]
+    """The local Evidently workspace under the state dir and this model's project in it."""
+    from evidently.ui.workspace import Workspace
+
+    workspace = Workspace.create(str(settings.home / "workspace"))
+    name = f"refitd {settings.model.name}"
+    found = workspace.search_project(name)
+    project = found[0] if found else workspace.create_project(name, description="refitd drift checks")
+    return workspace, project
+
+
+def _add_to_workspace(settings: Settings, snapshot: Any, *, name: str) -> None:
+    """Keep the history: `evidently ui --workspace <home>/workspace` lists every check."""
+    try:
+        workspace, project = workspace_project(settings)
+        workspace.add_run(project.id, snapshot, name=name)
+    except Exception:  # noqa: BLE001 - the HTML report and the row are already written
+        log.exception("could not add the drift snapshot to the Evidently workspace")
 
 
 def list_checks(session: Session, *, limit: int = 20) -> list[DriftCheck]:

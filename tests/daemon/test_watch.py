@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,9 +15,10 @@ from core.datasets import load_bundled_corpus
 from core.db import make_engine, session_scope, upgrade
 from core.settings import Settings
 from core.tables import Prediction, new_prediction_id, utcnow
-from daemon.watch import run_check
+from daemon.watch import run_check, workspace_project
 from serving.runtime import OnnxClassifier
 from tests.artifact_factory import copy_artifact
+from tests.daemon.test_alerts import Receiver
 
 
 def _log(settings: Settings, runtime: OnnxClassifier, texts: list[str], start) -> None:  # type: ignore[no-untyped-def]
@@ -32,7 +34,9 @@ def test_checks_over_logged_traffic(tmp_path: Path, untrained_artifact: Path) ->
     corpus = load_bundled_corpus()
     airline = corpus[corpus["topic"] == "airline"].sample(1300, random_state=1)
     other = corpus[corpus["topic"] != "airline"].sample(300, random_state=1)
-    settings = Settings.load(home=tmp_path, drift={"window_size": 300, "min_window": 200, "reference_size": 800})
+    receiver = Receiver()
+    settings = Settings.load(home=tmp_path, drift={"window_size": 300, "min_window": 200, "reference_size": 800,
+                                                   "webhook_url": receiver.url})
     engine = make_engine(settings.database_url)
     upgrade(engine)
     store = ArtifactStore(settings.models_dir)
@@ -62,3 +66,11 @@ def test_checks_over_logged_traffic(tmp_path: Path, untrained_artifact: Path) ->
     assert shifted.signals["text"]["drifted"] and shifted.signals["embedding"]["drifted"]
     assert shifted.window_size == 300 and shifted.duration_s < 60
     assert (settings.home / "drift" / "reference-v1.parquet").is_file()  # cached for the next check
+    workspace, project = workspace_project(settings)
+    assert len(workspace.list_runs(project.id)) == 2  # the two checks that had enough data
+    deadline = time.time() + 15
+    while len(receiver.received) < 2 and time.time() < deadline:
+        time.sleep(0.1)
+    receiver.close()
+    assert [m["verdict"] for m in receiver.received] == ["not_drifted", "drifted"]  # on each change only
+    assert "not_drifted → drifted" in receiver.received[1]["text"]
