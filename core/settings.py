@@ -203,6 +203,17 @@ class DriftSection(_Section):
     window_size: int = Field(1000, description="Current window: the last N predictions.")
     min_window: int = Field(200, description="A window smaller than this is 'insufficient data', never drift.")
     reference_size: int = Field(2000, description="Rows of the champion's training data used as reference.")
+    methods: dict[str, str] = Field(
+        {}, description="Per-signal drift method overrides, e.g. {confidence = 'ks'} (Evidently method names)."
+    )
+    thresholds: dict[str, float] = Field(
+        {}, description="Per-signal threshold overrides, e.g. {text = 0.6, embedding = 0.6}."
+    )
+    min_drifted_signals: int = Field(2, description="Signals that must drift together for a 'drifted' verdict.")
+    min_labels: int = Field(30, description="Labelled rows a window needs before measured accuracy counts.")
+    performance_drop: float = Field(
+        0.05, description="A fall in measured accuracy this large vs the champion's test accuracy is drift."
+    )
     webhook_url: str | None = Field(
         None, description="POST a JSON alert (Slack-compatible `text`) here when the verdict changes; unset = off."
     )
@@ -211,6 +222,12 @@ class DriftSection(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> DriftSection:
+        known = {"text", "embedding", "label", "confidence", "length", "oov_share", "non_letter_share"}
+        unknown = sorted((set(self.methods) | set(self.thresholds)) - known)
+        if unknown:
+            raise ValueError(f"drift.methods / drift.thresholds name unknown signals {unknown}; known: {sorted(known)}")
+        if "embedding" in self.methods:
+            raise ValueError("drift.methods.embedding cannot be changed yet: the embedding signal uses the model() method")
         if self.min_window < 30:
             raise ValueError(f"drift.min_window must be ≥ 30; got {self.min_window}")
         if self.window_size < self.min_window:

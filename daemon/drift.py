@@ -57,6 +57,24 @@ DEFAULT_SPECS = (
 )
 
 
+def specs_from(methods: dict[str, str], thresholds: dict[str, float]) -> tuple[SignalSpec, ...]:
+    """The default signals with the configured method and threshold overrides applied."""
+    from dataclasses import replace
+
+    out = []
+    for spec in DEFAULT_SPECS:
+        method = methods.get(spec.name, spec.method)
+        # p-value tests (ks, chisquare, …) flag drift *below* their threshold; distances and AUCs above it.
+        higher = method not in P_VALUE_METHODS
+        default = spec.threshold if method == spec.method else (0.05 if not higher else spec.threshold)
+        out.append(replace(spec, method=method, threshold=thresholds.get(spec.name, default), higher_is_drift=higher))
+    return tuple(out)
+
+
+P_VALUE_METHODS = {"ks", "chisquare", "z", "fisher_exact", "g_test", "mannw", "t_test", "anderson", "cramer_von_mises",
+                   "epps_singleton", "empirical_mmd"}
+
+
 def vocabulary(texts: pd.Series) -> set[str]:
     return {w for t in texts for w in _WORD.findall(t.lower())}
 
@@ -108,7 +126,8 @@ def verdict(signals: list[Signal], *, window: int, min_window: int, min_drifted:
     if window < min_window:
         return "insufficient_data", f"window has {window} predictions; a check needs at least {min_window}"
     drifted = [s for s in signals if s.drifted]
-    names = ", ".join(f"{s.name} {s.score:.3f} > {s.threshold:g}" for s in drifted) or "none"
+    names = ", ".join(f"{s.name} {s.score:.3f} {'<' if s.method in P_VALUE_METHODS else '>'} {s.threshold:g}"
+                      for s in drifted) or "none"
     if len(drifted) >= min_drifted:
         return "drifted", f"{len(drifted)} signals drifted (needs {min_drifted}): {names}"
     return "not_drifted", f"{len(drifted)} signals drifted (needs {min_drifted}): {names}"

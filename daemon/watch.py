@@ -26,15 +26,10 @@ from core.errors import NoChampionError
 from core.settings import Settings
 from core.tables import DriftCheck, Feedback, ModelVersion, Prediction, utcnow
 from daemon.alerts import Webhook, drift_payload
-from daemon.drift import Signal, add_descriptors, embedding_signal, value_drift_report, verdict, vocabulary
+from daemon.drift import Signal, add_descriptors, specs_from, embedding_signal, value_drift_report, verdict, vocabulary
 from serving.runtime import OnnxClassifier
 
 log = logging.getLogger(__name__)
-
-#: Labelled rows a window needs before measured performance counts as a signal.
-MIN_LABELS = 30
-#: A fall in measured accuracy this large, against the champion's test accuracy, is drift on its own.
-PERFORMANCE_DROP = 0.05
 
 
 def load_window(session: Session, *, size: int) -> pd.DataFrame:
@@ -84,19 +79,20 @@ def reference_for(settings: Settings, champion: ModelVersion) -> tuple[pd.DataFr
     return frame, emb
 
 
-def performance(window: pd.DataFrame, champion: ModelVersion) -> tuple[dict[str, Any], Signal | None]:
+def performance(window: pd.DataFrame, champion: ModelVersion, *, min_labels: int = 30,
+                max_drop: float = 0.05) -> tuple[dict[str, Any], Signal | None]:
     """Measured accuracy on the labelled rows beside the label-free estimate (mean calibrated confidence)."""
     labelled = window[window["true_label"].notna()]
     estimate = float(window["confidence"].mean()) if len(window) else None
     out: dict[str, Any] = {"labelled": int(len(labelled)), "estimated_accuracy": estimate}
-    if len(labelled) < MIN_LABELS:
+    if len(labelled) < min_labels:
         return out, None
     measured = float((labelled["label"] == labelled["true_label"]).mean())
     test_acc = float((champion.metrics.get("test") or {}).get("accuracy", measured))
     out |= {"measured_accuracy": measured, "champion_test_accuracy": test_acc,
             "estimate_error": None if estimate is None else estimate - measured}
     drop = test_acc - measured
-    return out, Signal("performance", "accuracy drop vs champion test", drop, PERFORMANCE_DROP, drop >= PERFORMANCE_DROP)
+    return out, Signal("performance", "accuracy drop vs champion test", drop, max_drop, drop >= max_drop)
 
 
 def run_check(settings: Settings, engine: Engine) -> DriftCheck:
@@ -118,10 +114,13 @@ def run_check(settings: Settings, engine: Engine) -> DriftCheck:
         # so the reference's own out-of-vocabulary share is an honest baseline, not zero.
         vocab = vocabulary(reference["text"].iloc[0::2])
         reference, ref_emb = reference.iloc[1::2], ref_emb[1::2]
-        snapshot, signals = value_drift_report(add_descriptors(reference, vocab), add_descriptors(window, vocab))
-        signals.append(embedding_signal(ref_emb, embeddings_of(window)))
-        perf, perf_signal = performance(window, champion)
-        row.verdict, row.reason = verdict(signals, window=len(window), min_window=settings.drift.min_window)
+        d = settings.drift
+        snapshot, signals = value_drift_report(add_descriptors(reference, vocab), add_descriptors(window, vocab),
+                                               specs_from(d.methods, d.thresholds))
+        signals.append(embedding_signal(ref_emb, embeddings_of(window), threshold=d.thresholds.get("embedding", 0.55)))
+        perf, perf_signal = performance(window, champion, min_labels=d.min_labels, max_drop=d.performance_drop)
+        row.verdict, row.reason = verdict(signals, window=len(window), min_window=d.min_window,
+                                          min_drifted=d.min_drifted_signals)
         if perf_signal is not None and perf_signal.drifted:
             row.verdict = "drifted"
             row.reason = f"measured accuracy fell {perf_signal.score:.3f} below the champion's test score; {row.reason}"

@@ -53,3 +53,15 @@ def test_shift_to_other_topics_is_drifted_with_text_and_embedding_named(windows)
 def test_tiny_window_is_insufficient_never_a_false_alarm() -> None:
     word, reason = verdict([], window=12, min_window=200)
     assert word == "insufficient_data" and "at least 200" in reason
+
+
+def test_configured_methods_and_thresholds_apply(windows) -> None:
+    from daemon.drift import specs_from
+
+    (ref, _, mixed), _ = windows
+    specs = specs_from({"confidence": "ks"}, {"text": 0.99})
+    _, signals = value_drift_report(ref, mixed, specs)
+    by_name = {s.name: s for s in signals}
+    assert not by_name["text"].drifted and by_name["text"].threshold == 0.99
+    conf = by_name["confidence"]
+    assert conf.method == "ks" and conf.threshold == 0.05 and conf.drifted == (conf.score < 0.05)  # a p-value
