@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,7 +62,3 @@ def drive(url: str, texts: list[str], concurrency: int, body: Callable[[str], di
 def median_of(runs: list[LoadResult]) -> LoadResult:
     """The run with the median throughput (figures from one real run, not mixed)."""
     return sorted(runs, key=lambda r: r.rps)[len(runs) // 2]
-
-
-def median(xs: list[float]) -> float:
-    return statistics.median(xs)

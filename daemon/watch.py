@@ -76,7 +76,7 @@ def reference_for(settings: Settings, champion: ModelVersion) -> tuple[pd.DataFr
     frame = pd.DataFrame({"text": texts, "label": labels, "confidence": conf})
     cache.parent.mkdir(parents=True, exist_ok=True)
     frame.assign(embedding=[e.astype(np.float16).tobytes() for e in emb]).to_parquet(cache)
-    return frame, emb
+    return frame, emb.astype(np.float16).astype(np.float32)  # as every later check reads it from the cache
 
 
 def performance(window: pd.DataFrame, champion: ModelVersion, *, min_labels: int = 30,

@@ -19,13 +19,11 @@ def onnx_logits(
     tok = load_tokenizer(tokenizer_json, max_length=max_length)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     order = np.argsort([len(t) for t in texts], kind="stable")
-    out = np.zeros((len(texts), session.get_outputs()[0].shape[-1] or 0), dtype=np.float32)
-    for start in range(0, len(texts), batch_size):
-        idx = order[start : start + batch_size]
-        logits = session.run(["logits"], encode(tok, [texts[i] for i in idx]))[0]
-        if out.shape[1] == 0:
-            out = np.zeros((len(texts), logits.shape[1]), dtype=np.float32)
-        out[idx] = logits
+    chunks = [order[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+    logits = [session.run(["logits"], encode(tok, [texts[i] for i in idx]))[0] for idx in chunks]
+    out = np.empty((len(texts), logits[0].shape[1]), dtype=np.float32)
+    for idx, part in zip(chunks, logits, strict=True):
+        out[idx] = part  # back to the caller's order
     return out
 
 

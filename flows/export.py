@@ -40,7 +40,7 @@ class _WithEmbedding(torch.nn.Module):
         return out.logits, embedding
 
 
-def export_onnx(model: PreTrainedModel, tokenizer: Any, path: Path, *, max_length: int) -> Path:
+def export_onnx(model: PreTrainedModel, tokenizer: Any, path: Path) -> Path:
     """Write ``path`` with dynamic batch and sequence axes."""
     model = model.to("cpu").eval()
     sample = tokenizer(["a short example", "a somewhat longer example sentence here"], padding=True, return_tensors="pt")

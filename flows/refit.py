@@ -103,7 +103,7 @@ def _refit_body(settings: Settings, engine, p: dict[str, Any]) -> dict[str, Any]
     fitted, hpo_record = tasks.fine_tune(source, snapshot, config, settings, trials=trials,
                                          shuffle_labels=p["shuffle_labels"])
     lap("train")
-    staged = tasks.export_model(fitted, ArtifactStore(settings.models_dir), max_length=config.max_length)
+    staged = tasks.export_model(fitted, ArtifactStore(settings.models_dir))
     try:
         parity = tasks.check_export(fitted, staged, snapshot.test["text"].head(32).tolist(),
                                     max_length=config.max_length, tolerance=1e-3)

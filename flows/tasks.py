@@ -81,10 +81,10 @@ def fine_tune(source: Path, snapshot: snap.Snapshot, config: FitConfig, settings
 
 
 @task(cache_policy=NONE)
-def export_model(fitted: FitResult, store: ArtifactStore, *, max_length: int) -> Path:
+def export_model(fitted: FitResult, store: ArtifactStore) -> Path:
     """Export fp32 and INT8 ONNX, the tokenizer and the Hugging Face checkpoint into a staging folder."""
     staged = store.staging("candidate")
-    export_onnx(fitted.model, fitted.tokenizer, staged / MODEL_FILE, max_length=max_length)
+    export_onnx(fitted.model, fitted.tokenizer, staged / MODEL_FILE)
     quantize_int8(staged / MODEL_FILE, staged / INT8_FILE)
     fitted.tokenizer.backend_tokenizer.save(str(staged / TOKENIZER_FILE))
     fitted.model.save_pretrained(staged / HF_DIR)

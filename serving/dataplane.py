@@ -123,8 +123,12 @@ class DataPlane:
     # requests -------------------------------------------------------------------------
 
     async def predict(self, texts: list[str]) -> list[dict[str, Any]]:
+        return (await self.predict_answer(texts))[1]
+
+    async def predict_answer(self, texts: list[str]) -> tuple[Answer, list[dict[str, Any]]]:
+        """The batch's arrays (for tensor protocols) and the logged per-text answers."""
         answer = await self.batcher.submit(texts)
-        return self._log(texts, answer)
+        return answer, self._log(texts, answer)
 
     def _log(self, texts: list[str], answer: Answer) -> list[dict[str, Any]]:
         now, version, labels = utcnow(), answer.runtime.version, answer.runtime.labels

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
@@ -48,15 +47,12 @@ def add_v2_routes(app: FastAPI, plane: DataPlane) -> None:
 
     async def infer(model: str, request: Request, version: str | None = None) -> Response:
         check(model, version)
-        runtime = plane.require_ready()
+        plane.require_ready()
         parsed = v2.parse_infer(await request.body(), request.headers.get(v2.HEADER), {"label", "scores"})
         check_texts(parsed.texts, max_texts=limits.max_texts_per_request, max_chars=limits.max_text_chars)
-        answers = await plane.predict(parsed.texts)
-        served = answers[0]["model_version"]
-        labels = runtime.labels if runtime.version == served else list(answers[0]["scores"])
-        scores = np.asarray([[a["scores"][lbl] for lbl in labels] for a in answers], dtype=np.float32)
-        body, headers = v2.build_response(parsed, model_name=name, model_version=served,
-                                          labels=[a["label"] for a in answers], scores=scores)
+        answer, _ = await plane.predict_answer(parsed.texts)
+        body, headers = v2.build_response(parsed, model_name=name, model_version=answer.runtime.version,
+                                          labels=answer.labels, scores=answer.scores)
         return Response(body, headers=headers)
 
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):

