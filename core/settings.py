@@ -201,6 +201,9 @@ class ServingSection(_Section):
 
 class DriftSection(_Section):
     window_size: int = Field(1000, description="Current window: the last N predictions.")
+    window_minutes: float | None = Field(
+        None, description="When set, the window is the predictions of the last T minutes (still at most window_size)."
+    )
     min_window: int = Field(200, description="A window smaller than this is 'insufficient data', never drift.")
     reference_size: int = Field(2000, description="Rows of the champion's training data used as reference.")
     methods: dict[str, str] = Field(
@@ -228,6 +231,8 @@ class DriftSection(_Section):
             raise ValueError(f"drift.methods / drift.thresholds name unknown signals {unknown}; known: {sorted(known)}")
         if "embedding" in self.methods:
             raise ValueError("drift.methods.embedding cannot be changed yet: the embedding signal uses the model() method")
+        if self.window_minutes is not None and self.window_minutes <= 0:
+            raise ValueError(f"drift.window_minutes must be > 0 (or unset for a count window); got {self.window_minutes}")
         if self.min_window < 30:
             raise ValueError(f"drift.min_window must be ≥ 30; got {self.min_window}")
         if self.window_size < self.min_window:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +34,16 @@ from serving.runtime import OnnxClassifier
 log = logging.getLogger(__name__)
 
 
-def load_window(session: Session, *, size: int) -> pd.DataFrame:
-    """The last ``size`` predictions with their embedding and, where one exists, the feedback label."""
-    rows = session.execute(
+def load_window(session: Session, *, size: int, minutes: float | None = None) -> pd.DataFrame:
+    """The last ``size`` predictions (within the last ``minutes`` when given), with embedding and feedback label."""
+    query = (
         select(Prediction.created_at, Prediction.model_version, Prediction.text, Prediction.label,
                Prediction.confidence, Prediction.embedding, Feedback.label.label("true_label"))
         .outerjoin(Feedback, Feedback.prediction_id == Prediction.id)
-        .order_by(col(Prediction.created_at).desc()).limit(size)
-    ).all()
+    )
+    if minutes is not None:
+        query = query.where(col(Prediction.created_at) >= utcnow() - timedelta(minutes=minutes))
+    rows = session.execute(query.order_by(col(Prediction.created_at).desc()).limit(size)).all()
     return pd.DataFrame(rows, columns=["created_at", "model_version", "text", "label", "confidence", "embedding",
                                        "true_label"])
 
@@ -95,38 +99,61 @@ def performance(window: pd.DataFrame, champion: ModelVersion, *, min_labels: int
     return out, Signal("performance", "accuracy drop vs champion test", drop, max_drop, drop >= max_drop)
 
 
+@dataclass
+class Outcome:
+    """Every signal of one check, the performance figures and the verdict."""
+
+    snapshot: Any
+    signals: list[Signal]
+    performance: dict[str, Any]
+    verdict: str
+    reason: str
+
+    def signal_rows(self) -> dict[str, Any]:
+        return {s.name: s.as_dict() for s in self.signals} | {"_performance": self.performance}
+
+
+def compute(settings: Settings, champion: ModelVersion, reference: pd.DataFrame, ref_emb: np.ndarray,
+            window: pd.DataFrame, window_emb: np.ndarray) -> Outcome:
+    """All signals of the window against the reference, and the verdict rule over them."""
+    d = settings.drift
+    # The vocabulary comes from one half of the reference and the reference rows from the other,
+    # so the reference's own out-of-vocabulary share is an honest baseline, not zero.
+    vocab = vocabulary(reference["text"].iloc[0::2])
+    reference, ref_emb = reference.iloc[1::2], ref_emb[1::2]
+    snapshot, signals = value_drift_report(add_descriptors(reference, vocab), add_descriptors(window, vocab),
+                                           specs_from(d.methods, d.thresholds))
+    signals.append(embedding_signal(ref_emb, window_emb, threshold=d.thresholds.get("embedding", 0.55)))
+    perf, perf_signal = performance(window, champion, min_labels=d.min_labels, max_drop=d.performance_drop)
+    decided, reason = verdict(signals, window=len(window), min_window=d.min_window, min_drifted=d.min_drifted_signals)
+    if perf_signal is not None:
+        signals.append(perf_signal)
+        if perf_signal.drifted:
+            decided = "drifted"
+            reason = f"measured accuracy fell {perf_signal.score:.3f} below the champion's test score; {reason}"
+    return Outcome(snapshot, signals, perf, decided, reason)
+
+
 def run_check(settings: Settings, engine: Engine) -> DriftCheck:
     """Check the current window now; store the row and the HTML report; return the row."""
     start = time.perf_counter()
+    d = settings.drift
     with session_scope(engine) as session:
         champion = registry.get_champion(session)
         if champion is None:
             raise NoChampionError()
-        window = load_window(session, size=settings.drift.window_size)
+        window = load_window(session, size=d.window_size, minutes=d.window_minutes)
     row = DriftCheck(model_version=champion.version, window_size=len(window), verdict="insufficient_data",
                      window_start=window["created_at"].min() if len(window) else None,
                      window_end=window["created_at"].max() if len(window) else None)
-    if len(window) < settings.drift.min_window:
-        row.verdict, row.reason = verdict([], window=len(window), min_window=settings.drift.min_window)
+    if len(window) < d.min_window:
+        row.verdict, row.reason = verdict([], window=len(window), min_window=d.min_window)
     else:
         reference, ref_emb = reference_for(settings, champion)
-        # The vocabulary comes from one half of the reference and the reference rows from the other,
-        # so the reference's own out-of-vocabulary share is an honest baseline, not zero.
-        vocab = vocabulary(reference["text"].iloc[0::2])
-        reference, ref_emb = reference.iloc[1::2], ref_emb[1::2]
-        d = settings.drift
-        snapshot, signals = value_drift_report(add_descriptors(reference, vocab), add_descriptors(window, vocab),
-                                               specs_from(d.methods, d.thresholds))
-        signals.append(embedding_signal(ref_emb, embeddings_of(window), threshold=d.thresholds.get("embedding", 0.55)))
-        perf, perf_signal = performance(window, champion, min_labels=d.min_labels, max_drop=d.performance_drop)
-        row.verdict, row.reason = verdict(signals, window=len(window), min_window=d.min_window,
-                                          min_drifted=d.min_drifted_signals)
-        if perf_signal is not None and perf_signal.drifted:
-            row.verdict = "drifted"
-            row.reason = f"measured accuracy fell {perf_signal.score:.3f} below the champion's test score; {row.reason}"
-        row.signals = {s.name: s.as_dict() for s in signals + ([perf_signal] if perf_signal else [])} | {"_performance": perf}
-        row.report_path = str(_save_html(settings, snapshot))
-        _add_to_workspace(settings, snapshot, name=f"{champion.version} {row.verdict}")
+        outcome = compute(settings, champion, reference, ref_emb, window, embeddings_of(window))
+        row.verdict, row.reason, row.signals = outcome.verdict, outcome.reason, outcome.signal_rows()
+        row.report_path = str(_save_html(settings, outcome.snapshot))
+        _add_to_workspace(settings, outcome.snapshot, name=f"{champion.version} {row.verdict}")
     row.duration_s = round(time.perf_counter() - start, 2)
     with session_scope(engine) as session:
         previous = _last_verdict(session)
@@ -134,9 +161,9 @@ def run_check(settings: Settings, engine: Engine) -> DriftCheck:
         session.flush()
         session.refresh(row)
     log.info("drift check %s: %s — %s", row.id, row.verdict, row.reason)
-    if settings.drift.webhook_url and row.verdict != "insufficient_data" and row.verdict != previous:
-        Webhook(settings.drift.webhook_url, engine, timeout_s=settings.drift.webhook_timeout_s,
-                retries=settings.drift.webhook_retries).send(drift_payload(row, previous))
+    if d.webhook_url and row.verdict != "insufficient_data" and row.verdict != previous:
+        Webhook(d.webhook_url, engine, timeout_s=d.webhook_timeout_s, retries=d.webhook_retries).send(
+            drift_payload(row, previous))
     return row
 
 

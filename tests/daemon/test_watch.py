@@ -74,3 +74,22 @@ def test_checks_over_logged_traffic(tmp_path: Path, untrained_artifact: Path) ->
     receiver.close()
     assert [m["verdict"] for m in receiver.received] == ["not_drifted", "drifted"]  # on each change only
     assert "not_drifted → drifted" in receiver.received[1]["text"]
+
+
+def test_time_window_keeps_only_recent_predictions(tmp_path: Path) -> None:
+    from daemon.watch import load_window
+
+    settings = Settings.load(home=tmp_path)
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    now = utcnow()
+    with session_scope(engine) as s:
+        for minutes_ago in (120, 90, 30, 10, 1):
+            s.add(Prediction(id=new_prediction_id(), created_at=now - timedelta(minutes=minutes_ago), model_version="v1",
+                             text=f"{minutes_ago} minutes ago", label="neutral", scores={}, confidence=0.5,
+                             latency_ms=1.0, embedding=b""))
+    with session_scope(engine) as s:
+        assert load_window(s, size=10, minutes=60)["text"].tolist() == ["1 minutes ago", "10 minutes ago",
+                                                                         "30 minutes ago"]
+        assert len(load_window(s, size=10)) == 5  # a count window reaches back as far as it must
+        assert len(load_window(s, size=2, minutes=60)) == 2  # still capped by window_size
