@@ -17,5 +17,5 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("httpx", "httpcore", "urllib3", "alembic", "filelock"):
+    for noisy in ("httpx", "httpcore", "urllib3", "alembic", "filelock", "apscheduler.executors"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -41,6 +41,19 @@ def finish_run(
     return run
 
 
+def record_progress(session: Session, *, run_id: int, stage: str, timings: dict[str, float]) -> None:
+    """Note the stage a running run has reached and the seconds each finished stage took."""
+    run = session.get(RefitRun, run_id)
+    if run is not None:
+        run.metrics = {"progress": {"stage": stage, "timings": dict(timings)}}
+        session.add(run)
+
+
+def running(session: Session) -> RefitRun | None:
+    """The newest run still marked running, if any."""
+    return session.exec(select(RefitRun).where(RefitRun.status == "running").order_by(col(RefitRun.id).desc())).first()
+
+
 def list_runs(session: Session, *, limit: int = 20) -> list[RefitRun]:
     """Runs, newest first."""
     return list(session.exec(select(RefitRun).order_by(col(RefitRun.id).desc()).limit(limit)))

@@ -244,10 +244,86 @@ class DriftSection(_Section):
 
 class SchedulerSection(_Section):
     drift_interval_minutes: float = Field(10.0, description="Minutes between drift checks.")
-    refit_cron: str | None = Field(None, description="Cron expression for scheduled refits; unset = none.")
+    refit_cron: str | None = Field(
+        None, description="Cron expression (5 fields, server time zone) for scheduled refits; unset = none."
+    )
     label_trigger: int | None = Field(
         None, description="Refit once this many new labels arrived since the champion was trained; unset = off."
     )
+    label_check_minutes: float = Field(5.0, description="Minutes between checks of the new-label count.")
+    retention_days: float = Field(
+        30.0, description="Predictions without feedback, drift reports and finished job records older than this are pruned."
+    )
+    misfire_grace_s: int = Field(
+        600, description="A job missed by up to this many seconds (daemon down, busy) still runs once on start."
+    )
+    watch_minutes: float = Field(
+        120.0, description="After a promotion, how long the new champion's live quality is compared with the old one."
+    )
+    watch_interval_minutes: float = Field(1.0, description="Minutes between post-promotion quality comparisons.")
+    watch_min_labels: int = Field(30, description="Labels each champion needs in the watch before they are compared.")
+    rollback_drop: float = Field(
+        0.05, description="Roll back when the new champion's live accuracy is this far below the previous one's."
+    )
+
+    @field_validator("refit_cron")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        if v is not None:
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(v)
+            except ValueError as exc:
+                raise ValueError(f"scheduler.refit_cron {v!r} is not a 5-field cron expression: {exc}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _positive(self) -> SchedulerSection:
+        for name in ("drift_interval_minutes", "label_check_minutes", "watch_interval_minutes", "retention_days"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"scheduler.{name} must be > 0; got {getattr(self, name)}")
+        return self
+
+
+class RefitSection(_Section):
+    min_new_labels: int = Field(
+        200, description="A drift verdict starts a refit only once this many labels arrived since the champion was trained."
+    )
+    cooldown_minutes: float = Field(60.0, description="Minimum minutes between the starts of two refits.")
+    nice: int = Field(10, description="CPU niceness of a local refit process (0-19), so serving stays responsive.")
+    threads: int = Field(1, description="CPU threads a local refit may use (torch, OpenMP, tokenizers).")
+    quick: bool = Field(False, description="Refit on a small sample with short texts (demos, tests).")
+    timeout_minutes: float = Field(180.0, description="A refit still running after this long is stopped and failed.")
+    lease_s: float = Field(
+        120.0, description="The refit lock's lease; renewed while the refit runs, free once its holder died."
+    )
+    stop_timeout_s: float = Field(30.0, description="On shutdown, how long to wait for a running refit to stop.")
+
+    @field_validator("nice")
+    @classmethod
+    def _nice(cls, v: int) -> int:
+        if not 0 <= v <= 19:
+            raise ValueError(f"refit.nice must be between 0 and 19; got {v}")
+        return v
+
+
+class PrefectSection(_Section):
+    api_url: str | None = Field(
+        None, description="A long-lived Prefect API (http://host:4200/api); with `deployment`, refits run there."
+    )
+    deployment: str | None = Field(
+        None, description="Deployment to run refits with, 'flow-name/deployment-name' (see deploy/prefect.yaml)."
+    )
+    poll_s: float = Field(10.0, description="Seconds between state polls of a deployment run.")
+
+    @model_validator(mode="after")
+    def _both(self) -> PrefectSection:
+        if (self.api_url is None) != (self.deployment is None):
+            raise ValueError("prefect.api_url and prefect.deployment go together: set both or neither")
+        if self.deployment is not None and "/" not in self.deployment:
+            raise ValueError(f"prefect.deployment must be 'flow-name/deployment-name'; got {self.deployment!r}")
+        return self
 
 
 class DatabaseSection(_Section):
@@ -286,6 +362,8 @@ class Settings(BaseSettings):
     serving: ServingSection = Field(default_factory=ServingSection, description="HTTP serving.")
     drift: DriftSection = Field(default_factory=DriftSection, description="Drift watch.")
     scheduler: SchedulerSection = Field(default_factory=SchedulerSection, description="Scheduled jobs.")
+    refit: RefitSection = Field(default_factory=RefitSection, description="When and how the daemon starts refits.")
+    prefect: PrefectSection = Field(default_factory=PrefectSection, description="Refits on a Prefect deployment.")
     database: DatabaseSection = Field(default_factory=DatabaseSection, description="The SQL store.")
 
     @field_validator("log_level")

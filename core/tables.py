@@ -19,6 +19,11 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def as_utc(when: datetime) -> datetime:
+    """SQLite hands back naive datetimes for UTC columns; make them comparable with aware ones."""
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
 def new_prediction_id() -> str:
     return uuid.uuid4().hex
 
@@ -148,3 +153,15 @@ class RegistryLock(SQLModel, table=True):
     id: int = Field(default=1, primary_key=True)
     holder: str | None = Field(default=None, max_length=128)
     held_at: datetime | None = None
+
+
+class Lease(SQLModel, table=True):
+    """A named lock with an expiry: held while renewed, free again once its holder stops renewing it."""
+
+    __tablename__ = "leases"
+
+    name: str = Field(primary_key=True, max_length=64)
+    holder: str | None = Field(default=None, max_length=128)
+    acquired_at: datetime | None = None
+    expires_at: datetime | None = None
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))

@@ -281,25 +281,14 @@ def _predict_locally(settings: Settings, texts: list[str]) -> list[dict[str, Any
 
 @app.command()
 def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
-    """Champion and its test metrics, counts, recent events."""
-    from daemon.report import gather_status
+    """One screen for ops: champion, served version and health, drift, schedule, refit, events."""
+    from daemon.report import gather_status, render_status
 
-    settings = _settings(ctx)
-    info = gather_status(settings)
+    info = gather_status(_settings(ctx))
     if as_json:
         console.print_json(json.dumps(info, default=str))
-        return
-    champ = info["champion"]
-    if champ is None:
-        console.print("[yellow]no champion yet: run `refitd init`[/]")
     else:
-        console.print(
-            f"champion [bold]{champ['version']}[/] (promoted {champ['promoted_at']}): "
-            f"test accuracy {_fmt(champ['test_accuracy'])}, macro-F1 {_fmt(champ['test_macro_f1'])}"
-        )
-    console.print("counts: " + ", ".join(f"{k} {v}" for k, v in info["counts"].items()))
-    for ev in info["events"]:
-        console.print(f"  {ev['created_at']}  {ev['kind']:<12} {ev['subject'] or '':<6} {ev['reason']}")
+        render_status(info, console)
 
 
 def _safe_url(url: str) -> str:
@@ -308,18 +297,22 @@ def _safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-# not built yet ----------------------------------------------------------------------------
+# run --------------------------------------------------------------------------------------
 
 
-def _not_built(name: str, issue: str) -> None:
-    @app.command(name, help=f"Not built yet ({issue}).", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-    def _cmd(ctx: typer.Context) -> None:
-        err.print(f"`refitd {name}` is not built yet ({issue}).")
-        raise typer.Exit(2)
+@app.command()
+def run(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default serving.host, 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default serving.port).")] = None,
+) -> None:
+    """Run the service: serve, check drift on schedule, refit when the policy says so, watch promotions."""
+    from daemon.service import Daemon
 
-
-for _name, _issue in (("run", "the daemon"), ("demo", "the demo")):
-    _not_built(_name, _issue)
+    settings = _settings(ctx)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    config = (ctx.find_root().obj or {}).get("config")
+    raise typer.Exit(Daemon(settings, config_file=config, host=host, port=port).run())
 
 
 def main() -> None:

@@ -1,19 +1,29 @@
-"""What `refitd status` shows: gathered from the store, rendered by the CLI."""
+"""What `refitd status` shows, gathered from the store and the running server, rendered for a terminal."""
 
 from __future__ import annotations
 
+import json
+from datetime import datetime, timezone
 from typing import Any
 
+import httpx
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import inspect, text
 from sqlmodel import func, select
 
-from core import registry
+from core import leases, registry
 from core.db import make_engine, session_scope
+from core.runs import running
 from core.settings import Settings
 from core.tables import DriftCheck, Feedback, ModelVersion, Prediction, RefitRun
+from daemon.watch import list_checks
+
+JOB_TABLE = "apscheduler_jobs"
 
 
-def gather_status(settings: Settings, *, events: int = 10) -> dict[str, Any]:
-    """Champion with its test metrics, row counts and the latest events."""
+def gather_status(settings: Settings, *, events: int = 10, checks: int = 5) -> dict[str, Any]:
+    """Champion, served version and health, drift verdicts, schedule, running refit, counts, events."""
     engine = make_engine(settings.database_url)
     with session_scope(engine) as session:
         champion = registry.get_champion(session)
@@ -23,22 +33,104 @@ def gather_status(settings: Settings, *, events: int = 10) -> dict[str, Any]:
                                 ("drift checks", DriftCheck), ("refit runs", RefitRun))
         }
         recent = registry.list_events(session, limit=events)
+        drift = [{"id": c.id, "created_at": _when(c.created_at), "verdict": c.verdict, "reason": c.reason,
+                  "window": c.window_size, "report": c.report_path} for c in list_checks(session, limit=checks)]
+        run = running(session)
     champ = None
     if champion is not None:
         test = champion.metrics.get("test", {})
-        champ = {
-            "version": champion.version,
-            "promoted_at": champion.promoted_at,
-            "test_accuracy": test.get("accuracy"),
-            "test_macro_f1": test.get("macro_f1"),
-            "gate_reason": champion.gate_reason,
-        }
+        champ = {"version": champion.version, "promoted_at": _when(champion.promoted_at),
+                 "test_accuracy": test.get("accuracy"), "test_macro_f1": test.get("macro_f1"),
+                 "gate_reason": champion.gate_reason}
+    lease = leases.current(engine, "refit")
+    refit = None
+    if run is not None or lease is not None:
+        refit = {"holder": lease.holder if lease else None, "trigger": run.trigger if run else None,
+                 "started_at": _when(run.created_at) if run else None,
+                 "progress": (run.metrics or {}).get("progress") if run else None}
     return {
         "home": str(settings.home),
         "champion": champ,
+        "server": _server(settings),
+        "drift": drift,
+        "schedule": _schedule(engine),
+        "refit": refit,
         "counts": counts,
-        "events": [
-            {"created_at": e.created_at.strftime("%Y-%m-%d %H:%M:%S"), "kind": e.kind, "subject": e.subject, "reason": e.reason}
-            for e in recent
-        ],
+        "events": [{"created_at": _when(e.created_at), "kind": e.kind, "subject": e.subject, "reason": e.reason}
+                   for e in recent],
     }
+
+
+def _server(settings: Settings) -> dict[str, Any]:
+    """The running daemon's server (from its run file) or the configured address."""
+    url = f"http://{settings.serving.host}:{settings.serving.port}"
+    runfile = settings.home / "daemon.json"
+    try:
+        url = json.loads(runfile.read_text())["url"]
+    except (OSError, ValueError, KeyError):
+        pass
+    try:
+        body = httpx.get(f"{url}/v1/status", timeout=2).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return {"url": url, "up": False, "error": type(exc).__name__}
+    return {"url": url, "up": True, "serving": body.get("serving"), "ready": body.get("ready"),
+            "queue": body.get("queue_depth"), "uptime_s": body.get("uptime_s")}
+
+
+def _schedule(engine) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    """The stored jobs and their next run (APScheduler keeps it as a UTC timestamp)."""
+    if not inspect(engine).has_table(JOB_TABLE):
+        return []
+    with engine.connect() as conn:
+        rows = conn.execute(text(f"SELECT id, next_run_time FROM {JOB_TABLE} ORDER BY next_run_time")).all()
+    return [{"job": job_id, "next_run": None if ts is None else
+             datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")} for job_id, ts in rows]
+
+
+def _when(value: datetime | None) -> str | None:
+    return None if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _f(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def render_status(info: dict[str, Any], console: Console) -> None:
+    champ, server = info["champion"], info["server"]
+    if champ is None:
+        console.print("[yellow]no champion yet: run `refitd init`[/]")
+    else:
+        console.print(f"champion [bold]{champ['version']}[/] (promoted {champ['promoted_at']} UTC): test accuracy "
+                      f"{_f(champ['test_accuracy'])}, macro-F1 {_f(champ['test_macro_f1'])}")
+    if server["up"]:
+        console.print(f"server {server['url']}: serving [bold]{server['serving']}[/], "
+                      f"{'ready' if server['ready'] else '[red]not ready[/]'}, queue {server['queue']}, "
+                      f"up {server['uptime_s']:.0f} s")
+    else:
+        console.print(f"server {server['url']}: [yellow]not reachable[/] ({server['error']})")
+    refit = info["refit"]
+    if refit:
+        progress = refit["progress"] or {}
+        console.print(f"refit running: trigger {refit['trigger']}, started {refit['started_at']} UTC, stage "
+                      f"{progress.get('stage', 'data')} (done: {progress.get('timings', {})}), lease {refit['holder']}")
+    else:
+        console.print("refit: none running")
+    _table(console, "drift checks", ("id", "when (UTC)", "verdict", "window", "reason"),
+           [(str(d["id"]), d["created_at"], d["verdict"], str(d["window"]), d["reason"]) for d in info["drift"]])
+    _table(console, "schedule", ("job", "next run (UTC)"), [(j["job"], j["next_run"] or "paused")
+                                                            for j in info["schedule"]])
+    console.print("counts: " + ", ".join(f"{k} {v}" for k, v in info["counts"].items()))
+    _table(console, "recent events", ("when (UTC)", "kind", "subject", "reason"),
+           [(e["created_at"], e["kind"], e["subject"] or "", e["reason"]) for e in info["events"]])
+
+
+def _table(console: Console, title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    if not rows:
+        console.print(f"{title}: none")
+        return
+    table = Table(title=title, title_justify="left")
+    for c in columns:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(*r)
+    console.print(table)

@@ -19,7 +19,7 @@ from prefect.runtime import flow_run
 from core import registry
 from core.artifacts import ArtifactStore
 from core.db import make_engine, session_scope
-from core.runs import finish_run, start_run
+from core.runs import finish_run, record_progress, start_run
 from core.settings import Settings
 from core.tables import ModelVersion
 from flows import tasks
@@ -71,7 +71,7 @@ def refit(settings: Settings, trigger: str = "manual", warm_start: str | None = 
     with session_scope(engine) as session:
         run_id = start_run(session, trigger=trigger, params=run_params, flow_run_id=str(flow_run.get_id())).id
     try:
-        result = _refit_body(settings, engine, run_params)
+        result = _refit_body(settings, engine, run_params, run_id)
     except BaseException as exc:
         with session_scope(engine) as session:
             finish_run(session, run_id=run_id, status="failed", reason=f"{type(exc).__name__}: {exc}")
@@ -82,14 +82,21 @@ def refit(settings: Settings, trigger: str = "manual", warm_start: str | None = 
     return result
 
 
-def _refit_body(settings: Settings, engine, p: dict[str, Any]) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+STAGES = ("data", "train", "export", "evaluate", "gate")
+
+
+def _refit_body(settings: Settings, engine, p: dict[str, Any], run_id: int) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
     def lap(name: str) -> None:
+        """Close a stage: its time, and the run row's progress (what `refitd status` shows)."""
         nonlocal clock
         timings[name] = round(time.perf_counter() - clock, 1)
         clock = time.perf_counter()
+        following = STAGES[STAGES.index(name) + 1] if name != STAGES[-1] else "done"
+        with session_scope(engine) as session:
+            record_progress(session, run_id=run_id, stage=following, timings=timings)
 
     champion, champion_dir = _champion(settings)
     from_champion = p["warm_start"] == "champion" and champion_dir is not None and (champion_dir / tasks.HF_DIR).is_dir()

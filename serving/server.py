@@ -56,15 +56,17 @@ def build(settings: Settings) -> Serving:
     return Serving(plane, create_app(plane), predlog)
 
 
-def serve(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
-    """Serve HTTP until SIGTERM / SIGINT; the app's lifespan loads the champion and flushes the log."""
-    parts = build(settings)
-    config = uvicorn.Config(
-        parts.app,
+def uvicorn_config(settings: Settings, app: FastAPI, *, host: str | None = None, port: int | None = None) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
         host=host or settings.serving.host,
         port=settings.serving.port if port is None else port,
         log_level=settings.log_level.lower(),
         access_log=False,
         timeout_graceful_shutdown=10,
     )
-    GracefulServer(config).run()
+
+
+def serve(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
+    """Serve HTTP until SIGTERM / SIGINT; the app's lifespan loads the champion and flushes the log."""
+    GracefulServer(uvicorn_config(settings, build(settings).app, host=host, port=port)).run()

@@ -36,3 +36,20 @@ def copy_artifact(source: Path, dest: Path) -> Path:
     if manifest.exists():
         manifest.unlink()
     return dest
+
+
+def publish_version(settings, source: Path, *, promote: bool = True) -> str:  # type: ignore[no-untyped-def]
+    """Register a copy of an artifact as the next version, publish it, and promote it unless told not to."""
+    from core import registry
+    from core.artifacts import ArtifactStore
+    from core.db import make_engine
+
+    engine = make_engine(settings.database_url)
+    mv = registry.register_version(engine)
+    store = ArtifactStore(settings.models_dir)
+    staged = copy_artifact(source, store.staging("test"))
+    final = store.publish(mv.version, staged)
+    registry.update_version(engine, mv.version, artifact_uri=str(final))
+    if promote:
+        registry.promote(engine, mv.version, actor="test")
+    return mv.version

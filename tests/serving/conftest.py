@@ -10,25 +10,11 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from core import registry
-from core.artifacts import ArtifactStore
 from core.db import make_engine, upgrade
 from core.settings import Settings
 from serving.server import Serving, build
-from tests.artifact_factory import copy_artifact
+from tests.artifact_factory import publish_version
 from tests.conftest import free_port, wait_ready
-
-
-def publish_version(settings: Settings, source: Path, *, promote: bool = True) -> str:
-    engine = make_engine(settings.database_url)
-    mv = registry.register_version(engine)
-    store = ArtifactStore(settings.models_dir)
-    staged = copy_artifact(source, store.staging("test"))
-    final = store.publish(mv.version, staged)
-    registry.update_version(engine, mv.version, artifact_uri=str(final))
-    if promote:
-        registry.promote(engine, mv.version, actor="test")
-    return mv.version
 
 
 @dataclass

@@ -12,7 +12,7 @@ from core import registry
 from core.db import make_engine, session_scope
 from core.tables import Event
 from tests.artifact_factory import build_artifact
-from tests.serving.conftest import publish_version
+from tests.artifact_factory import publish_version
 
 TOKEN = "test-admin-token"
 

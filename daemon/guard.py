@@ -1,0 +1,104 @@
+"""The post-promotion watch: roll a new champion back when its live quality falls below its predecessor's.
+
+For ``scheduler.watch_minutes`` after a promotion, the new champion's measured accuracy on
+the feedback labels of the predictions it served is compared with the previous champion's
+on its last labelled predictions before the promotion (the same, recent traffic). Once both
+have ``scheduler.watch_min_labels`` labels, a drop of ``scheduler.rollback_drop`` or more rolls
+back, records why and alerts; a watch that ends without one records that it passed. The
+label-free estimate (mean calibrated confidence) of both is reported beside them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+from sqlmodel import Session, col
+
+from core import registry
+from core.db import session_scope
+from core.settings import Settings
+from core.tables import Event, Feedback, Prediction, as_utc, utcnow
+
+log = logging.getLogger(__name__)
+
+PREVIOUS_LABELS = 500  # the previous champion's most recent labelled predictions that form its baseline
+
+
+@dataclass
+class Quality:
+    version: str
+    labelled: int
+    accuracy: float | None
+    estimate: float | None  # mean calibrated confidence of everything it served in the period
+
+    def words(self) -> str:
+        acc = "n/a" if self.accuracy is None else f"{self.accuracy:.3f}"
+        est = "n/a" if self.estimate is None else f"{self.estimate:.3f}"
+        return f"{self.version}: accuracy {acc} on {self.labelled} labels, estimate {est}"
+
+
+def _quality(session: Session, version: str, *, after: datetime | None = None, before: datetime | None = None,
+             latest: int | None = None) -> Quality:
+    labelled = (select(Prediction.label, Feedback.label.label("truth"))
+                .join(Feedback, Feedback.prediction_id == Prediction.id)
+                .where(Prediction.model_version == version))
+    served = select(func.avg(Prediction.confidence)).where(Prediction.model_version == version)
+    for cond in ([col(Prediction.created_at) >= after] if after else []) + (
+            [col(Prediction.created_at) < before] if before else []):
+        labelled, served = labelled.where(cond), served.where(cond)
+    if latest is not None:
+        labelled = labelled.order_by(col(Prediction.created_at).desc()).limit(latest)
+    rows = session.execute(labelled).all()
+    acc = sum(p == t for p, t in rows) / len(rows) if rows else None
+    estimate = session.execute(served).scalar()
+    return Quality(version, len(rows), acc, None if estimate is None else float(estimate))
+
+
+def _watched_promotion(session: Session, settings: Settings) -> Event | None:
+    """The champion's promotion event, if it is still under watch and the watch has not ended."""
+    champion = registry.get_champion(session)
+    if champion is None:
+        return None
+    promoted = session.scalars(select(Event).where(Event.kind == "promoted", Event.subject == champion.version)
+                               .order_by(col(Event.id).desc())).first()
+    if promoted is None or not (promoted.data or {}).get("previous"):
+        return None
+    ended = session.scalars(select(Event.id).where(col(Event.id) > promoted.id,
+                                                    col(Event.kind).in_(["watch_passed", "rolled_back"]))).first()
+    return None if ended is not None else promoted
+
+
+def check(settings: Settings, engine: Engine) -> dict[str, Any] | None:
+    """Compare the new champion with the previous one; roll back on a drop. None when nothing is watched."""
+    s = settings.scheduler
+    with session_scope(engine) as session:
+        promoted = _watched_promotion(session, settings)
+        if promoted is None:
+            return None
+        since = as_utc(promoted.created_at)
+        new_version, old_version = promoted.subject or "", promoted.data["previous"]
+        new = _quality(session, new_version, after=since)
+        old = _quality(session, old_version, before=since, latest=PREVIOUS_LABELS)
+    figures = {"new": new.__dict__, "old": old.__dict__, "since": since.isoformat()}
+    comparison = f"{new.words()} vs {old.words()}"
+    over = utcnow() - since > timedelta(minutes=s.watch_minutes)
+    if new.accuracy is not None and old.accuracy is not None and min(new.labelled, old.labelled) >= s.watch_min_labels:
+        drop = old.accuracy - new.accuracy
+        figures["drop"] = drop
+        if drop >= s.rollback_drop:
+            reason = (f"live accuracy fell {drop:.3f} (≥ {s.rollback_drop:g}) after the promotion: {comparison}")
+            restored = registry.rollback(engine, actor="watch", reason=reason)
+            log.warning("rolled back %s → %s: %s", new_version, restored.version, reason)
+            return {"action": "rolled_back", "reason": reason, "to": restored.version, **figures}
+    if over:
+        reason = f"no drop of {s.rollback_drop:g} or more in {s.watch_minutes:g} minutes: {comparison}"
+        with session_scope(engine) as session:
+            registry.record_event(session, kind="watch_passed", subject=new_version, reason=reason, actor="watch",
+                                  data=figures)
+        return {"action": "passed", "reason": reason, **figures}
+    return {"action": "watching", "reason": comparison, **figures}
+

@@ -1,0 +1,166 @@
+"""The daemon's scheduled jobs, stored in the database by APScheduler so a restart keeps the schedule.
+
+A stored job names ``daemon.jobs:run_job`` and the job's name; ``run_job`` finds the running
+daemon's objects (settings, engine, launcher) in the context that ``bind`` set. Each job
+catches at its boundary: the exception is logged and recorded as a ``job_failed`` event,
+and the daemon goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import Engine, delete, select
+from sqlmodel import col
+
+from core import registry
+from core.db import session_scope
+from core.settings import Settings
+from core.tables import Feedback, Prediction, utcnow
+from daemon import guard, triggers
+from daemon.alerts import Webhook
+from daemon.launcher import RefitLauncher
+from daemon.watch import run_check
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Context:
+    settings: Settings
+    engine: Engine
+    launcher: RefitLauncher
+    on_status: Callable[[str], None] = lambda status: None
+    last: dict[str, Any] = field(default_factory=dict)  # each job's latest outcome, for status lines and tests
+
+
+_context: Context | None = None
+
+
+def bind(context: Context | None) -> None:
+    """Point stored jobs at this process's objects (None on shutdown)."""
+    global _context
+    _context = context
+
+
+def run_job(name: str) -> None:
+    """Run one job by name; never raises (APScheduler would only log it)."""
+    ctx = _context
+    if ctx is None:
+        log.warning("job %s fired with no daemon bound; skipped", name)
+        return
+    start = time.perf_counter()
+    try:
+        outcome = JOBS[name](ctx)
+        ctx.last[name] = outcome
+        log.debug("job %s done in %.1f s: %s", name, time.perf_counter() - start, outcome)
+    except Exception as exc:  # noqa: BLE001 - the job boundary: record, go on
+        log.exception("job %s failed", name)
+        ctx.last[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        try:
+            with session_scope(ctx.engine) as session:
+                registry.record_event(session, kind="job_failed", subject=name, actor="daemon",
+                                      reason=f"{name} failed: {type(exc).__name__}: {exc}")
+        except Exception:  # noqa: BLE001 - the database itself may be what failed
+            log.exception("could not record the failure of job %s", name)
+
+
+def drift_check(ctx: Context) -> dict[str, Any]:
+    """Check the current window; consider a refit when it drifted."""
+    with session_scope(ctx.engine) as session:
+        champion = registry.get_champion(session)
+    if champion is None:
+        return {"skipped": "no champion yet"}
+    row = run_check(ctx.settings, ctx.engine)
+    ctx.on_status(f"serving {champion.version}; last drift check: {row.verdict}")
+    decision = triggers.consider(ctx.settings, ctx.engine, ctx.launcher, "drift", drift_verdict=row.verdict)
+    return {"check": row.id, "verdict": row.verdict, "refit": decision.start, "decision": decision.reason}
+
+
+def label_check(ctx: Context) -> dict[str, Any]:
+    """Start a refit once enough new labels arrived (scheduler.label_trigger)."""
+    decision = triggers.consider(ctx.settings, ctx.engine, ctx.launcher, "labels")
+    return {"refit": decision.start, "decision": decision.reason}
+
+
+def scheduled_refit(ctx: Context) -> dict[str, Any]:
+    """The cron schedule's refit."""
+    decision = triggers.consider(ctx.settings, ctx.engine, ctx.launcher, "cron")
+    return {"refit": decision.start, "decision": decision.reason}
+
+
+def promotion_watch(ctx: Context) -> dict[str, Any] | None:
+    """Compare a freshly promoted champion with its predecessor; roll back on a drop."""
+    outcome = guard.check(ctx.settings, ctx.engine)
+    if outcome is not None and outcome["action"] == "rolled_back" and ctx.settings.drift.webhook_url:
+        d = ctx.settings.drift
+        Webhook(d.webhook_url, ctx.engine, timeout_s=d.webhook_timeout_s, retries=d.webhook_retries).send(
+            {"text": f":rewind: refitd rolled back to {outcome['to']}: {outcome['reason']}", "event": "rolled_back",
+             **{k: outcome[k] for k in ("to", "reason")}})
+    return outcome
+
+
+def retention(ctx: Context) -> dict[str, Any]:
+    """Prune predictions without feedback and HTML reports older than scheduler.retention_days."""
+    cutoff = utcnow() - timedelta(days=ctx.settings.scheduler.retention_days)
+    with session_scope(ctx.engine) as session:
+        labelled = select(Feedback.prediction_id).where(col(Feedback.prediction_id).is_not(None))
+        pruned = session.execute(
+            delete(Prediction).where(col(Prediction.created_at) < cutoff, col(Prediction.id).not_in(labelled))
+        ).rowcount
+    reports = 0
+    for path in ctx.settings.reports_dir.glob("*.html") if ctx.settings.reports_dir.is_dir() else []:
+        if path.stat().st_mtime < cutoff.timestamp():
+            path.unlink(missing_ok=True)
+            reports += 1
+    if pruned or reports:
+        log.info("retention: pruned %s predictions and %s reports older than %s", pruned, reports, cutoff)
+    return {"predictions": pruned, "reports": reports}
+
+
+JOBS: dict[str, Callable[[Context], Any]] = {
+    "drift_check": drift_check, "label_check": label_check, "scheduled_refit": scheduled_refit,
+    "promotion_watch": promotion_watch, "retention": retention,
+}
+
+
+def wanted(settings: Settings) -> dict[str, BaseTrigger]:
+    """The jobs these settings ask for, by id, with their triggers."""
+    s = settings.scheduler
+    jobs: dict[str, BaseTrigger] = {
+        "drift_check": IntervalTrigger(seconds=round(s.drift_interval_minutes * 60)),
+        "promotion_watch": IntervalTrigger(seconds=round(s.watch_interval_minutes * 60)),
+        "retention": IntervalTrigger(hours=6),
+    }
+    if s.label_trigger is not None:
+        jobs["label_check"] = IntervalTrigger(seconds=round(s.label_check_minutes * 60))
+    if s.refit_cron is not None:
+        jobs["scheduled_refit"] = CronTrigger.from_crontab(s.refit_cron)
+    return jobs
+
+
+def reconcile(scheduler: Any, settings: Settings) -> dict[str, str]:
+    """Make the stored jobs match the settings: keep unchanged ones (and their next run), replace changed, drop gone."""
+    wanted_jobs = wanted(settings)
+    actions: dict[str, str] = {}
+    for job in scheduler.get_jobs():
+        if job.id not in wanted_jobs:
+            scheduler.remove_job(job.id)
+            actions[job.id] = "removed"
+    for job_id, trigger in wanted_jobs.items():
+        existing = scheduler.get_job(job_id)
+        if existing is not None and str(existing.trigger) == str(trigger):
+            actions[job_id] = "kept"
+            continue
+        scheduler.add_job("daemon.jobs:run_job", trigger, args=[job_id], id=job_id, name=job_id,
+                          replace_existing=True)
+        actions[job_id] = "replaced" if existing is not None else "added"
+    return actions

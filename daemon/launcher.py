@@ -1,0 +1,255 @@
+"""Starting refits by name and following them to their outcome; at most one at a time, across processes.
+
+Locally a refit is a child process, ``python -m flows refit --trigger X``, at a lower
+CPU priority and a capped thread count so serving stays responsive. With
+``prefect.api_url`` and ``prefect.deployment`` set, it is a run of that deployment
+(a worker on another host runs it). Either way the ``refit`` lease is held, and
+renewed, for as long as the run is going, and its outcome is read back from the
+refit-run row (and the Prefect state for a deployment).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+
+from core import leases, registry
+from core.db import session_scope
+from core.runs import finish_run, running
+from core.settings import Settings
+from core.tables import RefitRun
+
+log = logging.getLogger(__name__)
+
+LEASE = "refit"
+ROOT = Path(__file__).resolve().parents[1]
+_TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+@dataclass
+class Launch:
+    """One refit in flight."""
+
+    trigger: str
+    reason: str
+    started: float = field(default_factory=time.monotonic)
+    process: subprocess.Popen | None = None
+    result_file: Path | None = None
+    flow_run_id: str | None = None
+
+
+class RefitLauncher:
+    """Starts a refit when the lease is free, follows it, records what happened as events."""
+
+    def __init__(self, settings: Settings, engine: Engine, *, config_file: Path | None = None) -> None:
+        self.settings, self.engine, self.config_file = settings, engine, config_file
+        self.holder = f"{leases.holder_name()}:refit"
+        self.launch: Launch | None = None
+        self.finished: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- starting -------------------------------------------------------------------------
+
+    def busy(self) -> str | None:
+        """Why a refit cannot start now (another is running here or elsewhere), else None."""
+        if self.launch is not None:
+            return f"a refit started by {self.launch.trigger} is already running in this daemon"
+        held = leases.current(self.engine, LEASE)
+        if held is not None:
+            return f"a refit is already running (lease held by {held.holder} until {held.expires_at:%H:%M:%S})"
+        return None
+
+    def start(self, trigger: str, reason: str) -> tuple[bool, str]:
+        """Take the lease and launch; (False, why) when the lease is taken."""
+        with self._lock:
+            why = self.busy()
+            if why is None and not leases.acquire(self.engine, LEASE, holder=self.holder,
+                                                  ttl_s=self.settings.refit.lease_s, data={"trigger": trigger}):
+                why = "a refit is already running (another process took the lease first)"
+            if why is not None:
+                return False, why
+            launch = Launch(trigger, reason)
+            try:
+                if self.settings.prefect.deployment:
+                    launch.flow_run_id = self._run_deployment(trigger)
+                else:
+                    launch.process, launch.result_file = self._spawn(trigger)
+            except Exception:
+                leases.release(self.engine, LEASE, holder=self.holder)
+                raise
+            self.launch = launch
+        where = f"deployment {self.settings.prefect.deployment}, flow run {launch.flow_run_id}" \
+            if launch.flow_run_id else f"local process {launch.process.pid}"  # type: ignore[union-attr]
+        self._event("refit_started", f"{reason}; running as {where}", {"trigger": trigger})
+        self._ensure_follower()
+        return True, where
+
+    def _spawn(self, trigger: str) -> tuple[subprocess.Popen, Path]:
+        s = self.settings
+        result = Path(tempfile.mkstemp(prefix="refit-", suffix=".json", dir=s.home)[1])
+        cmd = [sys.executable, "-m", "flows", "--home", str(s.home)]
+        if self.config_file is not None:
+            cmd += ["--config", str(self.config_file)]
+        cmd += ["--result-file", str(result), "refit", "--trigger", trigger]
+        if s.refit.quick:
+            cmd.append("--quick")
+        threads = str(s.refit.threads)
+        env = os.environ | {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "RAYON_NUM_THREADS": threads,
+                            "TOKENIZERS_PARALLELISM": "false", "REFITD_TRAINING__THREADS": threads,
+                            "REFITD_LOG_LEVEL": s.log_level}
+        if s.database.url:
+            env["REFITD_DATABASE__URL"] = s.database.url
+        niceness = s.refit.nice
+        log_file = open(s.home / "refit.log", "ab")  # noqa: SIM115 - handed to the child
+        try:
+            process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                       preexec_fn=lambda: os.nice(niceness))  # noqa: PLW1509
+        finally:
+            log_file.close()
+        log.info("refit started: pid %s, nice %s, %s threads (log: %s)", process.pid, niceness, threads,
+                 s.home / "refit.log")
+        return process, result
+
+    def _run_deployment(self, trigger: str) -> str:
+        os.environ["PREFECT_API_URL"] = self.settings.prefect.api_url or ""
+        from prefect.deployments import run_deployment
+
+        flow_run = run_deployment(self.settings.prefect.deployment, parameters={"trigger": trigger,
+                                                                               "quick": self.settings.refit.quick},
+                                  timeout=0)
+        return str(flow_run.id)
+
+    # -- following ------------------------------------------------------------------------
+
+    def _ensure_follower(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._follow, name="refit-follower", daemon=True)
+            self._thread.start()
+
+    def _follow(self) -> None:
+        while not self._stop.is_set() and self.launch is not None:
+            try:
+                self.poll()
+            except Exception:  # noqa: BLE001 - following must outlive a database hiccup
+                log.exception("could not follow the running refit")
+            self._stop.wait(min(2.0, self.settings.prefect.poll_s) if self.launch and self.launch.process
+                            else self.settings.prefect.poll_s)
+
+    def poll(self) -> dict[str, Any] | None:
+        """Renew the lease while running; on the end, record the outcome and free the lease."""
+        launch = self.launch
+        if launch is None:
+            return None
+        elapsed = time.monotonic() - launch.started
+        if elapsed > self.settings.refit.timeout_minutes * 60:
+            self._terminate(launch, f"timed out after {self.settings.refit.timeout_minutes:g} minutes")
+            return self._close(launch, {"status": "failed", "reason": "timed out"})
+        state = self._state(launch)
+        if state is None:
+            leases.renew(self.engine, LEASE, holder=self.holder, ttl_s=self.settings.refit.lease_s)
+            return None
+        return self._close(launch, state | {"seconds": round(elapsed, 1)})
+
+    def _state(self, launch: Launch) -> dict[str, Any] | None:
+        """None while running, else the outcome."""
+        if launch.process is not None:
+            code = launch.process.poll()
+            if code is None:
+                return None
+            summary = _read_json(launch.result_file)
+            if code == 0 and "version" in summary:
+                return {"status": "completed", "verdict": summary["verdict"], "version": summary["version"],
+                        "reason": summary["reason"]}
+            return {"status": "failed", "reason": summary.get("error") or f"refit process exited with {code}",
+                    "exit_code": code}
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            flow_run = client.read_flow_run(launch.flow_run_id)
+        state = flow_run.state.type.value if flow_run.state else "PENDING"
+        if state not in _TERMINAL:
+            return None
+        row = self._row(flow_run_id=launch.flow_run_id)
+        if state == "COMPLETED" and row is not None:
+            return {"status": "completed", "verdict": row.verdict, "version": row.candidate_version, "reason": row.reason}
+        return {"status": "failed", "reason": f"Prefect state {state}: {flow_run.state.message if flow_run.state else ''}"}
+
+    def _row(self, *, flow_run_id: str | None) -> RefitRun | None:
+        from sqlmodel import col, select
+
+        with session_scope(self.engine) as session:
+            query = select(RefitRun).order_by(col(RefitRun.id).desc())
+            return session.exec(query.where(RefitRun.flow_run_id == flow_run_id) if flow_run_id else query).first()
+
+    def _close(self, launch: Launch, outcome: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            self.launch = None
+            leases.release(self.engine, LEASE, holder=self.holder)
+        if launch.result_file is not None:
+            launch.result_file.unlink(missing_ok=True)
+        outcome |= {"trigger": launch.trigger}
+        if outcome["status"] == "completed":
+            self._event("refit_finished", f"{outcome['version']} {outcome['verdict']}: {outcome['reason']}", outcome,
+                        subject=outcome["version"])
+        else:
+            self._mark_failed(outcome["reason"])
+            self._event("refit_failed", f"refit ({launch.trigger}) failed: {outcome['reason']}", outcome)
+        self.finished.append(outcome)
+        return outcome
+
+    # -- stopping -------------------------------------------------------------------------
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """On shutdown: stop a local refit (SIGTERM, then SIGKILL after the timeout) and free the lease."""
+        self._stop.set()
+        launch = self.launch
+        if launch is None:
+            return
+        if launch.process is not None:
+            self._terminate(launch, "the daemon is shutting down", timeout_s)
+            self._close(launch, {"status": "failed", "reason": "stopped: the daemon shut down"})
+        else:  # a deployment run goes on without us; the lease expires if nobody renews it
+            log.info("leaving deployment flow run %s to its worker", launch.flow_run_id)
+
+    def _terminate(self, launch: Launch, why: str, timeout_s: float | None = None) -> None:
+        if launch.process is None or launch.process.poll() is not None:
+            return
+        log.warning("stopping refit process %s: %s", launch.process.pid, why)
+        launch.process.terminate()
+        try:
+            launch.process.wait(timeout=timeout_s or self.settings.refit.stop_timeout_s)
+        except subprocess.TimeoutExpired:
+            launch.process.kill()
+            launch.process.wait()
+
+    def _mark_failed(self, reason: str) -> None:
+        with session_scope(self.engine) as session:
+            run = running(session)
+            if run is not None:
+                finish_run(session, run_id=run.id, status="failed", reason=reason)  # type: ignore[arg-type]
+
+    def _event(self, kind: str, reason: str, data: dict[str, Any], subject: str | None = None) -> None:
+        log.info("%s: %s", kind, reason)
+        with session_scope(self.engine) as session:
+            registry.record_event(session, kind=kind, subject=subject, reason=reason, actor="daemon",
+                                  data=json.loads(json.dumps(data, default=str)))
+
+
+def _read_json(path: Path | None) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text()) if path is not None and path.stat().st_size else {}
+    except (OSError, ValueError):
+        return {}

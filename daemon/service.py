@@ -1,0 +1,139 @@
+"""``refitd run``: the composition root of the long-running service.
+
+One process: the HTTP server from ``serving/`` in the main thread (uvicorn), APScheduler's
+background scheduler with its jobs stored in the same database, the refit launcher, and
+the systemd notifier. SIGTERM / SIGINT: STOPPING=1, stop accepting and drain in-flight
+requests, flush the prediction log (the app's lifespan), stop the scheduler, then stop a
+local refit within ``refit.stop_timeout_s``. A second SIGINT forces the exit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from datetime import timezone
+from pathlib import Path
+
+import uvicorn
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from core import registry
+from core.db import make_engine, session_scope, upgrade
+from core.settings import Settings
+from core.tables import utcnow
+from daemon import jobs
+from daemon.launcher import RefitLauncher
+from daemon.notify import Notifier
+from serving.server import GracefulServer, build, uvicorn_config
+
+log = logging.getLogger(__name__)
+
+JOB_TABLE = "apscheduler_jobs"
+RUNFILE = "daemon.json"
+
+
+class DaemonServer(GracefulServer):
+    """The serving loop, telling the daemon the moment a stop signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: list | None = None) -> None:
+        super().__init__(config)
+        self.on_exit = on_exit or []
+
+    def handle_exit(self, sig, frame) -> None:  # type: ignore[no-untyped-def]
+        super().handle_exit(sig, frame)
+        for callback in self.on_exit:
+            callback(self.force_exit)
+
+
+def make_scheduler(settings: Settings, engine) -> BackgroundScheduler:  # type: ignore[no-untyped-def]
+    """APScheduler 3 with a persistent job store in the refitd database; coalescing and misfire grace set."""
+    return BackgroundScheduler(
+        jobstores={"default": SQLAlchemyJobStore(engine=engine, tablename=JOB_TABLE)},
+        executors={"default": ThreadPoolExecutor(max_workers=2)},
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": settings.scheduler.misfire_grace_s},
+        timezone=timezone.utc,
+    )
+
+
+class Daemon:
+    def __init__(self, settings: Settings, *, config_file: Path | None = None, host: str | None = None,
+                 port: int | None = None) -> None:
+        self.settings = settings
+        self.engine = make_engine(settings.database_url, echo=settings.database.echo,
+                                  busy_timeout_s=settings.database.timeout_s)
+        self.serving = build(settings)
+        self.launcher = RefitLauncher(settings, self.engine, config_file=config_file)
+        self.scheduler = make_scheduler(settings, self.engine)
+        self.notifier = Notifier()
+        self.server = DaemonServer(uvicorn_config(settings, self.serving.app, host=host, port=port),
+                                   on_exit=[self._stopping])
+        self.context = jobs.Context(settings, self.engine, self.launcher, on_status=self.notifier.status)
+        self._stop_announced = False
+        self._forced = False
+
+    def run(self) -> int:
+        """Serve and schedule until a stop signal; return the exit code."""
+        upgrade(self.engine)
+        jobs.bind(self.context)
+        threading.Thread(target=self._start_when_serving, name="daemon-start", daemon=True).start()
+        try:
+            self.server.run()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _start_when_serving(self) -> None:
+        while not self.server.started and not self.server.should_exit:
+            time.sleep(0.05)
+        if self.server.should_exit:
+            return
+        self.scheduler.start(paused=True)
+        actions = jobs.reconcile(self.scheduler, self.settings)
+        self.scheduler.resume()
+        log.info("scheduler started: %s", ", ".join(f"{k} {v}" for k, v in sorted(actions.items())))
+        with session_scope(self.engine) as session:
+            champion = registry.get_champion(session)
+        ready = f"serving {champion.version if champion else 'no model yet'} on {self.server.config.host}:" \
+                f"{self.server.config.port}; {len(actions)} jobs scheduled"
+        self._write_runfile()
+        self.notifier.ready(ready)
+        self.notifier.start_watchdog(self.healthy)
+        log.info("refitd ready: %s", ready)
+
+    @property
+    def runfile(self) -> Path:
+        return self.settings.home / RUNFILE
+
+    def _write_runfile(self) -> None:
+        """Where this daemon listens, for `refitd status` and tools (removed on a clean stop)."""
+        c = self.server.config
+        self.runfile.write_text(json.dumps({"pid": os.getpid(), "url": f"http://{c.host}:{c.port}",
+                                            "started_at": utcnow().isoformat()}))
+
+    def healthy(self) -> bool:
+        """Serving, the scheduler running, not stopping: worth a watchdog ping."""
+        return bool(self.server.started and not self.server.should_exit and self.scheduler.running)
+
+    def _stopping(self, forced: bool) -> None:
+        self._forced = self._forced or forced
+        if not self._stop_announced:
+            self._stop_announced = True
+            self.notifier.stopping("draining requests, flushing the prediction log")
+            log.info("stopping: draining in-flight requests")
+
+    def _shutdown(self) -> None:
+        self._stopping(self._forced)
+        if self.scheduler.running:
+            self.notifier.status("stopping the scheduler")
+            self.scheduler.shutdown(wait=not self._forced)
+        self.notifier.status("stopping a running refit")
+        self.launcher.stop(1.0 if self._forced else self.settings.refit.stop_timeout_s)
+        jobs.bind(None)
+        self.runfile.unlink(missing_ok=True)
+        self.notifier.close()
+        log.info("refitd stopped")

@@ -1,0 +1,87 @@
+"""When to refit: the trigger policy, and an event for every decision, started or skipped, with why.
+
+- ``drift``: the last check said drifted and at least ``refit.min_new_labels`` labels arrived
+  since the champion was trained;
+- ``labels``: ``scheduler.label_trigger`` labels arrived since the champion was trained;
+- ``cron``: ``scheduler.refit_cron`` fired.
+
+All three respect the cooldown between refit starts and the one-refit-at-a-time lease.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import Engine
+from sqlmodel import col, select
+
+from core import registry
+from core.db import session_scope
+from core.labels import count_labels_since
+from core.settings import Settings
+from core.tables import RefitRun, as_utc, utcnow
+from daemon.launcher import RefitLauncher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Decision:
+    start: bool
+    reason: str
+    routine: bool = False  # a clean check or a count under its trigger: logged, not an event
+
+
+def decide(settings: Settings, engine: Engine, launcher: RefitLauncher, trigger: str, *,
+           drift_verdict: str | None = None) -> Decision:
+    """Whether a refit should start now for ``trigger``, and why (or why not)."""
+    busy = launcher.busy()
+    if busy is not None:
+        return Decision(False, f"{trigger}: skipped, {busy}")
+    with session_scope(engine) as session:
+        champion = registry.get_champion(session)
+        if champion is None:
+            return Decision(False, f"{trigger}: skipped, there is no champion yet (run `refitd init`)")
+        last = session.exec(select(RefitRun).where(RefitRun.trigger != "init")
+                            .order_by(col(RefitRun.created_at).desc())).first()
+        new_labels = count_labels_since(session, champion.created_at)
+    cooldown = timedelta(minutes=settings.refit.cooldown_minutes)
+    if last is not None and as_utc(last.created_at) + cooldown > utcnow():
+        return Decision(False, f"{trigger}: skipped, cooldown — the last refit started {as_utc(last.created_at):%H:%M:%S} "
+                               f"UTC; the next may start after {as_utc(last.created_at) + cooldown:%H:%M:%S}")
+    if trigger == "drift":
+        if drift_verdict != "drifted":
+            return Decision(False, f"drift: no refit, the last check was {drift_verdict}", routine=True)
+        need = settings.refit.min_new_labels
+        if new_labels < need:
+            return Decision(False, f"drift: skipped, too few labels — {new_labels} new since {champion.version} "
+                                   f"was trained, needs {need}")
+        return Decision(True, f"drift: the window drifted and {new_labels} new labels arrived (needs {need})")
+    if trigger == "labels":
+        need = settings.scheduler.label_trigger
+        if need is None or new_labels < need:
+            return Decision(False, f"labels: {new_labels} new labels since {champion.version}, needs {need}",
+                            routine=True)
+        return Decision(True, f"labels: {new_labels} new labels since {champion.version} (trigger at {need})")
+    if trigger == "cron":
+        return Decision(True, f"cron: scheduled refit ({settings.scheduler.refit_cron}); {new_labels} new labels")
+    return Decision(True, f"{trigger}: requested")
+
+
+def consider(settings: Settings, engine: Engine, launcher: RefitLauncher, trigger: str, *,
+             drift_verdict: str | None = None) -> Decision:
+    """Decide, then start the refit or record why not; returns the decision."""
+    decision = decide(settings, engine, launcher, trigger, drift_verdict=drift_verdict)
+    if decision.start:
+        started, where = launcher.start(trigger, decision.reason)
+        if not started:  # lost the lease to another process between deciding and starting
+            decision = Decision(False, f"{trigger}: skipped, {where}")
+    log.info("%s", decision.reason)
+    if not decision.start and not decision.routine:
+        with session_scope(engine) as session:
+            registry.record_event(session, kind="refit_skipped", subject=trigger, reason=decision.reason,
+                                  actor="daemon")
+    return decision
+
