@@ -1,0 +1,142 @@
+"""Trigger policy, the refit lease across processes, and the post-promotion watch's automatic rollback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlmodel import select
+
+from core import leases, registry
+from core.db import make_engine, session_scope, upgrade
+from core.runs import start_run
+from core.settings import Settings
+from core.tables import Event, Feedback, Prediction, RefitRun, new_prediction_id, utcnow
+from daemon import guard
+from daemon.launcher import LEASE, RefitLauncher
+from daemon.triggers import consider, decide
+from tests.artifact_factory import publish_version
+
+
+@pytest.fixture
+def home(tmp_path: Path, untrained_artifact: Path, db_url: str) -> Settings:
+    settings = Settings.load(home=tmp_path, database={"url": db_url},
+                             refit={"min_new_labels": 5, "cooldown_minutes": 30},
+                             scheduler={"label_trigger": 8, "watch_min_labels": 20, "rollback_drop": 0.1})
+    upgrade(make_engine(settings.database_url))
+    publish_version(settings, untrained_artifact)
+    return settings
+
+
+def _labels(settings: Settings, n: int) -> None:
+    with session_scope(make_engine(settings.database_url)) as s:
+        s.add_all(Feedback(text=f"label {i} {time.time_ns()}", label="negative", source="test") for i in range(n))
+
+
+def test_drift_needs_enough_new_labels_and_respects_the_cooldown(home: Settings) -> None:
+    engine = make_engine(home.database_url)
+    launcher = RefitLauncher(home, engine)
+    assert decide(home, engine, launcher, "drift", drift_verdict="not_drifted").routine
+    too_few = consider(home, engine, launcher, "drift", drift_verdict="drifted")
+    assert not too_few.start and "too few labels — 0 new since v1" in too_few.reason
+    _labels(home, 5)
+    assert decide(home, engine, launcher, "drift", drift_verdict="drifted").start
+    assert not decide(home, engine, launcher, "labels").start  # 5 < label_trigger 8
+    _labels(home, 3)
+    assert decide(home, engine, launcher, "labels").start
+    with session_scope(engine) as s:  # a refit started a minute ago
+        run = start_run(s, trigger="drift", params={})
+        run.created_at = utcnow() - timedelta(minutes=1)
+    cooled = consider(home, engine, launcher, "labels")
+    assert not cooled.start and "cooldown" in cooled.reason
+    with session_scope(engine) as s:
+        s.exec(select(RefitRun)).first().created_at = utcnow() - timedelta(minutes=31)
+    assert decide(home, engine, launcher, "cron").start
+    with session_scope(engine) as s:
+        reasons = [e.reason for e in s.exec(select(Event).where(Event.kind == "refit_skipped"))]
+    assert len(reasons) == 2 and "too few labels" in reasons[0] and "cooldown" in reasons[1]  # every skip, with why
+
+
+def test_one_refit_at_a_time_across_processes(home: Settings) -> None:
+    engine = make_engine(home.database_url)
+    _labels(home, 10)
+    assert leases.acquire(engine, LEASE, holder="other-host:123:refit", ttl_s=60)
+    decision = consider(home, engine, RefitLauncher(home, engine), "labels")
+    assert not decision.start and "already running (lease held by other-host:123:refit" in decision.reason
+    assert not leases.acquire(engine, LEASE, holder="me", ttl_s=60)
+    assert leases.release(engine, LEASE, holder="other-host:123:refit")
+    assert leases.acquire(engine, LEASE, holder="me", ttl_s=60)
+
+
+def test_a_killed_holders_lease_expires(home: Settings) -> None:
+    code = (
+        "import sys, time\n"
+        "from core import leases\nfrom core.db import make_engine\n"
+        f"engine = make_engine({home.database_url!r})\n"
+        "assert leases.acquire(engine, 'refit', holder='doomed', ttl_s=3)\n"
+        "print('held', flush=True)\n"
+        "while True:\n    leases.renew(engine, 'refit', holder='doomed', ttl_s=3); time.sleep(0.5)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"  # type: ignore[union-attr]
+        engine = make_engine(home.database_url)
+        time.sleep(3.5)
+        assert not leases.acquire(engine, LEASE, holder="me", ttl_s=60)  # still renewed: alive
+        holder.kill()  # SIGKILL: no release
+        holder.wait(10)
+        assert leases.current(engine, LEASE).holder == "doomed"
+        time.sleep(3.5)
+        assert leases.current(engine, LEASE) is None
+        assert leases.acquire(engine, LEASE, holder="me", ttl_s=60)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+
+
+def _served(settings: Settings, version: str, *, right: int, wrong: int, at) -> None:  # type: ignore[no-untyped-def]
+    """Predictions served by ``version`` at ``at`` with feedback: ``right`` correct, ``wrong`` not."""
+    rng = np.random.default_rng(0)
+    with session_scope(make_engine(settings.database_url)) as s:
+        for i in range(right + wrong):
+            pid = new_prediction_id()
+            s.add(Prediction(id=pid, created_at=at + timedelta(seconds=i), model_version=version, text=f"t{pid}",
+                             label="negative", scores={}, confidence=float(rng.uniform(0.6, 0.9)), latency_ms=1.0))
+            s.flush()
+            s.add(Feedback(prediction_id=pid, label="negative" if i < right else "positive"))
+
+
+def test_promotion_watch_rolls_back_on_a_live_drop(home: Settings, untrained_artifact: Path) -> None:
+    engine = make_engine(home.database_url)
+    _served(home, "v1", right=27, wrong=3, at=utcnow() - timedelta(minutes=30))  # 0.90 before the promotion
+    publish_version(home, untrained_artifact)  # v2 promoted now
+    assert guard.check(home, engine)["action"] == "watching"  # no labels for v2 yet
+    _served(home, "v2", right=16, wrong=14, at=utcnow() + timedelta(seconds=1))  # 0.53 after
+    outcome = guard.check(home, engine)
+    assert outcome["action"] == "rolled_back" and outcome["to"] == "v1"
+    assert outcome["drop"] == pytest.approx(0.9 - 16 / 30)
+    with session_scope(engine) as s:
+        assert registry.get_champion(s).version == "v1"
+        assert registry.get_version(s, version="v2").status == "rejected"
+        event = s.exec(select(Event).where(Event.kind == "rolled_back")).one()
+    assert event.actor == "watch" and "live accuracy fell 0.367" in event.reason and "v2: accuracy 0.533" in event.reason
+    assert guard.check(home, engine) is None  # the watch ended with the rollback
+
+
+def test_promotion_watch_passes_a_champion_that_holds_up(home: Settings, untrained_artifact: Path) -> None:
+    engine = make_engine(home.database_url)
+    _served(home, "v1", right=24, wrong=6, at=utcnow() - timedelta(minutes=30))  # 0.80
+    publish_version(home, untrained_artifact)
+    _served(home, "v2", right=25, wrong=5, at=utcnow() + timedelta(seconds=1))  # 0.83
+    assert guard.check(home, engine)["action"] == "watching"
+    over = home.model_copy(update={"scheduler": home.scheduler.model_copy(update={"watch_minutes": 0.0001})})
+    passed = guard.check(over, engine)
+    assert passed["action"] == "passed"
+    with session_scope(engine) as s:
+        assert registry.get_champion(s).version == "v2"
+        assert s.exec(select(Event).where(Event.kind == "watch_passed")).one().subject == "v2"
