@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import configparser
+import os
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,8 +18,8 @@ DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
 
 def test_deploy_folder_files_are_all_checked() -> None:
-    known = {"refitd.toml"}
-    assert {p.name for p in DEPLOY.iterdir() if p.is_file()} <= known | {"refitd.service", "prefect.yaml", "refitd.env"}
+    assert {p.name for p in DEPLOY.iterdir() if p.is_file()} == {"refitd.toml", "refitd.service", "prefect.yaml",
+                                                                 "refitd.env"}
 
 
 def test_example_config_loads(tmp_path) -> None:
@@ -21,18 +27,62 @@ def test_example_config_loads(tmp_path) -> None:
     assert settings.model.name == "refitd" and settings.serving.host == "127.0.0.1"
 
 
-@pytest.mark.parametrize("name", ["refitd.service", "prefect.yaml"])
-def test_other_deploy_files_parse(name) -> None:
-    path = DEPLOY / name
-    if not path.exists():
-        pytest.skip(f"{name} arrives with the daemon")
-    if name.endswith(".yaml"):
-        import yaml
+def _unit() -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # systemd keys are case-sensitive
+    parser.read_string((DEPLOY / "refitd.service").read_text())
+    return parser
 
-        assert yaml.safe_load(path.read_text())
-    else:
-        import configparser
 
-        parser = configparser.ConfigParser(strict=False, interpolation=None)
-        parser.read_string(path.read_text())
-        assert parser.has_section("Service")
+def test_unit_asks_for_what_the_daemon_does() -> None:
+    service = _unit()["Service"]
+    assert service["Type"] == "notify" and service["ExecStart"].endswith("refitd run")
+    assert int(service["WatchdogSec"]) >= 30 and service["Restart"] == "on-failure"
+    assert service["KillMode"] == "mixed" and float(service["TimeoutStopSec"]) > Settings().refit.stop_timeout_s
+    for key, value in {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
+                       "StateDirectory": "refitd", "User": "refitd"}.items():
+        assert service[key] == value, key
+    assert service["EnvironmentFile"].lstrip("-") == "/etc/refitd/refitd.env"
+
+
+def test_systemd_verifies_the_unit(tmp_path: Path) -> None:
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        if os.environ.get("CI"):
+            pytest.fail("systemd-analyze is missing: .ci/run installs the systemd package")
+        pytest.skip("systemd-analyze is not installed")
+    refitd = Path(sys.executable).with_name("refitd")  # the unit's ExecStart, pointed at this environment
+    unit = tmp_path / "refitd.service"
+    unit.write_text((DEPLOY / "refitd.service").read_text().replace("/opt/refitd/venv/bin/refitd", str(refitd)))
+    result = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_env_file_holds_only_settings() -> None:
+    lines = [ln.lstrip("# ").strip() for ln in (DEPLOY / "refitd.env").read_text().splitlines()]
+    assignments = [ln for ln in lines if re.match(r"^[A-Z_]+=", ln)]
+    assert assignments and all(a.startswith("REFITD_") for a in assignments)
+    env = dict(a.split("=", 1) for a in assignments)
+    overrides = {k: v for k, v in env.items() if "ADMIN_TOKEN" in k or "HOST" in k or "PREFECT" in k}
+    settings = Settings(_env_file=None, **_nested(overrides))  # the example values are valid settings
+    assert settings.prefect.deployment == "refitd-refit-deployed/refitd-refit"
+
+
+def _nested(env: dict[str, str]) -> dict:
+    out: dict = {}
+    for key, value in env.items():
+        section, name = key.removeprefix("REFITD_").lower().split("__")
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def test_prefect_deployment_points_at_the_deployed_flow() -> None:
+    import yaml
+
+    spec = yaml.safe_load((DEPLOY / "prefect.yaml").read_text())
+    (deployment,) = spec["deployments"]
+    module, function = deployment["entrypoint"].split(":")
+    source = (DEPLOY.parent / module).read_text()
+    flow_name = re.search(rf'@flow\(name="([^"]+)"\)\ndef {function}\(', source).group(1)
+    assert f"{flow_name}/{deployment['name']}" == "refitd-refit-deployed/refitd-refit"  # what refitd.env names
+    assert set(deployment["parameters"]) <= {"trigger", "quick", "config"}
