@@ -9,7 +9,7 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-SUITES = {"serve": "bench.serve", "train": "bench.train", "drift": "bench.drift"}
+SUITES = {"serve": "bench.serve", "train": "bench.train", "drift": "bench.drift", "cotenancy": "bench.cotenancy"}
 PLANNED: dict[str, str] = {}
 
 

@@ -315,6 +315,30 @@ def run(
     raise typer.Exit(Daemon(settings, config_file=config, host=host, port=port).run())
 
 
+# demo -------------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    quick: Annotated[bool, typer.Option(help="A smaller, faster loop (about 5 minutes).")] = False,
+    home: Annotated[Path | None, typer.Option(help="State directory for the demo (default: a fresh temporary one).")] = None,
+    keep: Annotated[bool, typer.Option(help="Keep the whole temporary state directory (database, models).")] = False,
+) -> None:
+    """The whole loop on the embedded default: v1, a topic shift, drift, refit, promotion, recovery."""
+    from daemon.demo import run_demo
+
+    obj = ctx.find_root().obj or {}
+    from core.logs import configure_logging
+
+    configure_logging(obj.get("log_level") or "WARNING")
+    try:
+        run_demo(home=home or obj.get("home"), quick=quick, keep=keep, console=console)
+    except RuntimeError as exc:
+        err.print(f"[red]demo failed: {exc}[/]")
+        raise typer.Exit(1) from None
+
+
 def main() -> None:
     try:
         app()

@@ -2,7 +2,7 @@
 
 For ``scheduler.watch_minutes`` after a promotion, the new champion's measured accuracy on
 the feedback labels of the predictions it served is compared with the previous champion's
-on its last labelled predictions before the promotion (the same, recent traffic). Once both
+on as many of its last labelled predictions before the promotion (recent traffic, not last month's). Once both
 have ``scheduler.watch_min_labels`` labels, a drop of ``scheduler.rollback_drop`` or more rolls
 back, records why and alerts; a watch that ends without one records that it passed. The
 label-free estimate (mean calibrated confidence) of both is reported beside them.
@@ -25,7 +25,7 @@ from core.tables import Event, Feedback, Prediction, as_utc, utcnow
 
 log = logging.getLogger(__name__)
 
-PREVIOUS_LABELS = 500  # the previous champion's most recent labelled predictions that form its baseline
+PREVIOUS_LABELS = 500  # at most this many of the previous champion's last labelled predictions
 
 
 @dataclass
@@ -82,7 +82,10 @@ def check(settings: Settings, engine: Engine) -> dict[str, Any] | None:
         since = as_utc(promoted.created_at)
         new_version, old_version = promoted.subject or "", promoted.data["previous"]
         new = _quality(session, new_version, after=since)
-        old = _quality(session, old_version, before=since, latest=PREVIOUS_LABELS)
+        # The previous champion's baseline: as many of its last labelled answers as the new one has, so both
+        # are scored on recent traffic (after a drift, older answers were on traffic that no longer comes).
+        old = _quality(session, old_version, before=since,
+                       latest=min(PREVIOUS_LABELS, max(s.watch_min_labels, new.labelled)))
     figures = {"new": new.__dict__, "old": old.__dict__, "since": since.isoformat()}
     comparison = f"{new.words()} vs {old.words()}"
     over = utcnow() - since > timedelta(minutes=s.watch_minutes)

@@ -1,0 +1,350 @@
+"""``refitd demo``: the whole loop on the embedded default, with no network and no configuration.
+
+1. fine-tune v1 on the airline tweets of the bundled corpus; print before / after on the frozen test set;
+2. start the daemon (`refitd run`) as a child process on a free port;
+3. replay a stream through the HTTP API: phase 1 airline tweets, phase 2 mostly other topics
+   (Apple, self-driving cars, Coachella, …); a fraction of answers get their true label posted late;
+4. leave the daemon alone: drift checks flag the shift, a refit starts once enough labels arrived,
+   the gate decides, the server hot-swaps;
+5. print the summary per phase and served version, write the plots and list the HTML reports.
+
+Stream tweets come from the corpus's ``stream`` split, which no training or test split shares.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+from sqlmodel import col, select
+
+from core.datasets import load_configured
+from core.db import make_engine, session_scope
+from core.tables import DriftCheck, RefitRun, as_utc, utcnow
+from daemon import plots
+from daemon.replay import Replay
+
+ROOT = Path(__file__).resolve().parents[1]
+OTHER_TOPICS = ("apple", "self-driving", "coachella", "deflategate", "weather")
+
+
+@dataclass(frozen=True)
+class Plan:
+    quick: bool
+    rate: float = 15.0              # requests per second
+    phase1: int = 900               # airline requests before the shift
+    other_share: float = 0.7        # other-topic share of phase 2
+    after: int = 450                # requests served by a new champion before the demo ends
+    max_phase2_s: float = 600.0
+    label_fraction: float = 0.5
+    label_delay_s: float = 5.0
+    drift_every_s: float = 20.0
+    min_new_labels: int = 600
+    max_train_rows: int = 2000
+    seed: int = 7
+
+    @classmethod
+    def for_run(cls, quick: bool) -> Plan:
+        if quick:
+            return cls(quick=True, rate=25.0, phase1=400, after=300, max_phase2_s=200.0, drift_every_s=10.0,
+                       min_new_labels=400, max_train_rows=400)
+        return cls(quick=False)
+
+
+def write_config(home: Path, plan: Plan, port: int) -> Path:
+    """The demo's refitd.toml: quicker checks and a small window, so the loop fits in minutes."""
+    path = home / "refitd.toml"
+    path.write_text(f"""# written by `refitd demo`
+log_level = "INFO"
+
+[training]
+max_train_rows = {plan.max_train_rows}
+
+[serving]
+port = {port}
+poll_interval_s = 2.0
+
+[drift]
+window_size = 300
+min_window = 200
+reference_size = 1000
+
+[scheduler]
+drift_interval_minutes = {plan.drift_every_s / 60:.4f}
+watch_interval_minutes = 0.25
+watch_min_labels = 30
+
+[refit]
+min_new_labels = {plan.min_new_labels}
+cooldown_minutes = 60
+threads = 2
+nice = 10
+quick = {str(plan.quick).lower()}
+""")
+    return path
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Demo:
+    def __init__(self, home: Path, plan: Plan, console: Console) -> None:
+        self.home, self.plan, self.console = home, plan, console
+        self.out = home / "demo"
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        write_config(home, plan, self.port)
+        self.engine = make_engine(f"sqlite:///{home / 'refitd.db'}")
+        self.daemon: subprocess.Popen | None = None
+        self.replay: Replay | None = None
+        self.phase = 0
+        self._stop = threading.Event()
+
+    # 1 -----------------------------------------------------------------------------------
+
+    def train_v1(self) -> dict[str, Any]:
+        self.console.rule("1. fine-tune v1 on airline tweets")
+        result_file = self.out / "init.json"
+        cmd = [sys.executable, "-m", "flows", "--home", str(self.home), "--result-file", str(result_file), "init"]
+        cmd += ["--quick"] if self.plan.quick else []
+        start = time.perf_counter()
+        with open(self.home / "init.log", "wb") as log:
+            code = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        result = json.loads(result_file.read_text()) if result_file.is_file() else {}
+        if code != 0 or not result.get("promoted"):
+            raise RuntimeError(f"training v1 failed ({result.get('error') or result.get('reason')}); "
+                               f"see {self.home / 'init.log'}")
+        before, after = result["metrics"]["before"], result["metrics"]["test"]
+        table = Table(title=f"frozen airline test set (n = {after['n']}), {time.perf_counter() - start:.0f} s")
+        for c in ("model", "accuracy", "macro precision", "macro recall", "macro F1"):
+            table.add_column(c)
+        for name, m in (("base encoder + fresh head", before), ("v1 fine-tuned", after)):
+            table.add_row(name, *(f"{m[k]:.3f}" for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1")))
+        self.console.print(table)
+        return result
+
+    # 2 -----------------------------------------------------------------------------------
+
+    def start_daemon(self) -> None:
+        self.console.rule(f"2. start the daemon on {self.url}")
+        log = open(self.home / "daemon.log", "ab")  # noqa: SIM115 - the child's stdout for its life
+        self.daemon = subprocess.Popen(
+            [sys.executable, "-c", "from daemon.cli import main; main()", "--home", str(self.home), "run"],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if self.daemon.poll() is not None:
+                raise RuntimeError(f"the daemon exited with {self.daemon.returncode}; see {self.home / 'daemon.log'}")
+            try:
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=2).status_code == 200:
+                    self.console.print(f"daemon up (pid {self.daemon.pid}); log: {self.home / 'daemon.log'}")
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError("the daemon did not become ready in 180 s")
+
+    def stop_daemon(self) -> int | None:
+        if self.daemon is None or self.daemon.poll() is not None:
+            return None if self.daemon is None else self.daemon.returncode
+        self.daemon.send_signal(signal.SIGTERM)
+        try:
+            return self.daemon.wait(90)
+        except subprocess.TimeoutExpired:
+            self.daemon.kill()
+            return self.daemon.wait()
+
+    # 3-4 ---------------------------------------------------------------------------------
+
+    def stream(self) -> tuple[pd.DataFrame, float]:
+        p = self.plan
+        corpus = load_configured(data=None, text_column="text", label_column="label", topics=[],
+                                 validation_fraction=0.1, test_fraction=0.15)
+        stream = corpus[corpus["split"] == "stream"].sample(frac=1.0, random_state=p.seed)
+        airline = stream[stream["topic"] == "airline"]
+        other = stream[stream["topic"].isin(OTHER_TOPICS)]
+        phase1 = airline.iloc[: p.phase1]
+        rest_airline = airline.iloc[p.phase1:]
+        n2 = int(p.rate * p.max_phase2_s)
+        n_other = min(len(other), int(n2 * p.other_share))
+        mixed = pd.concat([other.iloc[:n_other], rest_airline.iloc[: n2 - n_other]]).sample(frac=1.0, random_state=p.seed)
+        self.replay = Replay(self.url, rate=p.rate, label_fraction=p.label_fraction, delay_s=p.label_delay_s,
+                             seed=p.seed)
+        self.t0_wall = utcnow()
+        progress = threading.Thread(target=self._progress, daemon=True)
+        progress.start()
+        self.console.rule(f"3. phase 1: {len(phase1)} airline tweets at {p.rate:g}/s")
+        self.phase = 1
+        self.replay.play(phase1[["text", "label", "topic"]], 1)
+        phase2_at = self.replay.now()
+        self.console.rule(f"4. phase 2: {p.other_share:.0%} other topics ({', '.join(OTHER_TOPICS)}); "
+                          "the daemon is on its own")
+        self.phase = 2
+        started = time.monotonic()
+        self.replay.play(mixed[["text", "label", "topic"]], 2,
+                         until=lambda: self._done() or time.monotonic() - started > p.max_phase2_s)
+        time.sleep(p.label_delay_s + 1)  # the last labels go out
+        self._stop.set()
+        self.replay.close()
+        return self.replay.frame(), phase2_at
+
+    def _refit(self) -> RefitRun | None:
+        with session_scope(self.engine) as s:
+            return s.exec(select(RefitRun).where(RefitRun.trigger != "init").order_by(col(RefitRun.id))).first()
+
+    def _done(self) -> bool:
+        """The refit finished and, if it promoted, the new champion has served enough requests."""
+        run = self._refit()
+        if run is None or run.status == "running":
+            return False
+        frame = self.replay.frame() if self.replay else pd.DataFrame()
+        served_new = int((frame["version"] != "v1").sum()) if len(frame) else 0
+        if run.verdict == "promoted":
+            return served_new >= self.plan.after
+        finished = as_utc(run.finished_at or utcnow())
+        return (utcnow() - finished).total_seconds() * self.plan.rate >= self.plan.after
+
+    def _progress(self) -> None:
+        while not self._stop.wait(5):
+            try:
+                with session_scope(self.engine) as s:
+                    check = s.exec(select(DriftCheck).order_by(col(DriftCheck.id).desc())).first()
+                run = self._refit()
+            except Exception:  # noqa: BLE001 - progress is best effort
+                continue
+            r = self.replay
+            versions = sorted({a.version for a in r.answers[-50:]}) if r else []
+            refit = "not started"
+            if run is not None:
+                stage = (run.metrics or {}).get("progress", {}).get("stage", "data")
+                refit = f"running ({stage})" if run.status == "running" else f"{run.status}: {run.verdict or run.reason}"
+            verdict = f"{check.verdict} ({check.window_size})" if check else "none yet"
+            self.console.print(f"[dim]{r.now() if r else 0:6.0f}s[/] phase {self.phase} | sent {r.sent if r else 0} "
+                               f"| labels {r.labels_posted if r else 0} | serving {','.join(versions)} | last drift "
+                               f"check: {verdict} | refit: {refit}")
+
+    # 5 -----------------------------------------------------------------------------------
+
+    def checks(self) -> list[dict[str, Any]]:
+        with session_scope(self.engine) as s:
+            rows = list(s.exec(select(DriftCheck).order_by(col(DriftCheck.id))))
+        return [{"id": c.id, "at": (as_utc(c.created_at) - self.t0_wall).total_seconds(), "verdict": c.verdict,
+                 "reason": c.reason, "signals": c.signals, "report": c.report_path} for c in rows]
+
+    def summarise(self, answers: pd.DataFrame, phase2_at: float, v1: dict[str, Any]) -> dict[str, Any]:
+        checks = self.checks()
+        run = self._refit()
+        groups = []
+        for (phase, version), part in answers.groupby(["phase", "version"]):
+            labelled = part[part["labelled"]]
+            groups.append({"phase": int(phase), "version": version, "requests": len(part), "labelled": len(labelled),
+                           "accuracy": float((labelled["predicted"] == labelled["truth"]).mean()) if len(labelled) else None})
+        promoted = answers[answers["version"] != "v1"]
+        promotions = [(float(promoted["at"].min()), str(promoted["version"].iloc[0]))] if len(promoted) else []
+        verdicts = {ph: [c for c in checks if c["verdict"] != "insufficient_data" and
+                         ((c["at"] < phase2_at) == (ph == 1))] for ph in (1, 2)}
+        refit = None
+        if run is not None:
+            refit = {"trigger": run.trigger, "status": run.status, "verdict": run.verdict, "reason": run.reason,
+                     "version": run.candidate_version,
+                     "started_at_s": (as_utc(run.created_at) - self.t0_wall).total_seconds(),
+                     "duration_s": (as_utc(run.finished_at) - as_utc(run.created_at)).total_seconds()
+                     if run.finished_at else None,
+                     "timings": (run.metrics or {}).get("timings")}
+        return {"date": datetime.now().astimezone().isoformat(timespec="seconds"), "quick": self.plan.quick,
+                "plan": asdict(self.plan), "home": str(self.home), "v1": {"before": v1["metrics"]["before"],
+                                                                       "after": v1["metrics"]["test"]},
+                "phase2_at_s": phase2_at, "groups": groups, "promotions": promotions,
+                "drift": {str(ph): [{k: c[k] for k in ("id", "at", "verdict", "reason", "report")} for c in cs]
+                          for ph, cs in verdicts.items()},
+                "refit": refit, "errors": len(self.replay.errors) if self.replay else 0,
+                "labels_posted": self.replay.labels_posted if self.replay else 0, "checks": checks}
+
+    def report(self, summary: dict[str, Any], answers: pd.DataFrame) -> None:
+        self.console.rule("5. summary")
+        table = Table(title="live traffic per phase and served version (accuracy on the answers whose label was posted)")
+        for c in ("phase", "served by", "requests", "labelled", "accuracy"):
+            table.add_column(c)
+        for g in summary["groups"]:
+            table.add_row(str(g["phase"]), g["version"], str(g["requests"]), str(g["labelled"]),
+                          "-" if g["accuracy"] is None else f"{g['accuracy']:.3f}")
+        self.console.print(table)
+        for ph in ("1", "2"):
+            cs = summary["drift"][ph]
+            drifted = [c for c in cs if c["verdict"] == "drifted"]
+            self.console.print(f"phase {ph}: {len(cs)} drift checks, {len(drifted)} drifted"
+                               + (f"; first: {drifted[0]['reason']}" if drifted else ""))
+        r = summary["refit"]
+        if r:
+            self.console.print(f"refit ({r['trigger']}) started at {r['started_at_s']:.0f} s, took "
+                               f"{r['duration_s'] or 0:.0f} s: {r['verdict'] or r['status']} — {r['reason']}")
+        else:
+            self.console.print("[yellow]no refit ran[/]")
+        drifted_at = [c["at"] for c in summary["checks"] if c["verdict"] == "drifted"]
+        acc_png = plots.live_accuracy(answers, phase2_at=summary["phase2_at_s"], promotions=summary["promotions"],
+                                      drifted_at=drifted_at, path=self.out / "live_accuracy.png")
+        sig_png = plots.drift_signals(summary["checks"], phase2_at=summary["phase2_at_s"],
+                                      promotions=summary["promotions"], path=self.out / "drift_signals.png")
+        summary["plots"] = [str(acc_png), str(sig_png)]
+        summary["reports"] = [c["report"] for c in summary["checks"] if c["report"]]
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        answers.to_csv(self.out / "answers.csv", index=False)
+        self.console.print(f"plots: {acc_png}, {sig_png}")
+        if summary["reports"]:
+            self.console.print(f"{len(summary['reports'])} HTML drift reports, e.g. {summary['reports'][-1]}")
+        self.console.print(f"summary: {self.out / 'summary.json'}")
+
+
+def run_demo(*, home: Path | None, quick: bool, keep: bool, console: Console) -> dict[str, Any]:
+    """Run the demo end to end; return its summary."""
+    temporary = home is None
+    home = Path(tempfile.mkdtemp(prefix="refitd-demo-")) if home is None else home.expanduser().resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    if (home / "refitd.db").exists():
+        raise RuntimeError(f"{home} already holds a refitd database; give the demo a fresh --home")
+    demo = Demo(home, Plan.for_run(quick), console)
+    started = time.perf_counter()
+    console.print(f"refitd demo ({'quick' if quick else 'default'}) in {home}")
+    try:
+        v1 = demo.train_v1()
+        demo.start_daemon()
+        answers, phase2_at = demo.stream()
+        summary = demo.summarise(answers, phase2_at, v1)
+        summary["wall_s"] = round(time.perf_counter() - started, 1)
+        demo.report(summary, answers)
+    finally:
+        demo._stop.set()
+        if demo.replay is not None:
+            demo.replay.close()
+        code = demo.stop_daemon()
+        if code not in (None, 0):
+            console.print(f"[red]the daemon exited with {code}; see {home / 'daemon.log'}[/]")
+    console.print(f"wall time {summary['wall_s']:.0f} s")
+    if temporary and not keep:
+        for name in ("models", "prefect", "spool", "workspace", "drift", "refitd.db", "refitd.db-wal", "refitd.db-shm"):
+            target = home / name
+            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+        console.print(f"kept the results in {home / 'demo'} and {home / 'reports'} (--keep keeps the whole state dir)")
+    else:
+        console.print(f"state kept in {home}: try `refitd --home {home} status`")
+    return summary
