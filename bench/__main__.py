@@ -1,30 +1,77 @@
-"""``python -m bench [serve|train|drift]``: benchmarks that print ratios against baselines run alongside."""
+"""``python -m bench [serve|train|drift|cotenancy] [options]``; with no suite, all of them and one table of ratios.
+
+Every suite runs its baseline in the same run and prints ratios; results go to
+``bench/results/<suite>-latest.json`` (and a timestamped copy). ``python -m bench --home DIR``
+shares one trained state dir between the suites that need a champion; without it one is
+trained with `refitd init` first.
+"""
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import logging
 import os
+import platform
+import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 SUITES = {"serve": "bench.serve", "train": "bench.train", "drift": "bench.drift", "cotenancy": "bench.cotenancy"}
-PLANNED: dict[str, str] = {}
+NEEDS_HOME = {"serve", "drift", "cotenancy"}
+
+
+def run_all(argv: list[str]) -> int:
+    from bench.report import latest, table
+
+    p = argparse.ArgumentParser(prog="python -m bench", description="every suite, then one table of ratios")
+    p.add_argument("--home", type=Path, help="a state dir with a champion (default: train one with `refitd init`)")
+    args = p.parse_args(argv)
+    home = args.home
+    started = time.perf_counter()
+    if home is None:
+        home = Path(tempfile.mkdtemp(prefix="refitd-bench-"))
+        print(f"training the champion the suites share in {home} …", file=sys.stderr)
+        subprocess.run([sys.executable, "-c", "from daemon.cli import main; main()", "--home", str(home), "init"],
+                       check=True)
+    rows = []
+    for name, module_name in SUITES.items():
+        print(f"\n=== bench {name} ===", flush=True)
+        module = importlib.import_module(module_name)
+        code = module.main(["--home", str(home)] if name in NEEDS_HOME else [])
+        if code != 0:
+            print(f"bench {name} failed with {code}", file=sys.stderr)
+            return code
+        rows += [(name, *row) for row in module.ratios(latest(name))]
+    print(f"\n=== all suites: {time.strftime('%Y-%m-%d')}, {_cpu()}, {os.cpu_count()} CPUs, "
+          f"{time.perf_counter() - started:.0f} s ===")
+    print(table(rows))
+    return 0
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
 
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING)
-    names = argv[:1] or list(SUITES)
-    name, rest = names[0], argv[1:]
-    if name in PLANNED:
-        print(f"bench {name} is not built yet (it comes with {PLANNED[name]})", file=sys.stderr)
-        return 2
+    if not argv or argv[0].startswith("-"):
+        return run_all(argv)
+    name, rest = argv[0], argv[1:]
     if name not in SUITES:
-        print(f"unknown benchmark {name!r}; choose from {', '.join(list(SUITES) + list(PLANNED))}", file=sys.stderr)
+        print(f"unknown benchmark {name!r}; choose from {', '.join(SUITES)}", file=sys.stderr)
         return 2
-    import importlib
-
     return importlib.import_module(SUITES[name]).main(rest)
 
 

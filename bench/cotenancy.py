@@ -10,7 +10,6 @@ rounds) and the ratios during / alone. The refit runs on a copy of the home.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.drift import champion_home
+from bench.report import save
 from bench.load import LoadResult, drive
 from bench.serve import _free_port, _run_server, _stop, _texts
 from core.db import make_engine
@@ -99,13 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full", action="store_true", help="a full refit instead of a quick one")
     parser.add_argument("--threads", type=int, default=None, help="refit threads (default: refit.threads)")
     parser.add_argument("--nice", type=int, default=None, help="refit niceness (default: refit.nice)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "cotenancy.json")
     args = parser.parse_args(argv)
     defaults = Settings.load(home=tempfile.mkdtemp()).refit
     result = run(champion_home(args.home), concurrency=args.concurrency, per_round=args.per_round,
                  alone_rounds=args.alone_rounds, quick=not args.full,
                  threads=args.threads or defaults.threads, nice=defaults.nice if args.nice is None else args.nice)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=str))
+    save("cotenancy", result)
     print(render(result))
     return 0
+
+
+def ratios(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    x = r["ratios"]
+    return [("serving p50 during a refit / alone", f"{x['p50']:.2f}×", "—"),
+            ("serving p99 during a refit / alone", f"{x['p99']:.2f}×", "—")]

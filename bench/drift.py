@@ -19,7 +19,6 @@ Windows larger than the stream pool are drawn with replacement (the 100k timing)
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.report import save
 from core import registry
 from core.artifacts import ArtifactStore
 from core.datasets import load_configured
@@ -152,7 +152,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats per window size (median)")
     parser.add_argument("--every", type=int, default=100, help="requests between checks in the stream test")
     parser.add_argument("--streams", type=int, default=5, help="shifted streams in the requests-until-detection test")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "drift.json")
     args = parser.parse_args(argv)
 
     home = champion_home(args.home)
@@ -185,10 +184,19 @@ def main(argv: list[str]) -> int:
               "reference_size": settings.drift.reference_size, "timing": timing, "detection": detect,
               "until_detection": {"every": args.every, "share": 0.3, "requests": delays,
                                   "median": statistics.median(found) if found else None}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    save("drift", result)
     print_tables(result)
     return 0
+
+
+def ratios(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    t = {row["window"]: row for row in r["timing"]}
+    d = {row["other_share"]: row for row in r["detection"]}
+    return [("check time 5k window vs 5k reference", f"{t[5000]['median_s']:.2f} s", "≤ 2 s"),
+            ("check time 100k / 10k", f"{t[100000]['vs_10k']:.2f}×", "≤ 12×"),
+            ("false alarms, clean windows", f"{d[0.0]['drifted']}/{d[0.0]['windows']}", "0/20"),
+            ("detection at 30% other topics", f"{d[0.3]['rate']:.0%}", "≥ 90%"),
+            ("requests after a 30% shift until drifted (median)", f"{r['until_detection']['median']}", "≤ 1,000")]
 
 
 def print_tables(result: dict[str, Any]) -> None:

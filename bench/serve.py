@@ -10,7 +10,6 @@ is the median of ``--repeats`` runs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from bench.report import save
 from bench.load import LoadResult, drive, median_of
 from core import registry
 from core.artifacts import ArtifactStore, read_meta
@@ -176,10 +176,19 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([sys.executable, "-c", "from daemon.cli import main; main()", "--home", str(home), "init"], check=True)
     results = run(home, requests=args.requests, repeats=args.repeats)
     print(render(results))
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / f"serve-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(results, default=_jsonable, indent=2))
+    save("serve", results, default=_jsonable)
     return 0
+
+
+def ratios(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """From a saved result (JSON: concurrency keys are strings)."""
+    f32, base, raw = r["refitd_fp32"], r["baseline"], r["raw_fp32"]
+    rows = [("refitd fp32 / baseline req/s at concurrency 32", f"{f32['32']['rps'] / base['32']['rps']:.2f}×", "≥ 5×"),
+            ("refitd fp32 at 32 / raw ORT best batch", f"{f32['32']['rps'] / raw['best_seq_per_s']:.0%}", "≥ 60%"),
+            ("refitd p50 at 1 / raw single-text p50", f"{f32['1']['p50_ms'] / raw['single_p50_ms']:.2f}×", "≤ 1.5×")]
+    if r.get("refitd_int8"):
+        rows.append(("refitd INT8 / fp32 req/s at 32", f"{r['refitd_int8']['32']['rps'] / f32['32']['rps']:.2f}×", "—"))
+    return rows
 
 
 def _jsonable(o: Any) -> Any:

@@ -10,7 +10,6 @@ on the same frozen test set with the same code.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
 
+from bench.report import save
 from core.datasets import load_configured, stratified_sample
 from core.settings import Settings
 from flows.evaluate import report_from_logits
@@ -112,7 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     result = run(args.rows, args.epochs, args.seed)
     print(render(result))
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / f"train-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(result, indent=2))
+    save("train", result)
     return 0
+
+
+def ratios(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    a, b = r["refit"], r["baseline"]
+    return [("examples/s refit / plain Trainer", f"{a['examples_per_s'] / b['examples_per_s']:.2f}×", "≥ 1.5×"),
+            ("test macro-F1 refit − plain Trainer", f"{100 * (a['macro_f1'] - b['macro_f1']):+.1f} pt", "≥ −0.5 pt")]

@@ -48,7 +48,7 @@ class Plan:
     rate: float = 15.0              # requests per second
     phase1: int = 900               # airline requests before the shift
     other_share: float = 0.7        # other-topic share of phase 2
-    after: int = 450                # requests served by a new champion before the demo ends
+    after: int = 900                # requests served by a new champion before the demo ends
     max_phase2_s: float = 600.0
     label_fraction: float = 0.5
     label_delay_s: float = 5.0
@@ -60,7 +60,7 @@ class Plan:
     @classmethod
     def for_run(cls, quick: bool) -> Plan:
         if quick:
-            return cls(quick=True, rate=25.0, phase1=400, after=300, max_phase2_s=200.0, drift_every_s=10.0,
+            return cls(quick=True, rate=20.0, phase1=400, after=300, max_phase2_s=230.0, drift_every_s=15.0,
                        min_new_labels=400, max_train_rows=400)
         return cls(quick=False)
 

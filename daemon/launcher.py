@@ -58,6 +58,7 @@ class RefitLauncher:
         self.launch: Launch | None = None
         self.finished: list[dict[str, Any]] = []
         self._lock = threading.Lock()
+        self._poll_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -123,13 +124,18 @@ class RefitLauncher:
                  s.home / "refit.log")
         return process, result
 
+    def _prefect(self):  # type: ignore[no-untyped-def]
+        """Prefect's client settings pointed at the configured API, for this call only."""
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        return temporary_settings({PREFECT_API_URL: self.settings.prefect.api_url})
+
     def _run_deployment(self, trigger: str) -> str:
-        os.environ["PREFECT_API_URL"] = self.settings.prefect.api_url or ""
         from prefect.deployments import run_deployment
 
-        flow_run = run_deployment(self.settings.prefect.deployment, parameters={"trigger": trigger,
-                                                                               "quick": self.settings.refit.quick},
-                                  timeout=0)
+        with self._prefect():
+            flow_run = run_deployment(self.settings.prefect.deployment,
+                                      parameters={"trigger": trigger, "quick": self.settings.refit.quick}, timeout=0)
         return str(flow_run.id)
 
     # -- following ------------------------------------------------------------------------
@@ -149,7 +155,11 @@ class RefitLauncher:
                             else self.settings.prefect.poll_s)
 
     def poll(self) -> dict[str, Any] | None:
-        """Renew the lease while running; on the end, record the outcome and free the lease."""
+        """Renew the lease while running; on the end, record the outcome and free the lease (once)."""
+        with self._poll_lock:
+            return self._poll()
+
+    def _poll(self) -> dict[str, Any] | None:
         launch = self.launch
         if launch is None:
             return None
@@ -177,7 +187,7 @@ class RefitLauncher:
                     "exit_code": code}
         from prefect.client.orchestration import get_client
 
-        with get_client(sync_client=True) as client:
+        with self._prefect(), get_client(sync_client=True) as client:
             flow_run = client.read_flow_run(launch.flow_run_id)
         state = flow_run.state.type.value if flow_run.state else "PENDING"
         if state not in _TERMINAL:
@@ -219,8 +229,11 @@ class RefitLauncher:
         if launch is None:
             return
         if launch.process is not None:
-            self._terminate(launch, "the daemon is shutting down", timeout_s)
-            self._close(launch, {"status": "failed", "reason": "stopped: the daemon shut down"})
+            with self._poll_lock:
+                if self.launch is not launch:  # it ended while we were getting here
+                    return
+                self._terminate(launch, "the daemon is shutting down", timeout_s)
+                self._close(launch, {"status": "failed", "reason": "stopped: the daemon shut down"})
         else:  # a deployment run goes on without us; the lease expires if nobody renews it
             log.info("leaving deployment flow run %s to its worker", launch.flow_run_id)
 

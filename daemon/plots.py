@@ -22,18 +22,18 @@ def live_accuracy(answers: pd.DataFrame, *, phase2_at: float, promotions: list[t
     """Rolling accuracy of the labelled answers over time, per served version's colour, with markers."""
     plt = _pyplot()
     labelled = answers[answers["labelled"]].sort_values("at")
-    correct = (labelled["predicted"] == labelled["truth"]).astype(float)
-    rolling = correct.rolling(window, min_periods=max(10, window // 4)).mean()
     fig, ax = plt.subplots(figsize=(10, 4.5), dpi=110)
-    for version, part in labelled.assign(acc=rolling).groupby("version"):
-        ax.plot(part["at"], part["acc"], ".", markersize=3, label=f"served by {version}")
+    for version, part in labelled.groupby("version"):  # each version's own answers: no window mixes two models
+        correct = (part["predicted"] == part["truth"]).astype(float)
+        acc = correct.rolling(window, min_periods=max(10, window // 4)).mean()
+        ax.plot(part["at"], acc, ".", markersize=3, label=f"served by {version}")
     ax.axvspan(phase2_at, float(answers["at"].max()), color="tab:orange", alpha=0.08, label="phase 2: topic shift")
     for i, at in enumerate(drifted_at):
         ax.axvline(at, color="tab:red", linestyle=":", linewidth=1, label="drift check: drifted" if i == 0 else None)
     for at, version in promotions:
         ax.axvline(at, color="tab:green", linewidth=2, label=f"{version} promoted and served")
     ax.set_xlabel("seconds since the stream started")
-    ax.set_ylabel(f"live accuracy (last {window} labelled)")
+    ax.set_ylabel(f"live accuracy (its last {window} labelled)")
     ax.set_ylim(0, 1)
     ax.set_title("refitd demo: live accuracy through a topic shift, detection, refit and promotion")
     ax.legend(loc="lower left", fontsize=8)

@@ -69,7 +69,9 @@ def refit(settings: Settings, trigger: str = "manual", warm_start: str | None = 
     run_params = {"trigger": trigger, "warm_start": warm_start or settings.training.warm_start, "quick": quick,
                   "hpo_trials": hpo_trials, "promote": promote, "shuffle_labels": shuffle_labels}
     with session_scope(engine) as session:
-        run_id = start_run(session, trigger=trigger, params=run_params, flow_run_id=str(flow_run.get_id())).id
+        # The root flow run: for a deployment it is the run the daemon launched and follows.
+        root = flow_run.root_flow_run_id or flow_run.get_id()
+        run_id = start_run(session, trigger=trigger, params=run_params, flow_run_id=str(root)).id
     try:
         result = _refit_body(settings, engine, run_params, run_id)
     except BaseException as exc:
