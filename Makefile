@@ -5,7 +5,6 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-HOME_DIR ?= $(CURDIR)/state/demo
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -22,13 +21,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The whole loop in a fresh temporary state dir: v1, drift, refit, promotion, recovery (about 9 minutes).
 demo: $(STAMP)
-	$(BIN)/refitd --home $(HOME_DIR) init
-	$(BIN)/refitd --home $(HOME_DIR) predict "@united lost my bag and nobody answers" "@JetBlue smooth flight, friendly crew"
+	$(BIN)/refitd demo $(DEMO_ARGS)
 
 demo-quick: $(STAMP)
-	$(BIN)/refitd --home $(HOME_DIR) init --quick
-	$(BIN)/refitd --home $(HOME_DIR) predict "@united lost my bag and nobody answers" "@JetBlue smooth flight, friendly crew"
+	$(BIN)/refitd demo --quick $(DEMO_ARGS)
 
 # Fast tests (the default). PostgreSQL store tests run when REFITD_TEST_DATABASE_URL is set.
 test: $(STAMP)

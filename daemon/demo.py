@@ -50,10 +50,10 @@ class Plan:
     other_share: float = 0.7        # other-topic share of phase 2
     after: int = 900                # requests served by a new champion before the demo ends
     max_phase2_s: float = 600.0
-    label_fraction: float = 0.5
+    label_fraction: float = 0.6
     label_delay_s: float = 5.0
     drift_every_s: float = 20.0
-    min_new_labels: int = 600
+    min_new_labels: int = 1400
     max_train_rows: int = 2000
     seed: int = 7
 
@@ -61,7 +61,7 @@ class Plan:
     def for_run(cls, quick: bool) -> Plan:
         if quick:
             return cls(quick=True, rate=20.0, phase1=400, after=300, max_phase2_s=230.0, drift_every_s=15.0,
-                       min_new_labels=400, max_train_rows=400)
+                       label_fraction=0.5, min_new_labels=400, max_train_rows=400)
         return cls(quick=False)
 
 

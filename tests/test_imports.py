@@ -47,9 +47,11 @@ def test_imports_go_one_way(package: str) -> None:
         "import serving.server, serving.app, serving.runtime, serving.dataplane, serving.batcher, serving.oip, serving.predlog, serving.trial_load",
         "import daemon.cli",
         "import daemon.drift, evidently.metrics, evidently.legacy.metrics.data_drift.embedding_drift_methods",
+        "import daemon.service, daemon.jobs, daemon.launcher, daemon.guard, daemon.triggers, daemon.report, daemon.demo, "
+        "daemon.plots, apscheduler.jobstores.sqlalchemy, prefect.deployments",
     ],
 )
-def test_serving_and_cli_never_import_torch_or_transformers(statement: str) -> None:
+def test_serving_and_the_daemon_never_import_torch_or_transformers(statement: str) -> None:
     code = f"{statement}; import sys; bad = [m for m in ('torch', 'transformers') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
