@@ -101,12 +101,10 @@ class RefitLauncher:
     def _spawn(self, trigger: str) -> tuple[subprocess.Popen, Path]:
         s = self.settings
         result = Path(tempfile.mkstemp(prefix="refit-", suffix=".json", dir=s.home)[1])
-        cmd = [sys.executable, "-m", "flows", "--home", str(s.home)]
+        args = ["--home", str(s.home)]
         if self.config_file is not None:
-            cmd += ["--config", str(self.config_file)]
-        cmd += ["--result-file", str(result), "refit", "--trigger", trigger]
-        if s.refit.quick:
-            cmd.append("--quick")
+            args += ["--config", str(self.config_file)]
+        args += ["--result-file", str(result), "refit", "--trigger", trigger] + (["--quick"] if s.refit.quick else [])
         threads = str(s.refit.threads)
         env = os.environ | {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "RAYON_NUM_THREADS": threads,
                             "TOKENIZERS_PARALLELISM": "false", "REFITD_TRAINING__THREADS": threads,
@@ -114,12 +112,9 @@ class RefitLauncher:
         if s.database.url:
             env["REFITD_DATABASE__URL"] = s.database.url
         niceness = s.refit.nice
-        log_file = open(s.home / "refit.log", "ab")  # noqa: SIM115 - handed to the child
-        try:
-            process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                                       preexec_fn=lambda: os.nice(niceness))  # noqa: PLW1509
-        finally:
-            log_file.close()
+        with open(s.home / "refit.log", "ab") as log_file:
+            process = subprocess.Popen(nice_command(niceness, "flows", args), cwd=ROOT, env=env, stdout=log_file,
+                                       stderr=subprocess.STDOUT)
         log.info("refit started: pid %s, nice %s, %s threads (log: %s)", process.pid, niceness, threads,
                  s.home / "refit.log")
         return process, result
@@ -259,6 +254,16 @@ class RefitLauncher:
         with session_scope(self.engine) as session:
             registry.record_event(session, kind=kind, subject=subject, reason=reason, actor="daemon",
                                   data=json.loads(json.dumps(data, default=str)))
+
+
+def nice_command(niceness: int, module: str, args: list[str]) -> list[str]:
+    """``python -m module args`` that lowers its own CPU priority first, before it starts any thread.
+
+    (The child does it itself: a ``preexec_fn`` is unsafe in a process with threads, as the daemon is.)
+    """
+    code = f"import os, runpy, sys; os.nice({int(niceness)}); sys.argv = [{module!r}] + sys.argv[1:]; " \
+           f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
+    return [sys.executable, "-c", code, *args]
 
 
 def _read_json(path: Path | None) -> dict[str, Any]:
