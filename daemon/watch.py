@@ -92,11 +92,20 @@ def performance(window: pd.DataFrame, champion: ModelVersion, *, min_labels: int
     if len(labelled) < min_labels:
         return out, None
     measured = float((labelled["label"] == labelled["true_label"]).mean())
-    test_acc = float((champion.metrics.get("test") or {}).get("accuracy", measured))
-    out |= {"measured_accuracy": measured, "champion_test_accuracy": test_acc,
+    test_acc, held_out = expected_accuracy(champion, default=measured)
+    out |= {"measured_accuracy": measured, "champion_test_accuracy": test_acc, "champion_test_set": held_out,
             "estimate_error": None if estimate is None else estimate - measured}
     drop = test_acc - measured
-    return out, Signal("performance", "accuracy drop vs champion test", drop, max_drop, drop >= max_drop)
+    return out, Signal("performance", f"accuracy drop vs champion {held_out} test", drop, max_drop, drop >= max_drop)
+
+
+def expected_accuracy(champion: ModelVersion, *, default: float, min_rows: int = 100) -> tuple[float, str]:
+    """The accuracy live traffic should show: on the recent test set (production labels it was not trained
+    on) when the refit had one of ``min_rows`` or more, else on the frozen test set."""
+    recent = ((champion.metrics or {}).get("candidate") or {}).get("recent") or {}
+    if recent.get("n", 0) >= min_rows and "accuracy" in recent:
+        return float(recent["accuracy"]), "recent"
+    return float(((champion.metrics or {}).get("test") or {}).get("accuracy", default)), "frozen"
 
 
 @dataclass
@@ -130,7 +139,8 @@ def compute(settings: Settings, champion: ModelVersion, reference: pd.DataFrame,
         signals.append(perf_signal)
         if perf_signal.drifted:
             decided = "drifted"
-            reason = f"measured accuracy fell {perf_signal.score:.3f} below the champion's test score; {reason}"
+            reason = (f"measured accuracy fell {perf_signal.score:.3f} below the champion's "
+                      f"{perf.get('champion_test_set', 'frozen')} test score; {reason}")
     return Outcome(snapshot, signals, perf, decided, reason)
 
 

@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
+import pytest
 import pandas as pd
 
 from core import registry
@@ -93,3 +94,19 @@ def test_time_window_keeps_only_recent_predictions(tmp_path: Path) -> None:
                                                                          "30 minutes ago"]
         assert len(load_window(s, size=10)) == 5  # a count window reaches back as far as it must
         assert len(load_window(s, size=2, minutes=60)) == 2  # still capped by window_size
+
+
+def test_live_accuracy_is_held_to_the_recent_test_score_once_the_champion_has_one() -> None:
+    from core.tables import ModelVersion
+    from daemon.watch import expected_accuracy, performance
+
+    first = ModelVersion(version="v1", metrics={"test": {"accuracy": 0.82}, "candidate": {"recent": {"n": 0}}})
+    refit = ModelVersion(version="v2", metrics={"test": {"accuracy": 0.81},
+                                                "candidate": {"recent": {"n": 300, "accuracy": 0.70}}})
+    assert expected_accuracy(first, default=0.5) == (0.82, "frozen")
+    assert expected_accuracy(refit, default=0.5) == (0.70, "recent")
+    window = pd.DataFrame({"label": ["a"] * 40, "true_label": ["a"] * 27 + ["b"] * 13, "confidence": [0.7] * 40})
+    _, on_frozen = performance(window, first, min_labels=30, max_drop=0.05)
+    _, on_recent = performance(window, refit, min_labels=30, max_drop=0.05)
+    assert on_frozen.drifted and on_frozen.score == pytest.approx(0.82 - 27 / 40)
+    assert not on_recent.drifted and "recent" in on_recent.method
