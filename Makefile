@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The whole loop in a fresh temporary state dir: v1, drift, refit, promotion, recovery (about 9 minutes).
+# The whole loop in a fresh temporary state dir: v1, drift, refit, promotion, recovery (about 12 minutes on 2 cores).
 demo: $(STAMP)
 	$(BIN)/refitd demo $(DEMO_ARGS)
 
