@@ -51,7 +51,10 @@ def _configure_sqlite(engine: Engine, busy_timeout_s: float) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
-        conn.exec_driver_sql("BEGIN")
+        # IMMEDIATE: take the write lock up front. A deferred transaction that reads and then writes
+        # fails at once with "database is locked" when another process wrote in between (the busy
+        # timeout does not apply to that upgrade); an immediate one waits its turn instead.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 @contextmanager
