@@ -36,7 +36,7 @@ from core.artifacts import ArtifactStore
 from core.datasets import load_configured
 from core.db import make_engine, session_scope
 from core.settings import Settings
-from daemon.watch import compute
+from daemon.watch import compute, score
 from serving.runtime import OnnxClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,14 +59,8 @@ class Scored:
     """Texts scored once by the champion: label, confidence, embedding per row."""
 
     def __init__(self, runtime: OnnxClassifier, texts: list[str]) -> None:
-        labels, conf, embs = [], [], []
-        for i in range(0, len(texts), 64):
-            out = runtime.predict(texts[i : i + 64])
-            labels += out.labels
-            conf += out.scores.max(axis=1).tolist()
-            embs.append(out.embeddings.astype(np.float16).astype(np.float32))  # as stored in the prediction log
-        self.frame = pd.DataFrame({"text": texts, "label": labels, "confidence": conf, "true_label": None})
-        self.emb = np.concatenate(embs)
+        frame, self.emb = score(runtime, texts)
+        self.frame = frame.assign(true_label=None)
 
     def take(self, idx: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
         return self.frame.iloc[idx].reset_index(drop=True), self.emb[idx]

@@ -423,6 +423,11 @@ class Settings(BaseSettings):
     def spool_dir(self) -> Path:
         return self.home / "spool"
 
+    @property
+    def runfile(self) -> Path:
+        """Where a running `refitd run` says it listens (written when ready, removed on a clean stop)."""
+        return self.home / "daemon.json"
+
 
 def _find_config(config_file: Path | str | None, home: Any) -> Path | None:
     if config_file is not None:

@@ -37,6 +37,9 @@ app.add_typer(feedback_app, name="feedback")
 
 log = logging.getLogger("refitd")
 
+HostOption = Annotated[str | None, typer.Option("--host", help="Address to bind (default serving.host, 127.0.0.1).")]
+PortOption = Annotated[int | None, typer.Option("--port", help="Port (default serving.port).")]
+
 
 @app.callback()
 def _root(
@@ -220,8 +223,8 @@ def feedback_import(
 @app.command()
 def serve(
     ctx: typer.Context,
-    host: Annotated[str | None, typer.Option(help="Address to bind (default serving.host, 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default serving.port).")] = None,
+    host: HostOption = None,
+    port: PortOption = None,
 ) -> None:
     """Serve the champion over HTTP (JSON API and Open Inference Protocol V2)."""
     from serving.server import serve as run_server
@@ -303,8 +306,8 @@ def _safe_url(url: str) -> str:
 @app.command()
 def run(
     ctx: typer.Context,
-    host: Annotated[str | None, typer.Option(help="Address to bind (default serving.host, 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default serving.port).")] = None,
+    host: HostOption = None,
+    port: PortOption = None,
 ) -> None:
     """Run the service: serve, check drift on schedule, refit when the policy says so, watch promotions."""
     from daemon.service import Daemon
@@ -326,11 +329,10 @@ def demo(
     keep: Annotated[bool, typer.Option(help="Keep the whole temporary state directory (database, models).")] = False,
 ) -> None:
     """The whole loop on the embedded default: v1, a topic shift, drift, refit, promotion, recovery."""
+    from core.logs import configure_logging
     from daemon.demo import run_demo
 
     obj = ctx.find_root().obj or {}
-    from core.logs import configure_logging
-
     configure_logging(obj.get("log_level") or "WARNING")
     try:
         run_demo(home=home or obj.get("home"), quick=quick, keep=keep, console=console)

@@ -217,8 +217,7 @@ class Demo:
         run = self._refit()
         if run is None or run.status == "running":
             return False
-        frame = self.replay.frame() if self.replay else pd.DataFrame()
-        served_new = int((frame["version"] != "v1").sum()) if len(frame) else 0
+        served_new = sum(a.version != "v1" for a in self.replay.answers) if self.replay else 0
         if run.verdict == "promoted":
             return served_new >= self.plan.after
         finished = as_utc(run.finished_at or utcnow())

@@ -58,7 +58,7 @@ def _quality(session: Session, version: str, *, after: datetime | None = None, b
     return Quality(version, len(rows), acc, None if estimate is None else float(estimate))
 
 
-def _watched_promotion(session: Session, settings: Settings) -> Event | None:
+def _watched_promotion(session: Session) -> Event | None:
     """The champion's promotion event, if it is still under watch and the watch has not ended."""
     champion = registry.get_champion(session)
     if champion is None:
@@ -76,7 +76,7 @@ def check(settings: Settings, engine: Engine) -> dict[str, Any] | None:
     """Compare the new champion with the previous one; roll back on a drop. None when nothing is watched."""
     s = settings.scheduler
     with session_scope(engine) as session:
-        promoted = _watched_promotion(session, settings)
+        promoted = _watched_promotion(session)
         if promoted is None:
             return None
         since = as_utc(promoted.created_at)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -32,6 +32,8 @@ from daemon.watch import run_check
 
 log = logging.getLogger(__name__)
 
+JOB_TABLE = "apscheduler_jobs"  # APScheduler's job store table in the refitd database
+
 
 @dataclass
 class Context:
@@ -39,7 +41,6 @@ class Context:
     engine: Engine
     launcher: RefitLauncher
     on_status: Callable[[str], None] = lambda status: None
-    last: dict[str, Any] = field(default_factory=dict)  # each job's latest outcome, for status lines and tests
 
 
 _context: Context | None = None
@@ -60,11 +61,9 @@ def run_job(name: str) -> None:
     start = time.perf_counter()
     try:
         outcome = JOBS[name](ctx)
-        ctx.last[name] = outcome
         log.debug("job %s done in %.1f s: %s", name, time.perf_counter() - start, outcome)
     except Exception as exc:  # noqa: BLE001 - the job boundary: record, go on
         log.exception("job %s failed", name)
-        ctx.last[name] = {"error": f"{type(exc).__name__}: {exc}"}
         try:
             with session_scope(ctx.engine) as session:
                 registry.record_event(session, kind="job_failed", subject=name, actor="daemon",

@@ -62,10 +62,11 @@ class Replay:
     def play(self, rows: pd.DataFrame, phase: int, *, until=None) -> int:  # type: ignore[no-untyped-def]
         """Send ``rows`` (text, label, topic) in order at the steady rate; stop early when ``until()`` is true."""
         sent = 0
+        check_every = max(1, int(self.rate))  # ``until`` about once a second, not before every request
         with ThreadPoolExecutor(self.workers) as pool:
             next_at = time.monotonic()
             for row in rows.itertuples(index=False):
-                if self._stop.is_set() or (until is not None and until()):
+                if self._stop.is_set() or (until is not None and sent % check_every == 0 and until()):
                     break
                 next_at += 1.0 / self.rate
                 pause = next_at - time.monotonic()

@@ -17,9 +17,9 @@ from core.db import make_engine, session_scope
 from core.runs import running
 from core.settings import Settings
 from core.tables import DriftCheck, Feedback, ModelVersion, Prediction, RefitRun
+from daemon.jobs import JOB_TABLE
 from daemon.watch import list_checks
 
-JOB_TABLE = "apscheduler_jobs"
 
 
 def gather_status(settings: Settings, *, events: int = 10, checks: int = 5) -> dict[str, Any]:
@@ -64,9 +64,8 @@ def gather_status(settings: Settings, *, events: int = 10, checks: int = 5) -> d
 def _server(settings: Settings) -> dict[str, Any]:
     """The running daemon's server (from its run file) or the configured address."""
     url = f"http://{settings.serving.host}:{settings.serving.port}"
-    runfile = settings.home / "daemon.json"
     try:
-        url = json.loads(runfile.read_text())["url"]
+        url = json.loads(settings.runfile.read_text())["url"]
     except (OSError, ValueError, KeyError):
         pass
     try:

@@ -27,14 +27,13 @@ from core.db import make_engine, session_scope, upgrade
 from core.settings import Settings
 from core.tables import utcnow
 from daemon import jobs
+from daemon.jobs import JOB_TABLE
 from daemon.launcher import RefitLauncher
 from daemon.notify import Notifier
 from serving.server import GracefulServer, build, uvicorn_config
 
 log = logging.getLogger(__name__)
 
-JOB_TABLE = "apscheduler_jobs"
-RUNFILE = "daemon.json"
 
 
 class DaemonServer(GracefulServer):
@@ -105,14 +104,10 @@ class Daemon:
         self.notifier.start_watchdog(self.healthy)
         log.info("refitd ready: %s", ready)
 
-    @property
-    def runfile(self) -> Path:
-        return self.settings.home / RUNFILE
-
     def _write_runfile(self) -> None:
         """Where this daemon listens, for `refitd status` and tools (removed on a clean stop)."""
         c = self.server.config
-        self.runfile.write_text(json.dumps({"pid": os.getpid(), "url": f"http://{c.host}:{c.port}",
+        self.settings.runfile.write_text(json.dumps({"pid": os.getpid(), "url": f"http://{c.host}:{c.port}",
                                             "started_at": utcnow().isoformat()}))
 
     def healthy(self) -> bool:
@@ -134,6 +129,6 @@ class Daemon:
         self.notifier.status("stopping a running refit")
         self.launcher.stop(1.0 if self._forced else self.settings.refit.stop_timeout_s)
         jobs.bind(None)
-        self.runfile.unlink(missing_ok=True)
+        self.settings.runfile.unlink(missing_ok=True)
         self.notifier.close()
         log.info("refitd stopped")

@@ -69,18 +69,23 @@ def reference_for(settings: Settings, champion: ModelVersion) -> tuple[pd.DataFr
     rows = rows.sample(n=min(settings.drift.reference_size, len(rows)), random_state=0)
     runtime = OnnxClassifier(champion.version, folder, provider=settings.serving.provider, threads=settings.serving.threads)
     runtime.load()
-    labels, conf, embs = [], [], []
-    texts = rows["text"].tolist()
-    for i in range(0, len(texts), 64):
-        out = runtime.predict(texts[i : i + 64])
-        labels += out.labels
-        conf += out.scores.max(axis=1).tolist()
-        embs.append(out.embeddings)
-    emb = np.concatenate(embs)
-    frame = pd.DataFrame({"text": texts, "label": labels, "confidence": conf})
+    frame, emb = score(runtime, rows["text"].tolist())
     cache.parent.mkdir(parents=True, exist_ok=True)
     frame.assign(embedding=[e.astype(np.float16).tobytes() for e in emb]).to_parquet(cache)
-    return frame, emb.astype(np.float16).astype(np.float32)  # as every later check reads it from the cache
+    return frame, emb
+
+
+def score(runtime: OnnxClassifier, texts: list[str], *, batch: int = 64) -> tuple[pd.DataFrame, np.ndarray]:
+    """Texts scored by a model: label and confidence per text, and its embeddings at the precision the
+    prediction log stores them (float16), so a reference reads the same as logged traffic."""
+    labels, conf, embs = [], [], []
+    for i in range(0, len(texts), batch):
+        out = runtime.predict(texts[i : i + batch])
+        labels += out.labels
+        conf += out.scores.max(axis=1).tolist()
+        embs.append(out.embeddings.astype(np.float16).astype(np.float32))
+    frame = pd.DataFrame({"text": texts, "label": labels, "confidence": conf})
+    return frame, np.concatenate(embs)
 
 
 def performance(window: pd.DataFrame, champion: ModelVersion, *, min_labels: int = 30,
