@@ -1,7 +1,7 @@
-"""``python -m bench [serve|train|drift|cotenancy] [options]``; with no suite, all of them and one table of ratios.
+"""``python -m refitd.bench [serve|train|drift|cotenancy] [options]``; with no suite, all of them and one table of ratios.
 
 Every suite runs its baseline in the same run and prints ratios; results go to
-``bench/results/<suite>-latest.json`` (and a timestamped copy). ``python -m bench --home DIR``
+``bench/results/<suite>-latest.json`` (and a timestamped copy). ``python -m refitd.bench --home DIR``
 shares one trained state dir between the suites that need a champion; without it one is
 trained with `refitd init` first.
 """
@@ -22,14 +22,14 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-SUITES = {"serve": "bench.serve", "train": "bench.train", "drift": "bench.drift", "cotenancy": "bench.cotenancy"}
+SUITES = {"serve": "refitd.bench.serve", "train": "refitd.bench.train", "drift": "refitd.bench.drift", "cotenancy": "refitd.bench.cotenancy"}
 NEEDS_HOME = {"serve", "drift", "cotenancy"}
 
 
 def run_all(argv: list[str]) -> int:
-    from bench.report import latest, table
+    from refitd.bench.report import latest, table
 
-    p = argparse.ArgumentParser(prog="python -m bench", description="every suite, then one table of ratios")
+    p = argparse.ArgumentParser(prog="python -m refitd.bench", description="every suite, then one table of ratios")
     p.add_argument("--home", type=Path, help="a state dir with a champion (default: train one with `refitd init`)")
     args = p.parse_args(argv)
     home = args.home
@@ -37,7 +37,7 @@ def run_all(argv: list[str]) -> int:
     if home is None:
         home = Path(tempfile.mkdtemp(prefix="refitd-bench-"))
         print(f"training the champion the suites share in {home} …", file=sys.stderr)
-        subprocess.run([sys.executable, "-c", "from daemon.cli import main; main()", "--home", str(home), "init"],
+        subprocess.run([sys.executable, "-m", "refitd.cli", "--home", str(home), "init"],
                        check=True)
     rows = []
     for name, module_name in SUITES.items():

@@ -1,6 +1,6 @@
 """The serving baseline: FastAPI + PyTorch eager, one request at a time, no batching.
 
-``python -m bench.baseline_server ARTIFACT_DIR PORT`` — the same fine-tuned weights
+``python -m refitd.bench.baseline_server ARTIFACT_DIR PORT`` — the same fine-tuned weights
 (the artifact's Hugging Face checkpoint) and the same max_length as refitd serves.
 """
 

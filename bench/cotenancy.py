@@ -1,4 +1,4 @@
-"""``python -m bench cotenancy``: what a running refit costs serving, on the same machine.
+"""``python -m refitd.bench cotenancy``: what a running refit costs serving, on the same machine.
 
 `refitd serve` answers a closed-loop load (one tweet per request) in rounds; first with
 nothing else running (the baseline), then while a refit runs exactly as the daemon
@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.drift import champion_home
-from bench.report import save
-from bench.load import LoadResult, drive
-from bench.serve import _free_port, _run_server, _stop, _texts
-from core.db import make_engine
-from core.settings import Settings
-from daemon.launcher import RefitLauncher
+from refitd.bench.drift import champion_home
+from refitd.bench.report import save
+from refitd.bench.load import LoadResult, drive
+from refitd.bench.serve import _free_port, _run_server, _stop, _texts
+from refitd.core.db import make_engine
+from refitd.core.settings import Settings
+from refitd.daemon.launcher import RefitLauncher
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,7 @@ def run(home: Path, *, concurrency: int, per_round: int, alone_rounds: int, quic
     settings = Settings.load(home=work, refit={"quick": quick, "threads": threads, "nice": nice})
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    server = _run_server([sys.executable, "-c", "from daemon.cli import main; main()", "serve", "--port", str(port)],
+    server = _run_server([sys.executable, "-m", "refitd.cli", "serve", "--port", str(port)],
                          {**os.environ, "REFITD_HOME": str(work), "REFITD_LOG_LEVEL": "WARNING"}, f"{url}/v2/health/ready")
     texts = _texts(per_round)
     try:
@@ -91,7 +91,7 @@ def render(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench cotenancy", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m refitd.bench cotenancy", description=__doc__.splitlines()[0])
     parser.add_argument("--home", type=Path, help="state dir with a champion (default: train a quick one)")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--per-round", type=int, default=200)

@@ -1,4 +1,4 @@
-"""``python -m bench drift``: what a drift check costs and what it catches, on the bundled corpus.
+"""``python -m refitd.bench drift``: what a drift check costs and what it catches, on the bundled corpus.
 
 Three parts, all through the same ``daemon.watch.compute`` a scheduled check runs:
 
@@ -30,14 +30,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.report import save
-from core import registry
-from core.artifacts import ArtifactStore
-from core.datasets import load_configured
-from core.db import make_engine, session_scope
-from core.settings import Settings
-from daemon.watch import compute, score
-from serving.runtime import OnnxClassifier
+from refitd.bench.report import save
+from refitd.core import registry
+from refitd.core.artifacts import ArtifactStore
+from refitd.core.datasets import load_configured
+from refitd.core.db import make_engine, session_scope
+from refitd.core.settings import Settings
+from refitd.daemon.drift.check import compute, score
+from refitd.serving.runtime import OnnxClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARES = (0.0, 0.1, 0.2, 0.3, 0.5)
@@ -50,7 +50,7 @@ def champion_home(home: Path | None) -> Path:
         return home
     home = Path(tempfile.mkdtemp(prefix="refitd-bench-drift-"))
     print(f"training a quick champion in {home} …", file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "flows", "--home", str(home), "--log-level", "WARNING", "init", "--quick"],
+    subprocess.run([sys.executable, "-m", "refitd.flows", "--home", str(home), "--log-level", "WARNING", "init", "--quick"],
                    check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return home
 
@@ -140,7 +140,7 @@ def until_detection(settings: Settings, champion, reference: Scored, airline: Sc
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench drift", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m refitd.bench drift", description=__doc__.splitlines()[0])
     parser.add_argument("--home", type=Path, help="state dir with a champion (default: train a quick one)")
     parser.add_argument("--windows", type=int, default=20, help="random windows per injected share")
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats per window size (median)")

@@ -1,4 +1,4 @@
-"""Where benchmark results go, and the one table of ratios `python -m bench` prints."""
+"""Where benchmark results go, and the one table of ratios `python -m refitd.bench` prints."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``python -m bench serve``: refitd serve vs a FastAPI + PyTorch eager baseline, in one run.
+"""``python -m refitd.bench serve``: refitd serve vs a FastAPI + PyTorch eager baseline, in one run.
 
 Both serve the same fine-tuned weights. Each server runs alone (2 cores: no
 contention between them), driven by a closed-loop async client at concurrency
@@ -21,13 +21,13 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.report import save
-from bench.load import LoadResult, drive, median_of
-from core import registry
-from core.artifacts import ArtifactStore, read_meta
-from core.datasets import load_configured
-from core.db import make_engine, session_scope
-from core.encoding import encode, load_tokenizer
+from refitd.bench.report import save
+from refitd.bench.load import LoadResult, drive, median_of
+from refitd.core import registry
+from refitd.core.artifacts import ArtifactStore, read_meta
+from refitd.core.datasets import load_configured
+from refitd.core.db import make_engine, session_scope
+from refitd.core.encoding import encode, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,7 +120,7 @@ def run(home: Path, *, requests: int, repeats: int) -> dict[str, Any]:
     results["raw_fp32"] = raw_ort(artifact, texts, meta["model_file"])
     results["raw_int8"] = raw_ort(artifact, texts, meta["int8_file"]) if "int8_file" in meta else None
     env = {**os.environ, "REFITD_HOME": str(home), "REFITD_LOG_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1"}
-    refitd = [sys.executable, "-c", "from daemon.cli import main; main()", "serve"]
+    refitd = [sys.executable, "-m", "refitd.cli", "serve"]
     for precision in ("fp32", "int8") if results["raw_int8"] else ("fp32",):
         port = _free_port()
         proc = _run_server(refitd + ["--port", str(port)], {**env, "REFITD_SERVING__PRECISION": precision},
@@ -131,7 +131,7 @@ def run(home: Path, *, requests: int, repeats: int) -> dict[str, Any]:
         finally:
             _stop(proc)
     port = _free_port()
-    proc = _run_server([sys.executable, "-m", "bench.baseline_server", str(artifact), str(port)], env,
+    proc = _run_server([sys.executable, "-m", "refitd.bench.baseline_server", str(artifact), str(port)], env,
                        f"http://127.0.0.1:{port}/health")
     try:
         results["baseline"] = _measure(f"http://127.0.0.1:{port}/predict", texts, lambda t: {"text": t},
@@ -165,7 +165,7 @@ def render(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench serve")
+    p = argparse.ArgumentParser(prog="python -m refitd.bench serve")
     p.add_argument("--home", type=Path, default=None, help="a state dir with a champion (default: train one with `refitd init`)")
     p.add_argument("--requests", type=int, default=800)
     p.add_argument("--repeats", type=int, default=3)
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     home = args.home
     if home is None:
         home = Path(tempfile.mkdtemp(prefix="refitd-bench-"))
-        subprocess.run([sys.executable, "-c", "from daemon.cli import main; main()", "--home", str(home), "init"], check=True)
+        subprocess.run([sys.executable, "-m", "refitd.cli", "--home", str(home), "init"], check=True)
     results = run(home, requests=args.requests, repeats=args.repeats)
     print(render(results))
     save("serve", results, default=_jsonable)

@@ -1,4 +1,4 @@
-"""``python -m bench train``: refit's training loop vs a plain Trainer baseline, same data, same run.
+"""``python -m refitd.bench train``: refit's training loop vs a plain Trainer baseline, same data, same run.
 
 refit: dynamic padding, length grouping, embeddings + lower layers frozen, max_length
 64, early stopping on validation macro-F1 (the project's defaults). Baseline: HF
@@ -18,12 +18,12 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
 
-from bench.report import save
-from core.datasets import load_configured, stratified_sample
-from core.settings import Settings
-from flows.evaluate import report_from_logits
-from flows.finetune import FitConfig, fit, predict_torch
-from flows.refit import base_model_path
+from refitd.bench.report import save
+from refitd.core.datasets import load_configured, stratified_sample
+from refitd.core.settings import Settings
+from refitd.flows.evaluate import report_from_logits
+from refitd.flows.finetune import FitConfig, fit, predict_torch
+from refitd.flows.refit import base_model_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,7 +105,7 @@ def render(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench train")
+    p = argparse.ArgumentParser(prog="python -m refitd.bench train")
     p.add_argument("--rows", type=int, default=3000)
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=42)

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from core.errors import ArtifactError
+from refitd.core.errors import ArtifactError
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.errors import DataError
+from refitd.core.errors import DataError
 
 log = logging.getLogger(__name__)
 

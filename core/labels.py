@@ -8,7 +8,7 @@ import pandas as pd
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from core.tables import Feedback, Prediction
+from refitd.core.tables import Feedback, Prediction
 
 
 def labelled_rows(session: Session, *, since: datetime | None = None) -> pd.DataFrame:

@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import Engine, or_, update
 from sqlmodel import col
 
-from core.db import session_scope
-from core.tables import Lease, as_utc, utcnow
+from refitd.core.db import session_scope
+from refitd.core.tables import Lease, as_utc, utcnow
 
 
 def holder_name() -> str:

@@ -21,9 +21,9 @@ from sqlalchemy import Engine, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, func, select
 
-from core.db import session_scope
-from core.errors import NotFoundError, RegistryError
-from core.tables import Event, ModelVersion, RegistryLock, VersionStatus, utcnow
+from refitd.core.db import session_scope
+from refitd.core.errors import NotFoundError, RegistryError
+from refitd.core.tables import Event, ModelVersion, RegistryLock, VersionStatus, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from core.errors import NotFoundError
-from core.tables import RefitRun, utcnow
+from refitd.core.errors import NotFoundError
+from refitd.core.tables import RefitRun, utcnow
 
 
 def start_run(session: Session, *, trigger: str, params: dict[str, Any], flow_run_id: str | None = None) -> RefitRun:

@@ -21,7 +21,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from core.errors import ConfigError
+from refitd.core.errors import ConfigError
 
 _toml_path: ContextVar[Path | None] = ContextVar("refitd_toml_path", default=None)
 

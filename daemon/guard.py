@@ -18,10 +18,10 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 from sqlmodel import Session, col
 
-from core import registry
-from core.db import session_scope
-from core.settings import Settings
-from core.tables import Event, Feedback, Prediction, as_utc, utcnow
+from refitd.core import registry
+from refitd.core.db import session_scope
+from refitd.core.settings import Settings
+from refitd.core.tables import Event, Feedback, Prediction, as_utc, utcnow
 
 log = logging.getLogger(__name__)
 

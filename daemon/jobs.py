@@ -21,14 +21,14 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine, delete, select
 from sqlmodel import col
 
-from core import registry
-from core.db import session_scope
-from core.settings import Settings
-from core.tables import Feedback, Prediction, utcnow
-from daemon import guard, triggers
-from daemon.alerts import Webhook
-from daemon.launcher import RefitLauncher
-from daemon.watch import run_check
+from refitd.core import registry
+from refitd.core.db import session_scope
+from refitd.core.settings import Settings
+from refitd.core.tables import Feedback, Prediction, utcnow
+from refitd.daemon import guard, triggers
+from refitd.daemon.drift.alerts import Webhook
+from refitd.daemon.launcher import RefitLauncher
+from refitd.daemon.drift.check import run_check
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def reconcile(scheduler: Any, settings: Settings) -> dict[str, str]:
         if existing is not None and str(existing.trigger) == str(trigger):
             actions[job_id] = "kept"
             continue
-        scheduler.add_job("daemon.jobs:run_job", trigger, args=[job_id], id=job_id, name=job_id,
+        scheduler.add_job("refitd.daemon.jobs:run_job", trigger, args=[job_id], id=job_id, name=job_id,
                           replace_existing=True)
         actions[job_id] = "replaced" if existing is not None else "added"
     return actions

@@ -1,6 +1,6 @@
 """Starting refits by name and following them to their outcome; at most one at a time, across processes.
 
-Locally a refit is a child process, ``python -m flows refit --trigger X``, at a lower
+Locally a refit is a child process, ``python -m refitd.flows refit --trigger X``, at a lower
 CPU priority and a capped thread count so serving stays responsive. With
 ``prefect.api_url`` and ``prefect.deployment`` set, it is a run of that deployment
 (a worker on another host runs it). Either way the ``refit`` lease is held, and
@@ -24,11 +24,11 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from core import leases, registry
-from core.db import session_scope
-from core.runs import finish_run, running
-from core.settings import Settings
-from core.tables import RefitRun
+from refitd.core import leases, registry
+from refitd.core.db import session_scope
+from refitd.core.runs import finish_run, running
+from refitd.core.settings import Settings
+from refitd.core.tables import RefitRun
 
 log = logging.getLogger(__name__)
 

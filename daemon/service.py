@@ -22,15 +22,15 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from core import registry
-from core.db import make_engine, session_scope, upgrade
-from core.settings import Settings
-from core.tables import utcnow
-from daemon import jobs
-from daemon.jobs import JOB_TABLE
-from daemon.launcher import RefitLauncher
-from daemon.notify import Notifier
-from serving.server import GracefulServer, build, uvicorn_config
+from refitd.core import registry
+from refitd.core.db import make_engine, session_scope, upgrade
+from refitd.core.settings import Settings
+from refitd.core.tables import utcnow
+from refitd.daemon import jobs
+from refitd.daemon.jobs import JOB_TABLE
+from refitd.daemon.launcher import RefitLauncher
+from refitd.daemon.notify import Notifier
+from refitd.serving.server import GracefulServer, build, uvicorn_config
 
 log = logging.getLogger(__name__)
 

@@ -17,12 +17,12 @@ from datetime import timedelta
 from sqlalchemy import Engine
 from sqlmodel import col, select
 
-from core import registry
-from core.db import session_scope
-from core.labels import count_labels_since
-from core.settings import Settings
-from core.tables import RefitRun, as_utc, utcnow
-from daemon.launcher import RefitLauncher
+from refitd.core import registry
+from refitd.core.db import session_scope
+from refitd.core.labels import count_labels_since
+from refitd.core.settings import Settings
+from refitd.core.tables import RefitRun, as_utc, utcnow
+from refitd.daemon.launcher import RefitLauncher
 
 log = logging.getLogger(__name__)
 

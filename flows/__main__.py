@@ -1,4 +1,4 @@
-"""Run a training flow in its own process: ``python -m flows init [--quick] …``.
+"""Run a training flow in its own process: ``python -m refitd.flows init [--quick] …``.
 
 This is how the CLI and the daemon start training by name, without importing
 torch or transformers themselves. The last line on stdout is a JSON summary;
@@ -14,16 +14,16 @@ import os
 import sys
 from pathlib import Path
 
-from core.db import make_engine, upgrade
-from core.errors import RefitdError
-from core.logs import configure_logging
-from core.settings import Settings
+from refitd.core.db import make_engine, upgrade
+from refitd.core.errors import RefitdError
+from refitd.core.logs import configure_logging
+from refitd.core.settings import Settings
 
 log = logging.getLogger("flows")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m flows", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m refitd.flows", description=__doc__)
     p.add_argument("--config", type=Path, default=None, help="refitd.toml to read")
     p.add_argument("--home", type=Path, default=None, help="state directory")
     p.add_argument("--result-file", type=Path, default=None, help="write the JSON summary here too")
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         upgrade(make_engine(settings.database_url))
-        from flows.refit import refit  # imported late: Prefect reads PREFECT_HOME at import
+        from refitd.flows.refit import refit  # imported late: Prefect reads PREFECT_HOME at import
 
         if args.flow == "init":
             result = refit(settings, trigger="init", warm_start="base", quick=args.quick)

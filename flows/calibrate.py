@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from core.encoding import softmax
+from refitd.core.encoding import softmax
 
 
 def _nll(logits: np.ndarray, y: np.ndarray, t: float) -> float:

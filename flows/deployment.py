@@ -3,7 +3,7 @@
 A deployment's parameters must be plain JSON, so this flow takes the trigger and
 builds the settings on the worker's host, from its own environment and refitd.toml
 (`REFITD_CONFIG`, `REFITD_DATABASE__URL`, …); the refit itself is the same flow
-`python -m flows refit` runs, here as a subflow.
+`python -m refitd.flows refit` runs, here as a subflow.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 
 from prefect import flow
 
-from core.db import make_engine, upgrade
-from core.settings import Settings
-from flows.refit import refit
+from refitd.core.db import make_engine, upgrade
+from refitd.core.settings import Settings
+from refitd.flows.refit import refit
 
 
 @flow(name="refitd-refit-deployed")

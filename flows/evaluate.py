@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
-from core.encoding import encode, load_tokenizer
+from refitd.core.encoding import encode, load_tokenizer
 
 
 def onnx_logits(

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import torch
 from transformers import PreTrainedModel
 
-from core.encoding import encode, load_tokenizer
+from refitd.core.encoding import encode, load_tokenizer
 
 log = logging.getLogger(__name__)
 

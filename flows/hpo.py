@@ -17,8 +17,8 @@ import optuna
 import pandas as pd
 from transformers import TrainerCallback
 
-from core.settings import HpoSection
-from flows.finetune import FitConfig, FitResult, fit
+from refitd.core.settings import HpoSection
+from refitd.flows.finetune import FitConfig, FitResult, fit
 
 log = logging.getLogger(__name__)
 

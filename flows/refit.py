@@ -16,15 +16,15 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
-from core import registry
-from core.artifacts import ArtifactStore
-from core.db import make_engine, session_scope
-from core.runs import finish_run, record_progress, start_run
-from core.settings import Settings
-from core.tables import ModelVersion
-from flows import tasks
-from flows.finetune import FitConfig
-from flows.gate import GateRules, decide
+from refitd.core import registry
+from refitd.core.artifacts import ArtifactStore
+from refitd.core.db import make_engine, session_scope
+from refitd.core.runs import finish_run, record_progress, start_run
+from refitd.core.settings import Settings
+from refitd.core.tables import ModelVersion
+from refitd.flows import tasks
+from refitd.flows.finetune import FitConfig
+from refitd.flows.gate import GateRules, decide
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from core.datasets import digest_frame, normalise, split_of, stratified_sample
-from core.errors import DataError
+from refitd.core.datasets import digest_frame, normalise, split_of, stratified_sample
+from refitd.core.errors import DataError
 
 RECENT_SALT = "refitd-recent-v1"
 NEW_VALIDATION_FRACTION = 0.1

@@ -16,20 +16,20 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NONE
 
-from core import registry
-from core.artifacts import META, ArtifactStore, read_meta
-from core.datasets import load_configured
-from core.db import make_engine, session_scope
-from core.labels import labelled_rows
-from core.settings import Settings
-from core.tables import ModelVersion
-from flows import snapshot as snap
-from flows.augment import augment_frame
-from flows.calibrate import fit_temperature
-from flows.evaluate import majority_baseline, onnx_logits, report_from_logits
-from flows.export import check_parity, export_onnx, quantize_int8
-from flows.finetune import FitConfig, FitResult, fit, load_model, predict_torch
-from flows.hpo import search
+from refitd.core import registry
+from refitd.core.artifacts import META, ArtifactStore, read_meta
+from refitd.core.datasets import load_configured
+from refitd.core.db import make_engine, session_scope
+from refitd.core.labels import labelled_rows
+from refitd.core.settings import Settings
+from refitd.core.tables import ModelVersion
+from refitd.flows import snapshot as snap
+from refitd.flows.augment import augment_frame
+from refitd.flows.calibrate import fit_temperature
+from refitd.flows.evaluate import majority_baseline, onnx_logits, report_from_logits
+from refitd.flows.export import check_parity, export_onnx, quantize_int8
+from refitd.flows.finetune import FitConfig, FitResult, fit, load_model, predict_torch
+from refitd.flows.hpo import search
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def calibrate(staged: Path, snapshot: snap.Snapshot, *, max_length: int) -> dict
 @task(cache_policy=NONE)
 def trial_load(staged: Path) -> dict[str, Any]:
     """Load the candidate in a fresh ONNX Runtime session in a separate process, as the server would."""
-    proc = subprocess.run([sys.executable, "-m", "serving.trial_load", str(staged)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "refitd.serving.trial_load", str(staged)], capture_output=True, text=True,
                           timeout=300)
     try:
         result = json.loads(proc.stdout.strip().splitlines()[-1])

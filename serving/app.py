@@ -17,12 +17,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
-from core import registry
-from core.errors import BadRequestError, NoChampionError, OverloadedError, RefitdError
-from serving.dataplane import DataPlane
-from serving.limits import check_texts
-from serving.oip import add_v2_routes
-from serving.schemas import FeedbackRequest, PredictRequest, PredictResponse
+from refitd.core import registry
+from refitd.core.errors import BadRequestError, NoChampionError, OverloadedError, RefitdError
+from refitd.serving.dataplane import DataPlane
+from refitd.serving.limits import check_texts
+from refitd.serving.oip import add_v2_routes
+from refitd.serving.schemas import FeedbackRequest, PredictRequest, PredictResponse
 
 log = logging.getLogger(__name__)
 

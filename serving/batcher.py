@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.errors import NotReadyError, OverloadedError, RefitdError
-from serving.runtime import Batch, OnnxClassifier
+from refitd.core.errors import NotReadyError, OverloadedError, RefitdError
+from refitd.serving.runtime import Batch, OnnxClassifier
 
 log = logging.getLogger(__name__)
 

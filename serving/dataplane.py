@@ -17,16 +17,16 @@ import numpy as np
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from core import registry
-from core.artifacts import ArtifactStore
-from core.db import session_scope
-from core.errors import BadRequestError, ModelLoadError, NoChampionError, NotFoundError, NotReadyError, RefitdError
-from core.settings import Settings
-from core.tables import Feedback, Prediction, new_prediction_id, utcnow
-from serving.batcher import Answer, Batcher
-from serving.metrics import ServingMetrics
-from serving.predlog import PredictionLog
-from serving.runtime import OnnxClassifier
+from refitd.core import registry
+from refitd.core.artifacts import ArtifactStore
+from refitd.core.db import session_scope
+from refitd.core.errors import BadRequestError, ModelLoadError, NoChampionError, NotFoundError, NotReadyError, RefitdError
+from refitd.core.settings import Settings
+from refitd.core.tables import Feedback, Prediction, new_prediction_id, utcnow
+from refitd.serving.batcher import Answer, Batcher
+from refitd.serving.metrics import ServingMetrics
+from refitd.serving.predlog import PredictionLog
+from refitd.serving.runtime import OnnxClassifier
 
 log = logging.getLogger(__name__)
 

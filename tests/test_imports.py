@@ -1,4 +1,4 @@
-"""The direction of imports, and a serving process free of torch and transformers."""
+"""The direction of imports, one installed namespace, and a serving process free of torch and transformers."""
 
 from __future__ import annotations
 
@@ -10,33 +10,55 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = {"core", "serving", "flows", "daemon", "bench"}
-# package -> first-party packages it must never import
+PACKAGES = {"core", "serving", "flows", "daemon", "cli", "demo", "bench"}
+# package -> first-party packages it must never import. Nothing imports the CLI; only the CLI
+# starts the demo.
 FORBIDDEN = {
-    "core": {"serving", "flows", "daemon", "bench"},
-    "serving": {"flows", "daemon", "bench"},
-    "flows": {"serving", "daemon", "bench"},
-    "daemon": {"flows", "bench"},
+    "core": PACKAGES - {"core"},
+    "serving": {"flows", "daemon", "cli", "demo", "bench"},
+    "flows": {"serving", "daemon", "cli", "demo", "bench"},
+    "daemon": {"flows", "cli", "demo", "bench"},
+    "demo": {"cli", "bench", "flows"},
+    "bench": {"cli", "demo"},
 }
 
 
-def _imports(path: Path) -> set[str]:
+def _imported(path: Path) -> list[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
-    found = set()
+    found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found.update(alias.name.split(".")[0] for alias in node.names)
+            found.extend(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module.split(".")[0])
-    return found & PACKAGES
+            found.append(node.module)
+    return found
+
+
+def _first_party(path: Path) -> set[str]:
+    """The refitd subpackages a file imports (``refitd.core.x`` -> ``core``)."""
+    return {name.split(".")[1] for name in _imported(path) if name.startswith("refitd.") and "." in name} & PACKAGES
+
+
+def _sources() -> list[Path]:
+    return [f for package in PACKAGES for f in (ROOT / package).rglob("*.py")] + list((ROOT / "tests").rglob("*.py"))
 
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_imports_go_one_way(package: str) -> None:
     offenders = {
-        str(f.relative_to(ROOT)): sorted(_imports(f) & FORBIDDEN[package])
+        str(f.relative_to(ROOT)): sorted(_first_party(f) & FORBIDDEN[package])
         for f in (ROOT / package).rglob("*.py")
-        if _imports(f) & FORBIDDEN[package]
+        if _first_party(f) & FORBIDDEN[package]
+    }
+    assert offenders == {}
+
+
+def test_everything_is_imported_through_the_refitd_namespace() -> None:
+    """A bare ``import core`` works from the repository root but not from the installed wheel."""
+    offenders = {
+        str(f.relative_to(ROOT)): bare
+        for f in _sources()
+        if (bare := sorted({n for n in _imported(f) if n.split(".")[0] in PACKAGES}))
     }
     assert offenders == {}
 
@@ -44,11 +66,13 @@ def test_imports_go_one_way(package: str) -> None:
 @pytest.mark.parametrize(
     "statement",
     [
-        "import serving.server, serving.app, serving.runtime, serving.dataplane, serving.batcher, serving.oip, serving.predlog, serving.trial_load",
-        "import daemon.cli",
-        "import daemon.drift, evidently.metrics, evidently.legacy.metrics.data_drift.embedding_drift_methods",
-        "import daemon.service, daemon.jobs, daemon.launcher, daemon.guard, daemon.triggers, daemon.report, daemon.demo, "
-        "daemon.plots, apscheduler.jobstores.sqlalchemy, prefect.deployments",
+        "import refitd.serving.server, refitd.serving.app, refitd.serving.runtime, refitd.serving.dataplane, "
+        "refitd.serving.batcher, refitd.serving.oip, refitd.serving.predlog, refitd.serving.trial_load",
+        "import refitd.cli.main",
+        "import refitd.daemon.drift.check, evidently.metrics, evidently.legacy.metrics.data_drift.embedding_drift_methods",
+        "import refitd.daemon.service, refitd.daemon.jobs, refitd.daemon.launcher, refitd.daemon.guard, "
+        "refitd.daemon.triggers, refitd.daemon.status, refitd.demo.run, refitd.demo.plots, "
+        "apscheduler.jobstores.sqlalchemy, prefect.deployments",
     ],
 )
 def test_serving_and_the_daemon_never_import_torch_or_transformers(statement: str) -> None:

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from core.artifacts import META, ArtifactStore
-from core.errors import ArtifactError
+from refitd.core.artifacts import META, ArtifactStore
+from refitd.core.errors import ArtifactError
 
 
 def _fill(folder) -> None:

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from core.datasets import (
+from refitd.core.datasets import (
     assign_splits,
     load_bundled_corpus,
     load_configured,
@@ -16,7 +16,7 @@ from core.datasets import (
     split_of,
     topic_of,
 )
-from core.errors import DataError
+from refitd.core.errors import DataError
 
 
 def _csv(tmp_path, rows, header="text,label"):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.errors import ConfigError
-from core.settings import Settings, default_home
+from refitd.core.errors import ConfigError
+from refitd.core.settings import Settings, default_home
 
 
 def test_defaults_point_into_home(tmp_path) -> None:

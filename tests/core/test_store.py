@@ -8,10 +8,10 @@ import pytest
 from sqlalchemy import inspect, update
 from sqlalchemy.exc import IntegrityError
 
-from core import registry
-from core.db import current_revision, head_revision, make_engine, session_scope, upgrade
-from core.errors import NotFoundError, RegistryError
-from core.tables import ModelVersion
+from refitd.core import registry
+from refitd.core.db import current_revision, head_revision, make_engine, session_scope, upgrade
+from refitd.core.errors import NotFoundError, RegistryError
+from refitd.core.tables import ModelVersion
 
 
 def _versions(engine, n: int) -> list[str]:

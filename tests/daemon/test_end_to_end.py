@@ -11,11 +11,11 @@ from pathlib import Path
 import httpx
 from sqlmodel import select
 
-from core.db import make_engine, session_scope
-from core.tables import ModelVersion, Prediction, RefitRun
+from refitd.core.db import make_engine, session_scope
+from refitd.core.tables import ModelVersion, Prediction, RefitRun
 from tests.conftest import free_port, wait_ready
 
-REFITD = [sys.executable, "-c", "from daemon.cli import main; main()"]
+REFITD = [sys.executable, "-m", "refitd.cli"]
 
 
 def _env(home: Path) -> dict[str, str]:

@@ -14,10 +14,10 @@ import pytest
 import yaml
 from sqlmodel import select
 
-from core.db import make_engine, session_scope, upgrade
-from core.settings import Settings
-from core.tables import Event, RefitRun
-from daemon.launcher import RefitLauncher
+from refitd.core.db import make_engine, session_scope, upgrade
+from refitd.core.settings import Settings
+from refitd.core.tables import Event, RefitRun
+from refitd.daemon.launcher import RefitLauncher
 from tests.artifact_factory import publish_version
 from tests.conftest import free_port
 

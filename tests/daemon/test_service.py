@@ -16,9 +16,9 @@ import pytest
 from sqlalchemy import inspect, text
 from sqlmodel import select
 
-from core.db import make_engine, session_scope, upgrade
-from core.settings import Settings
-from core.tables import Event, Prediction
+from refitd.core.db import make_engine, session_scope, upgrade
+from refitd.core.settings import Settings
+from refitd.core.tables import Event, Prediction
 from tests.artifact_factory import publish_version
 from tests.conftest import free_port, wait_ready
 
@@ -34,7 +34,7 @@ def daemon_home(tmp_path: Path, untrained_artifact: Path) -> Path:
 def start_daemon(home: Path, port: int, **env: str) -> subprocess.Popen:
     environ = {**os.environ, "REFITD_HOME": str(home), "REFITD_SERVING__PORT": str(port), **env}
     log = open(home / f"daemon-{port}-{time.time_ns()}.log", "wb")  # noqa: SIM115 - kept for the test's life
-    process = subprocess.Popen([sys.executable, "-c", "from daemon.cli import main; main()", "run"], env=environ,
+    process = subprocess.Popen([sys.executable, "-m", "refitd.cli", "run"], env=environ,
                                stdout=log, stderr=subprocess.STDOUT)
     process.log_path = log.name  # type: ignore[attr-defined]
     return process

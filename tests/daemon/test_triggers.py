@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from sqlmodel import select
 
-from core import leases, registry
-from core.db import make_engine, session_scope, upgrade
-from core.runs import start_run
-from core.settings import Settings
-from core.tables import Event, Feedback, Prediction, RefitRun, new_prediction_id, utcnow
-from daemon import guard
-from daemon.launcher import LEASE, RefitLauncher
-from daemon.triggers import consider, decide
+from refitd.core import leases, registry
+from refitd.core.db import make_engine, session_scope, upgrade
+from refitd.core.runs import start_run
+from refitd.core.settings import Settings
+from refitd.core.tables import Event, Feedback, Prediction, RefitRun, new_prediction_id, utcnow
+from refitd.daemon import guard
+from refitd.daemon.launcher import LEASE, RefitLauncher
+from refitd.daemon.triggers import consider, decide
 from tests.artifact_factory import publish_version
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
-from core.db import make_engine, upgrade
-from core.settings import Settings
+from refitd.core.db import make_engine, upgrade
+from refitd.core.settings import Settings
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +25,7 @@ def tiny_settings(home: Path, **overrides) -> Settings:
 
 @pytest.fixture(scope="session")
 def champion_home(tmp_path_factory: pytest.TempPathFactory, prefect_harness) -> Path:
-    from flows.refit import refit
+    from refitd.flows.refit import refit
 
     home = tmp_path_factory.mktemp("champion")
     settings = tiny_settings(home)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flows.gate import GateRules, decide, int8_verdict
+from refitd.flows.gate import GateRules, decide, int8_verdict
 
 RULES = GateRules(min_delta=0.01, max_regression=0.02, baseline_margin=0.05, int8_tolerance=0.01)
 

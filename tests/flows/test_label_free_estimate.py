@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from core.artifacts import ArtifactStore
-from core.datasets import load_configured
-from daemon.watch import performance
-from serving.runtime import OnnxClassifier
+from refitd.core.artifacts import ArtifactStore
+from refitd.core.datasets import load_configured
+from refitd.daemon.drift.check import performance
+from refitd.serving.runtime import OnnxClassifier
 
 TOLERANCE = 0.08  # absolute accuracy points, on a 400-row window the model never saw
 

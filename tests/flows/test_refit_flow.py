@@ -8,11 +8,11 @@ from datetime import timedelta
 import pytest
 from sqlmodel import select
 
-from core import registry
-from core.artifacts import ArtifactStore
-from core.datasets import load_bundled_corpus
-from core.db import make_engine, session_scope
-from core.tables import Feedback, ModelVersion, RefitRun, utcnow
+from refitd.core import registry
+from refitd.core.artifacts import ArtifactStore
+from refitd.core.datasets import load_bundled_corpus
+from refitd.core.db import make_engine, session_scope
+from refitd.core.tables import Feedback, ModelVersion, RefitRun, utcnow
 from tests.flows.conftest import tiny_settings
 
 
@@ -32,7 +32,7 @@ def _versions(settings) -> dict[str, ModelVersion]:
 
 
 def test_refit_produces_a_complete_gated_candidate(home, prefect_harness) -> None:
-    from flows.refit import refit
+    from refitd.flows.refit import refit
 
     settings = tiny_settings(home)
     _add_labels(settings, 500, ["apple", "self_driving", "coachella"])
@@ -62,7 +62,7 @@ def test_refit_produces_a_complete_gated_candidate(home, prefect_harness) -> Non
 
 
 def test_sabotaged_candidate_is_rejected_and_champion_untouched(home, prefect_harness) -> None:
-    from flows.refit import refit
+    from refitd.flows.refit import refit
 
     settings = tiny_settings(home)
     _add_labels(settings, 300, ["apple", "deflategate"], seed=1)
@@ -73,7 +73,7 @@ def test_sabotaged_candidate_is_rejected_and_champion_untouched(home, prefect_ha
 
 
 def test_bad_data_fails_the_run_with_a_reason(home, prefect_harness) -> None:
-    from flows.refit import refit
+    from refitd.flows.refit import refit
 
     settings = tiny_settings(home, training={"min_rows": 100_000})
     with pytest.raises(Exception, match="need at least 100000"):

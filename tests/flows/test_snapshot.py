@@ -7,9 +7,9 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import pytest
 
-from core.datasets import assign_splits, split_of
-from core.errors import DataError
-from flows import snapshot as snap
+from refitd.core.datasets import assign_splits, split_of
+from refitd.core.errors import DataError
+from refitd.flows import snapshot as snap
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 KW = dict(validation_fraction=0.1, test_fraction=0.15, recent_fraction=0.2, replay_ratio=1.0,

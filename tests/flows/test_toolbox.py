@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from flows.augment import augment_frame
-from flows.calibrate import expected_calibration_error, fit_temperature
-from flows.finetune import GradualUnfreezing, apply_freezing, encoder_layers, load_model
-from core.encoding import softmax
+from refitd.flows.augment import augment_frame
+from refitd.flows.calibrate import expected_calibration_error, fit_temperature
+from refitd.flows.finetune import GradualUnfreezing, apply_freezing, encoder_layers, load_model
+from refitd.core.encoding import softmax
 from tests.artifact_factory import LABELS
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from core.db import make_engine, upgrade
-from core.settings import Settings
-from serving.server import Serving, build
+from refitd.core.db import make_engine, upgrade
+from refitd.core.settings import Settings
+from refitd.serving.server import Serving, build
 from tests.artifact_factory import publish_version
 from tests.conftest import free_port, wait_ready
 

@@ -6,8 +6,8 @@ import httpx
 import pytest
 from sqlmodel import select
 
-from core.db import make_engine, session_scope
-from core.tables import Prediction
+from refitd.core.db import make_engine, session_scope
+from refitd.core.tables import Prediction
 
 
 def test_predict_one_and_many_and_log(running) -> None:

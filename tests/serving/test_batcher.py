@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from core.errors import OverloadedError
-from serving.batcher import Batcher, RequestTimeout
-from serving.runtime import Batch
+from refitd.core.errors import OverloadedError
+from refitd.serving.batcher import Batcher, RequestTimeout
+from refitd.serving.runtime import Batch
 
 
 class SlowRuntime:

@@ -14,8 +14,8 @@ import httpx
 from sqlalchemy.engine import make_url
 from sqlmodel import select
 
-from core.db import make_engine, session_scope
-from core.tables import Prediction
+from refitd.core.db import make_engine, session_scope
+from refitd.core.tables import Prediction
 from tests.conftest import free_port, wait_ready
 from tests.tcp_proxy import TcpProxy
 
@@ -87,7 +87,7 @@ def test_killed_server_loses_no_acknowledged_prediction(start_server, tmp_path) 
     home = prepared.settings.home
     port = free_port()
     env = {**os.environ, "REFITD_HOME": str(home), "REFITD_SERVING__PORT": str(port)}
-    cmd = [sys.executable, "-c", "from daemon.cli import main; main()", "serve"]
+    cmd = [sys.executable, "-m", "refitd.cli", "serve"]
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     wait_ready(url)

@@ -9,8 +9,8 @@ import tritonclient.http as triton
 from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import select
 
-from core.db import make_engine, session_scope
-from core.tables import Feedback
+from refitd.core.db import make_engine, session_scope
+from refitd.core.tables import Feedback
 
 
 def _predict(url: str, text: str) -> dict:

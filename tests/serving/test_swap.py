@@ -8,9 +8,9 @@ import time
 import httpx
 from sqlmodel import select
 
-from core import registry
-from core.db import make_engine, session_scope
-from core.tables import Event
+from refitd.core import registry
+from refitd.core.db import make_engine, session_scope
+from refitd.core.tables import Event
 from tests.artifact_factory import build_artifact
 from tests.artifact_factory import publish_version
 

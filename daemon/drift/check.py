@@ -20,16 +20,16 @@ import pandas as pd
 from sqlalchemy import Engine, select
 from sqlmodel import Session, col
 
-from core import registry
-from core.artifacts import ArtifactStore
-from core.datasets import load_configured
-from core.db import session_scope
-from core.errors import NoChampionError
-from core.settings import Settings
-from core.tables import DriftCheck, Feedback, ModelVersion, Prediction, utcnow
-from daemon.alerts import Webhook, drift_payload
-from daemon.drift import Signal, add_descriptors, specs_from, embedding_signal, value_drift_report, verdict, vocabulary
-from serving.runtime import OnnxClassifier
+from refitd.core import registry
+from refitd.core.artifacts import ArtifactStore
+from refitd.core.datasets import load_configured
+from refitd.core.db import session_scope
+from refitd.core.errors import NoChampionError
+from refitd.core.settings import Settings
+from refitd.core.tables import DriftCheck, Feedback, ModelVersion, Prediction, utcnow
+from refitd.daemon.drift.alerts import Webhook, drift_payload
+from refitd.daemon.drift.signals import Signal, add_descriptors, specs_from, embedding_signal, value_drift_report, verdict, vocabulary
+from refitd.serving.runtime import OnnxClassifier
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from daemon.terminal import console
-from daemon.terminal import settings_from as _settings
+from refitd.cli.terminal import console
+from refitd.cli.terminal import settings_from as _settings
 
 drift_app = typer.Typer(help="Drift checks on production traffic.", no_args_is_help=True)
 
@@ -39,8 +39,8 @@ def _num(value) -> str:  # type: ignore[no-untyped-def]
 @drift_app.command("check")
 def drift_check(ctx: typer.Context) -> None:
     """Check the current window now and print the verdict table."""
-    from core.db import make_engine, upgrade
-    from daemon.watch import run_check
+    from refitd.core.db import make_engine, upgrade
+    from refitd.daemon.drift.check import run_check
 
     settings = _settings(ctx)
     engine = make_engine(settings.database_url)
@@ -51,8 +51,8 @@ def drift_check(ctx: typer.Context) -> None:
 @drift_app.command("list")
 def drift_list(ctx: typer.Context, limit: Annotated[int, typer.Option(help="Most rows.")] = 20) -> None:
     """Recent checks, newest first."""
-    from core.db import make_engine, session_scope
-    from daemon.watch import list_checks
+    from refitd.core.db import make_engine, session_scope
+    from refitd.daemon.drift.check import list_checks
 
     with session_scope(make_engine(_settings(ctx).database_url)) as session:
         rows = list_checks(session, limit=limit)
@@ -66,9 +66,9 @@ def drift_list(ctx: typer.Context, limit: Annotated[int, typer.Option(help="Most
 
 
 def _get(ctx: typer.Context, check_id: int):  # type: ignore[no-untyped-def]
-    from core.db import make_engine, session_scope
-    from core.errors import NotFoundError
-    from core.tables import DriftCheck
+    from refitd.core.db import make_engine, session_scope
+    from refitd.core.errors import NotFoundError
+    from refitd.core.tables import DriftCheck
 
     with session_scope(make_engine(_settings(ctx).database_url)) as session:
         row = session.get(DriftCheck, check_id)

@@ -7,9 +7,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from daemon.terminal import METRICS, console
-from daemon.terminal import fmt as _fmt
-from daemon.terminal import settings_from as _settings
+from refitd.cli.terminal import METRICS, console
+from refitd.cli.terminal import fmt as _fmt
+from refitd.cli.terminal import settings_from as _settings
 
 models_app = typer.Typer(help="Model versions in the registry.", no_args_is_help=True)
 
@@ -17,8 +17,8 @@ models_app = typer.Typer(help="Model versions in the registry.", no_args_is_help
 @models_app.command("list")
 def models_list(ctx: typer.Context, limit: Annotated[int, typer.Option(help="Most rows.")] = 20) -> None:
     """Versions, newest first, with status and test metrics."""
-    from core import registry
-    from core.db import make_engine, session_scope
+    from refitd.core import registry
+    from refitd.core.db import make_engine, session_scope
 
     settings = _settings(ctx)
     with session_scope(make_engine(settings.database_url)) as session:
@@ -38,8 +38,8 @@ def models_list(ctx: typer.Context, limit: Annotated[int, typer.Option(help="Mos
 @models_app.command("show")
 def models_show(ctx: typer.Context, version: Annotated[str, typer.Argument(help="e.g. v3")]) -> None:
     """Lineage, metrics and the gate's reason for one version."""
-    from core import registry
-    from core.db import make_engine, session_scope
+    from refitd.core import registry
+    from refitd.core.db import make_engine, session_scope
 
     settings = _settings(ctx)
     with session_scope(make_engine(settings.database_url)) as session:
@@ -72,8 +72,8 @@ def models_promote(ctx: typer.Context, version: Annotated[str, typer.Argument()]
     """Make VERSION the champion (servers pick it up on their next registry poll)."""
     import getpass
 
-    from core import registry
-    from core.db import make_engine
+    from refitd.core import registry
+    from refitd.core.db import make_engine
 
     mv = registry.promote(make_engine(_settings(ctx).database_url), version, actor=actor or getpass.getuser(), reason=reason)
     console.print(f"{mv.version} is the champion")
@@ -86,8 +86,8 @@ def models_rollback(ctx: typer.Context,
     """Restore the previous champion; the current one is marked rejected."""
     import getpass
 
-    from core import registry
-    from core.db import make_engine
+    from refitd.core import registry
+    from refitd.core.db import make_engine
 
     mv = registry.rollback(make_engine(_settings(ctx).database_url), actor=actor or getpass.getuser(), reason=reason)
     console.print(f"{mv.version} is the champion again")

@@ -32,7 +32,7 @@ def _green_pixels(path: Path) -> int:
 def test_quick_demo_recovers_after_drift(tmp_path: Path) -> None:
     home = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items() if not k.startswith("REFITD_")}
-    result = subprocess.run([sys.executable, "-c", "from daemon.cli import main; main()", "demo", "--quick",
+    result = subprocess.run([sys.executable, "-m", "refitd.cli", "demo", "--quick",
                              "--home", str(home)], env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     summary = json.loads((home / "demo" / "summary.json").read_text())

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.datasets import load_bundled_corpus
-from daemon.drift import add_descriptors, embedding_signal, value_drift_report, verdict, vocabulary
-from serving.runtime import OnnxClassifier
+from refitd.core.datasets import load_bundled_corpus
+from refitd.daemon.drift.signals import add_descriptors, embedding_signal, value_drift_report, verdict, vocabulary
+from refitd.serving.runtime import OnnxClassifier
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_tiny_window_is_insufficient_never_a_false_alarm() -> None:
 
 
 def test_configured_methods_and_thresholds_apply(windows) -> None:
-    from daemon.drift import specs_from
+    from refitd.daemon.drift.signals import specs_from
 
     (ref, _, mixed), _ = windows
     specs = specs_from({"confidence": "ks"}, {"text": 0.99})

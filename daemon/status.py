@@ -12,13 +12,13 @@ from rich.table import Table
 from sqlalchemy import inspect, text
 from sqlmodel import func, select
 
-from core import leases, registry
-from core.db import make_engine, session_scope
-from core.runs import running
-from core.settings import Settings
-from core.tables import DriftCheck, Feedback, ModelVersion, Prediction, RefitRun
-from daemon.jobs import JOB_TABLE
-from daemon.watch import list_checks
+from refitd.core import leases, registry
+from refitd.core.db import make_engine, session_scope
+from refitd.core.runs import running
+from refitd.core.settings import Settings
+from refitd.core.tables import DriftCheck, Feedback, ModelVersion, Prediction, RefitRun
+from refitd.daemon.jobs import JOB_TABLE
+from refitd.daemon.drift.check import list_checks
 
 
 

@@ -8,9 +8,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from sqlmodel import select
 
-from core.db import make_engine, session_scope, upgrade
-from core.tables import Event
-from daemon.alerts import Webhook
+from refitd.core.db import make_engine, session_scope, upgrade
+from refitd.core.tables import Event
+from refitd.daemon.drift.alerts import Webhook
 from tests.conftest import free_port
 
 

@@ -32,11 +32,11 @@ from rich.console import Console
 from rich.table import Table
 from sqlmodel import col, select
 
-from core.datasets import load_configured
-from core.db import make_engine, session_scope
-from core.tables import DriftCheck, RefitRun, as_utc, utcnow
-from daemon import plots
-from daemon.replay import Replay
+from refitd.core.datasets import load_configured
+from refitd.core.db import make_engine, session_scope
+from refitd.core.tables import DriftCheck, RefitRun, as_utc, utcnow
+from refitd.demo import plots
+from refitd.demo.replay import Replay
 
 ROOT = Path(__file__).resolve().parents[1]
 OTHER_TOPICS = ("apple", "self-driving", "coachella", "deflategate", "weather")
@@ -125,7 +125,7 @@ class Demo:
     def train_v1(self) -> dict[str, Any]:
         self.console.rule("1. fine-tune v1 on airline tweets")
         result_file = self.out / "init.json"
-        cmd = [sys.executable, "-m", "flows", "--home", str(self.home), "--result-file", str(result_file), "init"]
+        cmd = [sys.executable, "-m", "refitd.flows", "--home", str(self.home), "--result-file", str(result_file), "init"]
         cmd += ["--quick"] if self.plan.quick else []
         start = time.perf_counter()
         with open(self.home / "init.log", "wb") as log:
@@ -149,7 +149,7 @@ class Demo:
         self.console.rule(f"2. start the daemon on {self.url}")
         log = open(self.home / "daemon.log", "ab")  # noqa: SIM115 - the child's stdout for its life
         self.daemon = subprocess.Popen(
-            [sys.executable, "-c", "from daemon.cli import main; main()", "--home", str(self.home), "run"],
+            [sys.executable, "-m", "refitd.cli", "--home", str(self.home), "run"],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 180
         while time.time() < deadline:

@@ -2,7 +2,7 @@
 
 Each command is its own composition root: it builds Settings once from
 ``--config`` / ``--home`` / env / TOML and passes them down. Training runs in
-a child process (``python -m flows …``): this process never imports torch.
+a child process (``python -m refitd.flows …``): this process never imports torch.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from core.errors import RefitdError
-from core.settings import Settings
-from daemon.drift_cli import drift_app
-from daemon.models_cli import models_app
-from daemon.terminal import METRICS, console, err
-from daemon.terminal import fmt as _fmt
-from daemon.terminal import settings_from as _settings
+from refitd.core.errors import RefitdError
+from refitd.core.settings import Settings
+from refitd.cli.drift import drift_app
+from refitd.cli.models import models_app
+from refitd.cli.terminal import METRICS, console, err
+from refitd.cli.terminal import fmt as _fmt
+from refitd.cli.terminal import settings_from as _settings
 
 app = typer.Typer(help="refitd: serve a fine-tuned classifier, watch it drift, refit and promote.", no_args_is_help=True)
 db_app = typer.Typer(help="The SQL store.", no_args_is_help=True)
@@ -57,7 +57,7 @@ def _root(
 @db_app.command("upgrade")
 def db_upgrade(ctx: typer.Context) -> None:
     """Apply database migrations up to the newest schema."""
-    from core.db import make_engine, upgrade
+    from refitd.core.db import make_engine, upgrade
 
     settings = _settings(ctx)
     revision = upgrade(make_engine(settings.database_url))
@@ -67,7 +67,7 @@ def db_upgrade(ctx: typer.Context) -> None:
 @db_app.command("current")
 def db_current(ctx: typer.Context) -> None:
     """Show the schema revision the database is at."""
-    from core.db import current_revision, head_revision, make_engine
+    from refitd.core.db import current_revision, head_revision, make_engine
 
     settings = _settings(ctx)
     current = current_revision(make_engine(settings.database_url))
@@ -86,8 +86,8 @@ def init(
     force: Annotated[bool, typer.Option(help="Train a first model even if a champion exists.")] = False,
 ) -> None:
     """Create the state directory and database, fine-tune v1, evaluate it and promote it."""
-    from core import registry
-    from core.db import make_engine, session_scope, upgrade
+    from refitd.core import registry
+    from refitd.core.db import make_engine, session_scope, upgrade
 
     settings = _settings(ctx)
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -111,11 +111,11 @@ def init(
 
 
 def run_flow(ctx: typer.Context, settings: Settings, args: list[str]) -> dict[str, Any]:
-    """Run ``python -m flows ARGS`` with this command's settings; return its JSON summary."""
+    """Run ``python -m refitd.flows ARGS`` with this command's settings; return its JSON summary."""
     obj = ctx.find_root().obj or {}
     with tempfile.TemporaryDirectory(prefix="refitd-flow-") as tmp:
         result_file = Path(tmp) / "result.json"
-        cmd = [sys.executable, "-m", "flows", "--home", str(settings.home), "--result-file", str(result_file)]
+        cmd = [sys.executable, "-m", "refitd.flows", "--home", str(settings.home), "--result-file", str(result_file)]
         if obj.get("config") is not None:
             cmd += ["--config", str(obj["config"])]
         console.print(f"[dim]running flow: {' '.join(args)}[/]")
@@ -177,7 +177,7 @@ def refit(
     drill_shuffle_labels: Annotated[bool, typer.Option(help="Gate drill: train on shuffled labels; must be rejected.")] = False,
 ) -> None:
     """Refit now on the reference data plus new labels; promote only if the gate says it is better."""
-    from core.db import make_engine, upgrade
+    from refitd.core.db import make_engine, upgrade
 
     if from_ not in ("champion", "base"):
         raise typer.BadParameter("--from must be champion or base")
@@ -201,9 +201,9 @@ def feedback_import(
     source: Annotated[str, typer.Option(help="Recorded as the labels' source.")] = "import",
 ) -> None:
     """Add labelled texts in bulk (e.g. a labelling team's export); the next refit trains on them."""
-    from core.datasets import load_table
-    from core.db import make_engine, session_scope, upgrade
-    from core.tables import Feedback, utcnow
+    from refitd.core.datasets import load_table
+    from refitd.core.db import make_engine, session_scope, upgrade
+    from refitd.core.tables import Feedback, utcnow
 
     settings = _settings(ctx)
     t = settings.training
@@ -227,7 +227,7 @@ def serve(
     port: PortOption = None,
 ) -> None:
     """Serve the champion over HTTP (JSON API and Open Inference Protocol V2)."""
-    from serving.server import serve as run_server
+    from refitd.serving.server import serve as run_server
 
     run_server(_settings(ctx), host=host, port=port)
 
@@ -260,11 +260,11 @@ def predict(
 
 
 def _predict_locally(settings: Settings, texts: list[str]) -> list[dict[str, Any]]:
-    from core import registry
-    from core.artifacts import ArtifactStore
-    from core.db import make_engine, session_scope
-    from core.errors import NoChampionError
-    from serving.runtime import OnnxClassifier
+    from refitd.core import registry
+    from refitd.core.artifacts import ArtifactStore
+    from refitd.core.db import make_engine, session_scope
+    from refitd.core.errors import NoChampionError
+    from refitd.serving.runtime import OnnxClassifier
 
     with session_scope(make_engine(settings.database_url)) as session:
         champion = registry.get_champion(session)
@@ -285,7 +285,7 @@ def _predict_locally(settings: Settings, texts: list[str]) -> list[dict[str, Any
 @app.command()
 def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """One screen for ops: champion, served version and health, drift, schedule, refit, events."""
-    from daemon.report import gather_status, render_status
+    from refitd.daemon.status import gather_status, render_status
 
     info = gather_status(_settings(ctx))
     if as_json:
@@ -310,7 +310,7 @@ def run(
     port: PortOption = None,
 ) -> None:
     """Run the service: serve, check drift on schedule, refit when the policy says so, watch promotions."""
-    from daemon.service import Daemon
+    from refitd.daemon.service import Daemon
 
     settings = _settings(ctx)
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -329,8 +329,8 @@ def demo(
     keep: Annotated[bool, typer.Option(help="Keep the whole temporary state directory (database, models).")] = False,
 ) -> None:
     """The whole loop on the embedded default: v1, a topic shift, drift, refit, promotion, recovery."""
-    from core.logs import configure_logging
-    from daemon.demo import run_demo
+    from refitd.core.logs import configure_logging
+    from refitd.demo.run import run_demo
 
     obj = ctx.find_root().obj or {}
     configure_logging(obj.get("log_level") or "WARNING")

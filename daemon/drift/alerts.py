@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 from sqlalchemy import Engine
 
-from core import registry
-from core.db import session_scope
+from refitd.core import registry
+from refitd.core.db import session_scope
 
 log = logging.getLogger(__name__)
 

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import pandas as pd
 
-from core import registry
-from core.artifacts import ArtifactStore
-from core.datasets import load_bundled_corpus
-from core.db import make_engine, session_scope, upgrade
-from core.settings import Settings
-from core.tables import Prediction, new_prediction_id, utcnow
-from daemon.watch import run_check, workspace_project
-from serving.runtime import OnnxClassifier
+from refitd.core import registry
+from refitd.core.artifacts import ArtifactStore
+from refitd.core.datasets import load_bundled_corpus
+from refitd.core.db import make_engine, session_scope, upgrade
+from refitd.core.settings import Settings
+from refitd.core.tables import Prediction, new_prediction_id, utcnow
+from refitd.daemon.drift.check import run_check, workspace_project
+from refitd.serving.runtime import OnnxClassifier
 from tests.artifact_factory import copy_artifact
-from tests.daemon.test_alerts import Receiver
+from tests.daemon.drift.test_alerts import Receiver
 
 
 def _log(settings: Settings, runtime: OnnxClassifier, texts: list[str], start) -> None:  # type: ignore[no-untyped-def]
@@ -78,7 +78,7 @@ def test_checks_over_logged_traffic(tmp_path: Path, untrained_artifact: Path) ->
 
 
 def test_time_window_keeps_only_recent_predictions(tmp_path: Path) -> None:
-    from daemon.watch import load_window
+    from refitd.daemon.drift.check import load_window
 
     settings = Settings.load(home=tmp_path)
     engine = make_engine(settings.database_url)
@@ -97,8 +97,8 @@ def test_time_window_keeps_only_recent_predictions(tmp_path: Path) -> None:
 
 
 def test_live_accuracy_is_held_to_the_recent_test_score_once_the_champion_has_one() -> None:
-    from core.tables import ModelVersion
-    from daemon.watch import expected_accuracy, performance
+    from refitd.core.tables import ModelVersion
+    from refitd.daemon.drift.check import expected_accuracy, performance
 
     first = ModelVersion(version="v1", metrics={"test": {"accuracy": 0.82}, "candidate": {"recent": {"n": 0}}})
     refit = ModelVersion(version="v2", metrics={"test": {"accuracy": 0.81},

@@ -7,8 +7,8 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from core.logs import configure_logging
-from core.settings import Settings
+from refitd.core.logs import configure_logging
+from refitd.core.settings import Settings
 
 console = Console()
 err = Console(stderr=True)

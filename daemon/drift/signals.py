@@ -7,7 +7,7 @@ Signals (each with its own method and threshold):
 - descriptors: length, out-of-vocabulary share and non-letter share (Evidently ValueDrift).
 
 Thresholds: normed Wasserstein at 0.1 flagged clean 300-row airline windows, so the distribution
-signals start at 0.2; `python -m bench drift` measures false alarms and detection at the defaults.
+signals start at 0.2; `python -m refitd.bench drift` measures false alarms and detection at the defaults.
 """
 
 from __future__ import annotations

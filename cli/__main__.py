@@ -1,0 +1,5 @@
+"""``python -m refitd.cli ARGS`` is ``refitd ARGS``."""
+
+from refitd.cli.main import main
+
+main()
