@@ -16,7 +16,7 @@ from sqlalchemy import Engine, or_, update
 from sqlmodel import col
 
 from refitd.core.db import session_scope
-from refitd.core.tables import Lease, as_utc, utcnow
+from refitd.core.tables import Lease, utcnow
 
 
 def holder_name() -> str:
@@ -68,7 +68,7 @@ def current(engine: Engine, name: str) -> Lease | None:
         lease = session.get(Lease, name)
         if lease is None or lease.holder is None or lease.expires_at is None:
             return None
-        if as_utc(lease.expires_at) < utcnow():
+        if lease.expires_at < utcnow():
             return None
         session.expunge(lease)
         return lease

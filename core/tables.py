@@ -1,7 +1,15 @@
 """SQLModel tables: one class per entity.
 
 The schema itself is owned by the Alembic migrations in ``core/migrations``;
-these classes must match them (a test compares the two).
+these classes must match them: ``tests/core/test_migrations.py`` upgrades a fresh
+SQLite and PostgreSQL database and asserts Alembic's autogenerate finds no difference.
+
+Every ``datetime`` field is stored through SQLModel's ``UTCDateTime`` (what SQLModel
+≥ 0.0.45 picks for a ``datetime`` annotation): a ``TIMESTAMP WITH TIME ZONE`` column
+that stores UTC and always reads back an aware UTC datetime, on SQLite (which keeps no
+offset) as on PostgreSQL. Writing a naive datetime is refused (``ValueError``, raised by
+SQLAlchemy as ``StatementError``) rather than guessed to be UTC: build times with
+``utcnow()``.
 """
 
 from __future__ import annotations
@@ -17,11 +25,6 @@ from sqlmodel import Field, SQLModel
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def as_utc(when: datetime) -> datetime:
-    """SQLite hands back naive datetimes for UTC columns; make them comparable with aware ones."""
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
 def new_prediction_id() -> str:

@@ -21,7 +21,7 @@ from sqlmodel import Session, col
 from refitd.core import registry
 from refitd.core.db import session_scope
 from refitd.core.settings import Settings
-from refitd.core.tables import Event, Feedback, Prediction, as_utc, utcnow
+from refitd.core.tables import Event, Feedback, Prediction, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def check(settings: Settings, engine: Engine) -> dict[str, Any] | None:
         promoted = _watched_promotion(session)
         if promoted is None:
             return None
-        since = as_utc(promoted.created_at)
+        since = promoted.created_at
         new_version, old_version = promoted.subject or "", promoted.data["previous"]
         new = _quality(session, new_version, after=since)
         # The previous champion's baseline: as many of its last labelled answers as the new one has, so both

@@ -21,7 +21,7 @@ from refitd.core import registry
 from refitd.core.db import session_scope
 from refitd.core.labels import count_labels_since
 from refitd.core.settings import Settings
-from refitd.core.tables import RefitRun, as_utc, utcnow
+from refitd.core.tables import RefitRun, utcnow
 from refitd.daemon.launcher import RefitLauncher
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,9 @@ def decide(settings: Settings, engine: Engine, launcher: RefitLauncher, trigger:
                             .order_by(col(RefitRun.created_at).desc())).first()
         new_labels = count_labels_since(session, champion.created_at)
     cooldown = timedelta(minutes=settings.refit.cooldown_minutes)
-    if last is not None and as_utc(last.created_at) + cooldown > utcnow():
-        return Decision(False, f"{trigger}: skipped, cooldown — the last refit started {as_utc(last.created_at):%H:%M:%S} "
-                               f"UTC; the next may start after {as_utc(last.created_at) + cooldown:%H:%M:%S}")
+    if last is not None and last.created_at + cooldown > utcnow():
+        return Decision(False, f"{trigger}: skipped, cooldown — the last refit started {last.created_at:%H:%M:%S} "
+                               f"UTC; the next may start after {last.created_at + cooldown:%H:%M:%S}")
     if trigger == "drift":
         if drift_verdict != "drifted":
             return Decision(False, f"drift: no refit, the last check was {drift_verdict}", routine=True)

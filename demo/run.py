@@ -34,7 +34,7 @@ from sqlmodel import col, select
 
 from refitd.core.datasets import load_configured
 from refitd.core.db import make_engine, session_scope
-from refitd.core.tables import DriftCheck, RefitRun, as_utc, utcnow
+from refitd.core.tables import DriftCheck, RefitRun, utcnow
 from refitd.demo import plots
 from refitd.demo.replay import Replay
 
@@ -220,7 +220,7 @@ class Demo:
         served_new = sum(a.version != "v1" for a in self.replay.answers) if self.replay else 0
         if run.verdict == "promoted":
             return served_new >= self.plan.after
-        finished = as_utc(run.finished_at or utcnow())
+        finished = run.finished_at or utcnow()
         return (utcnow() - finished).total_seconds() * self.plan.rate >= self.plan.after
 
     def _progress(self) -> None:
@@ -247,7 +247,7 @@ class Demo:
     def checks(self) -> list[dict[str, Any]]:
         with session_scope(self.engine) as s:
             rows = list(s.exec(select(DriftCheck).order_by(col(DriftCheck.id))))
-        return [{"id": c.id, "at": (as_utc(c.created_at) - self.t0_wall).total_seconds(), "verdict": c.verdict,
+        return [{"id": c.id, "at": (c.created_at - self.t0_wall).total_seconds(), "verdict": c.verdict,
                  "reason": c.reason, "signals": c.signals, "report": c.report_path} for c in rows]
 
     def summarise(self, answers: pd.DataFrame, phase2_at: float, v1: dict[str, Any]) -> dict[str, Any]:
@@ -266,8 +266,8 @@ class Demo:
         if run is not None:
             refit = {"trigger": run.trigger, "status": run.status, "verdict": run.verdict, "reason": run.reason,
                      "version": run.candidate_version,
-                     "started_at_s": (as_utc(run.created_at) - self.t0_wall).total_seconds(),
-                     "duration_s": (as_utc(run.finished_at) - as_utc(run.created_at)).total_seconds()
+                     "started_at_s": (run.created_at - self.t0_wall).total_seconds(),
+                     "duration_s": (run.finished_at - run.created_at).total_seconds()
                      if run.finished_at else None,
                      "timings": (run.metrics or {}).get("timings")}
         return {"date": datetime.now().astimezone().isoformat(timespec="seconds"), "quick": self.plan.quick,
