@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -80,17 +81,24 @@ def text_digest(text: str) -> str:
     return hashlib.sha256(normalise(text).encode("utf-8")).hexdigest()
 
 
-def split_of(text: str, *, validation_fraction: float, test_fraction: float, stream_fraction: float = 0.0) -> str:
-    """'test', 'validation', 'stream' or 'train' for a text, from a salted hash of it."""
-    digest = hashlib.sha256((SPLIT_SALT + normalise(text)).encode("utf-8")).digest()
+def hashed_part(text: str, *, salt: str, shares: Sequence[tuple[str, float]]) -> str:
+    """The part a text falls in, from a salted hash of its normalised form: the first of ``shares``
+    (name, fraction) whose running total covers the hash, else 'train'. The same text (whatever its
+    case or spacing) always lands in the same part; another salt gives an independent draw."""
+    digest = hashlib.sha256((salt + normalise(text)).encode("utf-8")).digest()
     u = int.from_bytes(digest[:8], "big") / 2**64
-    if u < test_fraction:
-        return "test"
-    if u < test_fraction + validation_fraction:
-        return "validation"
-    if u < test_fraction + validation_fraction + stream_fraction:
-        return "stream"
+    bound = 0.0
+    for name, fraction in shares:
+        bound += fraction
+        if u < bound:
+            return name
     return "train"
+
+
+def split_of(text: str, *, validation_fraction: float, test_fraction: float, stream_fraction: float = 0.0) -> str:
+    """'test', 'validation', 'stream' or 'train' for a text (see :func:`hashed_part`)."""
+    return hashed_part(text, salt=SPLIT_SALT,
+                       shares=[("test", test_fraction), ("validation", validation_fraction), ("stream", stream_fraction)])
 
 
 def assign_splits(
@@ -133,16 +141,31 @@ def load_bundled_corpus() -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def _dedupe(frame: pd.DataFrame, where: str) -> pd.DataFrame:
+def dedupe(frame: pd.DataFrame, *, newest_by: str | None = None) -> pd.DataFrame:
+    """One row per normalised text: its newest label wins; a text whose newest rows disagree is dropped.
+
+    ``newest_by`` names the column that says how new a row is (feedback's ``created_at``): a later
+    label is a correction, as the feedback API already treats a new label for the same prediction.
+    Rows that tie for newest are equally trusted, so if they disagree nobody knows the label and the
+    text is dropped; if they agree the first is kept. Without ``newest_by`` (a file, the corpus) every
+    row is equally new: a text two annotators labelled differently is dropped, a repeated one kept once.
+    """
+    if frame.empty:
+        return frame
     key = frame["text"].map(normalise)
-    before = len(frame)
-    # A text labelled differently by two annotators is ambiguous: keep neither.
-    conflicting = frame.groupby(key)["label"].transform("nunique") > 1
-    frame = frame[~conflicting.to_numpy()]
-    frame = frame[~frame["text"].map(normalise).duplicated()]
-    if before - len(frame):
-        log.info("%s: dropped %d duplicate or conflicting rows", where, before - len(frame))
-    return frame
+    if newest_by is not None:
+        newest = (frame[newest_by] == frame.groupby(key)[newest_by].transform("max")).to_numpy()
+        frame, key = frame[newest], key[newest]
+    agreed = (frame.groupby(key)["label"].transform("nunique") == 1).to_numpy()
+    frame, key = frame[agreed], key[agreed]
+    return frame[~key.duplicated().to_numpy()]
+
+
+def _dedupe(frame: pd.DataFrame, where: str) -> pd.DataFrame:
+    out = dedupe(frame)
+    if len(frame) - len(out):
+        log.info("%s: dropped %d duplicate or conflicting rows", where, len(frame) - len(out))
+    return out
 
 
 def load_table(

@@ -1,4 +1,9 @@
-"""Labelled production data: feedback joined to the predictions it labels."""
+"""Labelled production data: feedback joined to the predictions it labels.
+
+The one place that joins the two tables: training reads every label with its text
+(:func:`labelled_rows`), monitoring reads served predictions with their labels
+(:func:`predictions_with_labels`).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ from datetime import datetime
 
 import pandas as pd
 from sqlalchemy import func, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from refitd.core.tables import Feedback, Prediction
 
@@ -31,6 +36,29 @@ def labelled_rows(session: Session, *, since: datetime | None = None) -> pd.Data
     rows = session.execute(query).all()
     frame = pd.DataFrame(rows, columns=["text", "label", "predicted", "model_version", "created_at", "source"])
     return frame[frame["text"].notna()].reset_index(drop=True)
+
+
+def predictions_with_labels(
+    session: Session, *, unlabelled: bool = False, model_version: str | None = None,
+    after: datetime | None = None, before: datetime | None = None, latest: int | None = None,
+) -> pd.DataFrame:
+    """Served predictions, newest first, each with the feedback label given for it as ``true_label``.
+
+    Only labelled ones unless ``unlabelled`` (then ``true_label`` is None where nobody labelled it);
+    optionally one model version's, served at or after ``after`` and before ``before``, the ``latest`` N.
+    """
+    query = select(Prediction.created_at, Prediction.model_version, Prediction.text, Prediction.label,
+                   Prediction.confidence, Prediction.embedding, Feedback.label.label("true_label"))
+    query = query.join(Feedback, Feedback.prediction_id == Prediction.id, isouter=unlabelled)
+    if model_version is not None:
+        query = query.where(Prediction.model_version == model_version)
+    if after is not None:
+        query = query.where(col(Prediction.created_at) >= after)
+    if before is not None:
+        query = query.where(col(Prediction.created_at) < before)
+    rows = session.execute(query.order_by(col(Prediction.created_at).desc()).limit(latest)).all()
+    return pd.DataFrame(rows, columns=["created_at", "model_version", "text", "label", "confidence", "embedding",
+                                       "true_label"])
 
 
 def count_labels_since(session: Session, since: datetime | None) -> int:

@@ -20,8 +20,9 @@ from sqlmodel import Session, col
 
 from refitd.core import registry
 from refitd.core.db import session_scope
+from refitd.core.labels import predictions_with_labels
 from refitd.core.settings import Settings
-from refitd.core.tables import Event, Feedback, Prediction, utcnow
+from refitd.core.tables import Event, Prediction, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +44,14 @@ class Quality:
 
 def _quality(session: Session, version: str, *, after: datetime | None = None, before: datetime | None = None,
              latest: int | None = None) -> Quality:
-    labelled = (select(Prediction.label, Feedback.label.label("truth"))
-                .join(Feedback, Feedback.prediction_id == Prediction.id)
-                .where(Prediction.model_version == version))
+    labelled = predictions_with_labels(session, model_version=version, after=after, before=before, latest=latest)
     served = select(func.avg(Prediction.confidence)).where(Prediction.model_version == version)
     for cond in ([col(Prediction.created_at) >= after] if after else []) + (
             [col(Prediction.created_at) < before] if before else []):
-        labelled, served = labelled.where(cond), served.where(cond)
-    if latest is not None:
-        labelled = labelled.order_by(col(Prediction.created_at).desc()).limit(latest)
-    rows = session.execute(labelled).all()
-    acc = sum(p == t for p, t in rows) / len(rows) if rows else None
+        served = served.where(cond)
+    acc = float((labelled["label"] == labelled["true_label"]).mean()) if len(labelled) else None
     estimate = session.execute(served).scalar()
-    return Quality(version, len(rows), acc, None if estimate is None else float(estimate))
+    return Quality(version, len(labelled), acc, None if estimate is None else float(estimate))
 
 
 def _watched_promotion(session: Session) -> Event | None:

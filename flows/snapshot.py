@@ -1,22 +1,24 @@
 """Exactly which rows a training run uses: the reference data, new production labels, replay.
 
 The frozen test set is the reference data's ``test`` split, and any production
-text that hashes into that split is kept out of training too, so no refit ever
-trains on a frozen test row. New production labels (since the champion was
-trained) are split by a salted hash of the text into recent-test / validation /
-train; older rows are replayed beside them so the model does not forget.
+text that hashes into that split (or is one of its rows) is kept out of training
+too, so no refit ever trains on a frozen test row. Every other text has one label,
+its newest (:func:`refitd.core.datasets.dedupe`): later feedback over earlier, and
+feedback over the reference data, which is older than any of it; so no text is in
+two parts of a snapshot. New production labels (since the champion was trained)
+are split by a salted hash of the text into recent-test / validation / train;
+older rows are replayed beside them so the model does not forget.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import pandas as pd
 
-from refitd.core.datasets import digest_frame, normalise, split_of, stratified_sample
+from refitd.core.datasets import dedupe, digest_frame, hashed_part, normalise, split_of, stratified_sample
 from refitd.core.errors import DataError
 
 RECENT_SALT = "refitd-recent-v1"
@@ -48,18 +50,8 @@ class Snapshot:
 
 
 def _recent_split(text: str, recent_fraction: float) -> str:
-    u = int.from_bytes(hashlib.sha256((RECENT_SALT + normalise(text)).encode()).digest()[:8], "big") / 2**64
-    if u < recent_fraction:
-        return "recent_test"
-    if u < recent_fraction + NEW_VALIDATION_FRACTION:
-        return "validation"
-    return "train"
-
-
-def _dedupe(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per normalised text; the last (newest) label wins."""
-    key = frame["text"].map(normalise)
-    return frame[~key.duplicated(keep="last")].reset_index(drop=True)
+    return hashed_part(text, salt=RECENT_SALT,
+                       shares=[("recent_test", recent_fraction), ("validation", NEW_VALIDATION_FRACTION)])
 
 
 def build(
@@ -82,9 +74,11 @@ def build(
     production = production.sort_values(["created_at", "text"], kind="stable") if len(production) else production
     prod = production.assign(source="feedback")[["text", "label", "created_at", "source"]] if len(production) else \
         pd.DataFrame(columns=["text", "label", "created_at", "source"])
-    frozen = prod["text"].map(lambda t: split_of(t, validation_fraction=validation_fraction,
-                                                   test_fraction=test_fraction) == "test")
-    prod = _dedupe(prod.loc[~frozen.astype(bool)])
+    frozen_texts = set(ref.loc[ref["split"] == "test", "text"].map(normalise))
+    frozen = prod["text"].map(lambda t: normalise(t) in frozen_texts or split_of(
+        t, validation_fraction=validation_fraction, test_fraction=test_fraction) == "test")
+    prod = dedupe(prod.loc[~frozen.astype(bool)], newest_by="created_at").reset_index(drop=True)
+    ref = ref.loc[~ref["text"].map(normalise).isin(set(prod["text"].map(normalise)))]  # its feedback is newer
     is_new = (prod["created_at"] > since) if since is not None else pd.Series(True, index=prod.index)
     is_new = is_new.astype(bool)
     new, old = prod.loc[is_new].copy(), prod.loc[~is_new].copy()
@@ -102,11 +96,9 @@ def build(
                            stratified_sample(new_train, max_train_rows, seed=seed)], ignore_index=True)
     else:
         train = stratified_sample(old_pool, max_train_rows, seed=seed)
-    train = _dedupe(train)
     val_cap = None if max_train_rows is None else max(200, max_train_rows // 3)
-    validation = _dedupe(pd.concat([stratified_sample(ref[ref["split"] == "validation"], val_cap, seed=seed),
-                                    new[new["part"] == "validation"], old[old["part"] == "validation"]],
-                                   ignore_index=True))
+    validation = pd.concat([stratified_sample(ref[ref["split"] == "validation"], val_cap, seed=seed),
+                            new[new["part"] == "validation"], old[old["part"] == "validation"]], ignore_index=True)
     test = stratified_sample(ref[ref["split"] == "test"], max_test_rows, seed=seed)
     recent = new[new["part"] == "recent_test"].reset_index(drop=True)
     cols = ["text", "label", "source"]

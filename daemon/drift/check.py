@@ -25,8 +25,9 @@ from refitd.core.artifacts import ArtifactStore
 from refitd.core.datasets import load_configured
 from refitd.core.db import session_scope
 from refitd.core.errors import NoChampionError
+from refitd.core.labels import predictions_with_labels
 from refitd.core.settings import Settings
-from refitd.core.tables import DriftCheck, Feedback, ModelVersion, Prediction, utcnow
+from refitd.core.tables import DriftCheck, ModelVersion, utcnow
 from refitd.daemon.drift.alerts import Webhook, drift_payload
 from refitd.daemon.drift.signals import Signal, add_descriptors, specs_from, embedding_signal, value_drift_report, verdict, vocabulary
 from refitd.serving.runtime import OnnxClassifier
@@ -36,16 +37,8 @@ log = logging.getLogger(__name__)
 
 def load_window(session: Session, *, size: int, minutes: float | None = None) -> pd.DataFrame:
     """The last ``size`` predictions (within the last ``minutes`` when given), with embedding and feedback label."""
-    query = (
-        select(Prediction.created_at, Prediction.model_version, Prediction.text, Prediction.label,
-               Prediction.confidence, Prediction.embedding, Feedback.label.label("true_label"))
-        .outerjoin(Feedback, Feedback.prediction_id == Prediction.id)
-    )
-    if minutes is not None:
-        query = query.where(col(Prediction.created_at) >= utcnow() - timedelta(minutes=minutes))
-    rows = session.execute(query.order_by(col(Prediction.created_at).desc()).limit(size)).all()
-    return pd.DataFrame(rows, columns=["created_at", "model_version", "text", "label", "confidence", "embedding",
-                                       "true_label"])
+    after = None if minutes is None else utcnow() - timedelta(minutes=minutes)
+    return predictions_with_labels(session, unlabelled=True, after=after, latest=size)
 
 
 def embeddings_of(frame: pd.DataFrame) -> np.ndarray:
@@ -110,7 +103,7 @@ def expected_accuracy(champion: ModelVersion, *, default: float, min_rows: int =
     recent = ((champion.metrics or {}).get("candidate") or {}).get("recent") or {}
     if recent.get("n", 0) >= min_rows and "accuracy" in recent:
         return float(recent["accuracy"]), "recent"
-    return float(((champion.metrics or {}).get("test") or {}).get("accuracy", default)), "frozen"
+    return float(champion.frozen_scores.get("accuracy", default)), "frozen"
 
 
 @dataclass

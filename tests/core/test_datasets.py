@@ -9,9 +9,11 @@ import pytest
 
 from refitd.core.datasets import (
     assign_splits,
+    dedupe,
     load_bundled_corpus,
     load_configured,
     load_table,
+    normalise,
     repair_text,
     split_of,
     topic_of,
@@ -75,6 +77,29 @@ def test_splits_deterministic_and_disjoint() -> None:
     # the split follows the text, whatever its case or spacing
     assert split_of("Tweet  number 7 ", validation_fraction=0.1, test_fraction=0.15, stream_fraction=0.3) == \
         a.loc[a["text"] == "tweet number 7", "split"].item()
+
+
+def test_frozen_test_set_never_moves() -> None:
+    """The split is part of every model's record: a change to the hash would move test rows into training."""
+    tests = [i for i in range(200) if split_of(f"tweet number {i}", validation_fraction=0.1, test_fraction=0.15) == "test"]
+    assert tests == [20, 32, 39, 41, 48, 63, 64, 74, 83, 95, 97, 99, 107, 122, 129, 130, 132, 134, 136, 150, 151,
+                     156, 173]
+
+
+def test_dedupe_newest_label_wins_and_disagreeing_ties_are_dropped() -> None:
+    t = pd.Timestamp("2026-01-01", tz="UTC")
+    frame = pd.DataFrame({
+        "text": ["Relabelled", "relabelled ", "tie", "Tie", "repeated", "Repeated", "once"],
+        "label": ["pos", "neg", "pos", "neg", "pos", "pos", "neu"],
+        "created_at": [t, t + pd.Timedelta(hours=1), t, t, t, t, t],
+    })
+    newest = {"relabelled": "neg", "repeated": "pos", "once": "neu"}  # a later label corrects an earlier one
+    for rows in (frame, frame.iloc[::-1]):  # by time, not by row order
+        out = dedupe(rows, newest_by="created_at")
+        assert dict(zip(out["text"].map(normalise), out["label"], strict=True)) == newest
+    # With no time to go by, two labels for a text are a disagreement: neither is kept; a repeat is kept once.
+    out = dedupe(frame.drop(columns="created_at"))
+    assert out["text"].tolist() == ["repeated", "once"]
 
 
 def test_bundled_corpus_topics_and_repair() -> None:

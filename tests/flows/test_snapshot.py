@@ -40,6 +40,36 @@ def test_frozen_test_rows_never_train_even_when_fed_back() -> None:
     assert set(s.test["text"]) == set(frozen["text"])
 
 
+def test_a_frozen_row_fed_back_never_trains_whatever_its_hash() -> None:
+    ref = _reference()
+    moved = ref.index[ref["split"] == "train"][:30]
+    ref.loc[moved, "split"] = "test"  # a reference split by another rule: its test rows still stay out
+    echoed = ref.loc[moved, ["text", "label"]].assign(created_at=T0 + timedelta(days=1))
+    s = snap.build(ref, echoed, since=T0, **KW)
+    assert not (set(s.train["text"]) | set(s.validation["text"]) | set(s.recent_test["text"])) & set(echoed["text"])
+
+
+def test_each_text_has_its_newest_label_and_one_place() -> None:
+    """Feedback relabels reference texts (train and validation split) and itself; the newest label wins."""
+    ref = _reference()
+    labels = ["negative", "neutral", "positive"]
+    relabelled = ref[ref["split"].isin(["train", "validation"])].groupby("split").head(60)
+    flipped = relabelled["label"].map(lambda lbl: labels[(labels.index(lbl) + 1) % 3])
+    first = pd.DataFrame({"text": relabelled["text"].str.upper(), "label": flipped, "created_at": T0 + timedelta(days=1)})
+    second = first.iloc[::2].assign(label=relabelled["label"].iloc[::2].to_numpy(), created_at=T0 + timedelta(days=2))
+    tie = pd.DataFrame({"text": ["undecided", "undecided"], "label": ["negative", "positive"],
+                        "created_at": T0 + timedelta(days=1)})
+    prod = pd.concat([second, first, tie], ignore_index=True)  # newest first: the order rows arrive in is no guide
+    s = snap.build(ref, prod, since=T0, **KW)
+    placed = pd.concat([s.train, s.validation, s.recent_test], ignore_index=True)
+    placed = placed.assign(key=placed["text"].str.lower()).set_index("key")
+    assert not placed.index.duplicated().any()  # no text is in two parts, nor twice in one
+    newest = pd.concat([first, second]).assign(key=lambda f: f["text"].str.lower()).groupby("key")["label"].last()
+    fed_back = placed.loc[newest.index]
+    assert (fed_back["label"] == newest).all() and set(fed_back["source"]) == {"feedback_new"}
+    assert "undecided" not in placed.index  # two labels at once: nobody knows which is right
+
+
 def test_new_labels_split_and_replay_ratio() -> None:
     ref = _reference()
     prod = pd.concat([_production(100, T0 - timedelta(days=1), "old"), _production(500, T0 + timedelta(hours=1), "new")])
