@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from refitd.bench.report import save
-from refitd.core import registry
+from refitd.core import children, registry
 from refitd.core.artifacts import ArtifactStore
 from refitd.core.datasets import load_configured
 from refitd.core.db import make_engine, session_scope
@@ -39,7 +38,6 @@ from refitd.core.settings import Settings
 from refitd.daemon.drift.check import compute, score
 from refitd.serving.runtime import OnnxClassifier
 
-ROOT = Path(__file__).resolve().parents[1]
 SHARES = (0.0, 0.1, 0.2, 0.3, 0.5)
 SIZES = (1_000, 5_000, 10_000, 100_000)
 
@@ -50,8 +48,11 @@ def champion_home(home: Path | None) -> Path:
         return home
     home = Path(tempfile.mkdtemp(prefix="refitd-bench-drift-"))
     print(f"training a quick champion in {home} …", file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "refitd.flows", "--home", str(home), "--log-level", "WARNING", "init", "--quick"],
-                   check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    code, result = children.run(Settings.load(home=home, log_level="WARNING"), ["init", "--quick"],
+                                log_file=home / "init.log")
+    if code != 0 or not result.get("promoted"):
+        raise SystemExit(f"training the champion failed ({result.get('error') or result.get('reason')}); "
+                         f"see {home / 'init.log'}")
     return home
 
 
@@ -146,6 +147,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats per window size (median)")
     parser.add_argument("--every", type=int, default=100, help="requests between checks in the stream test")
     parser.add_argument("--streams", type=int, default=5, help="shifted streams in the requests-until-detection test")
+    parser.add_argument("--texts", type=int, default=5_000,
+                        help="texts scored per pool (reference, other topics; the airline stream is capped at 3×)")
     args = parser.parse_args(argv)
 
     home = champion_home(args.home)
@@ -162,11 +165,12 @@ def main(argv: list[str]) -> int:
     corpus = load_configured(data=None, text_column="text", label_column="label", topics=[],
                              validation_fraction=t.validation_fraction, test_fraction=t.test_fraction)
     start = time.perf_counter()
+    n = args.texts
     reference = Scored(runtime, corpus[(corpus["split"] == "train") & (corpus["topic"] == "airline")]
-                       .sample(5_000, random_state=0)["text"].tolist())
+                       .sample(n, random_state=0)["text"].tolist())
     stream = corpus[corpus["split"] == "stream"]
-    airline = Scored(runtime, stream[stream["topic"] == "airline"]["text"].tolist())
-    other = Scored(runtime, stream[stream["topic"] != "airline"].sample(4_000, random_state=0)["text"].tolist())
+    airline = Scored(runtime, stream[stream["topic"] == "airline"]["text"].head(3 * n).tolist())
+    other = Scored(runtime, stream[stream["topic"] != "airline"].sample(min(n, 4_000), random_state=0)["text"].tolist())
     print(f"scored {len(reference.frame) + len(airline.frame) + len(other.frame)} texts with {champion.version} "
           f"in {time.perf_counter() - start:.0f} s", file=sys.stderr)
 

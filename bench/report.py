@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# bench/results/ in a source checkout; REFITD_BENCH_RESULTS moves it (tests, installed wheels).
+RESULTS = Path(os.environ.get("REFITD_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def save(suite: str, result: dict[str, Any], default: Any = str) -> Path:

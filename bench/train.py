@@ -69,9 +69,9 @@ def run(rows: int, epochs: float, seed: int) -> dict[str, Any]:
     settings = Settings.load(home=tempfile.mkdtemp())
     source = base_model_path(settings)
     train, val, test, labels = _data(rows, seed)
+    settings = settings.updated({"training": {"epochs": epochs, "seed": seed}})
     t = settings.training
-    config = FitConfig(labels=labels, max_length=64, epochs=epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
-                       weight_decay=t.weight_decay, freeze_layers=t.freeze_layers, seed=seed)
+    config = FitConfig(labels=labels, training=t, max_length=64)
     ours = fit(source, train, val, config)
     ours_report = report_from_logits(predict_torch(ours.model, ours.tokenizer, test["text"].tolist(), max_length=64),
                                      test["label"].tolist(), labels)

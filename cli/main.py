@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -99,34 +96,31 @@ def init(
         console.print(f"already initialised: {champion.version} is the champion in {settings.home} "
                       "(`refitd refit` trains a new candidate; `--force` trains a first model again)")
         return
-    args = ["init"] + (["--quick"] if quick else [])
+    changes: dict[str, Any] = {}
     if data is not None:
-        args += ["--data", str(data.expanduser().resolve())]
+        changes["training"] = {"data": data.expanduser().resolve()}
     if base_model is not None:
-        args += ["--base-model", str(base_model.expanduser().resolve())]
-    result = run_flow(ctx, settings, args)
+        changes["model"] = {"base_model": base_model.expanduser().resolve()}
+    result = run_flow(settings.updated(changes), ["init"] + (["--quick"] if quick else []))
     print_result(result)
     if not result.get("promoted"):
         raise typer.Exit(1)
 
 
-def run_flow(ctx: typer.Context, settings: Settings, args: list[str]) -> dict[str, Any]:
-    """Run ``python -m refitd.flows ARGS`` with this command's settings; return its JSON summary."""
-    obj = ctx.find_root().obj or {}
-    with tempfile.TemporaryDirectory(prefix="refitd-flow-") as tmp:
-        result_file = Path(tmp) / "result.json"
-        cmd = [sys.executable, "-m", "refitd.flows", "--home", str(settings.home), "--result-file", str(result_file)]
-        if obj.get("config") is not None:
-            cmd += ["--config", str(obj["config"])]
-        console.print(f"[dim]running flow: {' '.join(args)}[/]")
-        env = dict(os.environ)
-        if obj.get("log_level"):
-            env["REFITD_LOG_LEVEL"] = obj["log_level"]
-        code = subprocess.call(cmd + args, stdout=subprocess.DEVNULL, env=env)
-        if not result_file.is_file():
-            err.print(f"[red]the flow process exited with code {code} before reporting a result[/]")
-            raise typer.Exit(2)
-        result = json.loads(result_file.read_text())
+def run_flow(settings: Settings, args: list[str]) -> dict[str, Any]:
+    """Run a flow child (refitd.core.children) with these settings; return its JSON summary.
+
+    The child's log (Prefect's run logs, tracebacks) goes to ``<home>/flows.log``; an expected
+    refusal reaches the terminal as its one-line reason.
+    """
+    from refitd.core import children
+
+    log_file = settings.home / "flows.log"
+    console.print(f"[dim]running flow: {' '.join(args)} (log: {log_file})[/]")
+    code, result = children.run(settings, args, log_file=log_file)
+    if not result:
+        err.print(f"[red]the flow process exited with code {code} before reporting a result; see {log_file}[/]")
+        raise typer.Exit(2)
     if "error" in result:
         err.print(f"[red]{result['error']}[/]")
         raise typer.Exit(2)
@@ -183,12 +177,10 @@ def refit(
         raise typer.BadParameter("--from must be champion or base")
     settings = _settings(ctx)
     upgrade(make_engine(settings.database_url))
-    args = ["refit", "--from", from_]
-    for flag, value in (("--hpo", hpo), ("--sampler", sampler), ("--budget", budget)):
-        if value is not None:
-            args += [flag, str(value)]
+    search = {k: v for k, v in (("sampler", sampler), ("budget_minutes", budget)) if v is not None}
+    args = ["refit", "--from", from_] + (["--hpo", str(hpo)] if hpo is not None else [])
     args += ["--no-promote"] * no_promote + ["--quick"] * quick + ["--drill-shuffle-labels"] * drill_shuffle_labels
-    result = run_flow(ctx, settings, args)
+    result = run_flow(settings.updated({"hpo": search}), args)
     print_result(result)
     if result["verdict"] == "rejected" and not drill_shuffle_labels:
         raise typer.Exit(1)
@@ -314,8 +306,7 @@ def run(
 
     settings = _settings(ctx)
     settings.home.mkdir(parents=True, exist_ok=True)
-    config = (ctx.find_root().obj or {}).get("config")
-    raise typer.Exit(Daemon(settings, config_file=config, host=host, port=port).run())
+    raise typer.Exit(Daemon(settings, host=host, port=port).run())
 
 
 # demo -------------------------------------------------------------------------------------
@@ -334,16 +325,13 @@ def demo(
 
     obj = ctx.find_root().obj or {}
     configure_logging(obj.get("log_level") or "WARNING")
-    try:
-        run_demo(home=home or obj.get("home"), quick=quick, keep=keep, console=console)
-    except RuntimeError as exc:
-        err.print(f"[red]demo failed: {exc}[/]")
-        raise typer.Exit(1) from None
+    run_demo(home=home or obj.get("home"), quick=quick, keep=keep, console=console)
 
 
 def main() -> None:
     try:
         app()
-    except RefitdError as exc:
+    except RefitdError as exc:  # an expected refusal: its one line, and its exit code
+        log.debug("refused", exc_info=True)
         err.print(f"[red]{exc}[/]")
-        sys.exit(2)
+        sys.exit(exc.exit_code)

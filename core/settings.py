@@ -8,6 +8,7 @@ Build it once at an entry point and pass it down.
 
 from __future__ import annotations
 
+import json
 import os
 from contextvars import ContextVar
 from pathlib import Path
@@ -78,6 +79,9 @@ class TrainingSection(_Section):
     )
     max_train_rows: int | None = Field(
         3000, description="Cap on training rows (a stratified sample); unset = all."
+    )
+    max_test_rows: int | None = Field(
+        None, description="Cap on frozen and recent test rows (a stratified sample); unset = all."
     )
     validation_fraction: float = Field(0.1, description="Share of rows held out for validation.")
     test_fraction: float = Field(0.15, description="Share of rows in the frozen test set.")
@@ -396,14 +400,40 @@ class Settings(BaseSettings):
         try:
             return cls(**overrides)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg'].removeprefix('Value error, ')}"
-                for e in exc.errors()
-            )
             where = f" (config file {path})" if path else ""
-            raise ConfigError(problems + where) from None
+            raise ConfigError(_problems(exc) + where) from None
         finally:
             _toml_path.reset(token)
+
+    def updated(self, changes: dict[str, Any]) -> Settings:
+        """A copy with ``changes`` (nested dicts by section) merged in, validated like a load."""
+        merged = _merge(self.model_dump(), changes)
+        try:
+            return type(self).model_validate(merged)
+        except ValidationError as exc:
+            raise ConfigError(_problems(exc)) from None
+
+    def quick(self) -> Settings:
+        """The quick profile (demos, tests, smoke runs): a few hundred rows, short texts, short training."""
+        t = self.training
+        return self.updated({"model": {"max_length": min(self.model.max_length, 32)},
+                             "training": {"max_train_rows": min(t.max_train_rows or 400, 400), "max_test_rows": 500,
+                                          "epochs": 2.0, "freeze_layers": max(t.freeze_layers, 4),
+                                          "learning_rate": 3e-4, "batch_size": 16}})
+
+    # Handing settings to a child process ----------------------------------------------
+
+    def to_json(self) -> str:
+        """Every field, secrets included, for :meth:`from_json` in a child process (write it 0600)."""
+        return json.dumps(_reveal(self.model_dump()), default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> Settings:
+        """Settings handed over by :meth:`to_json`: validated again, no env or TOML consulted."""
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as exc:
+            raise ConfigError(_problems(exc)) from None
 
     # Derived locations ---------------------------------------------------------------
 
@@ -427,6 +457,30 @@ class Settings(BaseSettings):
     def runfile(self) -> Path:
         """Where a running `refitd run` says it listens (written when ready, removed on a clean stop)."""
         return self.home / "daemon.json"
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg'].removeprefix('Value error, ')}"
+        for e in exc.errors()
+    )
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _reveal(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict):
+        return {k: _reveal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_reveal(v) for v in value]
+    return value
 
 
 def _find_config(config_file: Path | str | None, home: Any) -> Path | None:

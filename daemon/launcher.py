@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
 
-from refitd.core import leases, registry
+from refitd.core import children, leases, registry
+from refitd.core.children import FlowChild
 from refitd.core.db import session_scope
 from refitd.core.runs import finish_run, running
 from refitd.core.settings import Settings
@@ -33,7 +30,6 @@ from refitd.core.tables import RefitRun
 log = logging.getLogger(__name__)
 
 LEASE = "refit"
-ROOT = Path(__file__).resolve().parents[1]
 _TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
@@ -45,15 +41,15 @@ class Launch:
     reason: str
     started: float = field(default_factory=time.monotonic)
     process: subprocess.Popen | None = None
-    result_file: Path | None = None
+    child: FlowChild | None = None
     flow_run_id: str | None = None
 
 
 class RefitLauncher:
     """Starts a refit when the lease is free, follows it, records what happened as events."""
 
-    def __init__(self, settings: Settings, engine: Engine, *, config_file: Path | None = None) -> None:
-        self.settings, self.engine, self.config_file = settings, engine, config_file
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self.settings, self.engine = settings, engine
         self.holder = f"{leases.holder_name()}:refit"
         self.launch: Launch | None = None
         self.finished: list[dict[str, Any]] = []
@@ -87,7 +83,7 @@ class RefitLauncher:
                 if self.settings.prefect.deployment:
                     launch.flow_run_id = self._run_deployment(trigger)
                 else:
-                    launch.process, launch.result_file = self._spawn(trigger)
+                    launch.process, launch.child = self._spawn(trigger)
             except Exception:
                 leases.release(self.engine, LEASE, holder=self.holder)
                 raise
@@ -98,26 +94,21 @@ class RefitLauncher:
         self._ensure_follower()
         return True, where
 
-    def _spawn(self, trigger: str) -> tuple[subprocess.Popen, Path]:
+    def _spawn(self, trigger: str) -> tuple[subprocess.Popen, FlowChild]:
         s = self.settings
-        result = Path(tempfile.mkstemp(prefix="refit-", suffix=".json", dir=s.home)[1])
-        args = ["--home", str(s.home)]
-        if self.config_file is not None:
-            args += ["--config", str(self.config_file)]
-        args += ["--result-file", str(result), "refit", "--trigger", trigger] + (["--quick"] if s.refit.quick else [])
-        threads = str(s.refit.threads)
-        env = os.environ | {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "RAYON_NUM_THREADS": threads,
-                            "TOKENIZERS_PARALLELISM": "false", "REFITD_TRAINING__THREADS": threads,
-                            "REFITD_LOG_LEVEL": s.log_level}
-        if s.database.url:
-            env["REFITD_DATABASE__URL"] = s.database.url
-        niceness = s.refit.nice
-        with open(s.home / "refit.log", "ab") as log_file:
-            process = subprocess.Popen(nice_command(niceness, "flows", args), cwd=ROOT, env=env, stdout=log_file,
-                                       stderr=subprocess.STDOUT)
-        log.info("refit started: pid %s, nice %s, %s threads (log: %s)", process.pid, niceness, threads,
+        threads = s.refit.threads
+        child = children.prepare(s.updated({"training": {"threads": threads}}),
+                                 ["refit", "--trigger", trigger] + (["--quick"] if s.refit.quick else []),
+                                 threads=threads, niceness=s.refit.nice)
+        try:
+            with open(s.home / "refit.log", "ab") as log_file:
+                process = subprocess.Popen(child.argv, env=child.env, stdout=log_file, stderr=subprocess.STDOUT)
+        except OSError:
+            child.cleanup()
+            raise
+        log.info("refit started: pid %s, nice %s, %s threads (log: %s)", process.pid, s.refit.nice, threads,
                  s.home / "refit.log")
-        return process, result
+        return process, child
 
     def _prefect(self):  # type: ignore[no-untyped-def]
         """Prefect's client settings pointed at the configured API, for this call only."""
@@ -174,7 +165,7 @@ class RefitLauncher:
             code = launch.process.poll()
             if code is None:
                 return None
-            summary = _read_json(launch.result_file)
+            summary = launch.child.result() if launch.child is not None else {}
             if code == 0 and "version" in summary:
                 return {"status": "completed", "verdict": summary["verdict"], "version": summary["version"],
                         "reason": summary["reason"]}
@@ -203,8 +194,8 @@ class RefitLauncher:
         with self._lock:
             self.launch = None
             leases.release(self.engine, LEASE, holder=self.holder)
-        if launch.result_file is not None:
-            launch.result_file.unlink(missing_ok=True)
+        if launch.child is not None:
+            launch.child.cleanup()
         outcome |= {"trigger": launch.trigger}
         if outcome["status"] == "completed":
             self._event("refit_finished", f"{outcome['version']} {outcome['verdict']}: {outcome['reason']}", outcome,
@@ -256,18 +247,3 @@ class RefitLauncher:
                                   data=json.loads(json.dumps(data, default=str)))
 
 
-def nice_command(niceness: int, module: str, args: list[str]) -> list[str]:
-    """``python -m module args`` that lowers its own CPU priority first, before it starts any thread.
-
-    (The child does it itself: a ``preexec_fn`` is unsafe in a process with threads, as the daemon is.)
-    """
-    code = f"import os, runpy, sys; os.nice({int(niceness)}); sys.argv = [{module!r}] + sys.argv[1:]; " \
-           f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
-    return [sys.executable, "-c", code, *args]
-
-
-def _read_json(path: Path | None) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text()) if path is not None and path.stat().st_size else {}
-    except (OSError, ValueError):
-        return {}

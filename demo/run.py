@@ -32,13 +32,15 @@ from rich.console import Console
 from rich.table import Table
 from sqlmodel import col, select
 
+from refitd.core import children
+from refitd.core.errors import DemoError
 from refitd.core.datasets import load_configured
 from refitd.core.db import make_engine, session_scope
+from refitd.core.settings import Settings
 from refitd.core.tables import DriftCheck, RefitRun, utcnow
 from refitd.demo import plots
 from refitd.demo.replay import Replay
 
-ROOT = Path(__file__).resolve().parents[1]
 OTHER_TOPICS = ("apple", "self-driving", "coachella", "deflategate", "weather")
 
 
@@ -124,17 +126,14 @@ class Demo:
 
     def train_v1(self) -> dict[str, Any]:
         self.console.rule("1. fine-tune v1 on airline tweets")
-        result_file = self.out / "init.json"
-        cmd = [sys.executable, "-m", "refitd.flows", "--home", str(self.home), "--result-file", str(result_file), "init"]
-        cmd += ["--quick"] if self.plan.quick else []
         start = time.perf_counter()
-        with open(self.home / "init.log", "wb") as log:
-            code = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        result = json.loads(result_file.read_text()) if result_file.is_file() else {}
+        code, result = children.run(Settings.load(home=self.home), ["init"] + (["--quick"] if self.plan.quick else []),
+                                    log_file=self.home / "init.log")
+        (self.out / "init.json").write_text(json.dumps(result, default=str))
         if code != 0 or not result.get("promoted"):
-            raise RuntimeError(f"training v1 failed ({result.get('error') or result.get('reason')}); "
+            raise DemoError(f"training v1 failed ({result.get('error') or result.get('reason')}); "
                                f"see {self.home / 'init.log'}")
-        before, after = result["metrics"]["before"], result["metrics"]["test"]
+        before, after = result["metrics"]["before"], result["metrics"]["candidate"]["frozen"]
         table = Table(title=f"frozen airline test set (n = {after['n']}), {time.perf_counter() - start:.0f} s")
         for c in ("model", "accuracy", "macro precision", "macro recall", "macro F1"):
             table.add_column(c)
@@ -150,11 +149,11 @@ class Demo:
         log = open(self.home / "daemon.log", "ab")  # noqa: SIM115 - the child's stdout for its life
         self.daemon = subprocess.Popen(
             [sys.executable, "-m", "refitd.cli", "--home", str(self.home), "run"],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 180
         while time.time() < deadline:
             if self.daemon.poll() is not None:
-                raise RuntimeError(f"the daemon exited with {self.daemon.returncode}; see {self.home / 'daemon.log'}")
+                raise DemoError(f"the daemon exited with {self.daemon.returncode}; see {self.home / 'daemon.log'}")
             try:
                 if httpx.get(f"{self.url}/v2/health/ready", timeout=2).status_code == 200:
                     self.console.print(f"daemon up (pid {self.daemon.pid}); log: {self.home / 'daemon.log'}")
@@ -162,7 +161,7 @@ class Demo:
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
-        raise RuntimeError("the daemon did not become ready in 180 s")
+        raise DemoError("the daemon did not become ready in 180 s")
 
     def stop_daemon(self) -> int | None:
         if self.daemon is None or self.daemon.poll() is not None:
@@ -272,7 +271,7 @@ class Demo:
                      "timings": (run.metrics or {}).get("timings")}
         return {"date": datetime.now().astimezone().isoformat(timespec="seconds"), "quick": self.plan.quick,
                 "plan": asdict(self.plan), "home": str(self.home), "v1": {"before": v1["metrics"]["before"],
-                                                                       "after": v1["metrics"]["test"]},
+                                                                       "after": v1["metrics"]["candidate"]["frozen"]},
                 "phase2_at_s": phase2_at, "groups": groups, "promotions": promotions,
                 "drift": {str(ph): [{k: c[k] for k in ("id", "at", "verdict", "reason", "report")} for c in cs]
                           for ph, cs in verdicts.items()},
@@ -320,7 +319,7 @@ def run_demo(*, home: Path | None, quick: bool, keep: bool, console: Console) ->
     home = Path(tempfile.mkdtemp(prefix="refitd-demo-")) if home is None else home.expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
     if (home / "refitd.db").exists():
-        raise RuntimeError(f"{home} already holds a refitd database; give the demo a fresh --home")
+        raise DemoError(f"{home} already holds a refitd database; give the demo a fresh --home")
     demo = Demo(home, Plan.for_run(quick), console)
     started = time.perf_counter()
     console.print(f"refitd demo ({'quick' if quick else 'default'}) in {home}")

@@ -1,7 +1,7 @@
-"""Run a training flow in its own process: ``python -m refitd.flows init [--quick] …``.
+"""Run a training flow in its own process: ``python -m refitd.flows --settings FILE init [--quick] …``.
 
-This is how the CLI and the daemon start training by name, without importing
-torch or transformers themselves. The last line on stdout is a JSON summary;
+This is how the CLI, the daemon, the demo and the benchmarks start training by name
+(see refitd.core.children), without importing torch or transformers themselves. The last line on stdout is a JSON summary;
 ``--result-file`` writes the same summary to a file.
 """
 
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from refitd.core.db import make_engine, upgrade
-from refitd.core.errors import RefitdError
+from refitd.core.errors import ConfigError, RefitdError
 from refitd.core.logs import configure_logging
 from refitd.core.settings import Settings
 
@@ -24,46 +24,40 @@ log = logging.getLogger("flows")
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m refitd.flows", description=__doc__)
-    p.add_argument("--config", type=Path, default=None, help="refitd.toml to read")
-    p.add_argument("--home", type=Path, default=None, help="state directory")
+    p.add_argument("--settings", type=Path, required=True,
+                   help="settings JSON written by refitd.core.children (validated again, deleted once read)")
     p.add_argument("--result-file", type=Path, default=None, help="write the JSON summary here too")
+    p.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority first")
     sub = p.add_subparsers(dest="flow", required=True)
     init = sub.add_parser("init", help="train, evaluate and promote the first model")
-    init.add_argument("--data", type=Path, default=None, help="CSV / JSONL / Parquet training data")
-    init.add_argument("--base-model", type=Path, default=None, help="local Hugging Face model folder")
     refit = sub.add_parser("refit", help="refit on new data; promote the candidate only if it is better")
     refit.add_argument("--from", dest="warm_start", choices=["champion", "base"], default=None)
     refit.add_argument("--hpo", dest="hpo_trials", type=int, default=None, help="Optuna trials (0 = none)")
-    refit.add_argument("--sampler", choices=["grid", "random", "tpe"], default=None)
-    refit.add_argument("--budget", type=float, default=None, help="search budget in minutes")
     refit.add_argument("--no-promote", action="store_true", help="evaluate and gate, but do not promote")
     refit.add_argument("--trigger", default="manual", help="what started this run (recorded)")
     refit.add_argument("--drill-shuffle-labels", action="store_true",
                        help="gate drill: train on shuffled labels; the gate must reject the result")
     for sp in (init, refit):
-        sp.add_argument("--quick", action="store_true", help="a few hundred examples, short texts")
+        sp.add_argument("--quick", action="store_true", help="the quick profile: a few hundred examples, short texts")
     return p
+
+
+def _read_settings(path: Path) -> Settings:
+    try:
+        return Settings.from_json(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read the settings file {path}: {exc.strerror}") from None
+    finally:
+        path.unlink(missing_ok=True)  # it holds secrets; nobody needs it after this
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    overrides: dict = {}
-    if args.home is not None:
-        overrides["home"] = args.home
+    if args.nice:
+        os.nice(args.nice)  # before any thread starts (no preexec_fn in the threaded parent)
     try:
-        settings = Settings.load(args.config, **overrides)
-        if args.flow == "init":
-            if args.data is not None:
-                settings.training.data = args.data.expanduser().resolve()
-            if args.base_model is not None:
-                settings.model.base_model = args.base_model.expanduser().resolve()
-        else:
-            if args.sampler is not None:
-                settings.hpo.sampler = args.sampler
-            if args.budget is not None:
-                settings.hpo.budget_minutes = args.budget
+        settings = _read_settings(args.settings)
         configure_logging(settings.log_level)
-        settings.home.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("PREFECT_HOME", str(settings.home / "prefect"))
         # A fresh ephemeral Prefect server migrates its database first: slow on 2 cores.
         os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")

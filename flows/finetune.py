@@ -12,14 +12,13 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import accuracy_score, f1_score
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -31,33 +30,33 @@ from transformers import (
     TrainingArguments,
 )
 
+from refitd.core.errors import ConfigError
+from refitd.core.settings import TrainingSection
+from refitd.flows.evaluate import classification_report
+
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class FitConfig:
-    """Hyperparameters of one fine-tuning run (a flat, JSON-able record stored with the version)."""
+    """One fine-tuning run: the training settings (the one declaration of every hyper-parameter)
+    plus what the data and the model decide: the label set and the maximum length."""
 
     labels: list[str]
-    max_length: int = 64
-    epochs: float = 2.0
-    batch_size: int = 32
-    learning_rate: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    lr_scheduler: str = "linear"
-    optimizer: str = "adamw"
-    freeze_embeddings: bool = True
-    freeze_layers: int = 3
-    unfreeze_every_epochs: float | None = None
-    dropout: float | None = None
-    label_smoothing: float = 0.0
-    early_stopping_patience: int = 2
+    training: TrainingSection
+    max_length: int
     group_by_length: bool = True
-    seed: int = 42
-    threads: int | None = None
     evals_per_epoch: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    def with_training(self, **changes: Any) -> FitConfig:
+        """The same run with some hyper-parameters changed (validated like settings)."""
+        updated = TrainingSection.model_validate({**self.training.model_dump(), **changes})
+        return replace(self, training=updated)
+
+    def record(self) -> dict[str, Any]:
+        """A flat, JSON-able record stored beside the weights."""
+        return {"labels": self.labels, "max_length": self.max_length, "group_by_length": self.group_by_length,
+                "evals_per_epoch": self.evals_per_epoch, **self.training.model_dump(mode="json")}
 
 
 @dataclass
@@ -100,7 +99,7 @@ def encoder_layers(model: PreTrainedModel) -> list[torch.nn.Module]:
     encoder = getattr(base, "encoder", None) or getattr(base, "transformer", None)
     layers = getattr(encoder, "layer", None) or getattr(encoder, "layers", None)
     if layers is None:
-        raise ValueError(f"cannot find encoder layers in {type(model).__name__}; set training.freeze_layers = 0")
+        raise ConfigError(f"cannot find encoder layers in {type(model).__name__} to freeze; set training.freeze_layers = 0")
     return list(layers)
 
 
@@ -165,12 +164,12 @@ class _Rows(torch.utils.data.Dataset):
 
 
 def _metrics(eval_pred: Any) -> dict[str, float]:
-    logits, labels = eval_pred
-    preds = np.asarray(logits).argmax(axis=-1)
-    return {
-        "accuracy": float(accuracy_score(labels, preds)),
-        "macro_f1": float(f1_score(labels, preds, average="macro", zero_division=0)),
-    }
+    """Validation scores during training: the same report the gate reads, over every label id."""
+    logits, label_ids = eval_pred
+    logits = np.asarray(logits)
+    report = classification_report(np.asarray(label_ids).tolist(), logits.argmax(axis=-1).tolist(),
+                                   list(range(logits.shape[-1])))
+    return {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}
 
 
 def fit(
@@ -182,34 +181,35 @@ def fit(
     callbacks: list[TrainerCallback] | None = None,
 ) -> FitResult:
     """Fine-tune the model in ``source`` on ``train`` (text, label), early-stopping on ``validation``."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    model, tokenizer = load_model(source, config.labels, dropout=config.dropout)
-    counts = apply_freezing(model, freeze_embeddings=config.freeze_embeddings, freeze_layers=config.freeze_layers)
+    t = config.training
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    torch.manual_seed(t.seed)
+    model, tokenizer = load_model(source, config.labels, dropout=t.dropout)
+    counts = apply_freezing(model, freeze_embeddings=t.freeze_embeddings, freeze_layers=t.freeze_layers)
     log.info("fine-tuning %s: %d of %d parameters trainable", source.name, counts["trainable_params"], counts["total_params"])
     label_id = {lbl: i for i, lbl in enumerate(config.labels)}
     train_ds = _Rows(tokenizer, train["text"].tolist(), [label_id[x] for x in train["label"]], config.max_length)
     val_ds = _Rows(tokenizer, validation["text"].tolist(), [label_id[x] for x in validation["label"]], config.max_length)
-    steps_per_epoch = max(1, -(-len(train_ds) // config.batch_size))
+    steps_per_epoch = max(1, -(-len(train_ds) // t.batch_size))
     eval_steps = max(1, steps_per_epoch // max(1, config.evals_per_epoch))
-    optim, optim_args = _OPTIMIZERS[config.optimizer]
+    optim, optim_args = _OPTIMIZERS[t.optimizer]
     extra_callbacks = list(callbacks or [])
-    if config.unfreeze_every_epochs:
-        extra_callbacks.append(GradualUnfreezing(model, config.unfreeze_every_epochs))
+    if t.unfreeze_every_epochs:
+        extra_callbacks.append(GradualUnfreezing(model, t.unfreeze_every_epochs))
     with tempfile.TemporaryDirectory(prefix="refitd-train-") as out:
         args = TrainingArguments(
             output_dir=out,
-            num_train_epochs=config.epochs,
-            per_device_train_batch_size=config.batch_size,
-            per_device_eval_batch_size=max(64, config.batch_size),
-            learning_rate=config.learning_rate,
-            weight_decay=config.weight_decay,
-            warmup_steps=config.warmup_ratio,  # a float < 1 is a share of all steps
-            lr_scheduler_type=config.lr_scheduler,
+            num_train_epochs=t.epochs,
+            per_device_train_batch_size=t.batch_size,
+            per_device_eval_batch_size=max(64, t.batch_size),
+            learning_rate=t.learning_rate,
+            weight_decay=t.weight_decay,
+            warmup_steps=t.warmup_ratio,  # a float < 1 is a share of all steps
+            lr_scheduler_type=t.lr_scheduler,
             optim=optim,
             optim_args=optim_args,
-            label_smoothing_factor=config.label_smoothing,
+            label_smoothing_factor=t.label_smoothing,
             train_sampling_strategy="group_by_length" if config.group_by_length else "random",
             eval_strategy="steps",
             eval_steps=eval_steps,
@@ -220,8 +220,8 @@ def fit(
             metric_for_best_model="macro_f1",
             greater_is_better=True,
             logging_steps=max(1, eval_steps // 4),
-            seed=config.seed,
-            data_seed=config.seed,
+            seed=t.seed,
+            data_seed=t.seed,
             report_to=[],
             use_cpu=not torch.cuda.is_available(),
             dataloader_num_workers=0,
@@ -236,7 +236,7 @@ def fit(
             processing_class=tokenizer,
             data_collator=DataCollatorWithPadding(tokenizer),
             compute_metrics=_metrics,
-            callbacks=[EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience), *extra_callbacks],
+            callbacks=[EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience), *extra_callbacks],
         )
         start = time.perf_counter()
         output = trainer.train()
@@ -244,7 +244,7 @@ def fit(
         history = [dict(h) for h in trainer.state.log_history]
         best = trainer.state.best_metric
     model = trainer.model.to("cpu").eval()
-    samples = output.metrics.get("train_samples_per_second") or (len(train_ds) * config.epochs / seconds)
+    samples = output.metrics.get("train_samples_per_second") or (len(train_ds) * t.epochs / seconds)
     return FitResult(model, tokenizer, seconds, float(samples), best, history, device_name())
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 from typing import Any
 
 import optuna
@@ -18,6 +17,7 @@ import pandas as pd
 from transformers import TrainerCallback
 
 from refitd.core.settings import HpoSection
+from refitd.core.errors import SearchError
 from refitd.flows.finetune import FitConfig, FitResult, fit
 
 log = logging.getLogger(__name__)
@@ -52,14 +52,14 @@ def _sampler(hpo: HpoSection, seed: int) -> optuna.samplers.BaseSampler:
 def search(source, train: pd.DataFrame, validation: pd.DataFrame, base: FitConfig, hpo: HpoSection) -> tuple[FitResult, dict[str, Any]]:
     """Run the search; return the best trial's fitted model and a record of every trial."""
     pruner = optuna.pruners.HyperbandPruner() if hpo.pruner == "hyperband" else optuna.pruners.NopPruner()
-    study = optuna.create_study(direction="maximize", sampler=_sampler(hpo, base.seed), pruner=pruner)
+    study = optuna.create_study(direction="maximize", sampler=_sampler(hpo, base.training.seed), pruner=pruner)
     grid = space(hpo)
     best: dict[str, Any] = {"value": -1.0, "result": None}
     trials: list[dict[str, Any]] = []
 
     def objective(trial: optuna.Trial) -> float:
         params = {name: trial.suggest_categorical(name, values) for name, values in grid.items()}
-        config = replace(base, **params)
+        config = base.with_training(**params)
         start = time.perf_counter()
         try:
             result = fit(source, train, validation, config, callbacks=[_Report(trial)])
@@ -78,7 +78,7 @@ def search(source, train: pd.DataFrame, validation: pd.DataFrame, base: FitConfi
     for t in trials:
         t["state"] = states.get(t["number"], "unknown")
     if best["result"] is None:
-        raise RuntimeError(f"hyperparameter search finished no trial in {hpo.budget_minutes} min; raise hpo.budget_minutes")
+        raise SearchError(hpo.budget_minutes)
     record = {"sampler": hpo.sampler, "pruner": hpo.pruner, "trials": trials, "best_params": study.best_params,
               "best_value": study.best_value, "seconds": round(time.perf_counter() - start, 1),
               "completed": sum(t["state"] == "complete" for t in trials),

