@@ -1,7 +1,10 @@
 """The one error hierarchy of refitd.
 
 Every error builds its own message, so callers raise with facts and the text
-reads the same wherever it is shown (CLI, HTTP, event rows).
+reads the same wherever it is shown (CLI, HTTP, event rows). Every class carries
+what it becomes at each door: ``status_code`` for the HTTP layer (one handler maps
+it), ``exit_code`` for the CLI (which prints the message alone, one line, and
+exits with it). An expected refusal is one of these; anything else is a crash.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ class RefitdError(Exception):
 
     #: HTTP status the API layer maps this error to.
     status_code: int = 500
+    #: Exit status of a CLI command that ends with this error.
+    exit_code: int = 2
 
 
 class ConfigError(RefitdError):
@@ -97,12 +102,32 @@ class ModelLoadError(RefitdError):
 
 
 class BadRequestError(RefitdError):
-    """A request that cannot be served as sent; says what is wrong."""
+    """A request that cannot be served as sent (malformed syntax); says what is wrong."""
 
     status_code = 400
 
-    def __init__(self, message: str, status_code: int = 400) -> None:
-        self.status_code = status_code
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+
+class UnprocessableError(BadRequestError):
+    """A well-formed request whose content cannot be used (an unknown label, an empty text)."""
+
+    status_code = 422
+
+
+class PayloadTooLargeError(BadRequestError):
+    """A request over a configured size limit."""
+
+    status_code = 413
+
+
+class AdminDeniedError(RefitdError):
+    """An admin route called without the right token, or with admin routes switched off."""
+
+    def __init__(self, message: str, *, disabled: bool) -> None:
+        # 404 when switched off: the route does not exist for this deployment.
+        self.status_code = 404 if disabled else 401
         super().__init__(message)
 
 
@@ -123,3 +148,38 @@ class NotReadyError(RefitdError):
 
     def __init__(self, message: str = "no model is loaded yet") -> None:
         super().__init__(message)
+
+
+class TrainingError(RefitdError):
+    """A training run that cannot give a usable model, for a reason a person can act on."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+
+class ParityError(TrainingError):
+    """The exported graph does not compute what the torch model computes."""
+
+    def __init__(self, max_diff: float, tolerance: float, n_texts: int) -> None:
+        self.max_diff, self.tolerance = max_diff, tolerance
+        super().__init__(f"ONNX export differs from the torch model: max |Δlogit| = {max_diff:.2e} > tolerance "
+                         f"{tolerance:.0e} on {n_texts} texts")
+
+
+class SearchError(TrainingError):
+    """A hyper-parameter search that finished no trial."""
+
+    def __init__(self, budget_minutes: float) -> None:
+        super().__init__(f"hyperparameter search finished no trial in {budget_minutes} min; "
+                         "raise hpo.budget_minutes")
+
+
+class DemoError(RefitdError):
+    """A step of `refitd demo` that could not go on; names the log to read."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"demo failed: {message}")

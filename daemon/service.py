@@ -15,7 +15,6 @@ import os
 import threading
 import time
 from datetime import timezone
-from pathlib import Path
 
 import uvicorn
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -37,16 +36,21 @@ log = logging.getLogger(__name__)
 
 
 class DaemonServer(GracefulServer):
-    """The serving loop, telling the daemon the moment a stop signal arrives."""
+    """The serving loop. The signal handler only sets uvicorn's flags; the main loop's next tick
+    sees them and, before draining, tells the daemon (STOPPING=1 to systemd, a log line)."""
 
     def __init__(self, config: uvicorn.Config, on_exit: list | None = None) -> None:
         super().__init__(config)
         self.on_exit = on_exit or []
+        self._announced = False
 
-    def handle_exit(self, sig, frame) -> None:  # type: ignore[no-untyped-def]
-        super().handle_exit(sig, frame)
-        for callback in self.on_exit:
-            callback(self.force_exit)
+    async def on_tick(self, counter: int) -> bool:
+        should_exit = await super().on_tick(counter)
+        if should_exit and not self._announced:
+            self._announced = True
+            for callback in self.on_exit:
+                callback(self.force_exit)
+        return should_exit
 
 
 def make_scheduler(settings: Settings, engine) -> BackgroundScheduler:  # type: ignore[no-untyped-def]
@@ -60,13 +64,12 @@ def make_scheduler(settings: Settings, engine) -> BackgroundScheduler:  # type: 
 
 
 class Daemon:
-    def __init__(self, settings: Settings, *, config_file: Path | None = None, host: str | None = None,
-                 port: int | None = None) -> None:
+    def __init__(self, settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
         self.settings = settings
         self.engine = make_engine(settings.database_url, echo=settings.database.echo,
                                   busy_timeout_s=settings.database.timeout_s)
         self.serving = build(settings)
-        self.launcher = RefitLauncher(settings, self.engine, config_file=config_file)
+        self.launcher = RefitLauncher(settings, self.engine)
         self.scheduler = make_scheduler(settings, self.engine)
         self.notifier = Notifier()
         self.server = DaemonServer(uvicorn_config(settings, self.serving.app, host=host, port=port),
@@ -122,7 +125,7 @@ class Daemon:
             log.info("stopping: draining in-flight requests")
 
     def _shutdown(self) -> None:
-        self._stopping(self._forced)
+        self._stopping(self._forced or self.server.force_exit)
         if self.scheduler.running:
             self.notifier.status("stopping the scheduler")
             self.scheduler.shutdown(wait=not self._forced)

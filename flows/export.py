@@ -13,16 +13,13 @@ import torch
 from transformers import PreTrainedModel
 
 from refitd.core.encoding import encode, load_tokenizer
+from refitd.core.errors import ParityError
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
 INPUTS = ["input_ids", "attention_mask"]
 OUTPUTS = ["logits", "embedding"]
-
-
-class ParityError(RuntimeError):
-    """The exported graph does not compute what the torch model computes."""
 
 
 class _WithEmbedding(torch.nn.Module):
@@ -90,10 +87,7 @@ def check_parity(
         )
     diff = float(np.max(np.abs(onnx_logits - torch_logits))) if len(texts) else 0.0
     if not np.isfinite(diff) or diff > tolerance:
-        raise ParityError(
-            f"ONNX export differs from the torch model: max |Δlogit| = {diff:.2e} > tolerance {tolerance:.0e} "
-            f"on {len(texts)} texts"
-        )
+        raise ParityError(diff, tolerance, len(texts))
     log.info("parity ok: max |Δlogit| = %.2e on %d texts", diff, len(texts))
     return diff
 

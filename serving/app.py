@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
 from refitd.core import registry
-from refitd.core.errors import BadRequestError, NoChampionError, OverloadedError, RefitdError
+from refitd.core.errors import AdminDeniedError, BadRequestError, NoChampionError, OverloadedError, RefitdError, UnprocessableError
 from refitd.serving.dataplane import DataPlane
 from refitd.serving.limits import check_texts
 from refitd.serving.oip import add_v2_routes
@@ -54,12 +54,6 @@ class RequestMetrics:
             self.metrics.latency.labels(route=path).observe(time.perf_counter() - start)
 
 
-class AdminDenied(RefitdError):
-    def __init__(self, message: str, status_code: int) -> None:
-        self.status_code = status_code
-        super().__init__(message)
-
-
 async def parse_body(request: Request, model: type[Body]) -> Body:
     """Decode a JSON body whatever its content type; say exactly what is wrong when it cannot."""
     raw = await request.body()
@@ -76,7 +70,7 @@ async def parse_body(request: Request, model: type[Body]) -> Body:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise BadRequestError(errors_message(exc.errors()), 422) from None
+        raise UnprocessableError(errors_message(exc.errors())) from None
 
 
 def errors_message(errors: list) -> str:
@@ -166,10 +160,10 @@ def create_app(plane: DataPlane) -> FastAPI:
     def admin(request: Request) -> str:
         token = limits.admin_token
         if token is None:
-            raise AdminDenied("admin routes are disabled: set serving.admin_token to enable them", 404)
+            raise AdminDeniedError("admin routes are disabled: set serving.admin_token to enable them", disabled=True)
         given = request.headers.get("authorization", "")
         if not given.startswith("Bearer ") or not secrets.compare_digest(given[7:], token.get_secret_value()):
-            raise AdminDenied("admin routes need 'Authorization: Bearer <serving.admin_token>'", 401)
+            raise AdminDeniedError("admin routes need 'Authorization: Bearer <serving.admin_token>'", disabled=False)
         return request.headers.get("x-refitd-actor", "admin")
 
     @app.post("/v1/admin/reload", summary="Load the registry's champion now (retries a refused one)")

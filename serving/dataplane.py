@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from refitd.core import registry
 from refitd.core.artifacts import ArtifactStore
 from refitd.core.db import session_scope
-from refitd.core.errors import BadRequestError, ModelLoadError, NoChampionError, NotFoundError, NotReadyError, RefitdError
+from refitd.core.errors import BadRequestError, UnprocessableError, ModelLoadError, NoChampionError, NotFoundError, NotReadyError, RefitdError
 from refitd.core.settings import Settings
 from refitd.core.tables import Feedback, Prediction, new_prediction_id, utcnow
 from refitd.serving.batcher import Answer, Batcher
@@ -148,7 +148,7 @@ class DataPlane:
         """Record a ground-truth label; the same label twice is a no-op, a new label replaces the old."""
         labels = self.runtime.labels if self.runtime else []
         if labels and label not in labels:
-            raise BadRequestError(f"unknown label {label!r}; expected one of {', '.join(labels)}", 422)
+            raise UnprocessableError(f"unknown label {label!r}; expected one of {', '.join(labels)}")
         try:
             if prediction_id is not None and not self._prediction_exists(prediction_id):
                 self.predlog.flush()  # it may still be on its way to the table

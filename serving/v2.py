@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from refitd.core.errors import BadRequestError
+from refitd.core.errors import BadRequestError, UnprocessableError
 
 HEADER = "Inference-Header-Content-Length"
 
@@ -28,7 +28,7 @@ class InferRequest:
 
 
 def _bad(message: str) -> BadRequestError:
-    return BadRequestError(message, 400)
+    return BadRequestError(message)
 
 
 def decode_bytes_tensor(raw: bytes) -> list[bytes]:
@@ -66,7 +66,7 @@ def parse_infer(body: bytes, header_length: str | None, outputs_known: set[str])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _bad(f"malformed JSON inference request: {exc}") from None
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
-        raise BadRequestError('an inference request needs an "inputs" list', 422)
+        raise UnprocessableError('an inference request needs an "inputs" list')
     texts = _read_text_input(request["inputs"], binary)
     params = request.get("parameters") or {}
     binary_default = bool(params.get("binary_data_output", False))
@@ -76,11 +76,11 @@ def parse_infer(body: bytes, header_length: str | None, outputs_known: set[str])
         flags = {n: binary_default for n in names}
     else:
         if not isinstance(asked, list) or not all(isinstance(o, dict) and "name" in o for o in asked):
-            raise BadRequestError('"outputs" must be a list of {"name": …} objects', 422)
+            raise UnprocessableError('"outputs" must be a list of {"name": …} objects')
         names = [o["name"] for o in asked]
         unknown = [n for n in names if n not in outputs_known]
         if unknown:
-            raise BadRequestError(f"unknown output(s) {unknown}; this model has {sorted(outputs_known)}", 422)
+            raise UnprocessableError(f"unknown output(s) {unknown}; this model has {sorted(outputs_known)}")
         flags = {o["name"]: bool((o.get("parameters") or {}).get("binary_data", binary_default)) for o in asked}
     return InferRequest(texts=texts, id=request.get("id"), outputs=names, binary=flags)
 
@@ -90,24 +90,24 @@ def _read_text_input(inputs: list[Any], binary: bytes) -> list[str]:
     offset = 0
     for tensor in inputs:
         if not isinstance(tensor, dict):
-            raise BadRequestError("each input must be a JSON object", 422)
+            raise UnprocessableError("each input must be a JSON object")
         size = (tensor.get("parameters") or {}).get("binary_data_size")
         chunk = None
         if size is not None:
             chunk, offset = binary[offset : offset + int(size)], offset + int(size)
         if tensor.get("name") != "text":
-            raise BadRequestError(f'unknown input {tensor.get("name")!r}; this model takes one BYTES input "text"', 422)
+            raise UnprocessableError(f'unknown input {tensor.get("name")!r}; this model takes one BYTES input "text"')
         if tensor.get("datatype") != "BYTES":
-            raise BadRequestError(f'input "text" must have datatype BYTES; got {tensor.get("datatype")!r}', 422)
+            raise UnprocessableError(f'input "text" must have datatype BYTES; got {tensor.get("datatype")!r}')
         shape = tensor.get("shape")
         if not isinstance(shape, list) or len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
-            raise BadRequestError(f'input "text" must have shape [N] or [N, 1]; got {shape!r}', 422)
+            raise UnprocessableError(f'input "text" must have shape [N] or [N, 1]; got {shape!r}')
         raw = decode_bytes_tensor(chunk) if chunk is not None else tensor.get("data")
         if not isinstance(raw, list):
-            raise BadRequestError('input "text" needs "data" (a list of strings) or binary data', 422)
+            raise UnprocessableError('input "text" needs "data" (a list of strings) or binary data')
         raw = [x for row in raw for x in (row if isinstance(row, list) else [row])]
         if len(raw) != shape[0]:
-            raise BadRequestError(f'input "text" has shape [{shape[0]}] but {len(raw)} elements', 422)
+            raise UnprocessableError(f'input "text" has shape [{shape[0]}] but {len(raw)} elements')
         texts = []
         for i, item in enumerate(raw):
             if isinstance(item, bytes):
@@ -116,10 +116,10 @@ def _read_text_input(inputs: list[Any], binary: bytes) -> list[str]:
                 except UnicodeDecodeError:
                     raise _bad(f'input "text" element {i} is not valid UTF-8') from None
             if not isinstance(item, str):
-                raise BadRequestError(f'input "text" element {i} must be a string', 422)
+                raise UnprocessableError(f'input "text" element {i} must be a string')
             texts.append(item)
     if texts is None:
-        raise BadRequestError('missing input "text"', 422)
+        raise UnprocessableError('missing input "text"')
     return texts
 
 

@@ -9,7 +9,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from refitd.flows.export import ParityError, check_parity, export_onnx
+from refitd.core.errors import ParityError
+from refitd.flows.export import check_parity, export_onnx
 from refitd.flows.finetune import load_model
 from tests.artifact_factory import LABELS
 
