@@ -27,7 +27,7 @@ def models_list(ctx: typer.Context, limit: Annotated[int, typer.Option(help="Mos
     for col in ("version", "status", "parent", "test acc", "test macro-F1", "created", "reason"):
         table.add_column(col)
     for mv in rows:
-        test = mv.metrics.get("test", {})
+        test = mv.frozen_scores
         table.add_row(
             mv.version, mv.status, mv.parent or "-", _fmt(test.get("accuracy")), _fmt(test.get("macro_f1")),
             mv.created_at.strftime("%Y-%m-%d %H:%M"), (mv.gate_reason or "")[:70],

@@ -179,6 +179,9 @@ def rollback(engine: Engine, *, actor: str = "refitd", reason: str = "") -> Mode
 
 
 def _get(session: Session, version: str) -> ModelVersion:
+    """``v3``, ``V3`` and ``3`` all name version v3."""
+    version = version.strip()
+    version = f"v{version}" if version.isdigit() else version.lower() if version[:1] in "vV" else version
     mv = session.exec(select(ModelVersion).where(ModelVersion.version == version)).first()
     if mv is None:
         raise NotFoundError("model version", version)

@@ -68,6 +68,21 @@ class ModelVersion(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     promoted_at: datetime | None = None
 
+    # ``metrics`` has one layout, written by the refit flow: {"candidate": {"frozen", "recent",
+    # "baseline", "frozen_int8", …}, "champion": {…} | None, "before", "calibration", timings, …}.
+
+    @property
+    def frozen_scores(self) -> dict[str, Any]:
+        """This version's scores on the frozen test set ({} when it has none)."""
+        m = self.metrics or {}
+        return (m.get("candidate") or {}).get("frozen") or m.get("test") or {}  # "test": rows written before 0.2
+
+    @property
+    def baseline_scores(self) -> dict[str, Any]:
+        """The majority-class baseline on the same frozen test set."""
+        m = self.metrics or {}
+        return (m.get("candidate") or {}).get("baseline") or m.get("majority_baseline") or {}
+
 
 class Prediction(SQLModel, table=True):
     """One answered text, logged for drift checks and for joining feedback labels."""

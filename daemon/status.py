@@ -38,7 +38,7 @@ def gather_status(settings: Settings, *, events: int = 10, checks: int = 5) -> d
         run = running(session)
     champ = None
     if champion is not None:
-        test = champion.metrics.get("test", {})
+        test = champion.frozen_scores
         champ = {"version": champion.version, "promoted_at": _when(champion.promoted_at),
                  "test_accuracy": test.get("accuracy"), "test_macro_f1": test.get("macro_f1"),
                  "gate_reason": champion.gate_reason}

@@ -35,7 +35,7 @@ def test_init_quick_then_serve_and_predict(tmp_path: Path) -> None:
         champion = s.exec(select(ModelVersion).where(ModelVersion.status == "champion")).one()
         run = s.exec(select(RefitRun)).one()
     assert champion.version == "v1" and run.status == "completed" and run.verdict == "promoted"
-    assert champion.metrics["test"]["macro_f1"] > champion.metrics["majority_baseline"]["macro_f1"]
+    assert champion.frozen_scores["macro_f1"] > champion.baseline_scores["macro_f1"]
     assert (home / "models" / "v1" / "MANIFEST.json").is_file()
 
     port = free_port()

@@ -100,11 +100,13 @@ def test_live_accuracy_is_held_to_the_recent_test_score_once_the_champion_has_on
     from refitd.core.tables import ModelVersion
     from refitd.daemon.drift.check import expected_accuracy, performance
 
-    first = ModelVersion(version="v1", metrics={"test": {"accuracy": 0.82}, "candidate": {"recent": {"n": 0}}})
-    refit = ModelVersion(version="v2", metrics={"test": {"accuracy": 0.81},
-                                                "candidate": {"recent": {"n": 300, "accuracy": 0.70}}})
+    first = ModelVersion(version="v1", metrics={"candidate": {"frozen": {"accuracy": 0.82}, "recent": {"n": 0}}})
+    refit = ModelVersion(version="v2", metrics={"candidate": {"frozen": {"accuracy": 0.81},
+                                                              "recent": {"n": 300, "accuracy": 0.70}}})
+    older = ModelVersion(version="v0", metrics={"test": {"accuracy": 0.79}})  # the layout before 0.2
     assert expected_accuracy(first, default=0.5) == (0.82, "frozen")
     assert expected_accuracy(refit, default=0.5) == (0.70, "recent")
+    assert expected_accuracy(older, default=0.5) == (0.79, "frozen")
     window = pd.DataFrame({"label": ["a"] * 40, "true_label": ["a"] * 27 + ["b"] * 13, "confidence": [0.7] * 40})
     _, on_frozen = performance(window, first, min_labels=30, max_drop=0.05)
     _, on_recent = performance(window, refit, min_labels=30, max_drop=0.05)
