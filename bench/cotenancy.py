@@ -23,7 +23,7 @@ from refitd.bench.drift import champion_home
 from refitd.bench.report import save
 from refitd.bench.load import LoadResult, drive
 from refitd.bench.serve import _free_port, _run_server, _stop, _texts
-from refitd.core.db import make_engine
+from refitd.core.db import engine_for
 from refitd.core.settings import Settings
 from refitd.daemon.launcher import RefitLauncher
 
@@ -55,7 +55,7 @@ def run(home: Path, *, concurrency: int, per_round: int, alone_rounds: int, quic
     try:
         _round(url, texts[:50], concurrency)  # warm-up
         before = [_round(url, texts, concurrency) for _ in range(alone_rounds)]
-        launcher = RefitLauncher(settings, make_engine(settings.database_url))
+        launcher = RefitLauncher(settings, engine_for(settings))
         started = time.perf_counter()
         ok, where = launcher.start("bench", "cotenancy benchmark")
         if not ok:

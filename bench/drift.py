@@ -33,7 +33,7 @@ from refitd.bench.report import save
 from refitd.core import children, registry
 from refitd.core.artifacts import ArtifactStore
 from refitd.core.datasets import load_configured
-from refitd.core.db import make_engine, session_scope
+from refitd.core.db import engine_for, session_scope
 from refitd.core.settings import Settings
 from refitd.daemon.drift.check import compute, score
 from refitd.serving.runtime import OnnxClassifier
@@ -153,7 +153,7 @@ def main(argv: list[str]) -> int:
 
     home = champion_home(args.home)
     settings = Settings.load(home=home)
-    with session_scope(make_engine(settings.database_url)) as session:
+    with session_scope(engine_for(settings)) as session:
         champion = registry.get_champion(session)
     if champion is None:
         print(f"no champion in {home}; run `refitd --home {home} init` first", file=sys.stderr)

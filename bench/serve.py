@@ -26,7 +26,8 @@ from refitd.bench.load import LoadResult, drive, median_of
 from refitd.core import registry
 from refitd.core.artifacts import ArtifactStore, read_meta
 from refitd.core.datasets import load_configured
-from refitd.core.db import make_engine, session_scope
+from refitd.core.db import engine_for, session_scope
+from refitd.core.settings import Settings
 from refitd.core.encoding import encode, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +61,7 @@ def _texts(n: int) -> list[str]:
 
 
 def _champion(home: Path) -> tuple[str, Path]:
-    engine = make_engine(f"sqlite:///{home / 'refitd.db'}")
+    engine = engine_for(Settings.load(home=home))
     with session_scope(engine) as s:
         champ = registry.get_champion(s)
     if champ is None:

@@ -39,11 +39,11 @@ def _num(value) -> str:  # type: ignore[no-untyped-def]
 @drift_app.command("check")
 def drift_check(ctx: typer.Context) -> None:
     """Check the current window now and print the verdict table."""
-    from refitd.core.db import make_engine, upgrade
+    from refitd.core.db import engine_for, upgrade
     from refitd.daemon.drift.check import run_check
 
     settings = _settings(ctx)
-    engine = make_engine(settings.database_url)
+    engine = engine_for(settings)
     upgrade(engine)
     _print_check(run_check(settings, engine))
 
@@ -51,10 +51,10 @@ def drift_check(ctx: typer.Context) -> None:
 @drift_app.command("list")
 def drift_list(ctx: typer.Context, limit: Annotated[int, typer.Option(help="Most rows.")] = 20) -> None:
     """Recent checks, newest first."""
-    from refitd.core.db import make_engine, session_scope
+    from refitd.core.db import engine_for, session_scope
     from refitd.daemon.drift.check import list_checks
 
-    with session_scope(make_engine(_settings(ctx).database_url)) as session:
+    with session_scope(engine_for(_settings(ctx))) as session:
         rows = list_checks(session, limit=limit)
     table = Table(title="drift checks")
     for name in ("id", "time", "version", "window", "verdict", "reason"):
@@ -66,11 +66,11 @@ def drift_list(ctx: typer.Context, limit: Annotated[int, typer.Option(help="Most
 
 
 def _get(ctx: typer.Context, check_id: int):  # type: ignore[no-untyped-def]
-    from refitd.core.db import make_engine, session_scope
+    from refitd.core.db import engine_for, session_scope
     from refitd.core.errors import NotFoundError
     from refitd.core.tables import DriftCheck
 
-    with session_scope(make_engine(_settings(ctx).database_url)) as session:
+    with session_scope(engine_for(_settings(ctx))) as session:
         row = session.get(DriftCheck, check_id)
     if row is None:
         raise NotFoundError("drift check", check_id)

@@ -54,20 +54,20 @@ def _root(
 @db_app.command("upgrade")
 def db_upgrade(ctx: typer.Context) -> None:
     """Apply database migrations up to the newest schema."""
-    from refitd.core.db import make_engine, upgrade
+    from refitd.core.db import engine_for, upgrade
 
     settings = _settings(ctx)
-    revision = upgrade(make_engine(settings.database_url))
+    revision = upgrade(engine_for(settings))
     console.print(f"database at revision [bold]{revision}[/] ({_safe_url(settings.database_url)})")
 
 
 @db_app.command("current")
 def db_current(ctx: typer.Context) -> None:
     """Show the schema revision the database is at."""
-    from refitd.core.db import current_revision, head_revision, make_engine
+    from refitd.core.db import current_revision, head_revision, engine_for
 
     settings = _settings(ctx)
-    current = current_revision(make_engine(settings.database_url))
+    current = current_revision(engine_for(settings))
     console.print(f"current {current or '(empty)'}; newest {head_revision()}")
 
 
@@ -84,11 +84,11 @@ def init(
 ) -> None:
     """Create the state directory and database, fine-tune v1, evaluate it and promote it."""
     from refitd.core import registry
-    from refitd.core.db import make_engine, session_scope, upgrade
+    from refitd.core.db import engine_for, session_scope, upgrade
 
     settings = _settings(ctx)
     settings.home.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.database_url)
+    engine = engine_for(settings)
     upgrade(engine)
     with session_scope(engine) as session:
         champion = registry.get_champion(session)
@@ -171,12 +171,12 @@ def refit(
     drill_shuffle_labels: Annotated[bool, typer.Option(help="Gate drill: train on shuffled labels; must be rejected.")] = False,
 ) -> None:
     """Refit now on the reference data plus new labels; promote only if the gate says it is better."""
-    from refitd.core.db import make_engine, upgrade
+    from refitd.core.db import engine_for, upgrade
 
     if from_ not in ("champion", "base"):
         raise typer.BadParameter("--from must be champion or base")
     settings = _settings(ctx)
-    upgrade(make_engine(settings.database_url))
+    upgrade(engine_for(settings))
     search = {k: v for k, v in (("sampler", sampler), ("budget_minutes", budget)) if v is not None}
     args = ["refit", "--from", from_] + (["--hpo", str(hpo)] if hpo is not None else [])
     args += ["--no-promote"] * no_promote + ["--quick"] * quick + ["--drill-shuffle-labels"] * drill_shuffle_labels
@@ -194,13 +194,13 @@ def feedback_import(
 ) -> None:
     """Add labelled texts in bulk (e.g. a labelling team's export); the next refit trains on them."""
     from refitd.core.datasets import load_table
-    from refitd.core.db import make_engine, session_scope, upgrade
+    from refitd.core.db import engine_for, session_scope, upgrade
     from refitd.core.tables import Feedback, utcnow
 
     settings = _settings(ctx)
     t = settings.training
     frame = load_table(path, text_column=t.text_column, label_column=t.label_column)
-    engine = make_engine(settings.database_url)
+    engine = engine_for(settings)
     upgrade(engine)
     now = utcnow()
     with session_scope(engine) as session:
@@ -254,11 +254,11 @@ def predict(
 def _predict_locally(settings: Settings, texts: list[str]) -> list[dict[str, Any]]:
     from refitd.core import registry
     from refitd.core.artifacts import ArtifactStore
-    from refitd.core.db import make_engine, session_scope
+    from refitd.core.db import engine_for, session_scope
     from refitd.core.errors import NoChampionError
     from refitd.serving.runtime import OnnxClassifier
 
-    with session_scope(make_engine(settings.database_url)) as session:
+    with session_scope(engine_for(settings)) as session:
         champion = registry.get_champion(session)
     if champion is None:
         raise NoChampionError()

@@ -18,10 +18,10 @@ models_app = typer.Typer(help="Model versions in the registry.", no_args_is_help
 def models_list(ctx: typer.Context, limit: Annotated[int, typer.Option(help="Most rows.")] = 20) -> None:
     """Versions, newest first, with status and test metrics."""
     from refitd.core import registry
-    from refitd.core.db import make_engine, session_scope
+    from refitd.core.db import engine_for, session_scope
 
     settings = _settings(ctx)
-    with session_scope(make_engine(settings.database_url)) as session:
+    with session_scope(engine_for(settings)) as session:
         rows = registry.list_versions(session, limit=limit)
     table = Table(title="model versions")
     for col in ("version", "status", "parent", "test acc", "test macro-F1", "created", "reason"):
@@ -39,10 +39,10 @@ def models_list(ctx: typer.Context, limit: Annotated[int, typer.Option(help="Mos
 def models_show(ctx: typer.Context, version: Annotated[str, typer.Argument(help="e.g. v3")]) -> None:
     """Lineage, metrics and the gate's reason for one version."""
     from refitd.core import registry
-    from refitd.core.db import make_engine, session_scope
+    from refitd.core.db import engine_for, session_scope
 
     settings = _settings(ctx)
-    with session_scope(make_engine(settings.database_url)) as session:
+    with session_scope(engine_for(settings)) as session:
         mv = registry.get_version(session, version=version)
     m = mv.metrics
     console.print(f"[bold]{mv.version}[/] {mv.status}; parent {mv.parent or '-'}; created {mv.created_at:%Y-%m-%d %H:%M}"
@@ -73,9 +73,9 @@ def models_promote(ctx: typer.Context, version: Annotated[str, typer.Argument()]
     import getpass
 
     from refitd.core import registry
-    from refitd.core.db import make_engine
+    from refitd.core.db import engine_for
 
-    mv = registry.promote(make_engine(_settings(ctx).database_url), version, actor=actor or getpass.getuser(), reason=reason)
+    mv = registry.promote(engine_for(_settings(ctx)), version, actor=actor or getpass.getuser(), reason=reason)
     console.print(f"{mv.version} is the champion")
 
 
@@ -87,7 +87,7 @@ def models_rollback(ctx: typer.Context,
     import getpass
 
     from refitd.core import registry
-    from refitd.core.db import make_engine
+    from refitd.core.db import engine_for
 
-    mv = registry.rollback(make_engine(_settings(ctx).database_url), actor=actor or getpass.getuser(), reason=reason)
+    mv = registry.rollback(engine_for(_settings(ctx)), actor=actor or getpass.getuser(), reason=reason)
     console.print(f"{mv.version} is the champion again")

@@ -7,6 +7,7 @@ through one factory; the schema is applied with Alembic, never ``create_all``.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,9 +20,28 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
+from refitd.core.settings import Settings
+
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+
+_engines: dict[tuple[str, bool, float], Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def engine_for(settings: Settings) -> Engine:
+    """This process's one engine (and connection pool) for the configured database.
+
+    Every part of a process — the serving log, the scheduler's job store, the launcher, the
+    CLI commands — shares it, so a daemon holds one pool, not one per component.
+    """
+    db = settings.database
+    key = (settings.database_url, db.echo, db.timeout_s)
+    with _engines_lock:
+        if key not in _engines:
+            _engines[key] = make_engine(settings.database_url, echo=db.echo, busy_timeout_s=db.timeout_s)
+        return _engines[key]
 
 
 def make_engine(url: str, *, echo: bool = False, busy_timeout_s: float = 30.0) -> Engine:

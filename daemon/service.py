@@ -22,7 +22,7 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from refitd.core import registry
-from refitd.core.db import make_engine, session_scope, upgrade
+from refitd.core.db import engine_for, session_scope, upgrade
 from refitd.core.settings import Settings
 from refitd.core.tables import utcnow
 from refitd.daemon import jobs
@@ -66,8 +66,7 @@ def make_scheduler(settings: Settings, engine) -> BackgroundScheduler:  # type: 
 class Daemon:
     def __init__(self, settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
         self.settings = settings
-        self.engine = make_engine(settings.database_url, echo=settings.database.echo,
-                                  busy_timeout_s=settings.database.timeout_s)
+        self.engine = engine_for(settings)
         self.serving = build(settings)
         self.launcher = RefitLauncher(settings, self.engine)
         self.scheduler = make_scheduler(settings, self.engine)

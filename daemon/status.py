@@ -13,7 +13,7 @@ from sqlalchemy import inspect, text
 from sqlmodel import func, select
 
 from refitd.core import leases, registry
-from refitd.core.db import make_engine, session_scope
+from refitd.core.db import engine_for, session_scope
 from refitd.core.runs import running
 from refitd.core.settings import Settings
 from refitd.core.tables import DriftCheck, Feedback, ModelVersion, Prediction, RefitRun
@@ -24,7 +24,7 @@ from refitd.daemon.drift.check import list_checks
 
 def gather_status(settings: Settings, *, events: int = 10, checks: int = 5) -> dict[str, Any]:
     """Champion, served version and health, drift verdicts, schedule, running refit, counts, events."""
-    engine = make_engine(settings.database_url)
+    engine = engine_for(settings)
     with session_scope(engine) as session:
         champion = registry.get_champion(session)
         counts = {

@@ -35,7 +35,7 @@ from sqlmodel import col, select
 from refitd.core import children
 from refitd.core.errors import DemoError
 from refitd.core.datasets import load_configured
-from refitd.core.db import make_engine, session_scope
+from refitd.core.db import engine_for, session_scope
 from refitd.core.settings import Settings
 from refitd.core.tables import DriftCheck, RefitRun, utcnow
 from refitd.demo import plots
@@ -116,7 +116,7 @@ class Demo:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         write_config(home, plan, self.port)
-        self.engine = make_engine(f"sqlite:///{home / 'refitd.db'}")
+        self.engine = engine_for(Settings.load(home=home))
         self.daemon: subprocess.Popen | None = None
         self.replay: Replay | None = None
         self.phase = 0

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from refitd.core.db import make_engine, upgrade
+from refitd.core.db import engine_for, upgrade
 from refitd.core.errors import ConfigError, RefitdError
 from refitd.core.logs import configure_logging
 from refitd.core.settings import Settings
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         # A fresh ephemeral Prefect server migrates its database first: slow on 2 cores.
         os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        upgrade(make_engine(settings.database_url))
+        upgrade(engine_for(settings))
         from refitd.flows.refit import refit  # imported late: Prefect reads PREFECT_HOME at import
 
         if args.flow == "init":

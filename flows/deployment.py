@@ -12,7 +12,7 @@ from typing import Any
 
 from prefect import flow
 
-from refitd.core.db import make_engine, upgrade
+from refitd.core.db import engine_for, upgrade
 from refitd.core.settings import Settings
 from refitd.flows.refit import refit
 
@@ -21,5 +21,5 @@ from refitd.flows.refit import refit
 def refit_deployed(trigger: str = "deployment", quick: bool = False, config: str | None = None) -> dict[str, Any]:
     """Load this host's settings, then run the refit flow: train, evaluate, gate, promote or reject."""
     settings = Settings.load(config)
-    upgrade(make_engine(settings.database_url))
+    upgrade(engine_for(settings))
     return refit(settings, trigger=trigger, quick=quick)

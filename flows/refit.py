@@ -17,7 +17,7 @@ from prefect.runtime import flow_run
 
 from refitd.core import registry
 from refitd.core.artifacts import ArtifactStore
-from refitd.core.db import make_engine, session_scope
+from refitd.core.db import engine_for, session_scope
 from refitd.core.runs import finish_run, record_progress, start_run
 from refitd.core.settings import Settings
 from refitd.core.tables import ModelVersion
@@ -41,7 +41,7 @@ def fit_config(settings: Settings, labels: list[str]) -> FitConfig:
 
 
 def _champion(settings: Settings) -> tuple[ModelVersion | None, Path | None]:
-    with session_scope(make_engine(settings.database_url)) as session:
+    with session_scope(engine_for(settings)) as session:
         champion = registry.get_champion(session)
     if champion is None:
         return None, None
@@ -54,7 +54,7 @@ def refit(settings: Settings, trigger: str = "manual", warm_start: str | None = 
     """Train a candidate on fresh data, test it against the champion, promote it only if it is better."""
     if quick:
         settings = settings.quick()
-    engine = make_engine(settings.database_url)
+    engine = engine_for(settings)
     run_params = {"trigger": trigger, "warm_start": warm_start or settings.training.warm_start, "quick": quick,
                   "hpo_trials": hpo_trials, "promote": promote, "shuffle_labels": shuffle_labels}
     with session_scope(engine) as session:

@@ -18,7 +18,7 @@ from prefect.cache_policies import NONE
 from refitd.core import registry
 from refitd.core.artifacts import META, ArtifactStore, read_meta
 from refitd.core.datasets import load_configured
-from refitd.core.db import make_engine, session_scope
+from refitd.core.db import engine_for, session_scope
 from refitd.core.labels import labelled_rows
 from refitd.core.settings import Settings
 from refitd.core.tables import ModelVersion
@@ -41,7 +41,7 @@ def snapshot_data(settings: Settings, champion: ModelVersion | None) -> snap.Sna
     t = settings.training
     reference = load_configured(data=t.data, text_column=t.text_column, label_column=t.label_column, topics=t.topics,
                                 validation_fraction=t.validation_fraction, test_fraction=t.test_fraction)
-    with session_scope(make_engine(settings.database_url)) as session:
+    with session_scope(engine_for(settings)) as session:
         production = labelled_rows(session)
     return snap.build(reference, production, since=champion.created_at if champion else None,
                       validation_fraction=t.validation_fraction, test_fraction=t.test_fraction,
@@ -174,7 +174,7 @@ def write_record(staged: Path, snapshot: snap.Snapshot, config: FitConfig, fitte
 @task(cache_policy=NONE)
 def register_candidate(settings: Settings, staged: Path, fields: dict[str, Any]) -> str:
     """Register the candidate row and publish its sealed artifact under the new version name."""
-    engine = make_engine(settings.database_url)
+    engine = engine_for(settings)
     mv = registry.register_version(engine, **fields)
     final = ArtifactStore(settings.models_dir).publish(mv.version, staged)
     registry.update_version(engine, mv.version, artifact_uri=str(final))

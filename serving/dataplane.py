@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from refitd.core import registry
 from refitd.core.artifacts import ArtifactStore
 from refitd.core.db import session_scope
-from refitd.core.errors import BadRequestError, UnprocessableError, ModelLoadError, NoChampionError, NotFoundError, NotReadyError, RefitdError
+from refitd.core.errors import ModelLoadError, NoChampionError, NotFoundError, NotReadyError, RefitdError, UnprocessableError
 from refitd.core.settings import Settings
 from refitd.core.tables import Feedback, Prediction, new_prediction_id, utcnow
 from refitd.serving.batcher import Answer, Batcher

@@ -13,7 +13,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from refitd.core.artifacts import ArtifactStore
-from refitd.core.db import make_engine
+from refitd.core.db import engine_for
 from refitd.core.settings import Settings
 from refitd.serving.app import create_app
 from refitd.serving.dataplane import DataPlane
@@ -50,7 +50,7 @@ class Serving:
 
 def build(settings: Settings) -> Serving:
     """Wire the serving objects; nothing is loaded or started yet."""
-    engine = make_engine(settings.database_url, echo=settings.database.echo, busy_timeout_s=settings.database.timeout_s)
+    engine = engine_for(settings)
     predlog = PredictionLog(engine, settings.spool_dir)
     plane = DataPlane(settings, engine, ArtifactStore(settings.models_dir), predlog)
     return Serving(plane, create_app(plane), predlog)
