@@ -7,6 +7,7 @@ a child process (``python -m refitd.flows …``): this process never imports tor
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import sys
@@ -18,6 +19,7 @@ from rich.table import Table
 
 from refitd.core.errors import RefitdError
 from refitd.core.settings import Settings
+from refitd.cli.data import data_app
 from refitd.cli.drift import drift_app
 from refitd.cli.models import models_app
 from refitd.cli.terminal import METRICS, console, err
@@ -29,6 +31,7 @@ db_app = typer.Typer(help="The SQL store.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
 app.add_typer(drift_app, name="drift")
+app.add_typer(data_app, name="data")
 feedback_app = typer.Typer(help="Ground-truth labels.", no_args_is_help=True)
 app.add_typer(feedback_app, name="feedback")
 
@@ -101,7 +104,16 @@ def init(
         changes["training"] = {"data": data.expanduser().resolve()}
     if base_model is not None:
         changes["model"] = {"base_model": base_model.expanduser().resolve()}
-    result = run_flow(settings.updated(changes), ["init"] + (["--quick"] if quick else []))
+    settings = settings.updated(changes)
+    if data is not None:  # the reference dataset is state: stored now, read by every refit after
+        from refitd.core import reference
+
+        frame, source = reference.from_settings(settings)
+        if reference.info(settings) is None:
+            reference.store(settings, frame, source=source, actor=getpass.getuser(), reason="refitd init --data")
+        else:
+            reference.check_same(settings, frame, source)
+    result = run_flow(settings, ["init"] + (["--quick"] if quick else []))
     print_result(result)
     if not result.get("promoted"):
         raise typer.Exit(1)

@@ -17,7 +17,7 @@ from prefect.cache_policies import NONE
 
 from refitd.core import registry
 from refitd.core.artifacts import META, ArtifactStore, read_meta
-from refitd.core.datasets import load_configured
+from refitd.core import reference as refdata
 from refitd.core.db import engine_for, session_scope
 from refitd.core.labels import labelled_rows
 from refitd.core.settings import Settings
@@ -39,15 +39,14 @@ MODEL_FILE, INT8_FILE, TOKENIZER_FILE, HF_DIR = "model.onnx", "model.int8.onnx",
 def snapshot_data(settings: Settings, champion: ModelVersion | None) -> snap.Snapshot:
     """Reference data + production labels since the champion was trained + replay, deduplicated."""
     t = settings.training
-    reference = load_configured(data=t.data, text_column=t.text_column, label_column=t.label_column, topics=t.topics,
-                                validation_fraction=t.validation_fraction, test_fraction=t.test_fraction)
+    reference = refdata.load(settings)
     with session_scope(engine_for(settings)) as session:
         production = labelled_rows(session)
     return snap.build(reference, production, since=champion.created_at if champion else None,
                       validation_fraction=t.validation_fraction, test_fraction=t.test_fraction,
                       recent_fraction=t.recent_test_fraction, replay_ratio=t.replay_ratio,
                       max_train_rows=t.max_train_rows, max_test_rows=t.max_test_rows,
-                      seed=t.seed)
+                      min_reference_share=t.min_reference_share, seed=t.seed)
 
 
 @task(cache_policy=NONE)

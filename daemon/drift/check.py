@@ -22,7 +22,7 @@ from sqlmodel import Session, col
 
 from refitd.core import registry
 from refitd.core.artifacts import ArtifactStore
-from refitd.core.datasets import load_configured
+from refitd.core import reference as refdata
 from refitd.core.db import session_scope
 from refitd.core.errors import NoChampionError
 from refitd.core.labels import predictions_with_labels
@@ -54,10 +54,8 @@ def reference_for(settings: Settings, champion: ModelVersion) -> tuple[pd.DataFr
     folder = ArtifactStore(settings.models_dir).path(champion.version)
     if (folder / "train_rows.parquet").is_file():
         rows = pd.read_parquet(folder / "train_rows.parquet")
-    else:  # an artifact from before training rows were stored: the configured data's training split
-        t = settings.training
-        data = load_configured(data=t.data, text_column=t.text_column, label_column=t.label_column, topics=t.topics,
-                               validation_fraction=t.validation_fraction, test_fraction=t.test_fraction)
+    else:  # an artifact from before training rows were stored: the reference dataset's training split
+        data = refdata.load(settings)
         rows = data[data["split"] == "train"]
     rows = rows.sample(n=min(settings.drift.reference_size, len(rows)), random_state=0)
     runtime = OnnxClassifier(champion.version, folder, provider=settings.serving.provider, threads=settings.serving.threads)

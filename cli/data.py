@@ -1,0 +1,71 @@
+"""``refitd data``: the reference dataset every refit starts from (core/reference.py)."""
+
+from __future__ import annotations
+
+import getpass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from refitd.cli.terminal import console
+from refitd.cli.terminal import settings_from as _settings
+
+data_app = typer.Typer(help="The reference dataset (stored in the home at init).", no_args_is_help=True)
+
+
+@data_app.command("show")
+def data_show(ctx: typer.Context) -> None:
+    """Source, digest, rows per label and split sizes of the stored reference."""
+    from refitd.core import reference
+
+    settings = _settings(ctx)
+    stored = reference.info(settings)
+    if stored is None:
+        console.print(f"no reference dataset stored in {settings.home} yet: `refitd init [--data FILE]` stores one")
+        raise typer.Exit(1)
+    console.print(f"[bold]{stored.source}[/]: {stored.rows} rows, digest {stored.digest}")
+    console.print(f"stored {stored.stored_at:%Y-%m-%d %H:%M} UTC by {stored.actor} ({stored.reason})")
+    table = Table(title="rows")
+    for name in ("label", "rows", "share"):
+        table.add_column(name, justify="right" if name != "label" else "left")
+    for label, n in stored.labels.items():
+        table.add_row(label, str(n), f"{n / max(1, stored.rows):.1%}")
+    console.print(table)
+    console.print("splits: " + ", ".join(f"{k} {v}" for k, v in stored.splits.items()) + " (test is the frozen set)")
+
+
+@data_app.command("replace")
+def data_replace(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="CSV / TSV / JSONL / Parquet with the configured text and label columns.")],
+    reason: Annotated[str, typer.Option(help="Why (recorded with the event).")],
+    actor: Annotated[str | None, typer.Option(help="Who (default: the login name).")] = None,
+) -> None:
+    """Replace the stored reference dataset; the next refit trains, and re-scores the champion, on it."""
+    from refitd.core import reference, registry
+    from refitd.core.db import engine_for, session_scope, upgrade
+    from refitd.core.errors import ConfigError
+
+    settings = _settings(ctx)
+    path = path.expanduser().resolve()
+    frame, source = reference.from_settings(settings.updated({"training": {"data": path}}))
+    before = reference.info(settings)
+    engine = engine_for(settings)
+    upgrade(engine)
+    with session_scope(engine) as session:
+        champion = registry.get_champion(session)
+    labels = sorted(frame["label"].unique().tolist())
+    champion_labels = (champion.params or {}).get("labels") if champion else None
+    if champion_labels and sorted(champion_labels) != labels:
+        raise ConfigError(f"{source} has labels {labels} but the champion {champion.version} answers "
+                          f"{sorted(champion_labels)}; a reference must keep the champion's label set")
+    who = actor or getpass.getuser()
+    stored = reference.store(settings, frame, source=source, actor=who, reason=reason)
+    with session_scope(engine) as session:
+        registry.record_event(session, kind="reference_replaced", subject=None, actor=who, reason=reason,
+                              data={"source": source, "digest": stored.digest, "rows": stored.rows,
+                                    "previous": before.digest if before else None})
+    console.print(f"reference replaced: {source}, {stored.rows} rows, digest {stored.digest[:12]} "
+                  f"(was {before.digest[:12] if before else 'none'})")

@@ -1,0 +1,116 @@
+"""The reference dataset: the labelled data every refit starts from, kept as state in the home.
+
+The first use (``refitd init``, with ``--data FILE`` or the bundled corpus) stores a snapshot in
+``<home>/data/reference.parquet`` — text, label and the frozen split of every row — with
+``reference.json`` beside it: where it came from, its digest, rows per label and split sizes.
+Refits and drift references read that snapshot, never the configured path again, so a file that
+changes on disk after init changes nothing, and the frozen test set stays the same set from
+version to version. Replacing it is explicit (``refitd data replace FILE``) and recorded as an event.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+from pydantic import BaseModel, Field
+
+from refitd.core.datasets import digest_frame, load_configured
+from refitd.core.errors import ConfigError
+from refitd.core.settings import Settings
+from refitd.core.tables import utcnow
+
+DATA_DIR = "data"
+FRAME_FILE = "reference.parquet"
+META_FILE = "reference.json"
+COLUMNS = ["text", "label", "split"]
+
+
+class ReferenceInfo(BaseModel):
+    """What ``refitd data show`` prints, stored beside the rows."""
+
+    source: str = Field(description="The file it was read from, or 'bundled corpus (topics …)'.")
+    digest: str = Field(description="SHA-256 over its (text, label) rows, independent of order.")
+    rows: int
+    labels: dict[str, int] = Field(description="Rows per label.")
+    splits: dict[str, int] = Field(description="Rows per split: train, validation, test (the frozen set).")
+    stored_at: datetime
+    actor: str
+    reason: str
+
+    @property
+    def label_set(self) -> list[str]:
+        return sorted(self.labels)
+
+
+def folder(settings: Settings) -> Path:
+    return settings.home / DATA_DIR
+
+
+def info(settings: Settings) -> ReferenceInfo | None:
+    """The stored reference's description, or None before the first use."""
+    path = folder(settings) / META_FILE
+    if not path.is_file():
+        return None
+    return ReferenceInfo.model_validate_json(path.read_text())
+
+
+def from_settings(settings: Settings) -> tuple[pd.DataFrame, str]:
+    """Read what the settings name (``training.data``, else the bundled corpus's ``training.topics``)."""
+    t = settings.training
+    frame = load_configured(data=t.data, text_column=t.text_column, label_column=t.label_column, topics=t.topics,
+                            validation_fraction=t.validation_fraction, test_fraction=t.test_fraction)
+    frame = frame[frame["split"] != "stream"]  # the bundled corpus's production-traffic share is not reference
+    source = str(t.data) if t.data is not None else f"bundled corpus (topics {', '.join(t.topics) or 'all'})"
+    return frame[COLUMNS].reset_index(drop=True), source
+
+
+def store(settings: Settings, frame: pd.DataFrame, *, source: str, actor: str, reason: str) -> ReferenceInfo:
+    """Write the rows, then their description (the description is what marks the snapshot complete)."""
+    out = folder(settings)
+    out.mkdir(parents=True, exist_ok=True)
+    frame = frame[COLUMNS].reset_index(drop=True)
+    meta = ReferenceInfo(source=source, digest=digest_frame(frame), rows=len(frame),
+                         labels={str(k): int(v) for k, v in frame["label"].value_counts().sort_index().items()},
+                         splits={str(k): int(v) for k, v in frame["split"].value_counts().sort_index().items()},
+                         stored_at=utcnow(), actor=actor, reason=reason)
+    _atomic_write(out / FRAME_FILE, lambda p: frame.to_parquet(p, index=False))
+    _atomic_write(out / META_FILE, lambda p: p.write_text(meta.model_dump_json(indent=2)))
+    return meta
+
+
+def load(settings: Settings) -> pd.DataFrame:
+    """The stored reference rows (text, label, split); stored from the settings on first use."""
+    stored = info(settings)
+    if stored is None:
+        frame, source = from_settings(settings)
+        store(settings, frame, source=source, actor="refitd", reason="first use")
+        return frame
+    frame = pd.read_parquet(folder(settings) / FRAME_FILE)
+    if len(frame) != stored.rows:
+        raise ConfigError(f"{folder(settings) / FRAME_FILE} has {len(frame)} rows but {META_FILE} says "
+                          f"{stored.rows}; restore it or run `refitd data replace FILE`")
+    return frame
+
+
+def check_same(settings: Settings, frame: pd.DataFrame, source: str) -> None:
+    """Refuse to start from other data than the stored reference without an explicit replace."""
+    stored = info(settings)
+    if stored is not None and stored.digest != digest_frame(frame):
+        raise ConfigError(f"this home already has a reference dataset ({stored.source}, {stored.rows} rows, digest "
+                          f"{stored.digest[:12]}); {source} differs: `refitd data replace {source}` replaces it")
+
+
+def _atomic_write(path: Path, write) -> None:  # type: ignore[no-untyped-def]
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+

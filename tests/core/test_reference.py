@@ -1,0 +1,55 @@
+"""The reference dataset is state: stored at first use, read from the home after, replaced only explicitly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from refitd.core import reference
+from refitd.core.errors import ConfigError
+from refitd.core.settings import Settings
+
+
+def _file(path: Path, n: int, *, labels=("billing", "bug", "praise", "other")) -> Path:
+    pd.DataFrame({"body": [f"ticket {i} about {labels[i % len(labels)]} number {i * 7}" for i in range(n)],
+                  "tag": [labels[i % len(labels)] for i in range(n)]}).to_csv(path, index=False)
+    return path
+
+
+def test_stored_at_first_use_then_the_file_no_longer_matters(tmp_path: Path) -> None:
+    data = _file(tmp_path / "mine.csv", 400)
+    settings = Settings.load(home=tmp_path / "home", training={"data": data, "text_column": "body", "label_column": "tag"})
+    first = reference.load(settings)
+    stored = reference.info(settings)
+    assert stored is not None and stored.source == str(data) and stored.rows == len(first) == 400
+    assert stored.labels == {"billing": 100, "bug": 100, "other": 100, "praise": 100}
+    assert set(stored.splits) == {"train", "validation", "test"} and sum(stored.splits.values()) == 400
+
+    _file(data, 50, labels=("x", "y"))  # the file changes on disk after init
+    again = reference.load(settings)
+    pd.testing.assert_frame_equal(first, again)
+    # even settings that now name no file (the bundled corpus) read the stored reference
+    assert reference.load(Settings.load(home=tmp_path / "home")).equals(first)
+
+
+def test_other_data_is_refused_until_replaced(tmp_path: Path) -> None:
+    settings = Settings.load(home=tmp_path / "home", training={"data": _file(tmp_path / "a.csv", 200),
+                                                               "text_column": "body", "label_column": "tag"})
+    reference.load(settings)
+    other = settings.updated({"training": {"data": _file(tmp_path / "b.csv", 300)}})
+    frame, source = reference.from_settings(other)
+    with pytest.raises(ConfigError, match="refitd data replace"):
+        reference.check_same(other, frame, source)
+    replaced = reference.store(other, frame, source=source, actor="ops", reason="new labelling guide")
+    assert replaced.rows == 300 and reference.info(settings).digest == replaced.digest
+    assert len(reference.load(settings)) == 300
+
+
+def test_the_bundled_default_is_stored_without_its_stream_share(tmp_path: Path) -> None:
+    settings = Settings.load(home=tmp_path, training={"topics": ["apple"]})
+    frame = reference.load(settings)
+    stored = reference.info(settings)
+    assert stored.source == "bundled corpus (topics apple)" and "stream" not in stored.splits
+    assert set(frame["split"]) == {"train", "validation", "test"}
