@@ -50,6 +50,11 @@ def models_show(ctx: typer.Context, version: Annotated[str, typer.Argument(help=
     console.print(f"gate: {mv.gate_reason or '-'}")
     console.print(f"data digest {mv.data_digest}; counts " + ", ".join(
         f"{k} {v['rows']}" for k, v in (mv.data_counts or {}).items()))
+    sources = ((mv.data_counts or {}).get("train") or {}).get("sources") or {}
+    if sources:
+        console.print("training rows by source: " + ", ".join(f"{k} {v}" for k, v in sorted(sources.items())))
+    frozen = m.get("frozen_set") or {}
+    console.print(f"frozen test set: digest {frozen.get('digest') or 'not recorded'}, n={frozen.get('n', '-')}")
     params = mv.params or {}
     keys = ("warm_start", "epochs", "learning_rate", "batch_size", "freeze_layers", "weight_decay", "optimizer", "max_length")
     console.print("params: " + ", ".join(f"{k}={params.get(k)}" for k in keys if k in params))

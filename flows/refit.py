@@ -115,7 +115,7 @@ def _refit_body(settings: Settings, engine, p: dict[str, Any], run_id: int) -> d
         tasks.write_runtime_meta(staged, snapshot, config, fitted, calibration=calibration, serve_int8=verdict.serve_int8)
         trial = tasks.trial_load(staged)
         lap("evaluate")
-        promote_it, reason = verdict.promote, verdict.reason
+        promote_it, reason = verdict.promote, verdict.reason + frozen_set_note(champion, snapshot)
         if not trial["ok"]:
             promote_it, reason = False, f"rejected: the candidate cannot be served: {trial['reason']}"
         held = promote_it and not p["promote"]
@@ -124,7 +124,8 @@ def _refit_body(settings: Settings, engine, p: dict[str, Any], run_id: int) -> d
         metrics = {**scores, "before": before, "parity_max_abs_diff": parity, "calibration": calibration,
                    "trial_load": trial, "int8_verdict": verdict.int8_reason, "train_seconds": fitted.train_seconds,
                    "train_examples_per_second": fitted.examples_per_second, "device": fitted.device,
-                   "timings": timings, "hpo": hpo_record}
+                   "timings": timings, "hpo": hpo_record,
+                   "frozen_set": {"digest": snapshot.frozen_digest, "n": int(len(snapshot.test))}}
         params = {**config.record(), "source": str(source), "warm_start": "champion" if from_champion else "base",
                   "hpo_best": hpo_record["best_params"] if hpo_record else None, "run": p}
         lineage = {"parent": champion.version if champion else None, "params": params, "data_digest": snapshot.digest,
@@ -144,6 +145,19 @@ def _refit_body(settings: Settings, engine, p: dict[str, Any], run_id: int) -> d
     return {"version": version, "promoted": promote_it, "verdict": word,
             "reason": reason, "int8": verdict.int8_reason, "metrics": metrics, "parent": champion.version if champion else None,
             "timings": timings}
+
+
+def frozen_set_note(champion: ModelVersion | None, snapshot) -> str:  # type: ignore[no-untyped-def]
+    """Both models are always scored on this run's frozen set; say so when it is not the set the
+    champion's own record was scored on (a replaced reference, other test caps), naming both digests."""
+    if champion is None:
+        return ""
+    recorded = (champion.metrics or {}).get("frozen_set") or {}
+    if recorded.get("digest") == snapshot.frozen_digest:
+        return f"; same frozen set as {champion.version} ({snapshot.frozen_digest[:12]}, n={len(snapshot.test)})"
+    was = f"{recorded['digest'][:12]} (n={recorded.get('n')})" if recorded.get("digest") else "not recorded"
+    return (f"; the frozen set differs from the one {champion.version} was recorded on ({was} → "
+            f"{snapshot.frozen_digest[:12]} (n={len(snapshot.test)})): {champion.version} was re-scored on the new set")
 
 
 def _code_version() -> str:

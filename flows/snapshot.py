@@ -12,6 +12,7 @@ older rows are replayed beside them so the model does not forget.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -33,10 +34,12 @@ class Snapshot:
     recent_test: pd.DataFrame
     labels: list[str]
     digest: str = ""
+    frozen_digest: str = ""
     counts: dict[str, Any] = field(default_factory=dict)
 
     def seal(self) -> Snapshot:
         self.digest = digest_frame(pd.concat([self.train[["text", "label"]], self.validation[["text", "label"]]]))
+        self.frozen_digest = digest_frame(self.test)
         self.counts = {
             name: {
                 "rows": int(len(part)),
@@ -66,6 +69,7 @@ def build(
     max_train_rows: int | None,
     max_test_rows: int | None,
     seed: int,
+    min_reference_share: float = 0.0,
 ) -> Snapshot:
     """The training snapshot. ``reference`` has a ``split`` column; ``production`` has text, label, created_at."""
     labels = sorted(reference["label"].unique().tolist())
@@ -87,15 +91,9 @@ def build(
     old["part"] = old["text"].map(lambda t: _recent_split(t, recent_fraction))
 
     new_train = new[new["part"] == "train"]
-    old_pool = pd.concat([ref[ref["split"] == "train"], old[old["part"] == "train"]], ignore_index=True)
-    if len(new_train):
-        replay_n = int(round(replay_ratio * len(new_train)))
-        if max_train_rows is not None:
-            replay_n = max(0, min(replay_n, max_train_rows - len(new_train)))
-        train = pd.concat([stratified_sample(old_pool, replay_n, seed=seed) if replay_n else old_pool.iloc[:0],
-                           stratified_sample(new_train, max_train_rows, seed=seed)], ignore_index=True)
-    else:
-        train = stratified_sample(old_pool, max_train_rows, seed=seed)
+    train = _training_mix(ref[ref["split"] == "train"], old[old["part"] == "train"], new_train,
+                          replay_ratio=replay_ratio, max_train_rows=max_train_rows,
+                          min_reference_share=min_reference_share, seed=seed)
     val_cap = None if max_train_rows is None else max(200, max_train_rows // 3)
     validation = pd.concat([stratified_sample(ref[ref["split"] == "validation"], val_cap, seed=seed),
                             new[new["part"] == "validation"], old[old["part"] == "validation"]], ignore_index=True)
@@ -103,6 +101,33 @@ def build(
     recent = new[new["part"] == "recent_test"].reset_index(drop=True)
     cols = ["text", "label", "source"]
     return Snapshot(train[cols], validation[cols], test[cols], recent[cols], labels).seal()
+
+
+def _training_mix(reference: pd.DataFrame, old: pd.DataFrame, new: pd.DataFrame, *, replay_ratio: float,
+                  max_train_rows: int | None, min_reference_share: float, seed: int) -> pd.DataFrame:
+    """New labelled rows plus replayed older rows (reference and earlier feedback), with reference rows
+    at least ``min_reference_share`` of the result: client labels never own the training mix."""
+    pool = pd.concat([reference, old], ignore_index=True)
+    if not len(new):
+        return stratified_sample(pool, max_train_rows, seed=seed)
+    share = min_reference_share
+    cap = None if max_train_rows is None else max(1, int(max_train_rows * (1 - share)))
+    new = stratified_sample(new, cap, seed=seed)
+    replay = int(round(replay_ratio * len(new)))
+    if max_train_rows is not None:
+        replay = max(0, min(replay, max_train_rows - len(new)))
+    old_n = min(len(old), int(round(replay * len(old) / max(1, len(pool)))))
+
+    def floor(others: int) -> int:  # reference rows needed beside ``others`` rows to make up ``share``
+        return math.ceil(share / (1 - share) * others - 1e-9) if share else 0
+
+    ref_n = min(len(reference), max(replay - old_n, floor(len(new) + old_n)))
+    if ref_n < floor(len(new) + old_n):  # too few reference rows: take fewer new and old rows instead
+        room = int(ref_n * (1 - share) / share + 1e-9)
+        old_n = min(old_n, room // 2)
+        new = new.sample(n=min(len(new), room - old_n), random_state=seed)
+    parts = [reference.sample(n=ref_n, random_state=seed), old.sample(n=old_n, random_state=seed), new]
+    return pd.concat(parts, ignore_index=True)
 
 
 def validate(snap: Snapshot, *, min_rows: int, min_class_share: float) -> None:

@@ -105,3 +105,31 @@ def test_validation_reasons(mutate, match) -> None:
     s.train = mutate(s)
     with pytest.raises(DataError, match=match):
         snap.validate(s, min_rows=100, min_class_share=0.05)
+
+
+@pytest.mark.parametrize(("new_rows", "replay_ratio", "cap"), [(3000, 0.0, None), (3000, 1.0, 1000), (60, 0.0, None),
+                                                                (5000, 0.2, 2000)])
+def test_reference_rows_are_at_least_the_floor_of_every_training_mix(new_rows, replay_ratio, cap) -> None:
+    ref = _reference(900)  # a small reference: ~680 training rows against thousands of new labels
+    kw = KW | {"replay_ratio": replay_ratio, "max_train_rows": cap}
+    s = snap.build(ref, _production(new_rows, T0 + timedelta(days=1)), since=T0, min_reference_share=0.3, **kw)
+    sources = s.train["source"].value_counts()
+    share = sources.get("reference", 0) / len(s.train)
+    assert share >= 0.3 - 1e-9, sources.to_dict()
+    assert sources.get("feedback_new", 0) > 0
+    if cap is not None:
+        assert len(s.train) <= cap + 3  # stratified rounding: at most one row per label
+    without = snap.build(ref, _production(new_rows, T0 + timedelta(days=1)), since=T0, min_reference_share=0.0, **kw)
+    if replay_ratio == 0.0:  # no floor and no replay: the client's labels own the mix, which the floor prevents
+        assert without.train["source"].value_counts().get("reference", 0) == 0
+
+
+def test_the_frozen_set_has_a_digest_that_follows_its_rows() -> None:
+    ref = _reference()
+    a = snap.build(ref, _production(100, T0), since=None, **KW)
+    b = snap.build(ref.sample(frac=1.0, random_state=3), _production(100, T0), since=None, **KW)
+    assert a.frozen_digest and a.frozen_digest == b.frozen_digest  # row order does not matter
+    relabelled = ref.copy()
+    first_test = relabelled.index[relabelled["split"] == "test"][0]
+    relabelled.loc[first_test, "label"] = "positive" if relabelled.loc[first_test, "label"] != "positive" else "neutral"
+    assert snap.build(relabelled, _production(100, T0), since=None, **KW).frozen_digest != a.frozen_digest
