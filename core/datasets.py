@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from refitd.core.errors import DataError
+from refitd.core.topics import topic_of
 
 log = logging.getLogger(__name__)
 
@@ -27,18 +28,6 @@ SPLIT_SALT = "refitd-split-v1"
 # Bundled corpus only: a share of tweets set aside as "production traffic" for the demo and
 # benchmarks, disjoint from every training, validation and test row.
 STREAM_FRACTION = 0.30
-
-TOPIC_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
-    ("airline", re.compile(r"@(united|usairways|americanair|southwestair|jetblue|virginamerica)\b")),
-    ("apple", re.compile(r"\b(apple|aapl|iphone\w*|ipad|ios\d*|itunes|macbook|tim cook)\b")),
-    (
-        "self_driving",
-        re.compile(r"(driver[- ]?less|self[- ]?driving|autonomous|automated (car|vehicle)|robot ?cars?|google ?cars?)"),
-    ),
-    ("coachella", re.compile(r"coachella")),
-    ("deflategate", re.compile(r"(deflate|patriots|brady|belichick|footballs?\b|super ?bowl|\bnfl\b)")),
-    ("weather", re.compile(r"(allerg|sneez|pollen|claritin|zyrtec|allegra|weather|rain|snow|hay ?fever|sinus)")),
-]
 
 # Mojibake in the corpus: UTF-8 punctuation decoded through a legacy code page, twice.
 _MOJIBAKE_QUOTES = [
@@ -51,15 +40,6 @@ _MOJIBAKE_QUOTES = [
 ]
 _JUNK_RUN = re.compile(r"[\x80-\xff][\x80-\xff_]*")
 _SPACES = re.compile(r"\s+")
-
-
-def topic_of(text: str) -> str:
-    """The topic a tweet is about, from what it mentions (first match wins); else 'other'."""
-    lowered = text.lower()
-    for name, pattern in TOPIC_PATTERNS:
-        if pattern.search(lowered):
-            return name
-    return "other"
 
 
 def repair_text(text: str) -> str:

@@ -23,6 +23,7 @@ from pydantic_settings import (
 )
 
 from refitd.core.errors import ConfigError
+from refitd.core.topics import TOPICS
 
 _toml_path: ContextVar[Path | None] = ContextVar("refitd_toml_path", default=None)
 
@@ -114,6 +115,9 @@ class TrainingSection(_Section):
     replay_ratio: float = Field(
         1.0, description="Older labelled rows replayed per new labelled row, so a refit does not forget."
     )
+    min_reference_share: float = Field(
+        0.3, description="Reference rows are at least this share of every refit's training rows, however many new labels arrive."
+    )
     recent_test_fraction: float = Field(
         0.2, description="Share of new labelled production rows held out as the recent test set."
     )
@@ -135,6 +139,12 @@ class TrainingSection(_Section):
                 "training.validation_fraction + training.test_fraction must leave ≥ 20% for training; "
                 f"got {self.validation_fraction} + {self.test_fraction}"
             )
+        if not 0 <= self.min_reference_share < 1:
+            raise ValueError(f"training.min_reference_share must be in [0, 1); got {self.min_reference_share}")
+        unknown = [t for t in self.topics if t not in TOPICS]
+        if unknown:
+            raise ValueError(f"training.topics has unknown topic(s) {', '.join(map(repr, unknown))}; "
+                             f"the bundled corpus's topics are {', '.join(TOPICS)}")
         if self.max_train_rows is not None and self.max_train_rows < 50:
             raise ValueError(f"training.max_train_rows must be ≥ 50 or unset; got {self.max_train_rows}")
         return self

@@ -41,7 +41,7 @@ from refitd.core.tables import DriftCheck, RefitRun, utcnow
 from refitd.demo import plots
 from refitd.demo.replay import Replay
 
-OTHER_TOPICS = ("apple", "self-driving", "coachella", "deflategate", "weather")
+OTHER_TOPICS = ("apple", "self_driving", "coachella", "deflategate", "weather")
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,8 @@ def test_sources_toml_then_env_then_arguments(monkeypatch, tmp_path) -> None:
         ("[training]\nbatch_size = 0\n", r"training.batch_size must be ≥ 1; got 0"),
         ("[database]\nurl = 'mysql://x'\n", r"database.url must start with sqlite:/// or postgresql\+psycopg://"),
         ("[serving]\nprot = 1\n", r"serving.prot: Extra inputs are not permitted"),
+        ("[training]\ntopics = ['airline', 'self-driving']\n",
+         r"unknown topic\(s\) 'self-driving'; the bundled corpus's topics are airline, apple, self_driving"),
     ],
 )
 def test_invalid_settings_say_what_to_do(tmp_path, toml, match) -> None:
@@ -50,3 +52,20 @@ def test_invalid_settings_say_what_to_do(tmp_path, toml, match) -> None:
 def test_missing_config_file(tmp_path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         Settings.load(tmp_path / "nope.toml")
+
+
+def test_updated_settings_are_validated_and_children_get_every_field(tmp_path) -> None:
+    s = Settings.load(home=tmp_path, serving={"admin_token": "s3cret"})
+    with pytest.raises(ConfigError, match="training.batch_size must be ≥ 1; got 0"):
+        s.updated({"training": {"batch_size": 0}})
+    child = Settings.from_json(s.updated({"training": {"epochs": 1.5}}).to_json())
+    assert child.training.epochs == 1.5 and child.serving.admin_token.get_secret_value() == "s3cret"
+    assert child.home == tmp_path and child.model_dump() == s.updated({"training": {"epochs": 1.5}}).model_dump()
+    with pytest.raises(ConfigError, match="log_level must be one of"):
+        Settings.from_json(s.to_json().replace('"log_level": "INFO"', '"log_level": "LOUD"'))
+
+
+def test_the_quick_profile_is_one_validated_transform(tmp_path) -> None:
+    q = Settings.load(home=tmp_path).quick()
+    assert (q.training.max_train_rows, q.training.max_test_rows, q.model.max_length) == (400, 500, 32)
+    assert q.training.freeze_layers >= 4 and q.quick().model_dump() == q.model_dump()  # idempotent

@@ -58,3 +58,10 @@ def test_quick_demo_recovers_after_drift(tmp_path: Path) -> None:
     assert _green_pixels(home / "demo" / "live_accuracy.png") > 200  # the promotion line is drawn
     assert all(Path(r).is_file() for r in summary["reports"])
     assert "refit (drift) started" in result.stdout and "summary" in result.stdout
+
+
+def test_the_demo_names_only_topics_the_corpus_has() -> None:
+    from refitd.core.topics import TOPICS
+    from refitd.demo.run import OTHER_TOPICS
+
+    assert set(OTHER_TOPICS) <= set(TOPICS)
