@@ -13,13 +13,29 @@ import numpy as np
 from tokenizers import Tokenizer
 
 
-def load_tokenizer(path: Path | str, *, max_length: int) -> Tokenizer:
-    """A fast tokenizer that truncates to ``max_length`` and pads to the longest text in a batch."""
+#: Pad tokens by model family, tried in order when the tokenizer file names none itself:
+#: BERT / WordPiece, RoBERTa / BART / XLM-R, GPT-style vocabularies with an added pad.
+PAD_TOKENS = ("[PAD]", "<pad>", "<|pad|>", "<PAD>")
+
+
+def load_tokenizer(path: Path | str, *, max_length: int, pad_token: str | None = None) -> Tokenizer:
+    """A fast tokenizer that truncates to ``max_length`` and pads to the longest text in a batch,
+    with the model's own pad token (RoBERTa's ``<pad>`` is id 1, not 0)."""
     tok = Tokenizer.from_file(str(path))
     tok.enable_truncation(max_length=max_length)
-    pad_id = tok.token_to_id("[PAD]")
-    tok.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]" if pad_id is not None else "<pad>")
+    token, pad_id = _pad(tok, pad_token)
+    tok.enable_padding(pad_id=pad_id, pad_token=token)
     return tok
+
+
+def _pad(tok: Tokenizer, pad_token: str | None) -> tuple[str, int]:
+    if pad_token is None and tok.padding is not None:
+        return tok.padding["pad_token"], int(tok.padding["pad_id"])
+    for token in ([pad_token] if pad_token else []) + list(PAD_TOKENS):
+        pad_id = tok.token_to_id(token)
+        if pad_id is not None:
+            return token, pad_id
+    raise ValueError(f"the tokenizer has no pad token (tried {', '.join(PAD_TOKENS)}); add one to the model's tokenizer")
 
 
 def encode(tokenizer: Tokenizer, texts: list[str]) -> dict[str, np.ndarray]:
