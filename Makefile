@@ -1,5 +1,5 @@
 # The two commands: `make demo` (set up, then run the main job on the embedded default)
-# and `make test` (set up, then run the tests). Both create .venv and install into it.
+# and `make test` / `make test-all` (set up, then run the tests). All create .venv and install into it.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -28,10 +28,13 @@ demo: $(STAMP)
 demo-quick: $(STAMP)
 	$(BIN)/refitd demo --quick $(DEMO_ARGS)
 
-# Fast tests (the default). PostgreSQL store tests run when REFITD_TEST_DATABASE_URL is set.
+# Unit and component tests (the default, a few minutes). PostgreSQL store tests run when
+# REFITD_TEST_DATABASE_URL is set.
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not integration" $(PYTEST_ARGS)
 
+# Everything: adds the integration suite (whole loops through real processes, the wheel
+# beside python-daemon, every CLI command and benchmark suite). CI runs this.
 test-all: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
