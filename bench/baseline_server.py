@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 from pathlib import Path
@@ -17,25 +16,27 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from refitd.core.artifacts import HF_DIR, ArtifactMeta
+
 
 class Body(BaseModel):
     text: str
 
 
 def build(artifact: Path) -> FastAPI:
-    meta = json.loads((artifact / "refitd.json").read_text())
-    tokenizer = AutoTokenizer.from_pretrained(artifact / "hf")
-    model = AutoModelForSequenceClassification.from_pretrained(artifact / "hf").eval()
+    meta = ArtifactMeta.read(artifact)
+    tokenizer = AutoTokenizer.from_pretrained(artifact / HF_DIR)
+    model = AutoModelForSequenceClassification.from_pretrained(artifact / HF_DIR).eval()
     lock = threading.Lock()
     app = FastAPI()
 
     @app.post("/predict")
     def predict(body: Body) -> dict:  # sync endpoint: FastAPI runs it in a thread; the lock serialises
         with lock, torch.no_grad():
-            enc = tokenizer([body.text], truncation=True, max_length=meta["max_length"], return_tensors="pt")
+            enc = tokenizer([body.text], truncation=True, max_length=meta.max_length, return_tensors="pt")
             probs = model(**enc).logits.softmax(-1)[0]
         i = int(probs.argmax())
-        return {"label": meta["labels"][i], "scores": probs.tolist()}
+        return {"label": meta.labels[i], "scores": probs.tolist()}
 
     @app.get("/health")
     def health() -> dict:

@@ -24,7 +24,7 @@ import numpy as np
 from refitd.bench.report import save
 from refitd.bench.load import LoadResult, drive, median_of
 from refitd.core import registry
-from refitd.core.artifacts import ArtifactStore, read_meta
+from refitd.core.artifacts import ArtifactMeta, ArtifactStore
 from refitd.core.datasets import load_configured
 from refitd.core.db import engine_for, session_scope
 from refitd.core.settings import Settings
@@ -73,8 +73,8 @@ def raw_ort(artifact: Path, texts: list[str], model_file: str) -> dict[str, Any]
     """Raw session throughput at several batch sizes, and single-text latency."""
     import onnxruntime as ort
 
-    meta = read_meta(artifact)
-    tok = load_tokenizer(artifact / meta["tokenizer_file"], max_length=meta["max_length"])
+    meta = ArtifactMeta.read(artifact)
+    tok = load_tokenizer(artifact / meta.tokenizer_file, max_length=meta.max_length)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(str(artifact / model_file), options, providers=["CPUExecutionProvider"])
@@ -114,12 +114,12 @@ def _measure(url: str, texts: list[str], body, concurrencies: list[int], repeats
 
 def run(home: Path, *, requests: int, repeats: int) -> dict[str, Any]:
     version, artifact = _champion(home)
-    meta = read_meta(artifact)
+    meta = ArtifactMeta.read(artifact, version=version)
     texts = _texts(max(requests, 1000))
     conc = [1, 8, 32]
-    results: dict[str, Any] = {"version": version, "max_length": meta["max_length"], "requests": requests}
-    results["raw_fp32"] = raw_ort(artifact, texts, meta["model_file"])
-    results["raw_int8"] = raw_ort(artifact, texts, meta["int8_file"]) if "int8_file" in meta else None
+    results: dict[str, Any] = {"version": version, "max_length": meta.max_length, "requests": requests}
+    results["raw_fp32"] = raw_ort(artifact, texts, meta.model_file)
+    results["raw_int8"] = raw_ort(artifact, texts, meta.int8_file) if meta.int8_file else None
     env = {**os.environ, "REFITD_HOME": str(home), "REFITD_LOG_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1"}
     refitd = [sys.executable, "-m", "refitd.cli", "serve"]
     for precision in ("fp32", "int8") if results["raw_int8"] else ("fp32",):

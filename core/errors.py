@@ -9,6 +9,19 @@ exits with it). An expected refusal is one of these; anything else is a crash.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+
+def validation_problems(exc: ValidationError, *, subject: str) -> str:
+    """A pydantic validation error as one line, ``where: what`` per problem (``subject`` when it is the whole)."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or subject}: {e['msg'].removeprefix('Value error, ')}"
+        for e in exc.errors()
+    )
+
 
 class RefitdError(Exception):
     """Base of every error refitd raises on purpose."""
@@ -87,7 +100,7 @@ class ArtifactError(RefitdError):
     status_code = 500
 
     def __init__(self, version: str, problem: str) -> None:
-        self.version = version
+        self.version, self.problem = version, problem
         super().__init__(f"artifact for {version}: {problem}")
 
 

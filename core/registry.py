@@ -47,7 +47,7 @@ def registry_transaction(engine: Engine) -> Iterator[Session]:
         yield session
 
 
-def _retrying(fn):  # type: ignore[no-untyped-def]
+def retrying(fn):  # type: ignore[no-untyped-def]
     """Retry a registry write that lost a race (unique violation, lock timeout)."""
 
     def wrapper(engine: Engine, *args: Any, **kwargs: Any) -> Any:
@@ -74,20 +74,37 @@ def record_event(
     return ev
 
 
-@_retrying
+def next_version(session: Session) -> str:
+    """The name the next registered version gets (v1, v2, … in registration order).
+
+    Hold :func:`registry_transaction` from this call to the insert, so no other process takes the name.
+    """
+    return f"v{session.exec(select(func.count()).select_from(ModelVersion)).one() + 1}"
+
+
+def add_candidate(session: Session, *, version: str, **fields: Any) -> ModelVersion:
+    """Add the row of a candidate named by :func:`next_version` (committed with the caller's transaction)."""
+    mv = ModelVersion(version=version, status=VersionStatus.candidate.value, **fields)
+    session.add(mv)
+    record_event(session, kind="registered", subject=version, reason="candidate registered")
+    session.flush()
+    session.refresh(mv)
+    return mv
+
+
+def version_names(session: Session) -> set[str]:
+    """The name of every registered version."""
+    return set(session.exec(select(ModelVersion.version)))
+
+
+@retrying
 def register_version(engine: Engine, **fields: Any) -> ModelVersion:
-    """Add a candidate version, numbered v1, v2, … in registration order."""
+    """Add a candidate row alone. A candidate with files is registered by ``registration.register_candidate``."""
     with registry_transaction(engine) as session:
-        count = session.exec(select(func.count()).select_from(ModelVersion)).one()
-        mv = ModelVersion(version=f"v{count + 1}", status=VersionStatus.candidate.value, **fields)
-        session.add(mv)
-        record_event(session, kind="registered", subject=mv.version, reason="candidate registered")
-        session.flush()
-        session.refresh(mv)
-        return mv
+        return add_candidate(session, version=next_version(session), **fields)
 
 
-@_retrying
+@retrying
 def update_version(engine: Engine, version: str, **fields: Any) -> ModelVersion:
     """Set fields on a version (artifact location, metrics, gate reason)."""
     with registry_transaction(engine) as session:
@@ -100,7 +117,7 @@ def update_version(engine: Engine, version: str, **fields: Any) -> ModelVersion:
         return mv
 
 
-@_retrying
+@retrying
 def promote(engine: Engine, version: str, *, actor: str = "refitd", reason: str = "") -> ModelVersion:
     """Make ``version`` the champion and archive the previous one, atomically."""
     with registry_transaction(engine) as session:
@@ -130,7 +147,7 @@ def promote(engine: Engine, version: str, *, actor: str = "refitd", reason: str 
         return mv
 
 
-@_retrying
+@retrying
 def reject(engine: Engine, version: str, *, reason: str, actor: str = "refitd") -> ModelVersion:
     """Mark a candidate as rejected, with the reason."""
     with registry_transaction(engine) as session:
@@ -145,7 +162,7 @@ def reject(engine: Engine, version: str, *, reason: str, actor: str = "refitd") 
         return mv
 
 
-@_retrying
+@retrying
 def rollback(engine: Engine, *, actor: str = "refitd", reason: str = "") -> ModelVersion:
     """Restore the previous champion; the current one is marked rejected so it is not restored again."""
     with registry_transaction(engine) as session:

@@ -22,7 +22,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from refitd.core.errors import ConfigError
+from refitd.core.errors import ConfigError, validation_problems
 from refitd.core.topics import TOPICS
 
 _toml_path: ContextVar[Path | None] = ContextVar("refitd_toml_path", default=None)
@@ -411,7 +411,7 @@ class Settings(BaseSettings):
             return cls(**overrides)
         except ValidationError as exc:
             where = f" (config file {path})" if path else ""
-            raise ConfigError(_problems(exc) + where) from None
+            raise ConfigError(validation_problems(exc, subject="settings") + where) from None
         finally:
             _toml_path.reset(token)
 
@@ -421,7 +421,7 @@ class Settings(BaseSettings):
         try:
             return type(self).model_validate(merged)
         except ValidationError as exc:
-            raise ConfigError(_problems(exc)) from None
+            raise ConfigError(validation_problems(exc, subject="settings")) from None
 
     def quick(self) -> Settings:
         """The quick profile (demos, tests, smoke runs): a few hundred rows, short texts, short training."""
@@ -443,7 +443,7 @@ class Settings(BaseSettings):
         try:
             return cls.model_validate_json(text)
         except ValidationError as exc:
-            raise ConfigError(_problems(exc)) from None
+            raise ConfigError(validation_problems(exc, subject="settings")) from None
 
     # Derived locations ---------------------------------------------------------------
 
@@ -467,13 +467,6 @@ class Settings(BaseSettings):
     def runfile(self) -> Path:
         """Where a running `refitd run` says it listens (written when ready, removed on a clean stop)."""
         return self.home / "daemon.json"
-
-
-def _problems(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg'].removeprefix('Value error, ')}"
-        for e in exc.errors()
-    )
 
 
 def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from refitd.core import registry
 from refitd.core.db import engine_for, session_scope, upgrade
+from refitd.core.registration import sweep
 from refitd.core.settings import Settings
 from refitd.core.tables import utcnow
 from refitd.daemon import jobs
@@ -80,6 +81,7 @@ class Daemon:
     def run(self) -> int:
         """Serve and schedule until a stop signal; return the exit code."""
         upgrade(self.engine)
+        self._sweep_artifacts()
         jobs.bind(self.context)
         threading.Thread(target=self._start_when_serving, name="daemon-start", daemon=True).start()
         try:
@@ -87,6 +89,16 @@ class Daemon:
         finally:
             self._shutdown()
         return 0
+
+    def _sweep_artifacts(self) -> None:
+        """Clear what a crash left in the artifact store: stale scratch folders, folders no registry row names."""
+        try:
+            swept = sweep(self.engine, self.serving.plane.store)
+        except Exception:  # noqa: BLE001 - leftovers cost disk space, not correctness: serve anyway
+            log.exception("could not sweep the artifact store")
+            return
+        if swept:
+            log.info("artifact store swept: %s", ", ".join(p.name for p in swept))
 
     def _start_when_serving(self) -> None:
         while not self.server.started and not self.server.should_exit:

@@ -12,6 +12,7 @@ import onnxruntime as ort
 import torch
 from transformers import PreTrainedModel
 
+from refitd.core.artifacts import OUTPUTS
 from refitd.core.encoding import encode, load_tokenizer
 from refitd.core.errors import ParityError
 
@@ -19,7 +20,6 @@ log = logging.getLogger(__name__)
 
 OPSET = 17
 INPUTS = ["input_ids", "attention_mask"]
-OUTPUTS = ["logits", "embedding"]
 
 
 class _WithEmbedding(torch.nn.Module):
@@ -43,7 +43,7 @@ def export_onnx(model: PreTrainedModel, tokenizer: Any, path: Path) -> Path:
     sample = tokenizer(["a short example", "a somewhat longer example sentence here"], padding=True, return_tensors="pt")
     args = (sample["input_ids"], sample["attention_mask"])
     dynamic = {name: {0: "batch", 1: "sequence"} for name in INPUTS}
-    dynamic.update({"logits": {0: "batch"}, "embedding": {0: "batch"}})
+    dynamic.update({name: {0: "batch"} for name in OUTPUTS})
     with torch.no_grad(), warnings.catch_warnings():
         # Tracing warns about Python-side shape checks in the attention mask code; parity is checked below.
         warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
@@ -53,7 +53,7 @@ def export_onnx(model: PreTrainedModel, tokenizer: Any, path: Path) -> Path:
             args,
             str(path),
             input_names=INPUTS,
-            output_names=OUTPUTS,
+            output_names=list(OUTPUTS),
             dynamic_axes=dynamic,
             opset_version=OPSET,
             dynamo=False,

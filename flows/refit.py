@@ -16,7 +16,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from refitd.core import registry
-from refitd.core.artifacts import ArtifactStore
+from refitd.core.artifacts import HF_DIR, ArtifactStore
 from refitd.core.db import engine_for, session_scope
 from refitd.core.runs import finish_run, record_progress, start_run
 from refitd.core.settings import Settings
@@ -45,7 +45,7 @@ def _champion(settings: Settings) -> tuple[ModelVersion | None, Path | None]:
         champion = registry.get_champion(session)
     if champion is None:
         return None, None
-    return champion, ArtifactStore(settings.models_dir).path(champion.version)
+    return champion, ArtifactStore(settings.models_dir).verify(champion.version)
 
 
 @flow(name="refitd-refit", log_prints=False)
@@ -90,8 +90,8 @@ def _refit_body(settings: Settings, engine, p: dict[str, Any], run_id: int) -> d
             record_progress(session, run_id=run_id, stage=following, timings=timings)
 
     champion, champion_dir = _champion(settings)
-    from_champion = p["warm_start"] == "champion" and champion_dir is not None and (champion_dir / tasks.HF_DIR).is_dir()
-    source = champion_dir / tasks.HF_DIR if from_champion else base_model_path(settings)
+    from_champion = p["warm_start"] == "champion" and champion_dir is not None and (champion_dir / HF_DIR).is_dir()
+    source = champion_dir / HF_DIR if from_champion else base_model_path(settings)
     snapshot = tasks.snapshot_data(settings, champion)
     tasks.validate_data(snapshot, min_rows=settings.training.min_rows, min_class_share=settings.training.min_class_share)
     lap("data")

@@ -15,11 +15,12 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NONE
 
-from refitd.core import registry
-from refitd.core.artifacts import META, ArtifactStore, read_meta
+from refitd.core.artifacts import (CONFIG_FILE, HF_DIR, HISTORY_FILE, INT8_FILE, LINEAGE_FILE, METRICS_FILE,
+                                   MODEL_FILE, OUTPUTS, TOKENIZER_FILE, TRAIN_ROWS_FILE, ArtifactMeta, ArtifactStore)
 from refitd.core import reference as refdata
 from refitd.core.db import engine_for, session_scope
 from refitd.core.labels import labelled_rows
+from refitd.core.registration import register_candidate as register
 from refitd.core.settings import Settings
 from refitd.core.tables import ModelVersion
 from refitd.flows import snapshot as snap
@@ -31,8 +32,6 @@ from refitd.flows.finetune import FitConfig, FitResult, fit, load_model, predict
 from refitd.flows.hpo import search
 
 log = logging.getLogger(__name__)
-
-MODEL_FILE, INT8_FILE, TOKENIZER_FILE, HF_DIR = "model.onnx", "model.int8.onnx", "tokenizer.json", "hf"
 
 
 @task(cache_policy=NONE, retries=2, retry_delay_seconds=5)
@@ -118,10 +117,9 @@ def evaluate(staged: Path, champion_dir: Path | None, snapshot: snap.Snapshot, *
     out["candidate"]["int8_agreement"] = agreement
     out["candidate"]["baseline"] = majority_baseline(snapshot.train["label"].tolist(), snapshot.test["label"].tolist(), labels)
     if champion_dir is not None:
-        meta = read_meta(champion_dir)
+        meta = ArtifactMeta.read(champion_dir)
         out["champion"] = {
-            name: _score(champion_dir, meta["model_file"], meta["tokenizer_file"], int(meta["max_length"]), part,
-                         meta["labels"])[0]
+            name: _score(champion_dir, meta.model_file, meta.tokenizer_file, meta.max_length, part, list(meta.labels))[0]
             for name, part in (("frozen", snapshot.test), ("recent", snapshot.recent_test))
         }
     return out
@@ -152,32 +150,26 @@ def trial_load(staged: Path) -> dict[str, Any]:
 def write_runtime_meta(staged: Path, snapshot: snap.Snapshot, config: FitConfig, fitted: FitResult, *,
                        calibration: dict[str, float], serve_int8: bool) -> None:
     """Write what a runtime needs to serve the candidate: labels, files, max_length, calibration."""
-    meta = {"format": 1, "labels": snapshot.labels, "max_length": config.max_length, "model_file": MODEL_FILE,
-            "int8_file": INT8_FILE, "serve_file": INT8_FILE if serve_int8 else MODEL_FILE,
-            "tokenizer_file": TOKENIZER_FILE, "outputs": ["logits", "embedding"],
-            "embedding_dim": int(fitted.model.config.hidden_size), "calibration": calibration}
-    (staged / META).write_text(json.dumps(meta, indent=2))
+    ArtifactMeta(labels=snapshot.labels, max_length=config.max_length, model_file=MODEL_FILE, int8_file=INT8_FILE,
+                 serve_file=INT8_FILE if serve_int8 else MODEL_FILE, tokenizer_file=TOKENIZER_FILE, outputs=OUTPUTS,
+                 embedding_dim=int(fitted.model.config.hidden_size), calibration=calibration).write(staged)
 
 
 @task(cache_policy=NONE)
 def write_record(staged: Path, snapshot: snap.Snapshot, config: FitConfig, fitted: FitResult, *,
                  metrics: dict[str, Any], lineage: dict[str, Any]) -> None:
     """Store config, metrics, lineage and the exact training rows beside the weights."""
-    (staged / "config.json").write_text(json.dumps(config.record(), indent=2, default=str))
-    (staged / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (staged / "lineage.json").write_text(json.dumps(lineage, indent=2, default=str))
-    (staged / "train_history.json").write_text(json.dumps(fitted.history, indent=2, default=str))
-    snapshot.train.to_parquet(staged / "train_rows.parquet")  # exactly what was trained on (the digest's input)
+    (staged / CONFIG_FILE).write_text(json.dumps(config.record(), indent=2, default=str))
+    (staged / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    (staged / LINEAGE_FILE).write_text(json.dumps(lineage, indent=2, default=str))
+    (staged / HISTORY_FILE).write_text(json.dumps(fitted.history, indent=2, default=str))
+    snapshot.train.to_parquet(staged / TRAIN_ROWS_FILE)  # exactly what was trained on (the digest's input)
 
 
 @task(cache_policy=NONE)
 def register_candidate(settings: Settings, staged: Path, fields: dict[str, Any]) -> str:
-    """Register the candidate row and publish its sealed artifact under the new version name."""
-    engine = engine_for(settings)
-    mv = registry.register_version(engine, **fields)
-    final = ArtifactStore(settings.models_dir).publish(mv.version, staged)
-    registry.update_version(engine, mv.version, artifact_uri=str(final))
-    return mv.version
+    """Publish the sealed artifact and insert its candidate row under the next version name, in one step."""
+    return register(engine_for(settings), ArtifactStore(settings.models_dir), staged, **fields).version
 
 
 def discard(staged: Path | None) -> None:

@@ -69,10 +69,11 @@ class DataPlane:
         return self.load_version(version)
 
     def load_version(self, version: str) -> str:
-        """Load ``version`` beside the current one, smoke-query it, then swap; on failure keep serving the old one."""
+        """Verify ``version``'s files against their manifest, load it beside the current one, smoke-query it,
+        then swap; on failure keep serving the old one."""
         with self._swap_lock:
             try:
-                candidate = OnnxClassifier(version, self.store.path(version),
+                candidate = OnnxClassifier(version, self.store.verify(version),
                                            provider=self.settings.serving.provider, threads=self.settings.serving.threads,
                                            precision=self.settings.serving.precision)
                 candidate.load()

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from refitd.core.artifacts import read_meta
+from refitd.core.artifacts import META, OUTPUTS, ArtifactMeta
 from refitd.core.encoding import encode, load_tokenizer, softmax
-from refitd.core.errors import ModelLoadError, NotReadyError
+from refitd.core.errors import ArtifactError, ModelLoadError, NotReadyError
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +61,11 @@ class OnnxClassifier:
     def load(self) -> None:
         """Create the session and tokenizer, then answer a smoke query; ModelLoadError if either fails."""
         try:
-            meta = read_meta(self.folder)
-            self.labels = list(meta["labels"])
-            self.temperature = float(meta.get("calibration", {}).get("temperature", 1.0))
-            model_file = self.folder / _model_file(meta, self.precision)
-            self._tokenizer = load_tokenizer(self.folder / meta["tokenizer_file"], max_length=int(meta["max_length"]))
+            meta = ArtifactMeta.read(self.folder, version=self.version)
+            self.labels = list(meta.labels)
+            self.temperature = meta.calibration.temperature
+            model_file = self.folder / meta.model_for(self.precision)
+            self._tokenizer = load_tokenizer(self.folder / meta.tokenizer_file, max_length=meta.max_length)
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             options.intra_op_num_threads = self.threads or (os.cpu_count() or 1)
@@ -74,12 +74,19 @@ class OnnxClassifier:
             out = self.predict(SMOKE_TEXTS, _loading=True)
         except ModelLoadError:
             raise
+        except ArtifactError as exc:
+            self._session = None
+            raise ModelLoadError(self.version, exc.problem) from exc
         except Exception as exc:  # noqa: BLE001 - any failure here means "cannot serve this version"
             self._session = None
             raise ModelLoadError(self.version, f"{type(exc).__name__}: {exc}") from exc
         if out.scores.shape != (len(SMOKE_TEXTS), len(self.labels)) or not np.all(np.isfinite(out.scores)):
             self._session = None
             raise ModelLoadError(self.version, f"smoke query returned scores of shape {out.scores.shape} or non-finite values")
+        if out.embeddings.shape[1:] != (meta.embedding_dim,):
+            self._session = None
+            raise ModelLoadError(self.version, f"smoke query returned embeddings of shape {out.embeddings.shape}; "
+                                               f"{META} says {meta.embedding_dim} dimensions")
         self.ready = True
         log.info("loaded %s from %s on %s", self.version, self.folder, self._session.get_providers()[0])
 
@@ -88,7 +95,7 @@ class OnnxClassifier:
         session = self._session
         if session is None or (not self.ready and not _loading):
             raise NotReadyError(f"model {self.version} is not loaded")
-        logits, embeddings = session.run(["logits", "embedding"], encode(self._tokenizer, texts))
+        logits, embeddings = session.run(list(OUTPUTS), encode(self._tokenizer, texts))
         scores = softmax(logits, self.temperature)
         return Batch([self.labels[i] for i in scores.argmax(axis=1)], scores, embeddings.astype(np.float32))
 
@@ -100,12 +107,3 @@ class OnnxClassifier:
     def device(self) -> str:
         return self._session.get_providers()[0] if self._session is not None else "none"
 
-
-def _model_file(meta: dict, precision: str) -> str:
-    if precision == "fp32":
-        return meta["model_file"]
-    if precision == "int8":
-        if "int8_file" not in meta:
-            raise ModelLoadError("-", "serving.precision = 'int8' but this version has no INT8 export")
-        return meta["int8_file"]
-    return meta.get("serve_file", meta["model_file"])

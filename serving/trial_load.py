@@ -1,8 +1,9 @@
-"""``python -m serving.trial_load DIR``: can the serving runtime load and answer with this artifact?
+"""``python -m refitd.serving.trial_load DIR``: can the serving runtime load and answer with this artifact?
 
 Run by the refit flow in a separate process, so a candidate is tried exactly as
-the server would load it (onnxruntime + tokenizers, no torch). Prints one JSON
-line: {"ok": bool, "reason": str, "load_s": float, "files": {...}}; exit code 0 / 1.
+the server would load it (onnxruntime + tokenizers, no torch), at every precision
+its meta offers. Prints one JSON line: {"ok": bool, "reason": str, "files": {precision:
+{"load_s", "labels", "embedding_dim"}}}; exit code 0 / 1.
 """
 
 from __future__ import annotations
@@ -12,13 +13,18 @@ import sys
 import time
 from pathlib import Path
 
+from refitd.core.artifacts import ArtifactMeta
 from refitd.core.errors import RefitdError
 from refitd.serving.runtime import SMOKE_TEXTS, OnnxClassifier
 
 
 def trial(folder: Path) -> dict:
     out: dict = {"ok": True, "reason": "loaded and answered", "files": {}}
-    for precision in ("fp32", "auto"):
+    try:
+        meta = ArtifactMeta.read(folder, version="candidate")
+    except RefitdError as exc:
+        return {"ok": False, "reason": str(exc), "files": {}}
+    for precision in ("fp32", "int8") if meta.int8_file else ("fp32",):
         start = time.perf_counter()
         runtime = OnnxClassifier("candidate", folder, provider="cpu", threads=1, precision=precision)
         try:
@@ -34,7 +40,7 @@ def trial(folder: Path) -> dict:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m serving.trial_load ARTIFACT_DIR", file=sys.stderr)
+        print("usage: python -m refitd.serving.trial_load ARTIFACT_DIR", file=sys.stderr)
         return 2
     result = trial(Path(argv[0]))
     print(json.dumps(result))

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, select
 from sqlmodel import Session, col
 
 from refitd.core import registry
-from refitd.core.artifacts import ArtifactStore
+from refitd.core.artifacts import TRAIN_ROWS_FILE, ArtifactStore
 from refitd.core import reference as refdata
 from refitd.core.db import session_scope
 from refitd.core.errors import NoChampionError
@@ -51,9 +51,9 @@ def reference_for(settings: Settings, champion: ModelVersion) -> tuple[pd.DataFr
     if cache.is_file():
         frame = pd.read_parquet(cache)
         return frame.drop(columns=["embedding"]), embeddings_of(frame)
-    folder = ArtifactStore(settings.models_dir).path(champion.version)
-    if (folder / "train_rows.parquet").is_file():
-        rows = pd.read_parquet(folder / "train_rows.parquet")
+    folder = ArtifactStore(settings.models_dir).verify(champion.version)
+    if (folder / TRAIN_ROWS_FILE).is_file():
+        rows = pd.read_parquet(folder / TRAIN_ROWS_FILE)
     else:  # an artifact from before training rows were stored: the reference dataset's training split
         data = refdata.load(settings)
         rows = data[data["split"] == "train"]

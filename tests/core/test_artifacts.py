@@ -1,4 +1,4 @@
-"""Artifact folders are written atomically and verified on read."""
+"""Artifact folders are written atomically and verified on read; refitd.json is one typed, checked format."""
 
 from __future__ import annotations
 
@@ -8,13 +8,17 @@ import time
 
 import pytest
 
-from refitd.core.artifacts import META, ArtifactStore
+from refitd.core.artifacts import INT8_FILE, META, MODEL_FILE, TOKENIZER_FILE, ArtifactMeta, ArtifactStore
 from refitd.core.errors import ArtifactError
+
+VALID = {"format": 1, "labels": ["a", "b"], "max_length": 32, "model_file": MODEL_FILE, "tokenizer_file": TOKENIZER_FILE,
+         "outputs": ["logits", "embedding"], "embedding_dim": 8, "calibration": {"temperature": 1.5, "n": 40}}
 
 
 def _fill(folder) -> None:
-    (folder / META).write_text(json.dumps({"labels": ["a", "b"]}))
-    (folder / "model.onnx").write_bytes(b"\x00" * 1000)
+    (folder / META).write_text(json.dumps(VALID))
+    (folder / MODEL_FILE).write_bytes(b"\x00" * 1000)
+    (folder / TOKENIZER_FILE).write_text("{}")
 
 
 def test_write_seal_and_verify(tmp_path) -> None:
@@ -22,8 +26,9 @@ def test_write_seal_and_verify(tmp_path) -> None:
     with store.writer("v1") as folder:
         _fill(folder)
     assert store.path("v1") == tmp_path / "v1"
-    store.verify("v1")
-    assert store.meta("v1")["labels"] == ["a", "b"]
+    assert store.verify("v1") == tmp_path / "v1"
+    meta = store.meta("v1")
+    assert meta.labels == ("a", "b") and meta.calibration.temperature == 1.5 and meta.model_for("auto") == MODEL_FILE
 
 
 def test_crash_midway_leaves_no_version(tmp_path) -> None:
@@ -74,3 +79,66 @@ def test_sweep_removes_only_stale_scratch(tmp_path) -> None:
     os.utime(old, (past, past))
     assert store.sweep() == [old]
     assert fresh.exists() and not old.exists()
+
+
+def test_meta_round_trips_and_picks_the_served_graph(tmp_path) -> None:
+    meta = ArtifactMeta(labels=["neg", "pos"], max_length=64, int8_file=INT8_FILE, serve_file=INT8_FILE,
+                        embedding_dim=384, calibration={"temperature": 0.8, "ece_after": float("nan")})
+    meta.write(tmp_path)
+    back = ArtifactMeta.read(tmp_path)
+    assert back == meta.model_copy(update={"calibration": back.calibration})
+    assert [back.model_for(p) for p in ("auto", "fp32", "int8")] == [INT8_FILE, MODEL_FILE, INT8_FILE]
+    with pytest.raises(ArtifactError, match="no INT8 export"):
+        ArtifactMeta(labels=["a", "b"], max_length=8, embedding_dim=8).model_for("int8")
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    ({"format": None}, "refitd.json is format None; this refitd reads format 1"),
+    ({"format": 2}, "format 2"),
+    ({"max_length": 0}, "max_length: Input should be greater than 0"),
+    ({"labels": ["a"]}, "labels: "),
+    ({"labels": ["a", "a"]}, "labels must be distinct"),
+    ({"serve_file": "other.onnx"}, "serve_file 'other.onnx' is neither"),
+    ({"outputs": ["logits"]}, "the graph must output"),
+    ({"calibration": {"temperature": -1}}, "calibration.temperature"),
+    ({"labels_typo": ["a", "b"]}, "labels_typo: Extra inputs are not permitted"),
+])
+def test_a_bad_or_old_meta_names_the_version_and_the_problem(tmp_path, change, problem) -> None:
+    folder = tmp_path / "v7"
+    folder.mkdir()
+    (folder / META).write_text(json.dumps({**VALID, **change}))
+    with pytest.raises(ArtifactError, match="artifact for v7: ") as err:
+        ArtifactMeta.read(folder)
+    assert problem in str(err.value)
+
+
+def test_an_unreadable_meta_is_an_artifact_error(tmp_path) -> None:
+    (tmp_path / META).write_text("{not json")
+    with pytest.raises(ArtifactError, match=f"cannot read {META}"):
+        ArtifactMeta.read(tmp_path, version="v3")
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "../v1/model.onnx", "hf/../../x.onnx", ""])
+def test_meta_never_names_a_file_outside_the_version_folder(tmp_path, name) -> None:
+    (tmp_path / META).write_text(json.dumps({**VALID, "model_file": name}))
+    with pytest.raises(ArtifactError, match="model_file: .* is not a file name inside the version folder"):
+        ArtifactMeta.read(tmp_path, version="v2")
+
+
+def test_meta_refuses_a_link_that_leads_out_of_the_folder(tmp_path) -> None:
+    folder, outside = tmp_path / "v2", tmp_path / "elsewhere.onnx"
+    folder.mkdir()
+    outside.write_bytes(b"x")
+    (folder / MODEL_FILE).symlink_to(outside)
+    (folder / META).write_text(json.dumps(VALID))
+    with pytest.raises(ArtifactError, match="resolves outside the version folder"):
+        ArtifactMeta.read(folder)
+
+
+def test_seal_refuses_a_meta_naming_a_missing_file(tmp_path) -> None:
+    store = ArtifactStore(tmp_path)
+    with pytest.raises(ArtifactError, match=f"names {TOKENIZER_FILE}, which is not in the folder"):
+        with store.writer("v1") as folder:
+            _fill(folder)
+            (folder / TOKENIZER_FILE).unlink()
+    assert store.versions() == []

@@ -9,7 +9,7 @@ import pytest
 from sqlmodel import select
 
 from refitd.core import registry
-from refitd.core.artifacts import ArtifactStore
+from refitd.core.artifacts import INT8_FILE, LINEAGE_FILE, MODEL_FILE, ArtifactStore
 from refitd.core.datasets import load_bundled_corpus
 from refitd.core.db import make_engine, session_scope
 from refitd.core.tables import Feedback, ModelVersion, RefitRun, utcnow
@@ -52,9 +52,9 @@ def test_refit_produces_a_complete_gated_candidate(home, prefect_harness) -> Non
     store = ArtifactStore(settings.models_dir)
     store.verify(version)
     meta = store.meta(version)
-    assert meta["calibration"]["temperature"] == m["calibration"]["temperature"]
-    assert meta["serve_file"] in {"model.onnx", "model.int8.onnx"}
-    lineage = json.loads((store.path(version) / "lineage.json").read_text())
+    assert meta.calibration.temperature == m["calibration"]["temperature"]
+    assert meta.serve_file in {MODEL_FILE, INT8_FILE} and meta.labels == tuple(mv.params["labels"])
+    lineage = json.loads((store.path(version) / LINEAGE_FILE).read_text())
     assert lineage["parent"] == "v1" and lineage["params"]["warm_start"] == "champion"
     with session_scope(make_engine(settings.database_url)) as s:
         run = s.exec(select(RefitRun).where(RefitRun.candidate_version == version)).one()

@@ -11,9 +11,10 @@ import pytest
 import pandas as pd
 
 from refitd.core import registry
-from refitd.core.artifacts import ArtifactStore
+from refitd.core.artifacts import TRAIN_ROWS_FILE, ArtifactStore
 from refitd.core.datasets import load_bundled_corpus
 from refitd.core.db import make_engine, session_scope, upgrade
+from refitd.core.registration import register_candidate
 from refitd.core.settings import Settings
 from refitd.core.tables import Prediction, new_prediction_id, utcnow
 from refitd.daemon.drift.check import run_check, workspace_project
@@ -42,9 +43,8 @@ def test_checks_over_logged_traffic(tmp_path: Path, untrained_artifact: Path) ->
     upgrade(engine)
     store = ArtifactStore(settings.models_dir)
     staged = copy_artifact(untrained_artifact, store.staging("t"))
-    airline.iloc[:800][["text", "label"]].to_parquet(staged / "train_rows.parquet")
-    mv = registry.register_version(engine)
-    registry.update_version(engine, mv.version, artifact_uri=str(store.publish(mv.version, staged)))
+    airline.iloc[:800][["text", "label"]].to_parquet(staged / TRAIN_ROWS_FILE)
+    mv = register_candidate(engine, store, staged)
     registry.promote(engine, mv.version)
     runtime = OnnxClassifier("v1", store.path("v1"), provider="cpu")
     runtime.load()
