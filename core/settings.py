@@ -164,6 +164,17 @@ class GateSection(_Section):
     int8_tolerance: float = Field(
         0.01, description="INT8 is served only if its accuracy is within this of fp32 on both test sets."
     )
+    confidence: float = Field(
+        0.9, description="How sure the gate must be: a paired bootstrap's one-sided bound at this level must clear "
+                         "min_delta on the recent set and -max_regression on the frozen set."
+    )
+
+    @field_validator("confidence")
+    @classmethod
+    def _confidence(cls, v: float) -> float:
+        if not 0.5 <= v < 1:
+            raise ValueError(f"gate.confidence must be in [0.5, 1); got {v}")
+        return v
 
 
 class HpoSection(_Section):

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 
 _EPS = 1e-9  # metric arithmetic in floats: a gap "equal" to a limit counts as within it
 
@@ -20,6 +22,7 @@ class GateRules:
     max_regression: float = 0.02
     baseline_margin: float = 0.05
     int8_tolerance: float = 0.01
+    confidence: float = 0.9
 
 
 @dataclass(frozen=True)
@@ -34,8 +37,15 @@ def _m(report: dict[str, Any] | None, metric: str) -> float | None:
     return None if not report or not report.get("n") else float(report[metric])
 
 
-def decide(candidate: dict[str, Any], champion: dict[str, Any] | None, rules: GateRules) -> Verdict:
-    """``candidate`` / ``champion``: {"frozen": report, "recent": report|None, "baseline": report, "frozen_int8", "recent_int8"}."""
+def decide(candidate: dict[str, Any], champion: dict[str, Any] | None, rules: GateRules,
+           paired: dict[str, Any] | None = None) -> Verdict:
+    """``candidate`` / ``champion``: {"frozen": report, "recent": report|None, "baseline": report, "frozen_int8", "recent_int8"};
+    ``paired``: {"frozen", "recent"} → :func:`paired_bootstrap` of candidate minus champion on those rows.
+
+    With intervals, a difference counts only at ``rules.confidence``: promotion needs the recent
+    difference's lower bound to reach ``min_delta``, and the frozen difference's lower bound must not
+    pass ``-max_regression`` (non-inferiority). Without them (older callers), the point estimates decide.
+    """
     metric = rules.primary_metric
     int8_ok, int8_reason = int8_verdict(candidate, rules.int8_tolerance)
     cand_frozen = _m(candidate["frozen"], metric)
@@ -46,24 +56,37 @@ def decide(candidate: dict[str, Any], champion: dict[str, Any] | None, rules: Ga
         word = "promoted" if ok else "rejected"
         return Verdict(ok, f"{word}: {metric} on frozen {cand_frozen:.3f} vs majority baseline {base:.3f} "
                            f"(needs +{rules.baseline_margin:.3f}; no champion yet)", int8_ok, int8_reason)
+    paired = paired or {}
     champ_frozen = _m(champion["frozen"], metric)
     cand_recent, champ_recent = _m(candidate.get("recent"), metric), _m(champion.get("recent"), metric)
+    frozen_gap, recent_gap = _gap(paired.get("frozen"), cand_frozen, champ_frozen), \
+        _gap(paired.get("recent"), cand_recent, champ_recent)
+    frozen_says = f"frozen {cand_frozen:.3f} vs {champ_frozen:.3f}{_says(paired.get('frozen'))}"
     if cand_recent is None or champ_recent is None:
         # No new labelled data to test on: the frozen set must show the improvement itself.
-        ok = cand_frozen + _EPS >= champ_frozen + rules.min_delta
+        ok = frozen_gap + _EPS >= rules.min_delta
         word = "promoted" if ok else "rejected"
-        return Verdict(ok, f"{word}: {metric} on frozen {cand_frozen:.3f} vs champion {champ_frozen:.3f} "
-                           f"(needs +{rules.min_delta:.3f}; no recent test set)", int8_ok, int8_reason)
-    if cand_recent + _EPS < champ_recent + rules.min_delta:
-        return Verdict(False, f"rejected: {metric} on recent {cand_recent:.3f} vs champion {champ_recent:.3f} "
-                              f"(needs +{rules.min_delta:.3f})", int8_ok, int8_reason)
-    if cand_frozen + _EPS < champ_frozen - rules.max_regression:
-        return Verdict(False, f"rejected: {metric} on frozen {cand_frozen:.3f} vs champion {champ_frozen:.3f} "
-                              f"regresses more than {rules.max_regression:.3f} (recent {cand_recent:.3f} vs "
-                              f"{champ_recent:.3f} was better)", int8_ok, int8_reason)
-    return Verdict(True, f"promoted: {metric} on recent {cand_recent:.3f} vs champion {champ_recent:.3f} "
-                         f"(+{cand_recent - champ_recent:.3f} ≥ {rules.min_delta:.3f}); frozen {cand_frozen:.3f} vs "
-                         f"{champ_frozen:.3f} (regression limit {rules.max_regression:.3f})", int8_ok, int8_reason)
+        return Verdict(ok, f"{word}: {metric} on {frozen_says} (needs +{rules.min_delta:.3f}; no recent test set)",
+                       int8_ok, int8_reason)
+    recent_says = f"recent {cand_recent:.3f} vs champion {champ_recent:.3f}{_says(paired.get('recent'))}"
+    if recent_gap + _EPS < rules.min_delta:
+        return Verdict(False, f"rejected: {metric} on {recent_says} (needs +{rules.min_delta:.3f})", int8_ok, int8_reason)
+    if frozen_gap + _EPS < -rules.max_regression:
+        return Verdict(False, f"rejected: {metric} on {frozen_says} may regress more than {rules.max_regression:.3f} "
+                              f"({recent_says} was better)", int8_ok, int8_reason)
+    return Verdict(True, f"promoted: {metric} on {recent_says} (≥ +{rules.min_delta:.3f}); {frozen_says} "
+                         f"(regression limit {rules.max_regression:.3f})", int8_ok, int8_reason)
+
+
+def _gap(paired: dict[str, Any] | None, candidate: float | None, champion: float | None) -> float:
+    """The difference the rules read: the interval's lower bound when there is one, else the point estimate."""
+    if paired is not None:
+        return float(paired["lower"])
+    return (candidate or 0.0) - (champion or 0.0)
+
+
+def _says(paired: dict[str, Any] | None) -> str:
+    return f", difference {_interval(paired)}" if paired is not None else ""
 
 
 def int8_verdict(candidate: dict[str, Any], tolerance: float) -> tuple[bool, str]:
@@ -80,3 +103,37 @@ def int8_verdict(candidate: dict[str, Any], tolerance: float) -> tuple[bool, str
     if worst[1] - worst[2] <= tolerance + _EPS:
         return True, f"INT8 served: accuracy within {tolerance:.3f} of fp32 ({detail})"
     return False, f"fp32 served: INT8 accuracy on {worst[0]} {worst[2]:.3f} vs fp32 {worst[1]:.3f} beyond {tolerance:.3f}"
+
+
+def paired_bootstrap(y_true: list[str], cand: list[str], champ: list[str], labels: list[str], *, metric: str,
+                     confidence: float = 0.9, resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Candidate minus champion on the same rows, resampled together: the point difference and its
+    one-sided bounds at ``confidence`` (``lower``: the difference exceeds it with that probability)."""
+    index = {lbl: i for i, lbl in enumerate(labels)}
+    unknown = len(labels)  # a champion label the candidate's set lacks counts as wrong, never as a class
+    y = np.asarray([index[v] for v in y_true])
+    a = np.asarray([index.get(v, unknown) for v in cand])
+    b = np.asarray([index.get(v, unknown) for v in champ])
+    n, k = len(y), len(labels) + 1
+    rows = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    deltas = _metric(y[rows], a[rows], k, metric) - _metric(y[rows], b[rows], k, metric)
+    point = float(_metric(y[None], a[None], k, metric)[0] - _metric(y[None], b[None], k, metric)[0])
+    return {"metric": metric, "n": int(n), "delta": point, "confidence": confidence, "resamples": resamples,
+            "lower": float(np.quantile(deltas, 1 - confidence)), "upper": float(np.quantile(deltas, confidence))}
+
+
+def _metric(y: np.ndarray, p: np.ndarray, k: int, metric: str) -> np.ndarray:
+    """Accuracy or macro-F1 (over the real labels, zero when undefined) of each row of (y, p)."""
+    if metric == "accuracy":
+        return (y == p).mean(axis=1)
+    offsets = (np.arange(len(y)) * k * k)[:, None]
+    confusion = np.bincount((offsets + y * k + p).ravel(), minlength=len(y) * k * k).reshape(len(y), k, k)
+    tp = np.diagonal(confusion, axis1=1, axis2=2)[:, : k - 1]
+    true, pred = confusion.sum(axis=2)[:, : k - 1], confusion.sum(axis=1)[:, : k - 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(true + pred > 0, 2 * tp / (true + pred), 0.0)
+    return f1.mean(axis=1)
+
+
+def _interval(p: dict[str, Any]) -> str:
+    return f"{p['delta']:+.3f} [{p['lower']:+.3f}, {p['upper']:+.3f}] at {p['confidence']:.0%}, n={p['n']}"

@@ -106,12 +106,13 @@ def _refit_body(settings: Settings, engine, p: dict[str, Any], run_id: int) -> d
         parity = tasks.check_export(fitted, staged, snapshot.test["text"].head(32).tolist(),
                                     max_length=config.max_length, tolerance=1e-3)
         lap("export")
-        scores = tasks.evaluate(staged, champion_dir, snapshot, max_length=config.max_length)
+        scores = tasks.evaluate(staged, champion_dir, snapshot, max_length=config.max_length,
+                                primary_metric=settings.gate.primary_metric, confidence=settings.gate.confidence)
         calibration = tasks.calibrate(staged, snapshot, max_length=config.max_length)
         g = settings.gate
-        verdict = decide(scores["candidate"], scores["champion"], GateRules(g.primary_metric, g.min_delta,
-                                                                           g.max_regression, g.baseline_margin,
-                                                                           g.int8_tolerance))
+        verdict = decide(scores["candidate"], scores["champion"],
+                         GateRules(g.primary_metric, g.min_delta, g.max_regression, g.baseline_margin, g.int8_tolerance,
+                                   g.confidence), paired=scores.get("paired"))
         tasks.write_runtime_meta(staged, snapshot, config, fitted, calibration=calibration, serve_int8=verdict.serve_int8)
         trial = tasks.trial_load(staged)
         lap("evaluate")

@@ -24,6 +24,7 @@ from refitd.core.registration import register_candidate as register
 from refitd.core.settings import Settings
 from refitd.core.tables import ModelVersion
 from refitd.flows import snapshot as snap
+from refitd.flows.gate import paired_bootstrap
 from refitd.flows.augment import augment_frame
 from refitd.flows.calibrate import fit_temperature
 from refitd.flows.evaluate import majority_baseline, onnx_logits, report_from_logits
@@ -104,13 +105,16 @@ def _score(folder: Path, model_file: str, tokenizer_file: str, max_length: int, 
 
 
 @task(cache_policy=NONE)
-def evaluate(staged: Path, champion_dir: Path | None, snapshot: snap.Snapshot, *, max_length: int) -> dict[str, Any]:
-    """Candidate (fp32 and INT8) and champion on the same frozen and recent test sets."""
+def evaluate(staged: Path, champion_dir: Path | None, snapshot: snap.Snapshot, *, max_length: int,
+             primary_metric: str = "macro_f1", confidence: float = 0.9) -> dict[str, Any]:
+    """Candidate (fp32 and INT8) and champion on the same frozen and recent test sets, with a paired
+    bootstrap of their difference on each."""
     labels = snapshot.labels
     out: dict[str, Any] = {"candidate": {}, "champion": None}
-    agreement = {}
+    agreement, candidate_logits = {}, {}
     for name, part in (("frozen", snapshot.test), ("recent", snapshot.recent_test)):
         out["candidate"][name], fp32 = _score(staged, MODEL_FILE, TOKENIZER_FILE, max_length, part, labels)
+        candidate_logits[name] = fp32
         out["candidate"][f"{name}_int8"], int8 = _score(staged, INT8_FILE, TOKENIZER_FILE, max_length, part, labels)
         if len(part):
             agreement[name] = float((fp32.argmax(1) == int8.argmax(1)).mean())
@@ -118,10 +122,15 @@ def evaluate(staged: Path, champion_dir: Path | None, snapshot: snap.Snapshot, *
     out["candidate"]["baseline"] = majority_baseline(snapshot.train["label"].tolist(), snapshot.test["label"].tolist(), labels)
     if champion_dir is not None:
         meta = ArtifactMeta.read(champion_dir)
-        out["champion"] = {
-            name: _score(champion_dir, meta.model_file, meta.tokenizer_file, meta.max_length, part, list(meta.labels))[0]
-            for name, part in (("frozen", snapshot.test), ("recent", snapshot.recent_test))
-        }
+        out["champion"], out["paired"] = {}, {}
+        for name, part in (("frozen", snapshot.test), ("recent", snapshot.recent_test)):
+            out["champion"][name], champ_logits = _score(champion_dir, meta.model_file, meta.tokenizer_file,
+                                                         meta.max_length, part, list(meta.labels))
+            if len(part):  # the same rows, both models' predictions: the gate reads the difference's interval
+                cand_pred = [labels[i] for i in candidate_logits[name].argmax(1)]
+                champ_pred = [meta.labels[i] for i in champ_logits.argmax(1)]
+                out["paired"][name] = paired_bootstrap(part["label"].tolist(), cand_pred, champ_pred, labels,
+                                                       metric=primary_metric, confidence=confidence)
     return out
 
 
