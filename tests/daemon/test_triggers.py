@@ -73,27 +73,43 @@ def test_one_refit_at_a_time_across_processes(home: Settings) -> None:
     assert leases.acquire(engine, LEASE, holder="me", ttl_s=60)
 
 
+TTL_S = 2.0  # the lease a child holds: short, so its expiry costs the test ~2 s, not the daemon's 120 s
+
+
+def _poll(condition, *, guard_s: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    """Wait until ``condition()`` holds; ``guard_s`` only turns a hang into a failure."""
+    deadline = time.monotonic() + guard_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.05)
+
+
 def test_a_killed_holders_lease_expires(home: Settings) -> None:
     code = (
-        "import sys, time\n"
-        "from core import leases\nfrom core.db import make_engine\n"
+        "import time\n"
+        "from refitd.core import leases\nfrom refitd.core.db import make_engine\n"
         f"engine = make_engine({home.database_url!r})\n"
-        "assert leases.acquire(engine, 'refit', holder='doomed', ttl_s=3)\n"
+        f"assert leases.acquire(engine, {LEASE!r}, holder='doomed', ttl_s={TTL_S})\n"
         "print('held', flush=True)\n"
-        "while True:\n    leases.renew(engine, 'refit', holder='doomed', ttl_s=3); time.sleep(0.5)\n"
+        f"while True:\n    leases.renew(engine, {LEASE!r}, holder='doomed', ttl_s={TTL_S}); time.sleep(0.1)\n"
     )
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"  # type: ignore[union-attr]
         engine = make_engine(home.database_url)
-        time.sleep(3.5)
-        assert not leases.acquire(engine, LEASE, holder="me", ttl_s=60)  # still renewed: alive
+        first_expiry = leases.current(engine, LEASE).expires_at
+        # Alive: it keeps pushing its expiry out, and nobody else can take the lease meanwhile.
+        _poll(lambda: leases.current(engine, LEASE).expires_at > first_expiry)
+        assert not leases.acquire(engine, LEASE, holder="me", ttl_s=60)
         holder.kill()  # SIGKILL: no release
         holder.wait(10)
-        assert leases.current(engine, LEASE).holder == "doomed"
-        time.sleep(3.5)
-        assert leases.current(engine, LEASE) is None
+        held = leases.current(engine, LEASE)
+        assert held is not None and held.holder == "doomed"  # killed, not released: still blocking
+        # Dead: nothing renews it, so it is free once its last expiry passes, and another process takes it.
+        _poll(lambda: leases.current(engine, LEASE) is None)
+        assert utcnow() >= held.expires_at
         assert leases.acquire(engine, LEASE, holder="me", ttl_s=60)
+        assert leases.current(engine, LEASE).holder == "me"
     finally:
         if holder.poll() is None:
             holder.kill()

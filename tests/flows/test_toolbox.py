@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
+from scipy.special import log_softmax, softmax
 
 from refitd.flows.augment import augment_frame
 from refitd.flows.calibrate import expected_calibration_error, fit_temperature
 from refitd.flows.finetune import GradualUnfreezing, apply_freezing, encoder_layers, load_model
-from refitd.core.encoding import softmax
 from tests.artifact_factory import LABELS
 
 
@@ -28,15 +29,52 @@ def test_augmentation_adds_labelled_variants_from_own_vocabulary() -> None:
     assert augment_frame(frame, copies=3, seed=0).equals(out)  # seeded
 
 
-def test_temperature_scaling_fixes_overconfidence() -> None:
+def _probs(*rows: list[float]) -> np.ndarray:
+    return np.asarray(rows, dtype=np.float32)
+
+
+def test_calibration_error_on_a_hand_computed_example() -> None:
+    # Bin (0.8, 0.9]: four rows at 0.85 confidence, all right → |1.00 - 0.85| = 0.15 (underconfident), weight 4/10.
+    # Bin (0.6, 0.7]: three rows at 0.62 and three at 0.68 (mean 0.65), three of six right → 0.15, weight 6/10.
+    # ECE = 0.4 * 0.15 + 0.6 * 0.15 = 0.15. One bin for all rows would give |0.73 - 0.70| = 0.03 (the two gaps
+    # cancel); a per-row mean of |correct - confidence| would give 0.366.
+    probs = _probs(*[[0.85, 0.10, 0.05]] * 4, *[[0.10, 0.62, 0.28]] * 3, *[[0.05, 0.68, 0.27]] * 3)
+    y = np.array([0, 0, 0, 0, 1, 1, 0, 1, 2, 2])
+    assert expected_calibration_error(probs, y) == pytest.approx(0.15, abs=1e-6)
+    assert expected_calibration_error(_probs([0.0, 0.0, 1.0]), np.array([2])) == 0.0  # certain and right
+    assert expected_calibration_error(_probs([0.0, 0.0, 1.0]), np.array([0])) == pytest.approx(1.0)  # certain and wrong
+
+
+def test_calibration_error_is_near_zero_when_calibrated_and_large_when_overconfident() -> None:
+    rng = np.random.default_rng(0)
+    confidence = rng.uniform(0.5, 1.0, 20_000)
+    y = np.where(rng.uniform(size=confidence.size) < confidence, 0, 1)  # right with probability = confidence
+    calibrated = np.stack([confidence, 1 - confidence], axis=1)
+    assert expected_calibration_error(calibrated, y) < 0.01
+    sharpened = softmax(np.log(calibrated) * 4.0, axis=1)  # same predictions and labels, confidence pushed towards 1
+    gap = sharpened.max(axis=1).mean() - (sharpened.argmax(axis=1) == y).mean()
+    assert gap > 0.15
+    # Every bin is overconfident, so the per-bin gaps add up to the overall gap, no less.
+    assert expected_calibration_error(sharpened, y) == pytest.approx(gap, abs=1e-4)
+
+
+def test_temperature_scaling_recovers_the_temperature_that_calibrates() -> None:
+    # With y uniform and z = noise + one-hot(y), P(y | z) = softmax(z) exactly; the logits are z * 4,
+    # so the calibrating temperature is 4.
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 2000)
-    logits = rng.normal(0, 1, (2000, 3))
-    logits[np.arange(2000), y] += 1.0
-    logits *= 4.0  # overconfident
-    fit = fit_temperature(logits.astype(np.float32), y)
-    assert fit["temperature"] > 2.0 and fit["ece_after"] < fit["ece_before"] / 2
-    assert expected_calibration_error(softmax(logits, fit["temperature"]), y) == fit["ece_after"]
+    z = rng.normal(0, 1, (2000, 3))
+    z[np.arange(2000), y] += 1.0
+    logits = (z * 4.0).astype(np.float32)
+    fit = fit_temperature(logits, y)
+    assert fit["temperature"] == pytest.approx(4.0, abs=0.4) and fit["n"] == 2000
+    assert fit["ece_before"] > 0.2 and fit["ece_after"] < 0.04
+
+    def nll(t: float) -> float:  # scipy's log-softmax, not the code under test
+        return float(-log_softmax(logits.astype(np.float64) / t, axis=1)[np.arange(len(y)), y].mean())
+
+    assert nll(fit["temperature"]) < min(nll(fit["temperature"] * 0.9), nll(fit["temperature"] * 1.1), nll(1.0))
+    assert fit_temperature(logits[:19], y[:19])["temperature"] == 1.0  # too few rows to fit: left alone
 
 
 def test_freezing_and_gradual_unfreezing_top_down() -> None:

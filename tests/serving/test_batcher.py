@@ -1,9 +1,15 @@
-"""Batching behaviour: lone requests run at once, concurrent ones share batches, the queue is bounded."""
+"""Batching behaviour: lone requests run at once, concurrent ones share batches, the queue is bounded.
+
+The stand-in model holds each call until the test opens its gate, so which requests run together is
+decided by the batcher's rules, never by how fast a shared machine happens to be. The batching window
+is an hour wherever a test proves something is *not* waited for: waiting for it would end in the
+request's timeout (``GUARD_S``, a hang guard, not a speed limit) instead of an answer.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
+import threading
 
 import numpy as np
 import pytest
@@ -12,66 +18,137 @@ from refitd.core.errors import OverloadedError
 from refitd.serving.batcher import Batcher, RequestTimeout
 from refitd.serving.runtime import Batch
 
+HOUR_MS = 3_600_000
+GUARD_S = 30.0
 
-class SlowRuntime:
-    """A stand-in model whose cost is a fixed time per call, so batching is visible."""
+
+class GatedRuntime:
+    """A stand-in model that labels each text with itself and holds every call until ``gate`` is open."""
 
     version, labels, ready = "v1", ["a", "b"], True
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds, self.calls = seconds, []
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.started = threading.Event()  # a call has begun
+        self.gate = threading.Event()
 
     def predict(self, texts: list[str]) -> Batch:
         self.calls.append(list(texts))
-        time.sleep(self.seconds)
+        self.started.set()
+        self.gate.wait(GUARD_S)
         n = len(texts)
-        return Batch(["a"] * n, np.tile([0.9, 0.1], (n, 1)).astype(np.float32), np.zeros((n, 4), np.float32))
+        return Batch(list(texts), np.zeros((n, 2), np.float32), np.zeros((n, 4), np.float32))
 
 
-def _batcher(runtime, **kw) -> Batcher:
-    opts = dict(max_batch_size=8, max_wait_ms=20, queue_size=64, timeout_s=5)
+def _batcher(runtime: GatedRuntime, **kw) -> Batcher:
+    opts = {"max_batch_size": 8, "max_wait_ms": HOUR_MS, "queue_size": 64, "timeout_s": GUARD_S}
     return Batcher(lambda: runtime, **(opts | kw))
 
 
-def test_lone_request_is_not_held_for_the_window() -> None:
-    async def go() -> float:
-        runtime = SlowRuntime(0.0)
-        b = _batcher(runtime, max_wait_ms=500)
-        await b.start()
-        start = time.perf_counter()
-        await b.submit(["x"])
-        took = time.perf_counter() - start
-        await b.stop()
-        return took
-
-    assert asyncio.run(go()) < 0.25
+async def _busy(b: Batcher, runtime: GatedRuntime) -> asyncio.Task:
+    """Submit a lone request and return once the model is running it (held at the gate)."""
+    first = asyncio.create_task(b.submit(["first"]))
+    assert await asyncio.to_thread(runtime.started.wait, GUARD_S)
+    return first
 
 
-def test_concurrent_requests_share_batches_and_keep_their_rows() -> None:
+async def _queued(b: Batcher, requests: list[list[str]]) -> list[asyncio.Task]:
+    """Submit ``requests`` concurrently; return once all of them wait in the queue."""
+    tasks = [asyncio.create_task(b.submit(texts)) for texts in requests]
+    while b.queued_texts < sum(map(len, requests)):
+        await asyncio.sleep(0)
+    return tasks
+
+
+def test_lone_request_runs_at_once_not_after_the_window() -> None:
     async def go():
-        runtime = SlowRuntime(0.05)
+        runtime = GatedRuntime()
+        runtime.gate.set()
+        b = _batcher(runtime)  # a one-hour window
+        await b.start()
+        answer = await b.submit(["x"])
+        await b.stop()
+        return runtime, answer
+
+    runtime, answer = asyncio.run(go())
+    assert runtime.calls == [["x"]] and answer.labels == ["x"]
+
+
+def test_requests_arriving_during_a_batch_form_the_next_one_and_keep_their_rows() -> None:
+    async def go():
+        runtime = GatedRuntime()
         b = _batcher(runtime)
         await b.start()
-        answers = await asyncio.gather(*(b.submit([f"t{i}", f"u{i}"]) for i in range(12)))
+        first = await _busy(b, runtime)
+        requests = [[f"t{i}", f"u{i}"] for i in range(4)]  # 8 texts: exactly one full batch
+        tasks = await _queued(b, requests)
+        assert runtime.calls == [["first"]]  # nothing else runs while the model is busy
+        runtime.gate.set()
+        answers = await asyncio.gather(first, *tasks)
+        await b.stop()
+        return runtime, requests, answers
+
+    runtime, requests, answers = asyncio.run(go())
+    # One call for the four waiting requests, in arrival order; a full batch does not wait out the window.
+    assert runtime.calls == [["first"], [t for r in requests for t in r]]
+    assert [a.labels for a in answers] == [["first"], *requests]  # each request gets its own rows back
+    assert all(a.scores.shape == (len(a.labels), 2) and a.embeddings.shape == (len(a.labels), 4) for a in answers)
+
+
+def test_a_backlog_is_cut_into_full_batches_of_similar_length() -> None:
+    lengths = [7, 3, 11, 1, 9, 5, 12, 2, 8, 4, 10, 6]
+    requests = [["w" * n, "w" * n + "!"] for n in lengths]  # 24 texts
+
+    async def go():
+        runtime = GatedRuntime()
+        b = _batcher(runtime)
+        await b.start()
+        first = await _busy(b, runtime)
+        tasks = await _queued(b, requests)
+        runtime.gate.set()
+        answers = await asyncio.gather(first, *tasks)
         await b.stop()
         return runtime, answers
 
     runtime, answers = asyncio.run(go())
-    assert all(len(a.labels) == 2 for a in answers)
-    assert max(len(c) for c in runtime.calls) > 2 and all(len(c) <= 8 for c in runtime.calls)
-    assert sorted(t for c in runtime.calls for t in c) == sorted([f"t{i}" for i in range(12)] + [f"u{i}" for i in range(12)])
+    by_length = sorted(requests, key=lambda r: len(r[0]))
+    # Three batches of 8, the shortest texts together: 1-4, then 5-8, then 9-12 characters.
+    assert runtime.calls[1:] == [[t for r in by_length[i : i + 4] for t in r] for i in (0, 4, 8)]
+    assert [a.labels for a in answers[1:]] == requests  # regrouped for the model, answered per request
 
 
-def test_full_queue_is_refused_and_slow_answers_time_out() -> None:
+def test_full_queue_is_refused_and_the_refused_texts_never_run() -> None:
     async def go():
-        b = _batcher(SlowRuntime(0.3), queue_size=8, timeout_s=0.1)
+        runtime = GatedRuntime()
+        b = _batcher(runtime, queue_size=8)
         await b.start()
-        first = asyncio.create_task(b.submit(["a"] * 8))
-        await asyncio.sleep(0)
-        with pytest.raises(OverloadedError):
-            await b.submit(["b"])
+        first = await _busy(b, runtime)
+        (waiting,) = await _queued(b, [["q"] * 8])
+        with pytest.raises(OverloadedError, match="queue full"):
+            await b.submit(["refused"])
+        runtime.gate.set()
+        await asyncio.gather(first, waiting)
+        after = await b.submit(["after"])  # room again once the queue drained
+        await b.stop()
+        return runtime, after
+
+    runtime, after = asyncio.run(go())
+    assert runtime.calls == [["first"], ["q"] * 8, ["after"]] and after.labels == ["after"]
+
+
+def test_slow_answers_time_out_and_timed_out_requests_are_dropped_unrun() -> None:
+    async def go():
+        runtime = GatedRuntime()
+        b = _batcher(runtime, timeout_s=0.05)
+        await b.start()
+        first = await _busy(b, runtime)  # collected at once, then held at the gate past its timeout
         with pytest.raises(RequestTimeout):
             await first
-        await b.stop()
+        with pytest.raises(RequestTimeout):  # still queued behind the held call when its time is up
+            await b.submit(["late"])
+        runtime.gate.set()
+        await b.stop()  # waits until the worker has taken "late" from the queue
+        return runtime, b
 
-    asyncio.run(go())
+    runtime, b = asyncio.run(go())
+    assert runtime.calls == [["first"]] and b.queued_texts == 0 and b.inflight == 0
