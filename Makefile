@@ -31,7 +31,7 @@ demo-quick: $(STAMP)
 # Unit and component tests (the default, a few minutes). PostgreSQL store tests run when
 # REFITD_TEST_DATABASE_URL is set.
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not integration" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
 
 # Everything: adds the integration suite (whole loops through real processes, the wheel
 # beside python-daemon, every CLI command and benchmark suite). CI runs this.

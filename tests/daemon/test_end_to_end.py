@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import signal
 import subprocess
@@ -14,6 +16,8 @@ from sqlmodel import select
 from refitd.core.db import make_engine, session_scope
 from refitd.core.tables import ModelVersion, Prediction, RefitRun
 from tests.conftest import free_port, wait_ready
+
+pytestmark = pytest.mark.integration
 
 REFITD = [sys.executable, "-m", "refitd.cli"]
 

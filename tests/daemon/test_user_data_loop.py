@@ -65,15 +65,16 @@ def _accuracy(url: str, rows: pd.DataFrame, text_col: str, label_col: str) -> tu
     return sum(hits) / len(hits), {p["model_version"] for p in answers}
 
 
-def _serve(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+def _serve(env: dict[str, str], command: str = "serve", log: Path | None = None) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([*REFITD, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - the child's output for its life
+    proc = subprocess.Popen([*REFITD, command, "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, timeout=120)
     return proc, url
 
 
+@pytest.mark.timeout(1800)
 def test_the_loop_on_a_users_binary_dataset(tmp_path: Path) -> None:
     corpus = _corpus()
     polar = corpus[corpus["label"].isin(["negative", "positive"])]
@@ -85,13 +86,16 @@ def test_the_loop_on_a_users_binary_dataset(tmp_path: Path) -> None:
     traffic, held_out = new.iloc[:900], new.iloc[900:1200]
 
     home = tmp_path / "home"
-    env = _env(home, REFITD_TRAINING__TEXT_COLUMN="body", REFITD_TRAINING__LABEL_COLUMN="sentiment")
+    env = _env(home, REFITD_TRAINING__TEXT_COLUMN="body", REFITD_TRAINING__LABEL_COLUMN="sentiment",
+               REFITD_SCHEDULER__DRIFT_INTERVAL_MINUTES="0.25", REFITD_REFIT__MIN_NEW_LABELS="600",
+               REFITD_REFIT__QUICK="true", REFITD_REFIT__THREADS="2", REFITD_REFIT__NICE="0",
+               REFITD_DRIFT__WINDOW_SIZE="600")
     _cli(env, "init", "--quick", "--data", str(path))
     shown = _cli(env, "data", "show")
     assert str(path) in shown and "negative" in shown and "positive" in shown and "neutral" not in shown
 
     path.write_text("body,sentiment\nchanged on disk,positive\n")  # the file changes after init: nothing follows it
-    server, url = _serve(env)
+    server, url = _serve(env, "run", log=tmp_path / "daemon.log")  # the service: drift checks and refits by policy
     try:
         before, served = _accuracy(url, held_out, "text", "label")
         assert served == {"v1"}
@@ -104,13 +108,20 @@ def test_the_loop_on_a_users_binary_dataset(tmp_path: Path) -> None:
                 assert f.status_code == 200, f.text
         bad = httpx.post(f"{url}/v1/feedback", json={"text": "x", "label": "neutral"}, timeout=30)
         assert bad.status_code == 422 and "negative" in bad.text and "positive" in bad.text
-        time.sleep(2)  # the prediction log's flush
+        deadline = time.time() + 900  # the daemon's drift check sees the shift, and starts a refit on it
+        while time.time() < deadline and ((versions := _versions(home)).get("v2") is None
+                                          or versions["v2"].status == "candidate"):
+            assert server.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
+            time.sleep(3)
+        assert "v2" in versions, (tmp_path / "daemon.log").read_text()[-3000:]
+        with session_scope(make_engine(f"sqlite:///{home / 'refitd.db'}")) as s:
+            from sqlmodel import select
 
-        check = _cli(env, "drift", "check")
-        assert "drifted" in check.lower()
+            from refitd.core.tables import DriftCheck, RefitRun
 
-        refit = _cli(env, "refit", "--quick")
-        versions = _versions(home)
+            assert any(c.verdict == "drifted" for c in s.exec(select(DriftCheck)).all())
+            assert [r.trigger for r in s.exec(select(RefitRun)).all() if r.trigger != "init"] == ["drift"]
+        refit = (tmp_path / "daemon.log").read_text()[-3000:]
         v1, v2 = versions["v1"], versions["v2"]
         assert v2.status == "champion", refit
         assert v1.metrics["frozen_set"]["digest"] == v2.metrics["frozen_set"]["digest"]
