@@ -133,3 +133,19 @@ def test_the_frozen_set_has_a_digest_that_follows_its_rows() -> None:
     first_test = relabelled.index[relabelled["split"] == "test"][0]
     relabelled.loc[first_test, "label"] = "positive" if relabelled.loc[first_test, "label"] != "positive" else "neutral"
     assert snap.build(relabelled, _production(100, T0), since=None, **KW).frozen_digest != a.frozen_digest
+
+
+def test_a_frozen_set_other_than_the_champions_record_is_named_never_silent() -> None:
+    from refitd.core.tables import ModelVersion
+    from refitd.flows.refit import frozen_set_note
+
+    s = snap.build(_reference(), _production(100, T0), since=None, **KW)
+    same = ModelVersion(version="v3", metrics={"frozen_set": {"digest": s.frozen_digest, "n": len(s.test)}})
+    assert frozen_set_note(same, s) == f"; same frozen set as v3 ({s.frozen_digest[:12]}, n={len(s.test)})"
+    other = ModelVersion(version="v3", metrics={"frozen_set": {"digest": "ab" * 32, "n": 2250}})
+    note = frozen_set_note(other, s)
+    assert "differs" in note and "abababababab (n=2250)" in note and s.frozen_digest[:12] in note
+    assert "re-scored" in note
+    unrecorded = frozen_set_note(ModelVersion(version="v1", metrics={}), s)
+    assert "not recorded" in unrecorded and s.frozen_digest[:12] in unrecorded
+    assert frozen_set_note(None, s) == ""
