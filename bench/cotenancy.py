@@ -27,7 +27,6 @@ from refitd.core.db import engine_for
 from refitd.core.settings import Settings
 from refitd.daemon.launcher import RefitLauncher
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _round(url: str, texts: list[str], concurrency: int) -> LoadResult:

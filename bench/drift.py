@@ -1,6 +1,6 @@
 """``python -m refitd.bench drift``: what a drift check costs and what it catches, on the bundled corpus.
 
-Three parts, all through the same ``daemon.watch.compute`` a scheduled check runs:
+Three parts, all through the same ``refitd.daemon.drift.check.compute`` a scheduled check runs:
 
 1. check time for windows of 1k / 5k / 10k / 100k rows against a 5k reference (the
    baseline for the ratio is the 10k window, measured in the same run);

@@ -30,7 +30,6 @@ from refitd.core.db import engine_for, session_scope
 from refitd.core.settings import Settings
 from refitd.core.encoding import encode, load_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _free_port() -> int:

@@ -25,7 +25,6 @@ from refitd.flows.evaluate import report_from_logits
 from refitd.flows.finetune import FitConfig, fit, predict_torch
 from refitd.flows.refit import base_model_path
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _data(rows: int, seed: int):

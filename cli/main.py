@@ -109,10 +109,9 @@ def init(
         from refitd.core import reference
 
         frame, source = reference.from_settings(settings)
-        if reference.info(settings) is None:
-            reference.store(settings, frame, source=source, actor=getpass.getuser(), reason="refitd init --data")
-        else:
-            reference.check_same(settings, frame, source)
+        if reference.info(settings) is not None and champion is not None:
+            reference.check_same(settings, frame, source)  # a trained home changes its data only by `data replace`
+        reference.store(settings, frame, source=source, actor=getpass.getuser(), reason="refitd init --data")
     result = run_flow(settings, ["init"] + (["--quick"] if quick else []))
     print_result(result)
     if not result.get("promoted"):
@@ -135,7 +134,7 @@ def run_flow(settings: Settings, args: list[str]) -> dict[str, Any]:
         raise typer.Exit(2)
     if "error" in result:
         err.print(f"[red]{result['error']}[/]")
-        raise typer.Exit(2)
+        raise typer.Exit(int(result.get("exit_code") or 2))
     return result
 
 

@@ -1,7 +1,7 @@
 """The reference dataset: the labelled data every refit starts from, kept as state in the home.
 
 The first use (``refitd init``, with ``--data FILE`` or the bundled corpus) stores a snapshot in
-``<home>/data/reference.parquet`` — text, label and the frozen split of every row — with
+``<home>/data/reference-<digest>.parquet`` — text, label and the frozen split of every row — with
 ``reference.json`` beside it: where it came from, its digest, rows per label and split sizes.
 Refits and drift references read that snapshot, never the configured path again, so a file that
 changes on disk after init changes nothing, and the frozen test set stays the same set from
@@ -24,7 +24,6 @@ from refitd.core.settings import Settings
 from refitd.core.tables import utcnow
 
 DATA_DIR = "data"
-FRAME_FILE = "reference.parquet"
 META_FILE = "reference.json"
 COLUMNS = ["text", "label", "split"]
 
@@ -33,6 +32,7 @@ class ReferenceInfo(BaseModel):
     """What ``refitd data show`` prints, stored beside the rows."""
 
     source: str = Field(description="The file it was read from, or 'bundled corpus (topics …)'.")
+    file: str = Field(description="The rows' Parquet file in <home>/data, named by its digest.")
     digest: str = Field(description="SHA-256 over its (text, label) rows, independent of order.")
     rows: int
     labels: dict[str, int] = Field(description="Rows per label.")
@@ -69,16 +69,21 @@ def from_settings(settings: Settings) -> tuple[pd.DataFrame, str]:
 
 
 def store(settings: Settings, frame: pd.DataFrame, *, source: str, actor: str, reason: str) -> ReferenceInfo:
-    """Write the rows, then their description (the description is what marks the snapshot complete)."""
+    """Write the rows under a name of their own digest, then the description that points at them: its
+    atomic replace is the one switch, so a reader sees the old set or the new one, never a mix."""
     out = folder(settings)
     out.mkdir(parents=True, exist_ok=True)
     frame = frame[COLUMNS].reset_index(drop=True)
-    meta = ReferenceInfo(source=source, digest=digest_frame(frame), rows=len(frame),
+    digest = digest_frame(frame)
+    meta = ReferenceInfo(source=source, file=f"reference-{digest[:16]}.parquet", digest=digest, rows=len(frame),
                          labels={str(k): int(v) for k, v in frame["label"].value_counts().sort_index().items()},
                          splits={str(k): int(v) for k, v in frame["split"].value_counts().sort_index().items()},
                          stored_at=utcnow(), actor=actor, reason=reason)
-    _atomic_write(out / FRAME_FILE, lambda p: frame.to_parquet(p, index=False))
+    previous = info(settings)
+    _atomic_write(out / meta.file, lambda p: frame.to_parquet(p, index=False))
     _atomic_write(out / META_FILE, lambda p: p.write_text(meta.model_dump_json(indent=2)))
+    if previous is not None and previous.file != meta.file:
+        (out / previous.file).unlink(missing_ok=True)
     return meta
 
 
@@ -89,10 +94,15 @@ def load(settings: Settings) -> pd.DataFrame:
         frame, source = from_settings(settings)
         store(settings, frame, source=source, actor="refitd", reason="first use")
         return frame
-    frame = pd.read_parquet(folder(settings) / FRAME_FILE)
-    if len(frame) != stored.rows:
-        raise ConfigError(f"{folder(settings) / FRAME_FILE} has {len(frame)} rows but {META_FILE} says "
-                          f"{stored.rows}; restore it or run `refitd data replace FILE`")
+    path = folder(settings) / stored.file
+    try:
+        frame = pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the reference dataset {path}: {exc}; restore it or run "
+                          "`refitd data replace FILE`") from None
+    if digest_frame(frame) != stored.digest:
+        raise ConfigError(f"{path} does not match its digest in {META_FILE} ({stored.digest[:12]}); restore it or "
+                          "run `refitd data replace FILE`")
     return frame
 
 

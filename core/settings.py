@@ -438,7 +438,8 @@ class Settings(BaseSettings):
         """The quick profile (demos, tests, smoke runs): a few hundred rows, short texts, short training."""
         t = self.training
         return self.updated({"model": {"max_length": min(self.model.max_length, 32)},
-                             "training": {"max_train_rows": min(t.max_train_rows or 400, 400), "max_test_rows": 500,
+                             "training": {"max_train_rows": min(t.max_train_rows or 400, 400),
+                                          "max_test_rows": min(t.max_test_rows or 500, 500),
                                           "epochs": 2.0, "freeze_layers": max(t.freeze_layers, 4),
                                           "learning_rate": 3e-4, "batch_size": 16}})
 

@@ -90,8 +90,8 @@ class RefitLauncher:
             self.launch = launch
         where = f"deployment {self.settings.prefect.deployment}, flow run {launch.flow_run_id}" \
             if launch.flow_run_id else f"local process {launch.process.pid}"  # type: ignore[union-attr]
+        self._ensure_follower()  # first: a failed event row must not leave a refit nobody follows
         self._event("refit_started", f"{reason}; running as {where}", {"trigger": trigger})
-        self._ensure_follower()
         return True, where
 
     def _spawn(self, trigger: str) -> tuple[subprocess.Popen, FlowChild]:

@@ -19,7 +19,7 @@ from refitd.core.errors import ConfigError, RefitdError
 from refitd.core.logs import configure_logging
 from refitd.core.settings import Settings
 
-log = logging.getLogger("flows")
+log = logging.getLogger(__name__)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                            shuffle_labels=args.drill_shuffle_labels)
     except RefitdError as exc:
         log.error("%s", exc)
-        result, code = {"error": str(exc)}, 2
+        result, code = {"error": str(exc), "exit_code": exc.exit_code}, exc.exit_code
     except Exception as exc:  # noqa: BLE001 - the run row and Prefect state hold the details
         log.exception("flow failed")
         result, code = {"error": f"{type(exc).__name__}: {exc}"}, 1

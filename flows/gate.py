@@ -61,7 +61,7 @@ def decide(candidate: dict[str, Any], champion: dict[str, Any] | None, rules: Ga
     cand_recent, champ_recent = _m(candidate.get("recent"), metric), _m(champion.get("recent"), metric)
     frozen_gap, recent_gap = _gap(paired.get("frozen"), cand_frozen, champ_frozen), \
         _gap(paired.get("recent"), cand_recent, champ_recent)
-    frozen_says = f"frozen {cand_frozen:.3f} vs {champ_frozen:.3f}{_says(paired.get('frozen'))}"
+    frozen_says = f"frozen {cand_frozen:.3f} vs champion {champ_frozen:.3f}{_says(paired.get('frozen'))}"
     if cand_recent is None or champ_recent is None:
         # No new labelled data to test on: the frozen set must show the improvement itself.
         ok = frozen_gap + _EPS >= rules.min_delta
@@ -115,8 +115,11 @@ def paired_bootstrap(y_true: list[str], cand: list[str], champ: list[str], label
     a = np.asarray([index.get(v, unknown) for v in cand])
     b = np.asarray([index.get(v, unknown) for v in champ])
     n, k = len(y), len(labels) + 1
-    rows = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
-    deltas = _metric(y[rows], a[rows], k, metric) - _metric(y[rows], b[rows], k, metric)
+    rng, deltas = np.random.default_rng(seed), []
+    for start in range(0, resamples, 200):  # in chunks: a 20k-row frozen set stays in tens of MB
+        rows = rng.integers(0, n, size=(min(200, resamples - start), n))
+        deltas.append(_metric(y[rows], a[rows], k, metric) - _metric(y[rows], b[rows], k, metric))
+    deltas = np.concatenate(deltas)
     point = float(_metric(y[None], a[None], k, metric)[0] - _metric(y[None], b[None], k, metric)[0])
     return {"metric": metric, "n": int(n), "delta": point, "confidence": confidence, "resamples": resamples,
             "lower": float(np.quantile(deltas, 1 - confidence)), "upper": float(np.quantile(deltas, confidence))}

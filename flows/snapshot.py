@@ -105,18 +105,19 @@ def build(
 
 def _training_mix(reference: pd.DataFrame, old: pd.DataFrame, new: pd.DataFrame, *, replay_ratio: float,
                   max_train_rows: int | None, min_reference_share: float, seed: int) -> pd.DataFrame:
-    """New labelled rows plus replayed older rows (reference and earlier feedback), with reference rows
-    at least ``min_reference_share`` of the result: client labels never own the training mix."""
-    pool = pd.concat([reference, old], ignore_index=True)
-    if not len(new):
-        return stratified_sample(pool, max_train_rows, seed=seed)
+    """New labelled rows plus replayed older rows (reference and earlier feedback), at most
+    ``max_train_rows``, with reference rows at least ``min_reference_share`` of the result whatever
+    the number of new labels: client labels never own the training mix."""
     share = min_reference_share
-    cap = None if max_train_rows is None else max(1, int(max_train_rows * (1 - share)))
-    new = stratified_sample(new, cap, seed=seed)
-    replay = int(round(replay_ratio * len(new)))
+    others_cap = None if max_train_rows is None else max(1, int(max_train_rows * (1 - share)))
+    pool = len(reference) + len(old)
+    new = stratified_sample(new, others_cap, seed=seed).head(others_cap) if len(new) else new
+    replay = int(round(replay_ratio * len(new))) if len(new) else (max_train_rows or pool)
     if max_train_rows is not None:
         replay = max(0, min(replay, max_train_rows - len(new)))
-    old_n = min(len(old), int(round(replay * len(old) / max(1, len(pool)))))
+    old_n = min(len(old), int(round(replay * len(old) / max(1, pool))))
+    if others_cap is not None:
+        old_n = max(0, min(old_n, others_cap - len(new)))
 
     def floor(others: int) -> int:  # reference rows needed beside ``others`` rows to make up ``share``
         return math.ceil(share / (1 - share) * others - 1e-9) if share else 0
@@ -125,9 +126,9 @@ def _training_mix(reference: pd.DataFrame, old: pd.DataFrame, new: pd.DataFrame,
     if ref_n < floor(len(new) + old_n):  # too few reference rows: take fewer new and old rows instead
         room = int(ref_n * (1 - share) / share + 1e-9)
         old_n = min(old_n, room // 2)
-        new = new.sample(n=min(len(new), room - old_n), random_state=seed)
+        new = stratified_sample(new, max(0, room - old_n), seed=seed).head(max(0, room - old_n))
     parts = [reference.sample(n=ref_n, random_state=seed), old.sample(n=old_n, random_state=seed), new]
-    return pd.concat(parts, ignore_index=True)
+    return pd.concat(parts, ignore_index=True).sample(frac=1.0, random_state=seed).reset_index(drop=True)
 
 
 def validate(snap: Snapshot, *, min_rows: int, min_class_share: float) -> None:

@@ -184,3 +184,16 @@ def test_module_entry_points_run_from_the_wheel(
     out = _run([venv / "bin" / "python", "-m", module, *args], cwd=tmp_path, env=_clean_env(tmp_path)).stdout
     for text in expect:
         assert text in out, f"`python -m {module} {' '.join(args)}` lacks {text!r}:\n{out}"
+
+
+def test_a_checkout_as_working_directory_does_not_shadow_the_installed_package(venv: Path, tmp_path: Path) -> None:
+    """``python -m`` puts the working directory first on sys.path; a checkout there holds a ``refitd/``
+    folder without the subpackages, which must still resolve (children of the CLI and Prefect
+    workers start this way from a checkout)."""
+    checkout = tmp_path / "checkout"
+    shutil.copytree(ROOT, checkout, ignore=NOT_SOURCE)
+    env = _clean_env(tmp_path)
+    out = _run([venv / "bin" / "python", "-m", "refitd.flows", "--help"], cwd=checkout, env=env).stdout
+    assert "usage: python -m refitd.flows" in out
+    probe = "import refitd.core.settings as s; print(s.__file__)"
+    assert _run([venv / "bin" / "python", "-c", probe], cwd=checkout, env=env).stdout.strip().endswith("settings.py")

@@ -53,3 +53,19 @@ def test_the_bundled_default_is_stored_without_its_stream_share(tmp_path: Path) 
     stored = reference.info(settings)
     assert stored.source == "bundled corpus (topics apple)" and "stream" not in stored.splits
     assert set(frame["split"]) == {"train", "validation", "test"}
+
+
+def test_rows_that_do_not_match_their_digest_are_refused(tmp_path: Path) -> None:
+    settings = Settings.load(home=tmp_path / "home", training={"data": _file(tmp_path / "a.csv", 200),
+                                                               "text_column": "body", "label_column": "tag"})
+    reference.load(settings)
+    stored = reference.info(settings)
+    path = reference.folder(settings) / stored.file
+    frame = pd.read_parquet(path)
+    frame.loc[0, "label"] = "praise" if frame.loc[0, "label"] != "praise" else "bug"
+    frame.to_parquet(path, index=False)
+    with pytest.raises(ConfigError, match="does not match its digest"):
+        reference.load(settings)
+    replaced = reference.store(settings, frame, source="fixed", actor="ops", reason="relabelled")
+    assert not path.exists() or replaced.file == stored.file  # the old rows' file is gone once replaced
+    assert len(reference.load(settings)) == 200

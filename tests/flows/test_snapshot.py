@@ -149,3 +149,18 @@ def test_a_frozen_set_other_than_the_champions_record_is_named_never_silent() ->
     unrecorded = frozen_set_note(ModelVersion(version="v1", metrics={}), s)
     assert "not recorded" in unrecorded and s.frozen_digest[:12] in unrecorded
     assert frozen_set_note(None, s) == ""
+
+
+@pytest.mark.parametrize(("old_rows", "new_rows", "cap"), [(9000, 0, 1000), (9000, 700, 1000), (9000, 0, None)])
+def test_the_floor_holds_with_old_feedback_and_never_breaks_the_cap(old_rows, new_rows, cap) -> None:
+    ref = _reference(1300)  # ~1,000 reference training rows
+    prod = pd.concat([_production(old_rows, T0, prefix="old"), _production(new_rows, T0 + timedelta(days=3))],
+                     ignore_index=True)
+    s = snap.build(ref, prod, since=T0 + timedelta(days=2), min_reference_share=0.3,
+                   **(KW | {"max_train_rows": cap}))
+    sources = s.train["source"].value_counts()
+    assert sources.get("reference", 0) / len(s.train) >= 0.3 - 1e-9, sources.to_dict()
+    if cap is not None:
+        assert len(s.train) <= cap + 1, len(s.train)
+    assert sources.get("feedback_old", 0) > 0 and (new_rows == 0 or sources.get("feedback_new", 0) > 0)
+    assert not s.train["text"].duplicated().any()
