@@ -47,8 +47,7 @@ class FlowChild:
             path.unlink(missing_ok=True)
 
 
-def prepare(settings: Settings, flow_args: list[str], *, threads: int | None = None, niceness: int = 0,
-            progress: bool = False) -> FlowChild:
+def prepare(settings: Settings, flow_args: list[str], *, threads: int | None = None, niceness: int = 0) -> FlowChild:
     """Write the settings file and build the command for ``python -m refitd.flows FLOW_ARGS``."""
     settings.home.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=".flow-settings-", suffix=".json", dir=settings.home)  # 0600
@@ -60,7 +59,7 @@ def prepare(settings: Settings, flow_args: list[str], *, threads: int | None = N
     if niceness:
         argv += ["--nice", str(int(niceness))]
     env = dict(os.environ)
-    env["REFITD_PROGRESS"] = "1" if progress else "0"
+    env["REFITD_PROGRESS"] = "0"  # the child's output goes to a log file: no progress-bar debris
     env["TOKENIZERS_PARALLELISM"] = "false"
     if threads:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS"):
@@ -68,16 +67,12 @@ def prepare(settings: Settings, flow_args: list[str], *, threads: int | None = N
     return FlowChild(argv + flow_args, env, Path(name), Path(result))
 
 
-def run(settings: Settings, flow_args: list[str], *, log_file: Path | None = None,
-        threads: int | None = None) -> tuple[int, dict[str, Any]]:
+def run(settings: Settings, flow_args: list[str], *, log_file: Path) -> tuple[int, dict[str, Any]]:
     """Run a flow child to the end; (exit code, JSON summary). Its output goes to ``log_file``."""
-    child = prepare(settings, flow_args, threads=threads)
+    child = prepare(settings, flow_args)
     try:
-        if log_file is None:
-            code = subprocess.call(child.argv, env=child.env, stdout=subprocess.DEVNULL)
-        else:
-            with open(log_file, "ab") as log:
-                code = subprocess.call(child.argv, env=child.env, stdout=log, stderr=subprocess.STDOUT)
+        with open(log_file, "ab") as log:
+            code = subprocess.call(child.argv, env=child.env, stdout=log, stderr=subprocess.STDOUT)
         return code, child.result()
     finally:
         child.cleanup()

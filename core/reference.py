@@ -41,10 +41,6 @@ class ReferenceInfo(BaseModel):
     actor: str
     reason: str
 
-    @property
-    def label_set(self) -> list[str]:
-        return sorted(self.labels)
-
 
 def folder(settings: Settings) -> Path:
     return settings.home / DATA_DIR

@@ -31,7 +31,7 @@ from transformers import (
 )
 
 from refitd.core.errors import ConfigError
-from refitd.core.settings import TrainingSection
+from refitd.core.sections import TrainingSection
 from refitd.flows.evaluate import classification_report
 
 log = logging.getLogger(__name__)

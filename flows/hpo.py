@@ -16,7 +16,7 @@ import optuna
 import pandas as pd
 from transformers import TrainerCallback
 
-from refitd.core.settings import HpoSection
+from refitd.core.sections import HpoSection
 from refitd.core.errors import SearchError
 from refitd.flows.finetune import FitConfig, FitResult, fit
 

@@ -32,7 +32,7 @@ import pytest
 
 from refitd.core.datasets import bundled_corpus_path, load_bundled_corpus
 from refitd.core.encoding import encode, load_tokenizer
-from refitd.core.settings import ModelSection
+from refitd.core.sections import ModelSection
 
 CORPUS_SAMPLE = 3000
 RAW_SAMPLE = 500

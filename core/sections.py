@@ -1,0 +1,349 @@
+"""The sections of refitd's settings: one validated model per part of the system.
+
+``core/settings.py`` assembles them into ``Settings`` and loads it from its sources; each section
+checks its own fields and says what to do when one is wrong.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from refitd.core.topics import TOPICS
+
+
+class _Section(BaseModel):
+    # A misspelt key is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSection(_Section):
+    name: str = Field("refitd", description="Model name served under /v2/models/{name}.")
+    base_model: Path | None = Field(
+        None,
+        description="Local Hugging Face model folder to fine-tune from; unset = the bundled all-MiniLM-L6-v2.",
+    )
+    max_length: int = Field(64, description="Maximum tokens per text, for training and serving.")
+
+    @field_validator("max_length")
+    @classmethod
+    def _max_length(cls, v: int) -> int:
+        if not 8 <= v <= 512:
+            raise ValueError(f"model.max_length must be between 8 and 512; got {v}")
+        return v
+
+    @field_validator("base_model")
+    @classmethod
+    def _base_model(cls, v: Path | None) -> Path | None:
+        if v is not None and not (Path(v).expanduser() / "config.json").is_file():
+            raise ValueError(
+                f"model.base_model must be a local Hugging Face model folder with a config.json; "
+                f"{v} has none"
+            )
+        return None if v is None else Path(v).expanduser()
+
+
+class TrainingSection(_Section):
+    data: Path | None = Field(
+        None, description="CSV / JSONL / Parquet file of labelled texts; unset = the bundled tweet corpus."
+    )
+    text_column: str = Field("text", description="Column holding the text in `data`.")
+    label_column: str = Field("label", description="Column holding the label in `data`.")
+    topics: list[str] = Field(
+        ["airline"], description="Bundled corpus only: topics to train the first model on."
+    )
+    max_train_rows: int | None = Field(
+        3000, description="Cap on training rows (a stratified sample); unset = all."
+    )
+    max_test_rows: int | None = Field(
+        None, description="Cap on frozen and recent test rows (a stratified sample); unset = all."
+    )
+    validation_fraction: float = Field(0.1, description="Share of rows held out for validation.")
+    test_fraction: float = Field(0.15, description="Share of rows in the frozen test set.")
+    epochs: float = Field(3.0, description="Training epochs.")
+    batch_size: int = Field(32, description="Training batch size.")
+    learning_rate: float = Field(1e-4, description="Peak learning rate.")
+    weight_decay: float = Field(0.01, description="L2 weight decay.")
+    warmup_ratio: float = Field(0.06, description="Share of steps used for linear warm-up.")
+    lr_scheduler: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="Learning-rate decay after warm-up."
+    )
+    optimizer: Literal["adamw", "sgd", "rmsprop"] = Field("adamw", description="Optimizer.")
+    freeze_embeddings: bool = Field(True, description="Keep the embedding layer frozen.")
+    freeze_layers: int = Field(3, description="Number of lowest encoder layers kept frozen.")
+    dropout: float | None = Field(None, description="Hidden dropout; unset = the model's own.")
+    label_smoothing: float = Field(0.0, description="Label smoothing factor.")
+    early_stopping_patience: int = Field(
+        2, description="Evaluations without a macro-F1 gain before training stops."
+    )
+    seed: int = Field(42, description="Random seed for sampling, splits and training.")
+    threads: int | None = Field(None, description="CPU threads for training; unset = all cores.")
+    warm_start: Literal["champion", "base"] = Field(
+        "champion", description="Refit from the current champion's weights, or from the base model."
+    )
+    unfreeze_every_epochs: float | None = Field(
+        None, description="Gradual unfreezing: unfreeze one more frozen layer (top down) every this many epochs."
+    )
+    augment: bool = Field(False, description="Augment training texts (random deletion / swap / insertion).")
+    augment_copies: int = Field(1, description="Augmented copies added per training text when augment is on.")
+    replay_ratio: float = Field(
+        1.0, description="Older labelled rows replayed per new labelled row, so a refit does not forget."
+    )
+    min_reference_share: float = Field(
+        0.3, description="Reference rows are at least this share of every refit's training rows, however many new labels arrive."
+    )
+    recent_test_fraction: float = Field(
+        0.2, description="Share of new labelled production rows held out as the recent test set."
+    )
+    min_rows: int = Field(100, description="A refit with fewer training rows fails with that reason.")
+    min_class_share: float = Field(0.02, description="Every label must be at least this share of training rows.")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainingSection:
+        if self.batch_size < 1:
+            raise ValueError(f"training.batch_size must be ≥ 1; got {self.batch_size}")
+        if self.epochs <= 0:
+            raise ValueError(f"training.epochs must be > 0; got {self.epochs}")
+        if not 0 < self.learning_rate < 1:
+            raise ValueError(f"training.learning_rate must be in (0, 1); got {self.learning_rate}")
+        if not 0 <= self.freeze_layers <= 48:
+            raise ValueError(f"training.freeze_layers must be between 0 and 48; got {self.freeze_layers}")
+        if self.validation_fraction + self.test_fraction >= 0.8:
+            raise ValueError(
+                "training.validation_fraction + training.test_fraction must leave ≥ 20% for training; "
+                f"got {self.validation_fraction} + {self.test_fraction}"
+            )
+        if not 0 <= self.min_reference_share < 1:
+            raise ValueError(f"training.min_reference_share must be in [0, 1); got {self.min_reference_share}")
+        unknown = [t for t in self.topics if t not in TOPICS]
+        if unknown:
+            raise ValueError(f"training.topics has unknown topic(s) {', '.join(map(repr, unknown))}; "
+                             f"the bundled corpus's topics are {', '.join(TOPICS)}")
+        if self.max_train_rows is not None and self.max_train_rows < 50:
+            raise ValueError(f"training.max_train_rows must be ≥ 50 or unset; got {self.max_train_rows}")
+        return self
+
+
+class GateSection(_Section):
+    primary_metric: Literal["macro_f1", "accuracy"] = Field("macro_f1", description="Metric the gate compares.")
+    min_delta: float = Field(
+        0.01, description="A candidate must beat the champion by this much on the recent test set."
+    )
+    max_regression: float = Field(
+        0.02, description="…and may lose at most this much on the frozen test set."
+    )
+    baseline_margin: float = Field(
+        0.05, description="With no champion, a candidate must beat the majority-class baseline by this much."
+    )
+    int8_tolerance: float = Field(
+        0.01, description="INT8 is served only if its accuracy is within this of fp32 on both test sets."
+    )
+    confidence: float = Field(
+        0.9, description="How sure the gate must be: a paired bootstrap's one-sided bound at this level must clear "
+                         "min_delta on the recent set and -max_regression on the frozen set."
+    )
+
+    @field_validator("confidence")
+    @classmethod
+    def _confidence(cls, v: float) -> float:
+        if not 0.5 <= v < 1:
+            raise ValueError(f"gate.confidence must be in [0.5, 1); got {v}")
+        return v
+
+
+class HpoSection(_Section):
+    trials: int = Field(0, description="Optuna trials per refit; 0 = no search, use the training settings.")
+    sampler: Literal["grid", "random", "tpe"] = Field("tpe", description="grid, random, or Bayesian (TPE).")
+    pruner: Literal["hyperband", "none"] = Field("hyperband", description="Stop unpromising trials early.")
+    budget_minutes: float = Field(30.0, description="Wall-clock budget for the whole search.")
+    learning_rate: list[float] = Field([2e-5, 5e-5, 1e-4, 2e-4], description="Learning rates to search.")
+    freeze_layers: list[int] = Field([0, 2, 4], description="Frozen lower layers to search.")
+    epochs: list[float] = Field([1.0, 2.0, 3.0], description="Epoch counts to search.")
+    weight_decay: list[float] = Field([0.0, 0.01, 0.1], description="L2 weight decays to search.")
+    dropout: list[float] = Field([0.1, 0.2], description="Dropout rates to search.")
+    batch_size: list[int] = Field([16, 32], description="Batch sizes to search.")
+
+
+class ServingSection(_Section):
+    host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
+    port: int = Field(8000, description="Port the HTTP server listens on.")
+    provider: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="ONNX Runtime device: auto = CUDA when onnxruntime-gpu sees a GPU, else CPU."
+    )
+    threads: int | None = Field(None, description="ONNX Runtime intra-op threads; unset = all cores.")
+    precision: Literal["auto", "fp32", "int8"] = Field(
+        "auto", description="Which export to serve: auto = the gate's verdict (INT8 if it kept accuracy), or force one."
+    )
+    max_batch_size: int = Field(32, description="Most texts the batcher runs in one session call.")
+    max_wait_ms: float = Field(5.0, description="Longest a request waits for others to fill a batch.")
+    queue_size: int = Field(1024, description="Most texts waiting; beyond it requests get 503.")
+    request_timeout_s: float = Field(10.0, description="Longest a request waits for its answer.")
+    max_texts_per_request: int = Field(256, description="Most texts in one request.")
+    max_text_chars: int = Field(10_000, description="Most characters in one text.")
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token for /v1/admin/*; unset = admin routes disabled."
+    )
+    poll_interval_s: float = Field(5.0, description="How often the server checks the registry for a new champion.")
+
+    @model_validator(mode="after")
+    def _check(self) -> ServingSection:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"serving.port must be between 0 and 65535; got {self.port}")
+        if self.max_batch_size < 1:
+            raise ValueError(f"serving.max_batch_size must be ≥ 1; got {self.max_batch_size}")
+        if self.queue_size < self.max_batch_size:
+            raise ValueError(
+                f"serving.queue_size must be ≥ serving.max_batch_size ({self.max_batch_size}); got {self.queue_size}"
+            )
+        return self
+
+
+class DriftSection(_Section):
+    window_size: int = Field(1000, description="Current window: the last N predictions.")
+    window_minutes: float | None = Field(
+        None, description="When set, the window is the predictions of the last T minutes (still at most window_size)."
+    )
+    min_window: int = Field(200, description="A window smaller than this is 'insufficient data', never drift.")
+    reference_size: int = Field(2000, description="Rows of the champion's training data used as reference.")
+    methods: dict[str, str] = Field(
+        {}, description="Per-signal drift method overrides, e.g. {confidence = 'ks'} (Evidently method names)."
+    )
+    thresholds: dict[str, float] = Field(
+        {}, description="Per-signal threshold overrides, e.g. {text = 0.6, embedding = 0.6}."
+    )
+    min_drifted_signals: int = Field(2, description="Signals that must drift together for a 'drifted' verdict.")
+    min_labels: int = Field(30, description="Labelled rows a window needs before measured accuracy counts.")
+    performance_drop: float = Field(
+        0.05, description="A fall in measured accuracy this large vs the champion's test accuracy is drift."
+    )
+    webhook_url: str | None = Field(
+        None, description="POST a JSON alert (Slack-compatible `text`) here when the verdict changes; unset = off."
+    )
+    webhook_timeout_s: float = Field(5.0, description="Timeout of one webhook attempt.")
+    webhook_retries: int = Field(3, description="Webhook attempts before the failure is recorded as an event.")
+
+    @model_validator(mode="after")
+    def _check(self) -> DriftSection:
+        known = {"text", "embedding", "label", "confidence", "length", "oov_share", "non_letter_share"}
+        unknown = sorted((set(self.methods) | set(self.thresholds)) - known)
+        if unknown:
+            raise ValueError(f"drift.methods / drift.thresholds name unknown signals {unknown}; known: {sorted(known)}")
+        if "embedding" in self.methods:
+            raise ValueError("drift.methods.embedding cannot be changed yet: the embedding signal uses the model() method")
+        if self.window_minutes is not None and self.window_minutes <= 0:
+            raise ValueError(f"drift.window_minutes must be > 0 (or unset for a count window); got {self.window_minutes}")
+        if self.min_window < 30:
+            raise ValueError(f"drift.min_window must be ≥ 30; got {self.min_window}")
+        if self.window_size < self.min_window:
+            raise ValueError(
+                f"drift.window_size must be ≥ drift.min_window ({self.min_window}); got {self.window_size}"
+            )
+        return self
+
+
+class SchedulerSection(_Section):
+    drift_interval_minutes: float = Field(10.0, description="Minutes between drift checks.")
+    refit_cron: str | None = Field(
+        None, description="Cron expression (5 fields, server time zone) for scheduled refits; unset = none."
+    )
+    label_trigger: int | None = Field(
+        None, description="Refit once this many new labels arrived since the champion was trained; unset = off."
+    )
+    label_check_minutes: float = Field(5.0, description="Minutes between checks of the new-label count.")
+    retention_days: float = Field(
+        30.0, description="Predictions without feedback, drift reports and finished job records older than this are pruned."
+    )
+    misfire_grace_s: int = Field(
+        600, description="A job missed by up to this many seconds (daemon down, busy) still runs once on start."
+    )
+    watch_minutes: float = Field(
+        120.0, description="After a promotion, how long the new champion's live quality is compared with the old one."
+    )
+    watch_interval_minutes: float = Field(1.0, description="Minutes between post-promotion quality comparisons.")
+    watch_min_labels: int = Field(30, description="Labels each champion needs in the watch before they are compared.")
+    rollback_drop: float = Field(
+        0.05, description="Roll back when the new champion's live accuracy is this far below the previous one's."
+    )
+
+    @field_validator("refit_cron")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        if v is not None:
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(v)
+            except ValueError as exc:
+                raise ValueError(f"scheduler.refit_cron {v!r} is not a 5-field cron expression: {exc}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _positive(self) -> SchedulerSection:
+        for name in ("drift_interval_minutes", "label_check_minutes", "watch_interval_minutes", "retention_days"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"scheduler.{name} must be > 0; got {getattr(self, name)}")
+        return self
+
+
+class RefitSection(_Section):
+    min_new_labels: int = Field(
+        200, description="A drift verdict starts a refit only once this many labels arrived since the champion was trained."
+    )
+    cooldown_minutes: float = Field(60.0, description="Minimum minutes between the starts of two refits.")
+    nice: int = Field(10, description="CPU niceness of a local refit process (0-19), so serving stays responsive.")
+    threads: int = Field(1, description="CPU threads a local refit may use (torch, OpenMP, tokenizers).")
+    quick: bool = Field(False, description="Refit on a small sample with short texts (demos, tests).")
+    timeout_minutes: float = Field(180.0, description="A refit still running after this long is stopped and failed.")
+    lease_s: float = Field(
+        120.0, description="The refit lock's lease; renewed while the refit runs, free once its holder died."
+    )
+    stop_timeout_s: float = Field(30.0, description="On shutdown, how long to wait for a running refit to stop.")
+
+    @field_validator("nice")
+    @classmethod
+    def _nice(cls, v: int) -> int:
+        if not 0 <= v <= 19:
+            raise ValueError(f"refit.nice must be between 0 and 19; got {v}")
+        return v
+
+
+class PrefectSection(_Section):
+    api_url: str | None = Field(
+        None, description="A long-lived Prefect API (http://host:4200/api); with `deployment`, refits run there."
+    )
+    deployment: str | None = Field(
+        None, description="Deployment to run refits with, 'flow-name/deployment-name' (see deploy/prefect.yaml)."
+    )
+    poll_s: float = Field(10.0, description="Seconds between state polls of a deployment run.")
+
+    @model_validator(mode="after")
+    def _both(self) -> PrefectSection:
+        if (self.api_url is None) != (self.deployment is None):
+            raise ValueError("prefect.api_url and prefect.deployment go together: set both or neither")
+        if self.deployment is not None and "/" not in self.deployment:
+            raise ValueError(f"prefect.deployment must be 'flow-name/deployment-name'; got {self.deployment!r}")
+        return self
+
+
+class DatabaseSection(_Section):
+    url: str | None = Field(
+        None,
+        description="SQLAlchemy URL (sqlite:///… or postgresql+psycopg://…); unset = SQLite in the state directory.",
+    )
+    echo: bool = Field(False, description="Log every SQL statement.")
+    timeout_s: float = Field(
+        30.0, description="How long a statement waits for a SQLite lock, or a PostgreSQL connection attempt."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("sqlite:", "postgresql")):
+            raise ValueError(
+                f"database.url must start with sqlite:/// or postgresql+psycopg://; got {v.split(':')[0]}:…"
+            )
+        if v is not None and v.startswith("postgresql://"):
+            v = "postgresql+psycopg://" + v.removeprefix("postgresql://")
+        return v
