@@ -62,7 +62,7 @@ class Plan:
     @classmethod
     def for_run(cls, quick: bool) -> Plan:
         if quick:
-            return cls(quick=True, rate=20.0, phase1=400, after=300, max_phase2_s=230.0, drift_every_s=15.0,
+            return cls(quick=True, rate=20.0, phase1=400, after=300, max_phase2_s=300.0, drift_every_s=15.0,
                        label_fraction=0.5, min_new_labels=400, max_train_rows=400)
         return cls(quick=False)
 
