@@ -201,7 +201,7 @@ class DataPlane:
             "queue_depth": self.batcher.queued_texts,
             "refused": self.refused,
             "prediction_log": {"pending": self.predlog.pending, "spooled_segments": self.predlog.spooled_segments,
-                               "database_ok": self.predlog.db_ok},
+                               "database_ok": self.predlog.db_ok, "rejected_rows": self.predlog.rejected},
             "uptime_s": round(time.time() - self.started, 1),
         }
 

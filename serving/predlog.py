@@ -3,17 +3,34 @@
 Before a request is acknowledged its rows are appended to the active spool
 segment (``spool/wal-*.jsonl``, written through to the OS). A background
 thread rotates the segment and bulk-inserts its rows; the segment is deleted
-once the database has them. When the database refuses a flush the segment is
-kept as ``pending-*.jsonl`` and replayed when it answers again; segments left
-by a crash are replayed at start. Replays skip ids already stored, so a row is
-never lost and never doubled.
-"""
+once the database has them. Two kinds of failure are told apart:
 
+* The database is **unavailable**: it cannot be reached, drops the connection,
+  times out, is locked, or fails in any way not blamed on the rows. The
+  segment is kept as ``pending-*.jsonl`` and replayed, in order, when the
+  database answers again; segments left by a crash are replayed at start.
+  Replays skip ids already stored, so a row is never lost and never doubled.
+* The database **refuses rows** (``DataError``, ``IntegrityError``, or a value
+  that cannot be bound to its column; e.g. a text holding a NUL character,
+  which PostgreSQL text columns refuse). The batch is bisected, each half
+  inserted in its own transaction, until every row the database accepts is
+  stored. A row refused on its own is a *rejected row*: it goes to
+  ``spool/rejected-<ts>.jsonl`` (its segment line plus a ``"rejected":
+  {"error", "message"}`` entry), is logged with its id and the reason, and is
+  counted in ``rejected``. It is never dropped and never holds up later rows.
+
+To re-import a rejected row, fix the line (the ``"rejected"`` entry may stay;
+it is ignored on read) and move it into a file named ``pending-<name>.jsonl``
+in the spool folder. The next flush replays it like any pending segment,
+skipping ids already stored; a line still refused lands in a new
+``rejected-*.jsonl``.
+"""
 from __future__ import annotations
 
 import base64
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -22,7 +39,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from sqlalchemy import Engine, insert, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 
 from refitd.core.tables import Prediction
 
@@ -44,6 +61,7 @@ class PredictionLog:
         self._thread: threading.Thread | None = None
         self.written = 0
         self.spooled = 0
+        self.rejected = 0  # rows the database refused on their own, kept in rejected-*.jsonl
         self.db_ok = True
 
     # lifecycle ------------------------------------------------------------------------
@@ -130,23 +148,73 @@ class PredictionLog:
         self._fh = self._active.open("a", encoding="utf-8")
 
     def _insert(self, rows: list[dict[str, Any]], *, skip_existing: bool) -> bool:
+        """Store rows, quarantining any the database refuses; False (rows kept) while it is unavailable."""
         try:
-            with self.engine.begin() as conn:
-                if skip_existing:
-                    stored = _existing_ids(conn, [r["id"] for r in rows])
-                    rows = [r for r in rows if r["id"] not in stored]
-                if rows:
-                    conn.execute(insert(Prediction), rows)
+            self._write(rows, skip_existing=skip_existing)
         except SQLAlchemyError as exc:
-            if self.db_ok:
-                log.warning("database refused prediction rows (%s); keeping them in %s", type(exc).__name__, self.dir)
-            self.db_ok = False
-            return False
+            if not _refused(exc):
+                return self._unavailable(exc)
+            rejected: list[tuple[dict[str, Any], SQLAlchemyError]] = []
+            try:
+                self._bisect(rows, rejected)
+            except SQLAlchemyError as down:  # gone mid-way: the replay bisects again, skipping stored ids
+                return self._unavailable(down)
+            self._quarantine(rejected)
         if not self.db_ok:
             log.info("database is back; prediction logging resumed")
         self.db_ok = True
-        self.written += len(rows)
         return True
+
+    def _write(self, rows: list[dict[str, Any]], *, skip_existing: bool) -> None:
+        """Insert rows in one transaction (without the ids already stored, if asked)."""
+        with self.engine.begin() as conn:
+            if skip_existing:
+                stored = _existing_ids(conn, [r.get("id") for r in rows])
+                rows = [r for r in rows if r.get("id") not in stored]
+            if rows:
+                conn.execute(insert(Prediction), rows)
+        self.written += len(rows)
+
+    def _bisect(self, rows: list[dict[str, Any]], rejected: list[tuple[dict[str, Any], SQLAlchemyError]]) -> None:
+        """Store each half the database accepts, halving refused ones; collect rows refused alone.
+
+        Raises when the database turns out to be unavailable.
+        """
+        mid = len(rows) // 2
+        for half in (rows[:mid], rows[mid:]):
+            if not half:
+                continue
+            try:
+                self._write(half, skip_existing=True)
+            except SQLAlchemyError as exc:
+                if not _refused(exc):
+                    raise
+                if len(half) == 1:
+                    rejected.append((half[0], exc))
+                else:
+                    self._bisect(half, rejected)
+
+    def _quarantine(self, rejected: list[tuple[dict[str, Any], SQLAlchemyError]]) -> None:
+        """Keep rows refused on their own in ``rejected-<ts>.jsonl``, with the reason, and say so."""
+        if not rejected:
+            return
+        path = self.dir / f"rejected-{time.time_ns()}-{uuid.uuid4().hex[:6]}.jsonl"
+        with path.open("a", encoding="utf-8") as fh:
+            for row, exc in rejected:
+                error, message = type(exc).__name__, _reason(exc)
+                fh.write(json.dumps({**_jsonable(row), "rejected": {"error": error, "message": message}}) + "\n")
+                log.error("prediction %s refused by the database (%s: %s); kept in %s",
+                          row.get("id"), error, message, path.name)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.rejected += len(rejected)
+
+    def _unavailable(self, exc: SQLAlchemyError) -> bool:
+        if self.db_ok:
+            log.warning("database unavailable for prediction rows (%s: %s); keeping them in %s",
+                        type(exc).__name__, _reason(exc), self.dir)
+        self.db_ok = False
+        return False
 
     def _replay_pending(self) -> None:
         for segment in sorted(self.dir.glob("pending-*.jsonl")):
@@ -155,6 +223,23 @@ class PredictionLog:
                 return  # still down: keep this and later segments for the next try
             segment.unlink()
             log.info("replayed %d spooled prediction rows from %s", len(rows), segment.name)
+
+
+def _refused(exc: SQLAlchemyError) -> bool:
+    """True when the database answered and refused the rows, False when it is unavailable.
+
+    Only errors blamed on the data count; anything else (connection, timeout, lock, missing
+    table, server fault) keeps the rows for a retry, so an outage never quarantines good rows.
+    """
+    if isinstance(exc, DBAPIError):
+        return isinstance(exc, (DataError, IntegrityError)) and not exc.connection_invalidated
+    return isinstance(exc, StatementError)  # a value that could not be bound to its column
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    """The driver's first line, without the statement and parameters (they would repeat the text)."""
+    orig = getattr(exc, "orig", None) or exc
+    return (str(orig).splitlines() or [type(orig).__name__])[0][:200]
 
 
 def _read_segment(segment: Path) -> list[dict[str, Any]]:
@@ -186,6 +271,7 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _from_json(row: dict[str, Any]) -> dict[str, Any]:
+    row.pop("rejected", None)  # a quarantined line moved back for re-import
     row["created_at"] = datetime.fromisoformat(row["created_at"])
     if row.get("embedding") is not None:
         row["embedding"] = base64.b64decode(row["embedding"])
