@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from refitd.core.credentials import redact_url
 from refitd.core.errors import RefitdError
 from refitd.core.settings import Settings
 from refitd.cli.data import data_app
@@ -61,7 +62,7 @@ def db_upgrade(ctx: typer.Context) -> None:
 
     settings = _settings(ctx)
     revision = upgrade(engine_for(settings))
-    console.print(f"database at revision [bold]{revision}[/] ({_safe_url(settings.database_url)})")
+    console.print(f"database at revision [bold]{revision}[/] ({redact_url(settings.database_url)})")
 
 
 @db_app.command("current")
@@ -295,12 +296,6 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", h
         console.print_json(json.dumps(info, default=str))
     else:
         render_status(info, console)
-
-
-def _safe_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
 
 
 # run --------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from refitd.core.credentials import redact_url
 from refitd.core.topics import TOPICS
 
 
@@ -218,8 +219,9 @@ class DriftSection(_Section):
     performance_drop: float = Field(
         0.05, description="A fall in measured accuracy this large vs the champion's test accuracy is drift."
     )
-    webhook_url: str | None = Field(
-        None, description="POST a JSON alert (Slack-compatible `text`) here when the verdict changes; unset = off."
+    webhook_url: SecretStr | None = Field(
+        None, description="POST a JSON alert (Slack-compatible `text`) here when the verdict changes; unset = off. "
+                          "A secret (a Slack URL is its own key): never printed; may come from a file.",
     )
     webhook_timeout_s: float = Field(5.0, description="Timeout of one webhook attempt.")
     webhook_retries: int = Field(3, description="Webhook attempts before the failure is recorded as an event.")
@@ -240,6 +242,8 @@ class DriftSection(_Section):
             raise ValueError(
                 f"drift.window_size must be ≥ drift.min_window ({self.min_window}); got {self.window_size}"
             )
+        if self.webhook_url is not None and not self.webhook_url.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError(f"drift.webhook_url must be an http:// or https:// URL; got {redact_url(self.webhook_url)}")
         return self
 
 
@@ -328,9 +332,10 @@ class PrefectSection(_Section):
 
 
 class DatabaseSection(_Section):
-    url: str | None = Field(
+    url: SecretStr | None = Field(
         None,
-        description="SQLAlchemy URL (sqlite:///… or postgresql+psycopg://…); unset = SQLite in the state directory.",
+        description="SQLAlchemy URL (sqlite:///… or postgresql+psycopg://…); unset = SQLite in the state directory. "
+                    "A secret: never printed; may come from a file (README, Secrets).",
     )
     echo: bool = Field(False, description="Log every SQL statement.")
     timeout_s: float = Field(
@@ -339,11 +344,12 @@ class DatabaseSection(_Section):
 
     @field_validator("url")
     @classmethod
-    def _url(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("sqlite:", "postgresql")):
-            raise ValueError(
-                f"database.url must start with sqlite:/// or postgresql+psycopg://; got {v.split(':')[0]}:…"
-            )
-        if v is not None and v.startswith("postgresql://"):
-            v = "postgresql+psycopg://" + v.removeprefix("postgresql://")
+    def _url(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None:
+            return None
+        url = v.get_secret_value()
+        if not url.startswith(("sqlite:", "postgresql")):
+            raise ValueError(f"database.url must start with sqlite:/// or postgresql+psycopg://; got {redact_url(url)}")
+        if url.startswith("postgresql://"):
+            return SecretStr("postgresql+psycopg://" + url.removeprefix("postgresql://"))
         return v

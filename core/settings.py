@@ -1,8 +1,9 @@
 """refitd's one configuration object.
 
 Sources, highest first: arguments given to :meth:`Settings.load`, environment
-variables ``REFITD_*`` (nested with ``__``: ``REFITD_SERVING__PORT=9000``), then
-the TOML file (``--config``, else ``$REFITD_CONFIG``, else ``<home>/refitd.toml``).
+variables ``REFITD_*`` (nested with ``__``: ``REFITD_SERVING__PORT=9000``; a secret may
+instead come from a file, see :mod:`refitd.core.credentials`), then the TOML file
+(``--config``, else ``$REFITD_CONFIG``, else ``<home>/refitd.toml``).
 Build it once at an entry point and pass it down.
 """
 
@@ -22,6 +23,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from refitd.core.credentials import EnvWithSecretFiles
 from refitd.core.errors import ConfigError, validation_problems
 from refitd.core.sections import (
     DatabaseSection,
@@ -84,7 +86,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         path = _toml_path.get()
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, EnvWithSecretFiles(settings_cls, env_settings)]
         if path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
@@ -137,7 +139,9 @@ class Settings(BaseSettings):
 
     @property
     def database_url(self) -> str:
-        return self.database.url or f"sqlite:///{self.home / 'refitd.db'}"
+        """The database URL, password included: for the engine only; show it with ``redact_url``."""
+        url = self.database.url
+        return url.get_secret_value() if url is not None else f"sqlite:///{self.home / 'refitd.db'}"
 
     @property
     def models_dir(self) -> Path:

@@ -16,7 +16,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("REFITD_PROGRESS", "0")
-for _var in ("REFITD_HOME", "REFITD_CONFIG", "STATE_DIRECTORY"):
+for _var in ("REFITD_HOME", "REFITD_CONFIG", "STATE_DIRECTORY", "CREDENTIALS_DIRECTORY"):
     os.environ.pop(_var, None)
 
 PG_URL = os.environ.get("REFITD_TEST_DATABASE_URL")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from refitd.core.credentials import credential_name, file_variable, secret_settings
 from refitd.core.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
@@ -63,9 +64,17 @@ def test_env_file_holds_only_settings() -> None:
     assignments = [ln for ln in lines if re.match(r"^[A-Z_]+=", ln)]
     assert assignments and all(a.startswith("REFITD_") for a in assignments)
     env = dict(a.split("=", 1) for a in assignments)
-    overrides = {k: v for k, v in env.items() if "ADMIN_TOKEN" in k or "HOST" in k or "PREFECT" in k}
+    files = {k for k in env if k.endswith("_FILE")}
+    # every secret's *_FILE form is shown, and nothing else has one
+    assert files == {file_variable(Settings, *secret) for secret in secret_settings(Settings)}
+    overrides = {k: v for k, v in env.items() if k not in files and ("ADMIN_TOKEN" in k or "HOST" in k or "PREFECT" in k)}
     settings = Settings(_env_file=None, **_nested(overrides))  # the example values are valid settings
     assert settings.prefect.deployment == "refitd-refit-deployed/refitd-refit"
+
+
+def test_unit_shows_a_credential_for_every_secret() -> None:
+    shown = re.findall(r"^#\s*LoadCredential=([^:\s]+):", (DEPLOY / "refitd.service").read_text(), flags=re.M)
+    assert sorted(shown) == sorted(credential_name(*secret) for secret in secret_settings(Settings))
 
 
 def _nested(env: dict[str, str]) -> dict:

@@ -12,17 +12,23 @@ import time
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 from sqlalchemy import Engine
 
 from refitd.core import registry
+from refitd.core.credentials import redact_url
 from refitd.core.db import session_scope
 
 log = logging.getLogger(__name__)
 
 
 class Webhook:
-    def __init__(self, url: str, engine: Engine, *, timeout_s: float = 5.0, retries: int = 3) -> None:
+    """One receiver. Its URL is a secret (a Slack webhook URL is its own key): logs and events show
+    only its scheme and host."""
+
+    def __init__(self, url: SecretStr, engine: Engine, *, timeout_s: float = 5.0, retries: int = 3) -> None:
         self.url, self.engine, self.timeout_s, self.retries = url, engine, timeout_s, retries
+        self.shown = redact_url(url)
 
     def send(self, payload: dict[str, Any]) -> threading.Thread:
         """Deliver in the background; return the thread (joinable in tests and at shutdown)."""
@@ -31,21 +37,21 @@ class Webhook:
         return thread
 
     def _deliver(self, payload: dict[str, Any]) -> None:
-        error = ""
+        error, url = "", self.url.get_secret_value()
         for attempt in range(1, self.retries + 1):
             try:
-                response = httpx.post(self.url, json=payload, timeout=self.timeout_s)
+                response = httpx.post(url, json=payload, timeout=self.timeout_s)
                 if response.status_code < 300:
                     return
                 error = f"HTTP {response.status_code}"
             except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}"
+                error = f"{type(exc).__name__}: {str(exc).replace(url, self.shown)}"
             time.sleep(min(2 ** (attempt - 1) * 0.5, 5.0))
-        log.warning("alert to %s failed after %d tries: %s", self.url, self.retries, error)
+        log.warning("alert to %s failed after %d tries: %s", self.shown, self.retries, error)
         try:
             with session_scope(self.engine) as session:
                 registry.record_event(session, kind="alert_failed", subject=str(payload.get("check_id")),
-                                      reason=f"webhook {self.url} failed after {self.retries} tries: {error}")
+                                      reason=f"webhook {self.shown} failed after {self.retries} tries: {error}")
         except Exception:  # noqa: BLE001 - an alert must never take anything down with it
             log.exception("could not record the failed alert")
 
