@@ -183,9 +183,22 @@ class ServingSection(_Section):
     request_timeout_s: float = Field(10.0, description="Longest a request waits for its answer.")
     max_texts_per_request: int = Field(256, description="Most texts in one request.")
     max_text_chars: int = Field(10_000, description="Most characters in one text.")
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024, description="Largest request body; a longer one gets 413 before it is read into memory."
+    )
     admin_token: SecretStr | None = Field(
         None, description="Bearer token for /v1/admin/*; unset = admin routes disabled."
     )
+    feedback_token: SecretStr | None = Field(
+        None, description="Bearer token required on /v1/feedback (labels train the next model); unset = open."
+    )
+    feedback_sources: list[str] = Field(
+        ["api", "review", "import"], description="Values /v1/feedback accepts as `source`; anything else is 422."
+    )
+    feedback_rate_per_s: float = Field(
+        50.0, description="Labels per second each feedback source may send (token bucket); beyond it 429 + Retry-After."
+    )
+    feedback_burst: int = Field(200, description="Labels a feedback source may send at once before the rate applies.")
     poll_interval_s: float = Field(5.0, description="How often the server checks the registry for a new champion.")
 
     @model_validator(mode="after")
@@ -194,6 +207,17 @@ class ServingSection(_Section):
             raise ValueError(f"serving.port must be between 0 and 65535; got {self.port}")
         if self.max_batch_size < 1:
             raise ValueError(f"serving.max_batch_size must be ≥ 1; got {self.max_batch_size}")
+        for name in ("admin_token", "feedback_token"):
+            token = getattr(self, name)
+            if token is not None and not token.get_secret_value().strip():
+                raise ValueError(f"serving.{name} is empty: an empty token is no protection (unset it instead)")
+        if self.max_body_bytes < 1024:
+            raise ValueError(f"serving.max_body_bytes must be ≥ 1024; got {self.max_body_bytes}")
+        if not self.feedback_sources or any(not s or len(s) > 32 for s in self.feedback_sources):
+            raise ValueError(f"serving.feedback_sources must name 1–32 character sources; got {self.feedback_sources}")
+        if self.feedback_rate_per_s <= 0 or self.feedback_burst < 1:
+            raise ValueError("serving.feedback_rate_per_s must be > 0 and serving.feedback_burst ≥ 1; "
+                             f"got {self.feedback_rate_per_s} and {self.feedback_burst}")
         if self.queue_size < self.max_batch_size:
             raise ValueError(
                 f"serving.queue_size must be ≥ serving.max_batch_size ({self.max_batch_size}); got {self.queue_size}"

@@ -1,32 +1,44 @@
-"""The HTTP API: endpoints translate HTTP into calls on the DataPlane, nothing more."""
+"""The HTTP API: endpoints translate HTTP into calls on the DataPlane, nothing more.
+
+Every route declares in OpenAPI each status it can answer, all errors as ``{"error": "…"}``; the
+request schemas are built from the limits validation enforces (serving/schemas.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import SecretStr
 from starlette.exceptions import HTTPException
 
 from refitd.core import registry
-from refitd.core.errors import AdminDeniedError, BadRequestError, NoChampionError, OverloadedError, RefitdError, UnprocessableError
+from refitd.core.errors import AdminDeniedError, NoChampionError, RefitdError, UnprocessableError
+from refitd.serving.body import JSON, BodyLimit, errors_message, parse_body
 from refitd.serving.dataplane import DataPlane
-from refitd.serving.limits import check_texts
+from refitd.serving.limits import check_texts, text_problem
 from refitd.serving.oip import add_v2_routes
-from refitd.serving.schemas import FeedbackRequest, PredictRequest, PredictResponse
+from refitd.serving.ratelimit import RateLimiter
+from refitd.serving.schemas import (
+    FeedbackOut,
+    FeedbackRequest,
+    PredictRequest,
+    PredictResponse,
+    errors,
+    feedback_schema,
+    predict_schema,
+)
 
 log = logging.getLogger(__name__)
-
-Body = TypeVar("Body", bound=BaseModel)
 
 
 class RequestMetrics:
@@ -54,41 +66,83 @@ class RequestMetrics:
             self.metrics.latency.labels(route=path).observe(time.perf_counter() - start)
 
 
-async def parse_body(request: Request, model: type[Body]) -> Body:
-    """Decode a JSON body whatever its content type; say exactly what is wrong when it cannot."""
-    raw = await request.body()
-    if not raw:
-        raise BadRequestError("the request body is empty: send a JSON object")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadRequestError(f"the request body is not valid UTF-8 (byte {exc.start})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadRequestError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise UnprocessableError(errors_message(exc.errors())) from None
+def bearer_matches(request: Request, token: SecretStr) -> bool:
+    """Constant-time comparison of ``Authorization: Bearer …`` with ``token`` (any header bytes are safe)."""
+    given = request.headers.get("authorization", "").encode("latin-1")
+    return given.startswith(b"Bearer ") and secrets.compare_digest(given[7:], token.get_secret_value().encode("utf-8"))
 
 
-def errors_message(errors: list) -> str:
-    parts = []
-    for err in errors:
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-        parts.append(f"{where}: {msg}" if where else msg)
-    return "; ".join(parts) or "invalid request"
-
-
-def _body_schema(model: type[BaseModel]) -> dict:
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {JSON: {"schema": schema}}}}
 
 
 def create_app(plane: DataPlane) -> FastAPI:
     limits = plane.settings.serving
+    app = FastAPI(title="refitd", version="0.1.0", lifespan=_lifespan(plane),
+                  description="Classify texts with the current champion; Open Inference Protocol V2 under /v2.")
+    app.state.plane = plane
+    metrics = plane.metrics
+    app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts the 413s BodyLimit answers too
+    _add_error_handlers(app)
+    feedback_limiter = RateLimiter(limits.feedback_rate_per_s, limits.feedback_burst)
 
+    @app.post("/v1/predict", response_model=PredictResponse, summary="Classify one text or a list of texts",
+              responses=errors(400, 413, 422, 503, 504), openapi_extra=_body(
+                  predict_schema(max_texts=limits.max_texts_per_request, max_chars=limits.max_text_chars)))
+    async def predict(request: Request) -> Response:
+        texts = (await parse_body(request, PredictRequest)).as_list()
+        check_texts(texts, max_texts=limits.max_texts_per_request, max_chars=limits.max_text_chars)
+        # Built by the data plane to the PredictResponse schema; serialised directly (no re-validation).
+        return Response(orjson.dumps({"predictions": await plane.predict(texts)}), media_type=JSON)
+
+    @app.post("/v1/feedback", response_model=FeedbackOut, summary="Record the true label of a prediction (or of a text)",
+              responses=errors(400, 401, 404, 413, 422, 429, 503), openapi_extra=_body(
+                  feedback_schema(max_chars=limits.max_text_chars, labels=[], sources=limits.feedback_sources)))
+    async def feedback(request: Request) -> Response:
+        if limits.feedback_token is not None and not bearer_matches(request, limits.feedback_token):
+            raise FeedbackDeniedError()
+        body = await parse_body(request, FeedbackRequest)
+        _check_feedback(body, sources=limits.feedback_sources, max_chars=limits.max_text_chars)
+        feedback_limiter.take(body.source)
+        answer = await asyncio.to_thread(plane.feedback, label=body.label, prediction_id=body.prediction_id,
+                                         text=body.text, source=body.source)
+        return Response(orjson.dumps(answer), media_type=JSON)
+
+    @app.get("/v1/status", summary="What is served, and how the server is doing")
+    async def status() -> dict:
+        return await asyncio.to_thread(plane.status)
+
+    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        metrics.queue_depth.set(plane.batcher.queued_texts)
+        metrics.log_pending.set(plane.predlog.pending)
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    _add_admin_routes(app, plane)
+    add_v2_routes(app, plane)
+    _publish_current_labels(app, plane)
+    return app
+
+
+class FeedbackDeniedError(RefitdError):
+    status_code = 401
+
+    def __init__(self) -> None:
+        super().__init__("/v1/feedback needs 'Authorization: Bearer <serving.feedback_token>'")
+
+
+def _check_feedback(body: FeedbackRequest, *, sources: list[str], max_chars: int) -> None:
+    if body.source not in sources:
+        raise UnprocessableError(f"source {body.source!r} is not one of {', '.join(sources)} (serving.feedback_sources)")
+    if body.text is not None:
+        check_texts([body.text], max_texts=1, max_chars=max_chars)
+    problem = text_problem(body.label)
+    if problem is not None:
+        raise UnprocessableError(f"label {problem}")
+
+
+def _lifespan(plane: DataPlane):  # type: ignore[no-untyped-def]
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         plane.predlog.start()
@@ -110,16 +164,14 @@ def create_app(plane: DataPlane) -> FastAPI:
             await asyncio.to_thread(plane.predlog.close)
             log.info("prediction log flushed: %d rows written, %d spooled", plane.predlog.written, plane.predlog.spooled)
 
-    app = FastAPI(title="refitd", version="0.1.0", lifespan=lifespan,
-                  description="Classify texts with the current champion; Open Inference Protocol V2 under /v2.")
-    app.state.plane = plane
-    metrics = plane.metrics
+    return lifespan
 
-    app.add_middleware(RequestMetrics, metrics=metrics)
 
+def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RefitdError)
     async def _refitd_error(_request: Request, exc: RefitdError) -> JSONResponse:
-        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, OverloadedError) else None
+        retry_after = getattr(exc, "retry_after", None)
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
         return JSONResponse({"error": str(exc)}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
@@ -128,60 +180,55 @@ def create_app(plane: DataPlane) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def _http(_request: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+        # Starlette's 405 carries the Allow header RFC 9110 requires: keep every header it set.
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
-    @app.post("/v1/predict", response_model=PredictResponse, summary="Classify one text or a list of texts",
-              openapi_extra=_body_schema(PredictRequest))
-    async def predict(request: Request) -> Response:
-        texts = (await parse_body(request, PredictRequest)).as_list()
-        check_texts(texts, max_texts=limits.max_texts_per_request, max_chars=limits.max_text_chars)
-        # Built by the data plane to the PredictResponse schema; serialised directly (no re-validation).
-        return Response(json.dumps({"predictions": await plane.predict(texts)}), media_type="application/json")
 
-    @app.post("/v1/feedback", summary="Record the true label of a prediction (or of a text)",
-              openapi_extra=_body_schema(FeedbackRequest))
-    async def feedback(request: Request) -> dict:
-        body = await parse_body(request, FeedbackRequest)
-        if body.text is not None:
-            check_texts([body.text], max_texts=1, max_chars=limits.max_text_chars)
-        return await asyncio.to_thread(plane.feedback, label=body.label, prediction_id=body.prediction_id,
-                                       text=body.text, source=body.source)
-
-    @app.get("/v1/status", summary="What is served, and how the server is doing")
-    async def status() -> dict:
-        return await asyncio.to_thread(plane.status)
-
-    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
-    async def prometheus() -> Response:
-        metrics.queue_depth.set(plane.batcher.queued_texts)
-        metrics.log_pending.set(plane.predlog.pending)
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+def _add_admin_routes(app: FastAPI, plane: DataPlane) -> None:
+    limits = plane.settings.serving
 
     def admin(request: Request) -> str:
         token = limits.admin_token
         if token is None:
             raise AdminDeniedError("admin routes are disabled: set serving.admin_token to enable them", disabled=True)
-        given = request.headers.get("authorization", "")
-        if not given.startswith("Bearer ") or not secrets.compare_digest(given[7:], token.get_secret_value()):
+        if not bearer_matches(request, token):
             raise AdminDeniedError("admin routes need 'Authorization: Bearer <serving.admin_token>'", disabled=False)
-        return request.headers.get("x-refitd-actor", "admin")
+        actor = request.headers.get("x-refitd-actor", "admin")
+        return actor if actor.isprintable() and len(actor) <= 64 else "admin"
 
-    @app.post("/v1/admin/reload", summary="Load the registry's champion now (retries a refused one)")
+    @app.post("/v1/admin/reload", summary="Load the registry's champion now (retries a refused one)",
+              responses=errors(401, 404, 503))
     async def reload(request: Request) -> dict:
         admin(request)
         return {"serving": await asyncio.to_thread(plane.load_champion, retry_refused=True)}
 
-    @app.post("/v1/admin/promote/{version}", summary="Promote a version and serve it")
+    @app.post("/v1/admin/promote/{version}", summary="Promote a version and serve it",
+              responses=errors(401, 404, 409, 422, 503))
     async def promote(version: str, request: Request) -> dict:
         actor = admin(request)
         await asyncio.to_thread(registry.promote, plane.engine, version, actor=actor, reason=f"promoted by {actor} over HTTP")
         return {"serving": await asyncio.to_thread(plane.load_champion, retry_refused=True)}
 
-    @app.post("/v1/admin/rollback", summary="Restore the previous champion and serve it")
+    @app.post("/v1/admin/rollback", summary="Restore the previous champion and serve it",
+              responses=errors(401, 404, 409, 503))
     async def rollback(request: Request) -> dict:
         actor = admin(request)
         restored = await asyncio.to_thread(registry.rollback, plane.engine, actor=actor, reason=f"rollback by {actor} over HTTP")
         return {"champion": restored.version, "serving": await asyncio.to_thread(plane.load_champion, retry_refused=True)}
 
-    add_v2_routes(app, plane)
-    return app
+
+def _publish_current_labels(app: FastAPI, plane: DataPlane) -> None:
+    """/openapi.json names the served model's labels as the feedback label's enum (they change on a swap)."""
+    build = app.openapi
+    limits = plane.settings.serving
+
+    def openapi() -> dict[str, Any]:
+        app.openapi_schema = None
+        schema = build()
+        runtime = plane.runtime
+        body = feedback_schema(max_chars=limits.max_text_chars, labels=list(runtime.labels) if runtime else [],
+                               sources=limits.feedback_sources)
+        schema["paths"]["/v1/feedback"]["post"]["requestBody"]["content"][JSON]["schema"] = body
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -6,6 +6,11 @@ request, whichever comes first; a request that finds nobody else waiting runs at
 they are sorted by length and cut into batches of similar length, so short
 texts are not padded to a long one. Each batch runs on the runtime that was
 current when it started, so a hot swap never changes a batch midway.
+
+Requests are validated before they are queued (serving/limits.py: the texts the tokenizer and the
+database cannot take are refused there). If a batch still fails, it is split in halves and each is
+retried, down to single requests: a request that fails alone gets its error, its neighbours their
+answers.
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from refitd.core.errors import NotReadyError, OverloadedError, RefitdError
-from refitd.serving.runtime import Batch, OnnxClassifier
+from refitd.core.errors import NotReadyError, OverloadedError, RefitdError, UnprocessableError
+from refitd.serving.runtime import SMOKE_TEXTS, Batch, OnnxClassifier
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +35,13 @@ class RequestTimeout(RefitdError):
 
     def __init__(self, seconds: float) -> None:
         super().__init__(f"no answer within {seconds:g} s (serving.request_timeout_s); the server is overloaded")
+
+
+class ModelFailedError(RefitdError):
+    status_code = 503
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(f"the served model failed ({type(cause).__name__}: {cause}); retry shortly")
 
 
 @dataclass
@@ -159,7 +171,24 @@ class Batcher:
         return groups
 
     async def _run(self, loop: asyncio.AbstractEventLoop, group: list[_Item]) -> None:
+        """Run one batch; requests that fail even alone get an error that says whose fault it was."""
         runtime = self.current_runtime()
+        failed = await self._attempt(loop, runtime, group)
+        if not failed:
+            return
+        # Failures beside answered neighbours, or while the model still answers its smoke texts, are the
+        # request's own (422); a model that fails everything is the server's (503).
+        own = len(failed) < len(group) or await self._model_answers(loop, runtime)
+        for item, exc in failed:
+            if not isinstance(exc, RefitdError):
+                exc = UnprocessableError(f"the model could not process this request ({type(exc).__name__}: {exc})") \
+                    if own else ModelFailedError(exc)
+            if not item.future.done():
+                item.future.set_exception(exc)
+
+    async def _attempt(self, loop: asyncio.AbstractEventLoop, runtime: OnnxClassifier | None,
+                       group: list[_Item]) -> list[tuple[_Item, Exception]]:
+        """Answer ``group`` in one session call; if it fails, split it in halves and retry each."""
         texts = [t for item in group for t in item.texts]
         start = time.perf_counter()
         try:
@@ -167,10 +196,11 @@ class Batcher:
                 raise NotReadyError()
             batch: Batch = await loop.run_in_executor(self._executor, runtime.predict, texts)
         except Exception as exc:  # noqa: BLE001 - every waiting caller must hear about it
-            for item in group:
-                if not item.future.done():
-                    item.future.set_exception(exc)
-            return
+            if len(group) == 1 or isinstance(exc, NotReadyError):
+                return [(item, exc) for item in group]
+            log.warning("a batch of %d requests failed (%s); retrying its halves", len(group), type(exc).__name__)
+            half = len(group) // 2
+            return await self._attempt(loop, runtime, group[:half]) + await self._attempt(loop, runtime, group[half:])
         seconds = time.perf_counter() - start
         if self.on_batch is not None:
             self.on_batch(len(texts), seconds)
@@ -182,3 +212,14 @@ class Batcher:
                 item.future.set_result(Answer(runtime, batch.labels[offset : offset + n], batch.scores[offset : offset + n],
                                               batch.embeddings[offset : offset + n], latency))
             offset += n
+        return []
+
+    async def _model_answers(self, loop: asyncio.AbstractEventLoop, runtime: OnnxClassifier | None) -> bool:
+        if runtime is None:
+            return False
+        try:
+            await loop.run_in_executor(self._executor, runtime.predict, SMOKE_TEXTS)
+        except Exception:  # noqa: BLE001 - a model that cannot answer its smoke texts is broken
+            log.exception("model %s fails its smoke texts", runtime.version)
+            return False
+        return True

@@ -7,10 +7,16 @@ from fastapi.responses import JSONResponse
 
 from refitd.core.errors import NotFoundError
 from refitd.serving import v2
+from refitd.serving.body import parse_json
 from refitd.serving.dataplane import DataPlane
 from refitd.serving.limits import check_texts
+from refitd.serving.schemas import errors, infer_schema
 
 SERVER_VERSION = "0.1.0"
+# With binary_data outputs the answer is the JSON header followed by raw tensor bytes.
+BINARY_ANSWER = {200: {"description": "JSON, or (binary_data outputs) a JSON header of Inference-Header-Content-Length "
+                                      "bytes followed by the tensors' bytes.",
+                       "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 
 
 def add_v2_routes(app: FastAPI, plane: DataPlane) -> None:
@@ -32,7 +38,7 @@ def add_v2_routes(app: FastAPI, plane: DataPlane) -> None:
     async def live() -> dict:
         return {"live": True}
 
-    @app.get("/v2/health/ready", summary="A model is loaded")
+    @app.get("/v2/health/ready", summary="A model is loaded", responses={503: {"description": "No model is loaded."}})
     async def ready() -> JSONResponse:
         return JSONResponse({"ready": plane.ready}, status_code=200 if plane.ready else 503)
 
@@ -48,17 +54,22 @@ def add_v2_routes(app: FastAPI, plane: DataPlane) -> None:
     async def infer(model: str, request: Request, version: str | None = None) -> Response:
         check(model, version)
         plane.require_ready()
-        parsed = v2.parse_infer(await request.body(), request.headers.get(v2.HEADER), {"label", "scores"})
+        head, binary = v2.split_body(await request.body(), request.headers.get(v2.HEADER))
+        parsed = v2.parse_infer(await parse_json(head), binary, {"label", "scores"})
         check_texts(parsed.texts, max_texts=limits.max_texts_per_request, max_chars=limits.max_text_chars)
         answer, _ = await plane.predict_answer(parsed.texts)
         body, headers = v2.build_response(parsed, model_name=name, model_version=answer.runtime.version,
                                           labels=answer.labels, scores=answer.scores)
         return Response(body, headers=headers)
 
+    body = {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": infer_schema(max_texts=limits.max_texts_per_request, max_chars=limits.max_text_chars)}}}}
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-        app.add_api_route(prefix, metadata, methods=["GET"], summary="Model metadata")
-        app.add_api_route(prefix + "/ready", model_ready, methods=["GET"], summary="Model readiness")
-        app.add_api_route(prefix + "/infer", infer, methods=["POST"], summary="Inference: BYTES input 'text' [N]")
+        app.add_api_route(prefix, metadata, methods=["GET"], summary="Model metadata", responses=errors(404, 503))
+        app.add_api_route(prefix + "/ready", model_ready, methods=["GET"], summary="Model readiness",
+                          responses=errors(404) | {503: {"description": "Not ready: {name, ready: false}."}})
+        app.add_api_route(prefix + "/infer", infer, methods=["POST"], summary="Inference: BYTES input 'text' [N]",
+                          responses=errors(400, 404, 413, 422, 503, 504) | BINARY_ANSWER, openapi_extra=body)
 
     @app.post("/v2/repository/index", summary="Models in the repository")
     async def repository_index() -> list[dict]:

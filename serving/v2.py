@@ -7,12 +7,12 @@ set. BYTES tensors in binary are a run of (uint32 little-endian length, bytes) e
 
 from __future__ import annotations
 
-import json
 import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from refitd.core.errors import BadRequestError, UnprocessableError
 
@@ -49,78 +49,123 @@ def encode_bytes_tensor(items: list[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(b)) + b for b in items)
 
 
-def parse_infer(body: bytes, header_length: str | None, outputs_known: set[str]) -> InferRequest:
-    """Read an infer request (JSON or binary extension) into texts and the outputs asked for."""
-    if header_length is not None:
-        try:
-            split = int(header_length)
-        except ValueError:
-            raise _bad(f"{HEADER} must be an integer; got {header_length!r}") from None
-        if not 0 < split <= len(body):
-            raise _bad(f"{HEADER} is {split} but the body has {len(body)} bytes")
-        head, binary = body[:split], body[split:]
-    else:
-        head, binary = body, b""
-    try:
-        request = json.loads(head.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _bad(f"malformed JSON inference request: {exc}") from None
-    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """The JSON header and the binary tensor bytes of a request body (all JSON without the header)."""
+    if header_length is None:
+        return body, b""
+    if not header_length.isdigit() or len(header_length) > 18:
+        raise _bad(f"{HEADER} must be a non-negative integer; got {header_length[:40]!r}")
+    split = int(header_length)
+    if not 0 < split <= len(body):
+        raise _bad(f"{HEADER} is {split} but the body has {len(body)} bytes")
+    return body[:split], body[split:]
+
+
+def parse_infer(request: Any, binary: bytes, outputs_known: set[str]) -> InferRequest:
+    """Read a decoded infer request (and its binary tensor bytes) into texts and the outputs asked for."""
+    if not isinstance(request, dict):
+        raise UnprocessableError("an inference request must be a JSON object")
+    _only(request, {"id", "parameters", "inputs", "outputs"}, "the inference request")
+    if not isinstance(request.get("inputs"), list):
         raise UnprocessableError('an inference request needs an "inputs" list')
+    request_id = request.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise UnprocessableError('"id" must be a string')
+    params = _parameters(request, "the request")
+    binary_default = params.get("binary_data_output", False)
+    if not isinstance(binary_default, bool):
+        raise UnprocessableError('parameters.binary_data_output must be true or false')
     texts = _read_text_input(request["inputs"], binary)
-    params = request.get("parameters") or {}
-    binary_default = bool(params.get("binary_data_output", False))
-    asked = request.get("outputs")
+    names, flags = _outputs(request.get("outputs"), outputs_known, binary_default)
+    return InferRequest(texts=texts, id=request_id, outputs=names, binary=flags)
+
+
+def _parameters(obj: dict[str, Any], where: str) -> dict[str, Any]:
+    params = obj.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise UnprocessableError(f'"parameters" of {where} must be a JSON object; got {type(params).__name__}')
+    return params
+
+
+def _outputs(asked: Any, known: set[str], binary_default: bool) -> tuple[list[str], dict[str, bool]]:
     if asked is None:
-        names = sorted(outputs_known)
-        flags = {n: binary_default for n in names}
-    else:
-        if not isinstance(asked, list) or not all(isinstance(o, dict) and "name" in o for o in asked):
-            raise UnprocessableError('"outputs" must be a list of {"name": …} objects')
-        names = [o["name"] for o in asked]
-        unknown = [n for n in names if n not in outputs_known]
-        if unknown:
-            raise UnprocessableError(f"unknown output(s) {unknown}; this model has {sorted(outputs_known)}")
-        flags = {o["name"]: bool((o.get("parameters") or {}).get("binary_data", binary_default)) for o in asked}
-    return InferRequest(texts=texts, id=request.get("id"), outputs=names, binary=flags)
+        names = sorted(known)
+        return names, {n: binary_default for n in names}
+    if not isinstance(asked, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in asked):
+        raise UnprocessableError('"outputs" must be a list of {"name": "…"} objects')
+    names = [o["name"] for o in asked]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UnprocessableError(f"unknown output(s) {unknown}; this model has {sorted(known)}")
+    flags = {}
+    for o in asked:
+        _only(o, {"name", "parameters"}, f'output {o["name"]!r}')
+        flag = _parameters(o, f'output {o["name"]!r}').get("binary_data", binary_default)
+        if not isinstance(flag, bool):
+            raise UnprocessableError(f'parameters.binary_data of output {o["name"]!r} must be true or false')
+        flags[o["name"]] = flag
+    return names, flags
 
 
 def _read_text_input(inputs: list[Any], binary: bytes) -> list[str]:
-    texts: list[str] | None = None
-    offset = 0
-    for tensor in inputs:
-        if not isinstance(tensor, dict):
-            raise UnprocessableError("each input must be a JSON object")
-        size = (tensor.get("parameters") or {}).get("binary_data_size")
-        chunk = None
-        if size is not None:
-            chunk, offset = binary[offset : offset + int(size)], offset + int(size)
-        if tensor.get("name") != "text":
-            raise UnprocessableError(f'unknown input {tensor.get("name")!r}; this model takes one BYTES input "text"')
-        if tensor.get("datatype") != "BYTES":
-            raise UnprocessableError(f'input "text" must have datatype BYTES; got {tensor.get("datatype")!r}')
-        shape = tensor.get("shape")
-        if not isinstance(shape, list) or len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
-            raise UnprocessableError(f'input "text" must have shape [N] or [N, 1]; got {shape!r}')
-        raw = decode_bytes_tensor(chunk) if chunk is not None else tensor.get("data")
+    if len(inputs) != 1:
+        raise UnprocessableError(f'this model takes exactly one input, "text"; got {len(inputs)}')
+    tensor = inputs[0]
+    if not isinstance(tensor, dict):
+        raise UnprocessableError("each input must be a JSON object")
+    _only(tensor, {"name", "datatype", "shape", "data", "parameters"}, 'input "text"')
+    if tensor.get("name") != "text":
+        raise UnprocessableError(f'unknown input {str(tensor.get("name"))[:40]!r}; this model takes one BYTES input "text"')
+    if tensor.get("datatype") != "BYTES":
+        raise UnprocessableError(f'input "text" must have datatype BYTES; got {str(tensor.get("datatype"))[:40]!r}')
+    shape = tensor.get("shape")
+    if (not isinstance(shape, list) or len(shape) not in (1, 2) or not all(_is_count(d) for d in shape)
+            or (len(shape) == 2 and shape[1] != 1)):
+        raise UnprocessableError(f'input "text" must have shape [N] or [N, 1] (non-negative integers); got {str(shape)[:60]}')
+    shape = [int(d) for d in shape]
+    size = _parameters(tensor, 'input "text"').get("binary_data_size")
+    if size is not None:
+        if not _is_count(size) or size != len(binary):
+            raise _bad(f'parameters.binary_data_size of input "text" must be the {len(binary)} bytes after the '
+                       f'JSON header; got {str(size)[:40]}')
+        raw: Any = decode_bytes_tensor(binary)
+    else:
+        if binary:
+            raise _bad(f'{len(binary)} bytes follow the JSON header but no input declares binary_data_size')
+        raw = tensor.get("data")
         if not isinstance(raw, list):
             raise UnprocessableError('input "text" needs "data" (a list of strings) or binary data')
-        raw = [x for row in raw for x in (row if isinstance(row, list) else [row])]
-        if len(raw) != shape[0]:
-            raise UnprocessableError(f'input "text" has shape [{shape[0]}] but {len(raw)} elements')
-        texts = []
-        for i, item in enumerate(raw):
-            if isinstance(item, bytes):
-                try:
-                    item = item.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise _bad(f'input "text" element {i} is not valid UTF-8') from None
-            if not isinstance(item, str):
-                raise UnprocessableError(f'input "text" element {i} must be a string')
-            texts.append(item)
-    if texts is None:
-        raise UnprocessableError('missing input "text"')
-    return texts
+        if len(shape) == 2:  # N one-element rows, or the same N strings flat (row-major)
+            raw = [row[0] if isinstance(row, list) and len(row) == 1 else row for row in raw]
+    if len(raw) != shape[0]:
+        raise UnprocessableError(f'input "text" has shape {shape} but {len(raw)} elements')
+    return [_text_element(i, item) for i, item in enumerate(raw)]
+
+
+def _only(obj: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(obj) - allowed)
+    if unknown:
+        raise UnprocessableError(f"unknown field(s) {unknown} in {where}")
+
+
+def _is_count(value: Any) -> bool:
+    """A non-negative integer as JSON Schema counts them (2.0 is the integer 2)."""
+    if isinstance(value, float):
+        return value.is_integer() and value >= 0
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _text_element(i: int, item: Any) -> str:
+    if isinstance(item, bytes):
+        try:
+            return item.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _bad(f'input "text" element {i} is not valid UTF-8') from None
+    if not isinstance(item, str):
+        raise UnprocessableError(f'input "text" element {i} must be a string; got {type(item).__name__}')
+    return item
 
 
 def build_response(
@@ -143,7 +188,7 @@ def build_response(
     head: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": outputs}
     if request.id is not None:
         head["id"] = request.id
-    head_bytes = json.dumps(head).encode("utf-8")
+    head_bytes = orjson.dumps(head)
     if not blobs:
         return head_bytes, {"Content-Type": "application/json"}
     return head_bytes + b"".join(blobs), {"Content-Type": "application/octet-stream", HEADER: str(len(head_bytes))}

@@ -71,7 +71,7 @@ def test_v2_versioned_routes_and_errors(running) -> None:
         ({"inputs": [{"name": "text", "datatype": "FP32", "shape": [1], "data": [1.0]}]}, 422, "datatype BYTES"),
         ({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": ["a"]}]}, 422, "shape [2] but 1 elements"),
         ({"inputs": [{"name": "img", "datatype": "BYTES", "shape": [1], "data": ["a"]}]}, 422, "unknown input 'img'"),
-        ({"inputs": []}, 422, 'missing input "text"'),
+        ({"inputs": []}, 422, 'exactly one input, "text"; got 0'),
         ({"outputs": []}, 422, '"inputs" list'),
         ({**body, "outputs": [{"name": "logits"}]}, 422, "unknown output(s) ['logits']"),
     ]
