@@ -117,6 +117,7 @@ def create_app(plane: DataPlane) -> FastAPI:
     async def prometheus() -> Response:
         metrics.queue_depth.set(plane.batcher.queued_texts)
         metrics.log_pending.set(plane.predlog.pending)
+        metrics.log_rejected.set(plane.predlog.rejected)
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     _add_admin_routes(app, plane)

@@ -23,6 +23,8 @@ class ServingMetrics:
         self.swaps = Counter("refitd_model_swaps_total", "Hot swaps to a new model version.", registry=r)
         self.refused = Counter("refitd_model_loads_refused_total", "Model versions refused at load or smoke query.", registry=r)
         self.log_pending = Gauge("refitd_prediction_log_pending", "Prediction rows not yet in the database.", registry=r)
+        self.log_rejected = Gauge("refitd_prediction_log_rejected", "Prediction rows the database refused, kept in "
+                                  "spool/rejected-*.jsonl since the process started.", registry=r)
 
     def serving(self, version: str) -> None:
         self.model_info.clear()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import httpx
 
 from refitd.core.artifacts import MODEL_FILE, ArtifactStore
@@ -20,7 +22,22 @@ def test_a_tampered_model_file_is_refused_and_the_old_model_keeps_serving(start_
     model.write_bytes(bytes(data))
     OnnxClassifier(v2, model.parent, provider="cpu").load()  # only the manifest can tell
 
+    codes: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:  # clients keep asking while the tampered version is tried and refused
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                codes.append(client.post(f"{running.url}/v1/predict", json={"text": "busy day"}).status_code)
+
+    clients = [threading.Thread(target=load) for _ in range(4)]
+    for c in clients:
+        c.start()
     r = httpx.post(f"{running.url}/v1/admin/promote/{v2}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+    stop.set()
+    for c in clients:
+        c.join()
+    assert codes and set(codes) == {200}, f"{len(codes)} requests, codes {set(codes)}"
     assert r.status_code == 503 and f"{MODEL_FILE} does not match its manifest checksum" in r.json()["error"]
     status = httpx.get(f"{running.url}/v1/status").json()
     assert status["serving"] == "v1" and status["champion"] == v2 and v2 in status["refused"]
