@@ -18,7 +18,6 @@ from datetime import timezone
 
 import uvicorn
 from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from refitd.core import registry
@@ -28,6 +27,7 @@ from refitd.core.settings import Settings
 from refitd.core.tables import utcnow
 from refitd.daemon import jobs
 from refitd.daemon.jobs import JOB_TABLE
+from refitd.daemon.jobstore import SettingsJobStore
 from refitd.daemon.launcher import RefitLauncher
 from refitd.daemon.notify import Notifier
 from refitd.serving.server import GracefulServer, build, uvicorn_config
@@ -55,9 +55,11 @@ class DaemonServer(GracefulServer):
 
 
 def make_scheduler(settings: Settings, engine) -> BackgroundScheduler:  # type: ignore[no-untyped-def]
-    """APScheduler 3 with a persistent job store in the refitd database; coalescing and misfire grace set."""
+    """APScheduler 3 with a job store in the refitd database that keeps next run times only (no pickle:
+    daemon/jobstore.py); coalescing and misfire grace set."""
     return BackgroundScheduler(
-        jobstores={"default": SQLAlchemyJobStore(engine=engine, tablename=JOB_TABLE)},
+        jobstores={"default": SettingsJobStore(engine=engine, tablename=JOB_TABLE, triggers=lambda: jobs.wanted(settings),
+                                               misfire_grace_time=settings.scheduler.misfire_grace_s)},
         executors={"default": ThreadPoolExecutor(max_workers=2)},
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": settings.scheduler.misfire_grace_s},
         timezone=timezone.utc,

@@ -1,0 +1,91 @@
+"""The scheduler's rows hold next run times only: the jobs come from the settings, and a row written by
+someone with database access can never make the daemon run code."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+from sqlalchemy import text
+
+from refitd.core.db import make_engine, upgrade
+from refitd.core.settings import Settings
+from refitd.daemon import jobs
+from refitd.daemon.jobs import JOB_TABLE
+from refitd.daemon.service import make_scheduler
+
+
+class _Touch:
+    """A pickle that creates a file when it is loaded: what a hostile row in a pickling job store does."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (Path.touch, (self.path,))
+
+
+def _settings(tmp_path: Path, **scheduler) -> Settings:  # type: ignore[no-untyped-def]
+    settings = Settings.load(home=tmp_path, scheduler={"drift_interval_minutes": 10, **scheduler})
+    upgrade(make_engine(settings.database_url))
+    return settings
+
+
+def _rows(engine) -> dict[str, dict]:  # type: ignore[no-untyped-def]
+    with engine.begin() as conn:
+        return {r.id: json.loads(r.job_state) for r in conn.execute(text(f"SELECT id, job_state FROM {JOB_TABLE}"))}
+
+
+def _started(settings: Settings):  # type: ignore[no-untyped-def]
+    engine = make_engine(settings.database_url)
+    scheduler = make_scheduler(settings, engine)
+    scheduler.start(paused=True)
+    return scheduler, engine, jobs.reconcile(scheduler, settings)
+
+
+def test_rows_are_json_and_next_run_times_survive_a_restart(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, label_trigger=500)
+    scheduler, engine, actions = _started(settings)
+    assert actions == {"drift_check": "added", "promotion_watch": "added", "retention": "added", "label_check": "added"}
+    before = {j.id: j.next_run_time for j in scheduler.get_jobs()}
+    scheduler.shutdown(wait=False)
+    rows = _rows(engine)
+    assert set(rows) == set(before) and all(set(r) == {"id", "next_run_time", "trigger"} for r in rows.values())
+
+    scheduler, engine, actions = _started(settings)
+    assert set(actions.values()) == {"kept"}
+    after = {j.id: j for j in scheduler.get_jobs()}
+    assert {k: j.next_run_time for k, j in after.items()} == before
+    assert after["drift_check"].func_ref == "refitd.daemon.jobs:run_job" and after["drift_check"].args == ("drift_check",)
+    scheduler.shutdown(wait=False)
+
+
+def test_a_hostile_row_is_dropped_without_being_loaded(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    scheduler, engine, _ = _started(settings)
+    scheduler.shutdown(wait=False)
+    marker = tmp_path / "pwned"
+    with engine.begin() as conn:  # what database write access could plant
+        conn.execute(text(f"UPDATE {JOB_TABLE} SET job_state = :s WHERE id = 'drift_check'"),
+                     {"s": pickle.dumps({"func": _Touch(marker)})})
+        conn.execute(text(f"INSERT INTO {JOB_TABLE} (id, next_run_time, job_state) VALUES ('extra', 0, :s)"),
+                     {"s": json.dumps({"id": "extra", "next_run_time": 0, "trigger": "interval[0:00:01]"}).encode()})
+        conn.execute(text(f"UPDATE {JOB_TABLE} SET job_state = :s WHERE id = 'retention'"),
+                     {"s": json.dumps({"id": "drift_check", "next_run_time": 0, "trigger": "interval[0:10:00]"}).encode()})
+
+    scheduler, engine, actions = _started(settings)
+    assert not marker.exists()
+    assert actions["drift_check"] == "added" and actions["retention"] == "added" and "extra" not in actions
+    assert sorted(j.id for j in scheduler.get_jobs()) == ["drift_check", "promotion_watch", "retention"]
+    assert all(j.func_ref == "refitd.daemon.jobs:run_job" for j in scheduler.get_jobs())
+    scheduler.shutdown(wait=False)
+
+
+def test_a_changed_schedule_replaces_the_stored_job(tmp_path: Path) -> None:
+    scheduler, engine, _ = _started(_settings(tmp_path))
+    scheduler.shutdown(wait=False)
+    scheduler, engine, actions = _started(_settings(tmp_path, drift_interval_minutes=3))
+    assert actions["drift_check"] == "added" and str(scheduler.get_job("drift_check").trigger) == "interval[0:03:00]"
+    assert actions["retention"] == "kept"
+    scheduler.shutdown(wait=False)
