@@ -176,7 +176,7 @@ def refit(
     ctx: typer.Context,
     from_: Annotated[str, typer.Option("--from", help="Warm start: champion or base.")] = "champion",
     hpo: Annotated[int | None, typer.Option(help="Optuna trials (default hpo.trials; 0 = no search).")] = None,
-    sampler: Annotated[str | None, typer.Option(help="grid, random or tpe.")] = None,
+    sampler: Annotated[str | None, typer.Option(help="grid, random, tpe or evolutionary.")] = None,
     budget: Annotated[float | None, typer.Option(help="Search budget in minutes.")] = None,
     no_promote: Annotated[bool, typer.Option("--no-promote", help="Evaluate and gate, but do not promote.")] = False,
     quick: Annotated[bool, typer.Option(help="A few hundred examples, short texts.")] = False,

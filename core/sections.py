@@ -67,6 +67,10 @@ class TrainingSection(_Section):
     batch_size: int = Field(32, description="Training batch size.")
     learning_rate: float = Field(1e-4, description="Peak learning rate.")
     weight_decay: float = Field(0.01, description="L2 weight decay.")
+    l1: float = Field(
+        0.0, description="L1 penalty: this times the summed |weight| of the trainable weight matrices is added to "
+                         "the loss (biases and LayerNorm excluded); 0 = off."
+    )
     warmup_ratio: float = Field(0.06, description="Share of steps used for linear warm-up.")
     lr_scheduler: Literal["linear", "cosine", "constant"] = Field(
         "linear", description="Learning-rate decay after warm-up."
@@ -109,6 +113,8 @@ class TrainingSection(_Section):
             raise ValueError(f"training.epochs must be > 0; got {self.epochs}")
         if not 0 < self.learning_rate < 1:
             raise ValueError(f"training.learning_rate must be in (0, 1); got {self.learning_rate}")
+        if not 0 <= self.l1 < 0.01:
+            raise ValueError(f"training.l1 must be in [0, 0.01) (it multiplies the summed |weight|); got {self.l1}")
         if not 0 <= self.freeze_layers <= 48:
             raise ValueError(f"training.freeze_layers must be between 0 and 48; got {self.freeze_layers}")
         if self.validation_fraction + self.test_fraction >= 0.8:
@@ -156,13 +162,16 @@ class GateSection(_Section):
 
 class HpoSection(_Section):
     trials: int = Field(0, description="Optuna trials per refit; 0 = no search, use the training settings.")
-    sampler: Literal["grid", "random", "tpe"] = Field("tpe", description="grid, random, or Bayesian (TPE).")
+    sampler: Literal["grid", "random", "tpe", "evolutionary"] = Field(
+        "tpe", description="grid, random, Bayesian (TPE) or evolutionary (NSGA-II, a genetic algorithm)."
+    )
     pruner: Literal["hyperband", "none"] = Field("hyperband", description="Stop unpromising trials early.")
     budget_minutes: float = Field(30.0, description="Wall-clock budget for the whole search.")
     learning_rate: list[float] = Field([2e-5, 5e-5, 1e-4, 2e-4], description="Learning rates to search.")
     freeze_layers: list[int] = Field([0, 2, 4], description="Frozen lower layers to search.")
     epochs: list[float] = Field([1.0, 2.0, 3.0], description="Epoch counts to search.")
     weight_decay: list[float] = Field([0.0, 0.01, 0.1], description="L2 weight decays to search.")
+    l1: list[float] = Field([0.0], description="L1 penalties to search (e.g. [0, 1e-6, 1e-5]).")
     dropout: list[float] = Field([0.1, 0.2], description="Dropout rates to search.")
     batch_size: list[int] = Field([16, 32], description="Batch sizes to search.")
 

@@ -134,7 +134,20 @@ class GradualUnfreezing(TrainerCallback):
 
 
 class _Trainer(Trainer):
-    """Trainer whose optimizer knows every parameter, so layers unfrozen later do train."""
+    """Trainer whose optimizer knows every parameter, so layers unfrozen later do train, and whose loss
+    carries the L1 penalty when ``l1`` > 0."""
+
+    def __init__(self, *args: Any, l1: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.l1 = l1
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
+        out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        if not self.l1:
+            return out
+        loss, outputs = out if return_outputs else (out, None)
+        loss = loss + self.l1 * l1_norm(model)
+        return (loss, outputs) if return_outputs else loss
 
     def create_optimizer(self, model=None):  # type: ignore[no-untyped-def]
         target = model if model is not None else self.model
@@ -146,6 +159,12 @@ class _Trainer(Trainer):
         finally:
             for p in frozen:
                 p.requires_grad = False  # no gradient → the optimizer skips them until unfrozen
+
+
+def l1_norm(model: torch.nn.Module) -> torch.Tensor:
+    """Summed |w| of the trainable weight matrices (biases and LayerNorm weights, 1-D, left out)."""
+    weights = [p.abs().sum() for p in model.parameters() if p.requires_grad and p.dim() > 1]
+    return torch.stack(weights).sum() if weights else torch.zeros(())
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -237,6 +256,7 @@ def fit(
             data_collator=DataCollatorWithPadding(tokenizer),
             compute_metrics=_metrics,
             callbacks=[EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience), *extra_callbacks],
+            l1=t.l1,
         )
         start = time.perf_counter()
         output = trainer.train()

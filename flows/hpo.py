@@ -1,4 +1,4 @@
-"""Hyperparameter search with Optuna: grid, random or TPE sampling, Hyperband pruning.
+"""Hyperparameter search with Optuna: grid, random, TPE or evolutionary (NSGA-II) sampling, Hyperband pruning.
 
 Each trial fine-tunes with one point of the declared space and reports
 validation macro-F1 at every evaluation, so Hyperband can stop it early. Every
@@ -38,7 +38,7 @@ class _Report(TrainerCallback):
 
 def space(hpo: HpoSection) -> dict[str, list[Any]]:
     return {"learning_rate": hpo.learning_rate, "freeze_layers": hpo.freeze_layers, "epochs": hpo.epochs,
-            "weight_decay": hpo.weight_decay, "dropout": hpo.dropout, "batch_size": hpo.batch_size}
+            "weight_decay": hpo.weight_decay, "l1": hpo.l1, "dropout": hpo.dropout, "batch_size": hpo.batch_size}
 
 
 def _sampler(hpo: HpoSection, seed: int) -> optuna.samplers.BaseSampler:
@@ -46,6 +46,11 @@ def _sampler(hpo: HpoSection, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.GridSampler(space(hpo), seed=seed)
     if hpo.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if hpo.sampler == "evolutionary":
+        # A genetic algorithm over the categorical space: generations of `population` trials, uniform
+        # crossover and mutation (CMA-ES needs a continuous space, so it would fall back to random here).
+        population = max(2, min(8, hpo.trials // 3))
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(4, max(1, hpo.trials // 3)))
 
 
