@@ -60,12 +60,12 @@ def _texts(n: int) -> list[str]:
 
 
 def _champion(home: Path) -> tuple[str, Path]:
-    engine = engine_for(Settings.load(home=home))
-    with session_scope(engine) as s:
+    settings = Settings.load(home=home)
+    with session_scope(engine_for(settings)) as s:
         champ = registry.get_champion(s)
     if champ is None:
         raise SystemExit(f"no champion in {home}: run `refitd --home {home} init` first")
-    return champ.version, ArtifactStore(home / "models").path(champ.version)
+    return champ.version, ArtifactStore.from_settings(settings).path(champ.version)
 
 
 def raw_ort(artifact: Path, texts: list[str], model_file: str) -> dict[str, Any]:

@@ -274,7 +274,7 @@ def _predict_locally(settings: Settings, texts: list[str]) -> list[dict[str, Any
         champion = registry.get_champion(session)
     if champion is None:
         raise NoChampionError()
-    runtime = OnnxClassifier(champion.version, ArtifactStore(settings.models_dir).verify(champion.version), provider=settings.serving.provider)
+    runtime = OnnxClassifier(champion.version, ArtifactStore.from_settings(settings).verify(champion.version), provider=settings.serving.provider)
     runtime.load()
     batch = runtime.predict(texts)
     return [

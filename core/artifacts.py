@@ -10,6 +10,10 @@ verify a folder against its manifest before they load it (:meth:`ArtifactStore.v
 A crash before the rename leaves only a ``.tmp-*`` folder, which never looks
 like a version; the daemon sweeps those on start (``core/registration.py``, which
 also sets aside a sealed folder that no registry row names).
+
+The versions may instead live in an object store (``storage.models_url = "s3://bucket/prefix"``):
+:mod:`refitd.core.objectstore` keeps the same API and the same rules there (manifest uploaded
+last, downloads checked against it into a local cache).
 """
 
 from __future__ import annotations
@@ -23,12 +27,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
-from typing import Literal
+from pathlib import Path, PurePath, PurePosixPath
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from refitd.core.errors import ArtifactError, validation_problems
+
+if TYPE_CHECKING:
+    from refitd.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -169,14 +176,61 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def manifest_files(text: bytes | str, version: str) -> dict[str, dict]:
+    """A manifest's ``files`` (name → {bytes, sha256}); ArtifactError unless each names a file inside the folder."""
+    try:
+        files = {str(name): {"bytes": int(e["bytes"]), "sha256": str(e["sha256"])}
+                 for name, e in json.loads(text)["files"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ArtifactError(version, f"cannot read {MANIFEST}: {exc}") from exc
+    for name in files:
+        path = PurePosixPath(name)
+        if path.is_absolute() or ".." in path.parts or name in ("", MANIFEST):
+            raise ArtifactError(version, f"{MANIFEST} lists {name!r}, which is not a file inside the version folder")
+    return files
+
+
+def check_files(folder: Path, version: str, files: dict[str, dict]) -> None:
+    """Every listed file is in ``folder`` with its size and SHA-256; ArtifactError naming the first that is not."""
+    for name, expected in files.items():
+        f = folder / name
+        if not _resolved_inside(folder, name) or not f.is_file():
+            raise ArtifactError(version, f"{name} is listed in the manifest but missing")
+        if f.stat().st_size != expected["bytes"] or _sha256(f) != expected["sha256"]:
+            raise ArtifactError(version, f"{name} does not match its manifest checksum")
+
+
 class ArtifactStore:
-    """Version folders under ``root``; written atomically, verified on read."""
+    """Version folders under ``root``; written atomically, verified on read.
+
+    Build it with :meth:`from_settings`: when ``storage.models_url`` is an object-store URL that
+    gives an :class:`~refitd.core.objectstore.ObjectStoreArtifacts`, the same API over a bucket
+    with a local cache; readers get a local verified folder either way.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ArtifactStore:
+        """The store ``storage.models_url`` names (a local folder, or an object store cached under <home>)."""
+        url = settings.storage.models_url
+        if url is not None and "://" in url:  # the settings let only object-store URLs keep a scheme
+            from refitd.core.objectstore import ObjectStoreArtifacts  # fsspec is loaded only when it is needed
+
+            return ObjectStoreArtifacts(url, cache=settings.models_cache_dir)
+        return cls(settings.models_dir)
+
+    def uri(self, version: str) -> str:
+        """Where ``version`` is published: a registry row's ``artifact_uri``."""
+        return str(self.root / version)
+
+    def exists(self, version: str) -> bool:
+        """Whether a version of this name is published (registered or not)."""
+        return (self.root / version).exists()
+
     def path(self, version: str) -> Path:
-        """The folder of a complete version; ArtifactError if it is missing or unsealed."""
+        """The local folder of a complete version; ArtifactError if it is missing or unsealed."""
         folder = self.root / version
         if not (folder / MANIFEST).is_file():
             raise ArtifactError(version, f"no sealed artifact at {folder}")
@@ -190,14 +244,14 @@ class ArtifactStore:
                       if not p.name.startswith(".") and (p / MANIFEST).is_file())
 
     def staging(self, label: str = "run") -> Path:
-        """A fresh scratch folder on the store's filesystem; fill it, then :meth:`publish` it."""
+        """A fresh local scratch folder beside the version folders; fill it, then :meth:`publish` it."""
         self.root.mkdir(parents=True, exist_ok=True)
-        scratch = self.root / f"{_SCRATCH}{label}-{uuid.uuid4().hex[:8]}"
+        scratch = self._scratch_name(label)
         scratch.mkdir()
         return scratch
 
     def publish(self, version: str, staged: Path) -> Path:
-        """Seal a staged folder and rename it to ``root/version`` in one step."""
+        """Seal a staged folder and publish it as ``version`` in one step."""
         self.seal(staged)
         return self.place(version, staged)
 
@@ -218,26 +272,28 @@ class ArtifactStore:
             os.fsync(fh.fileno())
 
     def place(self, version: str, staged: Path) -> Path:
-        """Rename a sealed staged folder to ``root/version`` (atomic: the version appears whole or not at all)."""
+        """Publish a sealed staged folder as ``version`` (atomic: it appears whole or not at all); its local folder."""
         final = self.root / version
-        if final.exists():
-            raise ArtifactError(version, f"{final} already exists; versions are immutable")
+        if self.exists(version):
+            raise ArtifactError(version, f"{self.uri(version)} already exists; versions are immutable")
         if not (staged / MANIFEST).is_file():
             raise ArtifactError(version, f"{staged} is not a sealed staging folder")
+        self._upload(version, staged)
         os.replace(staged, final)
         _fsync_dir(self.root)
-        log.info("artifact %s written to %s", version, final)
+        log.info("artifact %s written to %s", version, self.uri(version))
         return final
 
     def withdraw(self, version: str, staged: Path) -> None:
-        """Undo :meth:`place`: move ``root/version`` back to ``staged`` (its registration did not commit)."""
+        """Undo :meth:`place`: unpublish ``version``, move its folder back to ``staged`` (its registration failed)."""
+        self._unpublish(version)
         os.replace(self.root / version, staged)
         _fsync_dir(self.root)
         log.warning("artifact %s withdrawn to %s: its registration did not commit", version, staged)
 
-    def set_aside(self, version: str) -> Path:
-        """Move a version folder out of the version namespace; a sweep removes it after ``KEEP_S``."""
-        aside = self.root / f"{_ORPHAN}{version}-{uuid.uuid4().hex[:8]}"
+    def set_aside(self, version: str) -> PurePath:
+        """Move a version out of the version namespace; a sweep removes it after ``KEEP_S``."""
+        aside = self.root / self._aside_name(version)
         os.replace(self.root / version, aside)
         os.utime(aside)  # the sweep's clock starts now, not when the folder was sealed
         _fsync_dir(self.root)
@@ -245,7 +301,7 @@ class ArtifactStore:
 
     @contextmanager
     def writer(self, version: str) -> Iterator[Path]:
-        """Yield a scratch folder; on success seal it and move it to ``root/version``."""
+        """Yield a scratch folder; on success seal it and publish it as ``version``."""
         scratch = self.staging(version)
         try:
             yield scratch
@@ -255,7 +311,7 @@ class ArtifactStore:
             raise
 
     def verify(self, version: str) -> Path:
-        """The version's folder once every file matches the manifest; ArtifactError naming the first mismatch.
+        """The version's local folder once every file matches the manifest; ArtifactError naming the first mismatch.
 
         Hashes every byte (about 0.2 s for a 200 MB version from the page cache): for loading and
         swapping, never per request.
@@ -263,22 +319,18 @@ class ArtifactStore:
         folder = self.path(version)
         start = time.perf_counter()
         try:
-            files = json.loads((folder / MANIFEST).read_text())["files"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            text = (folder / MANIFEST).read_bytes()
+        except OSError as exc:
             raise ArtifactError(version, f"cannot read {MANIFEST}: {exc}") from exc
-        for name, expected in files.items():
-            f = folder / name
-            if not _resolved_inside(folder, name) or not f.is_file():
-                raise ArtifactError(version, f"{name} is listed in the manifest but missing")
-            if f.stat().st_size != expected["bytes"] or _sha256(f) != expected["sha256"]:
-                raise ArtifactError(version, f"{name} does not match its manifest checksum")
+        files = manifest_files(text, version)
+        check_files(folder, version, files)
         log.info("artifact %s verified (%d files) in %.2f s", version, len(files), time.perf_counter() - start)
         return folder
 
     def meta(self, version: str) -> ArtifactMeta:
         return ArtifactMeta.read(self.path(version), version=version)
 
-    def sweep(self, *, older_than_s: float = KEEP_S) -> list[Path]:
+    def sweep(self, *, older_than_s: float = KEEP_S) -> list[PurePath]:
         """Remove scratch folders left by a crash and set-aside folders, untouched for ``older_than_s``."""
         if not self.root.is_dir():
             return []
@@ -288,4 +340,18 @@ class ArtifactStore:
         for p in removed:
             shutil.rmtree(p, ignore_errors=True)
             log.warning("removed unfinished artifact folder %s", p)
-        return removed
+        return list(removed)
+
+    def _scratch_name(self, label: str) -> Path:
+        """A fresh hidden name a sweep removes once it is stale."""
+        return self.root / f"{_SCRATCH}{label}-{uuid.uuid4().hex[:8]}"
+
+    @staticmethod
+    def _aside_name(version: str) -> str:
+        return f"{_ORPHAN}{version}-{uuid.uuid4().hex[:8]}"
+
+    def _upload(self, version: str, staged: Path) -> None:
+        """Publish the staged files elsewhere before the rename; locally the rename alone publishes."""
+
+    def _unpublish(self, version: str) -> None:
+        """Undo :meth:`_upload`."""

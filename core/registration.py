@@ -13,12 +13,15 @@ caller discards it). A process killed between the rename and the commit leaves
 a sealed folder that no row names: the daemon's start (:func:`sweep`) sets it
 aside, and so does the next registration that takes its name. A row therefore
 never names a missing folder, and no unnamed folder outlives a start.
+
+With the versions in an object store, "renamed" reads "uploaded, manifest last": the
+upload then happens under the lock (with SQLite that holds the write lock for the upload).
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from sqlalchemy import Engine
@@ -44,13 +47,13 @@ def _register_sealed(engine: Engine, store: ArtifactStore, staged: Path, fields:
     try:
         with registry_transaction(engine) as session:
             version = registry.next_version(session)
-            if (store.root / version).exists():
+            if store.exists(version):
                 if version in registry.version_names(session):
                     raise RegistryError(f"{version} is registered already; the version count is inconsistent")
                 _set_aside(store, version)  # left by a registration killed before its commit
-            final = store.place(version, staged)
+            store.place(version, staged)
             placed = True
-            return registry.add_candidate(session, version=version, artifact_uri=str(final), **fields)
+            return registry.add_candidate(session, version=version, artifact_uri=store.uri(version), **fields)
     except BaseException:
         if placed:
             _take_back(engine, store, version, staged)
@@ -67,7 +70,7 @@ def _take_back(engine: Engine, store: ArtifactStore, version: str, staged: Path)
         log.exception("could not take back %s after a failed registration; the next start sets it aside", version)
 
 
-def sweep(engine: Engine, store: ArtifactStore, *, older_than_s: float = KEEP_S) -> list[Path]:
+def sweep(engine: Engine, store: ArtifactStore, *, older_than_s: float = KEEP_S) -> list[PurePath]:
     """On start: remove scratch and set-aside folders older than ``older_than_s``, set aside unregistered ones."""
     removed = store.sweep(older_than_s=older_than_s)
     with registry_transaction(engine) as session:  # no registration is between its rename and its commit
@@ -76,7 +79,7 @@ def sweep(engine: Engine, store: ArtifactStore, *, older_than_s: float = KEEP_S)
     return removed + aside
 
 
-def _set_aside(store: ArtifactStore, version: str) -> Path:
+def _set_aside(store: ArtifactStore, version: str) -> PurePath:
     aside = store.set_aside(version)
     log.warning("artifact folder %s has no registry row (a registration stopped before its commit); moved to %s, "
                 "removed by a start after %.0f h", version, aside, KEEP_S / 3600)

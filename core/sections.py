@@ -386,3 +386,33 @@ class DatabaseSection(_Section):
         if url.startswith("postgresql://"):
             return SecretStr("postgresql+psycopg://" + url.removeprefix("postgresql://"))
         return v
+
+
+class StorageSection(_Section):
+    models_url: str | None = Field(
+        None,
+        description="Where model versions are published: an absolute local folder, or an object-store URL "
+                    "s3://bucket/prefix (endpoint and credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
+                    "AWS_SECRET_ACCESS_KEY or AWS_SHARED_CREDENTIALS_FILE; readers cache verified copies under "
+                    "<home>/cache/models); unset = <home>/models.",
+    )
+
+    @field_validator("models_url")
+    @classmethod
+    def _models_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        scheme, sep, rest = v.strip().partition("://")
+        if not sep or scheme == "file":
+            path = Path(rest if sep else scheme).expanduser()
+            if not path.is_absolute():
+                raise ValueError(f"storage.models_url must be an absolute folder or s3://bucket/prefix; got {v!r}")
+            return str(path)
+        if scheme != "s3":
+            raise ValueError(f"storage.models_url must be a local folder or s3://bucket/prefix; "
+                             f"{scheme}:// is not supported")
+        bucket = rest.split("/", 1)[0]
+        if not bucket or "@" in bucket or ":" in bucket:
+            raise ValueError("storage.models_url must be s3://bucket/prefix with a bucket name and no credentials "
+                             "(they come from AWS_* variables or credential files)")
+        return f"s3://{rest.strip('/')}"

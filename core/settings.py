@@ -35,6 +35,7 @@ from refitd.core.sections import (
     RefitSection,
     SchedulerSection,
     ServingSection,
+    StorageSection,
     TrainingSection,
 )
 
@@ -68,6 +69,7 @@ class Settings(BaseSettings):
     refit: RefitSection = Field(default_factory=RefitSection, description="When and how the daemon starts refits.")
     prefect: PrefectSection = Field(default_factory=PrefectSection, description="Refits on a Prefect deployment.")
     database: DatabaseSection = Field(default_factory=DatabaseSection, description="The SQL store.")
+    storage: StorageSection = Field(default_factory=StorageSection, description="Where model artifacts live.")
 
     @field_validator("log_level")
     @classmethod
@@ -145,7 +147,22 @@ class Settings(BaseSettings):
 
     @property
     def models_dir(self) -> Path:
-        return self.home / "models"
+        """The local folder of published versions: ``storage.models_url`` when it is a folder, else <home>/models.
+
+        ConfigError when the versions live in an object store: open them with ``ArtifactStore.from_settings``.
+        """
+        url = self.storage.models_url
+        if url is None:
+            return self.home / "models"
+        if "://" in url:
+            raise ConfigError(f"storage.models_url is {url}, not a folder: open the versions with "
+                              "ArtifactStore.from_settings(settings)")
+        return Path(url)
+
+    @property
+    def models_cache_dir(self) -> Path:
+        """Where versions read from an object store are cached, verified, one folder each."""
+        return self.home / "cache" / "models"
 
     @property
     def reports_dir(self) -> Path:

@@ -45,7 +45,7 @@ def _champion(settings: Settings) -> tuple[ModelVersion | None, Path | None]:
         champion = registry.get_champion(session)
     if champion is None:
         return None, None
-    return champion, ArtifactStore(settings.models_dir).verify(champion.version)
+    return champion, ArtifactStore.from_settings(settings).verify(champion.version)
 
 
 @flow(name="refitd-refit", log_prints=False)
@@ -101,7 +101,7 @@ def _refit_body(settings: Settings, engine, p: dict[str, Any], run_id: int) -> d
     fitted, hpo_record = tasks.fine_tune(source, snapshot, config, settings, trials=trials,
                                          shuffle_labels=p["shuffle_labels"])
     lap("train")
-    staged = tasks.export_model(fitted, ArtifactStore(settings.models_dir))
+    staged = tasks.export_model(fitted, ArtifactStore.from_settings(settings))
     try:
         parity = tasks.check_export(fitted, staged, snapshot.test["text"].head(32).tolist(),
                                     max_length=config.max_length, tolerance=1e-3)

@@ -178,7 +178,7 @@ def write_record(staged: Path, snapshot: snap.Snapshot, config: FitConfig, fitte
 @task(cache_policy=NONE)
 def register_candidate(settings: Settings, staged: Path, fields: dict[str, Any]) -> str:
     """Publish the sealed artifact and insert its candidate row under the next version name, in one step."""
-    return register(engine_for(settings), ArtifactStore(settings.models_dir), staged, **fields).version
+    return register(engine_for(settings), ArtifactStore.from_settings(settings), staged, **fields).version
 
 
 def discard(staged: Path | None) -> None:

@@ -52,7 +52,7 @@ def build(settings: Settings) -> Serving:
     """Wire the serving objects; nothing is loaded or started yet."""
     engine = engine_for(settings)
     predlog = PredictionLog(engine, settings.spool_dir)
-    plane = DataPlane(settings, engine, ArtifactStore(settings.models_dir), predlog)
+    plane = DataPlane(settings, engine, ArtifactStore.from_settings(settings), predlog)
     return Serving(plane, create_app(plane), predlog)
 
 

@@ -43,7 +43,7 @@ def publish_version(settings, source: Path, *, promote: bool = True) -> str:  # 
     from refitd.core.registration import register_candidate
 
     engine = make_engine(settings.database_url)
-    store = ArtifactStore(settings.models_dir)
+    store = ArtifactStore.from_settings(settings)
     mv = register_candidate(engine, store, copy_artifact(source, store.staging("test")))
     if promote:
         registry.promote(engine, mv.version, actor="test")
