@@ -18,13 +18,13 @@ from typing import Any
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import Engine, delete, select
-from sqlmodel import col
+from sqlalchemy import Engine
 
 from refitd.core import registry
 from refitd.core.db import session_scope
 from refitd.core.settings import Settings
-from refitd.core.tables import Feedback, Prediction, utcnow
+from refitd.core.retention import prune_predictions
+from refitd.core.tables import utcnow
 from refitd.daemon import guard, triggers
 from refitd.daemon.drift.alerts import Webhook
 from refitd.daemon.launcher import RefitLauncher
@@ -108,13 +108,9 @@ def promotion_watch(ctx: Context) -> dict[str, Any] | None:
 
 
 def retention(ctx: Context) -> dict[str, Any]:
-    """Prune predictions without feedback and HTML reports older than scheduler.retention_days."""
+    """Prune predictions without feedback (in batches) and HTML reports older than scheduler.retention_days."""
     cutoff = utcnow() - timedelta(days=ctx.settings.scheduler.retention_days)
-    with session_scope(ctx.engine) as session:
-        labelled = select(Feedback.prediction_id).where(col(Feedback.prediction_id).is_not(None))
-        pruned = session.execute(
-            delete(Prediction).where(col(Prediction.created_at) < cutoff, col(Prediction.id).not_in(labelled))
-        ).rowcount
+    pruned = prune_predictions(ctx.engine, cutoff, pause_s=0.05)  # in batches: no long writer lock
     reports = 0
     for path in ctx.settings.reports_dir.glob("*.html") if ctx.settings.reports_dir.is_dir() else []:
         if path.stat().st_mtime < cutoff.timestamp():

@@ -67,11 +67,12 @@ def test_everything_is_imported_through_the_refitd_namespace() -> None:
     "statement",
     [
         "import refitd.serving.server, refitd.serving.app, refitd.serving.runtime, refitd.serving.dataplane, "
-        "refitd.serving.batcher, refitd.serving.oip, refitd.serving.predlog, refitd.serving.trial_load",
+        "refitd.serving.batcher, refitd.serving.oip, refitd.serving.predlog, refitd.serving.trial_load, "
+        "refitd.serving.body, refitd.serving.ratelimit, refitd.core.objectstore, s3fs",
         "import refitd.cli.main",
         "import refitd.daemon.drift.check, evidently.metrics, evidently.legacy.metrics.data_drift.embedding_drift_methods",
         "import refitd.daemon.service, refitd.daemon.jobs, refitd.daemon.launcher, refitd.daemon.guard, "
-        "refitd.daemon.triggers, refitd.daemon.status, refitd.demo.run, refitd.demo.plots, "
+        "refitd.daemon.triggers, refitd.daemon.status, refitd.daemon.jobstore, refitd.demo.run, refitd.demo.plots, "
         "apscheduler.jobstores.sqlalchemy, prefect.deployments",
     ],
 )
