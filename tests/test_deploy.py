@@ -62,8 +62,9 @@ def test_systemd_verifies_the_unit(tmp_path: Path) -> None:
 def test_env_file_holds_only_settings() -> None:
     lines = [ln.lstrip("# ").strip() for ln in (DEPLOY / "refitd.env").read_text().splitlines()]
     assignments = [ln for ln in lines if re.match(r"^[A-Z_]+=", ln)]
-    assert assignments and all(a.startswith("REFITD_") for a in assignments)
-    env = dict(a.split("=", 1) for a in assignments)
+    # refitd's settings, and the AWS client's own variables for models on S3 (storage.models_url)
+    assert assignments and all(a.startswith(("REFITD_", "AWS_")) for a in assignments)
+    env = dict(a.split("=", 1) for a in assignments if a.startswith("REFITD_"))
     files = {k for k in env if k.endswith("_FILE")}
     # every secret's *_FILE form is shown, and nothing else has one
     assert files == {file_variable(Settings, *secret) for secret in secret_settings(Settings)}
