@@ -245,9 +245,27 @@ class DriftSection(_Section):
         {}, description="Per-signal drift method overrides, e.g. {confidence = 'ks'} (Evidently method names)."
     )
     thresholds: dict[str, float] = Field(
-        {}, description="Per-signal threshold overrides, e.g. {text = 0.6, embedding = 0.6}."
+        {}, description="Per-signal fixed thresholds on Evidently's score, e.g. {text = 0.6, embedding = 0.6}; "
+                        "a signal named here (or in `methods`) is judged by it instead of its calibrated threshold."
     )
-    min_drifted_signals: int = Field(2, description="Signals that must drift together for a 'drifted' verdict.")
+    calibrated: bool = Field(
+        True, description="Judge signals by thresholds calibrated on the champion's reference for "
+                          "`false_alarm_rate`; false = the fixed thresholds and `min_drifted_signals` rule."
+    )
+    false_alarm_rate: float = Field(
+        0.01, description="Chance that a check of traffic like the reference says drifted (all calibrated "
+                          "signals together; measured performance is judged on its own)."
+    )
+    calibration_draws: int = Field(
+        2000, description="Reference-vs-reference splits drawn for each signal's null distribution."
+    )
+    consecutive: int = Field(
+        2, description="Checks in a row that must find drift (or its end) before the verdict changes; "
+                       "alerts and drift-triggered refits follow the verdict."
+    )
+    min_drifted_signals: int = Field(
+        2, description="With `calibrated = false` only: signals that must drift together for a 'drifted' verdict."
+    )
     min_labels: int = Field(30, description="Labelled rows a window needs before measured accuracy counts.")
     performance_drop: float = Field(
         0.05, description="A fall in measured accuracy this large vs the champion's test accuracy is drift."
@@ -275,6 +293,17 @@ class DriftSection(_Section):
             raise ValueError(
                 f"drift.window_size must be ≥ drift.min_window ({self.min_window}); got {self.window_size}"
             )
+        if not 0.0001 <= self.false_alarm_rate <= 0.2:
+            raise ValueError(f"drift.false_alarm_rate must be between 0.0001 and 0.2; got {self.false_alarm_rate}")
+        if self.calibration_draws < 10 / self.false_alarm_rate:
+            raise ValueError(f"drift.calibration_draws must be ≥ 10 / drift.false_alarm_rate "
+                             f"({10 / self.false_alarm_rate:.0f}) to resolve that rate; got {self.calibration_draws}")
+        if self.consecutive < 1:
+            raise ValueError(f"drift.consecutive must be ≥ 1; got {self.consecutive}")
+        if self.calibrated and "min_drifted_signals" in self.model_fields_set:
+            raise ValueError("drift.min_drifted_signals applies only with drift.calibrated = false; calibrated "
+                             "signals are combined into one test at drift.false_alarm_rate — remove it, or set "
+                             "drift.calibrated = false to keep the fixed-threshold rule")
         if self.webhook_url is not None and not self.webhook_url.get_secret_value().startswith(("http://", "https://")):
             raise ValueError(f"drift.webhook_url must be an http:// or https:// URL; got {redact_url(self.webhook_url)}")
         return self

@@ -1,7 +1,8 @@
 """When to refit: the trigger policy, and an event for every decision, started or skipped, with why.
 
-- ``drift``: the last check said drifted and at least ``refit.min_new_labels`` labels arrived
-  since the champion was trained;
+- ``drift``: the last check said drifted — ``drift.consecutive`` checks in a row found drift (a
+  check that found it before then is a skipped decision, with its event) — and at least
+  ``refit.min_new_labels`` labels arrived since the champion was trained;
 - ``labels``: ``scheduler.label_trigger`` labels arrived since the champion was trained;
 - ``cron``: ``scheduler.refit_cron`` fired.
 
@@ -22,6 +23,7 @@ from refitd.core.db import session_scope
 from refitd.core.labels import count_labels_since
 from refitd.core.settings import Settings
 from refitd.core.tables import RefitRun, utcnow
+from refitd.daemon.drift.check import pending_drift
 from refitd.daemon.launcher import RefitLauncher
 
 log = logging.getLogger(__name__)
@@ -47,11 +49,14 @@ def decide(settings: Settings, engine: Engine, launcher: RefitLauncher, trigger:
         last = session.exec(select(RefitRun).where(RefitRun.trigger != "init")
                             .order_by(col(RefitRun.created_at).desc())).first()
         new_labels = count_labels_since(session, champion.created_at)
+        waiting = pending_drift(session) if trigger == "drift" and drift_verdict != "drifted" else None
     cooldown = timedelta(minutes=settings.refit.cooldown_minutes)
     if last is not None and last.created_at + cooldown > utcnow():
         return Decision(False, f"{trigger}: skipped, cooldown — the last refit started {last.created_at:%H:%M:%S} "
                                f"UTC; the next may start after {last.created_at + cooldown:%H:%M:%S}")
     if trigger == "drift":
+        if waiting is not None:
+            return Decision(False, f"drift: skipped, {waiting}")
         if drift_verdict != "drifted":
             return Decision(False, f"drift: no refit, the last check was {drift_verdict}", routine=True)
         need = settings.refit.min_new_labels

@@ -2,21 +2,27 @@
 
 The reference is a sample of the champion's own training rows, scored by the
 champion's ONNX model (labels, calibrated confidence, pooled embeddings), cached
-per champion version. Each check is a ``drift_checks`` row with every signal's
-score and threshold, the verdict and its reason, and an Evidently HTML report.
+per champion version under ``<home>/drift``; beside it, its calibration (the null of every
+signal at the window size, ``calibration``), rebuilt when the reference, the window sizes or
+the false-alarm settings change. Each check is a ``drift_checks`` row with every signal's
+score, p-value and threshold, the verdict (held for ``drift.consecutive`` checks, see
+:func:`settle`) and its reason, and an Evidently HTML report.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import binom
 from sqlalchemy import Engine, select
 from sqlmodel import Session, col
 
@@ -29,7 +35,9 @@ from refitd.core.labels import predictions_with_labels
 from refitd.core.settings import Settings
 from refitd.core.tables import DriftCheck, ModelVersion, utcnow
 from refitd.daemon.drift.alerts import Webhook, drift_payload
-from refitd.daemon.drift.signals import Signal, add_descriptors, specs_from, embedding_signal, value_drift_report, verdict, vocabulary
+from refitd.daemon.drift.calibration import METHODS, VERSION, Calibration, Reference, calibrate, judge, scores
+from refitd.daemon.drift.signals import (Signal, add_descriptors, calibrated_verdict, embedding_signal, specs_from,
+                                         value_drift_report, verdict)
 from refitd.serving.runtime import OnnxClassifier
 
 log = logging.getLogger(__name__)
@@ -92,7 +100,10 @@ def performance(window: pd.DataFrame, champion: ModelVersion, *, min_labels: int
     out |= {"measured_accuracy": measured, "champion_test_accuracy": test_acc, "champion_test_set": held_out,
             "estimate_error": None if estimate is None else estimate - measured}
     drop = test_acc - measured
-    return out, Signal("performance", f"accuracy drop vs champion {held_out} test", drop, max_drop, drop >= max_drop)
+    correct = int((labelled["label"] == labelled["true_label"]).sum())
+    p_value = float(binom.cdf(correct, len(labelled), test_acc))  # this few right or fewer, were accuracy unchanged
+    return out, Signal("performance", f"accuracy drop vs champion {held_out} test", drop, max_drop, drop >= max_drop,
+                       p_value=p_value)
 
 
 def expected_accuracy(champion: ModelVersion, *, default: float, min_rows: int = 100) -> tuple[float, str]:
@@ -106,38 +117,87 @@ def expected_accuracy(champion: ModelVersion, *, default: float, min_rows: int =
 
 @dataclass
 class Outcome:
-    """Every signal of one check, the performance figures and the verdict."""
+    """Every signal of one check, the performance figures and the verdict (before :func:`settle`)."""
 
     snapshot: Any
     signals: list[Signal]
     performance: dict[str, Any]
     verdict: str
     reason: str
+    calibration: dict[str, Any] | None = None
 
     def signal_rows(self) -> dict[str, Any]:
-        return {s.name: s.as_dict() for s in self.signals} | {"_performance": self.performance}
+        rows = {s.name: s.as_dict() for s in self.signals} | {"_performance": self.performance}
+        return rows | ({"_calibration": self.calibration} if self.calibration else {})
 
 
-def compute(settings: Settings, champion: ModelVersion, reference: pd.DataFrame, ref_emb: np.ndarray,
-            window: pd.DataFrame, window_emb: np.ndarray) -> Outcome:
-    """All signals of the window against the reference, and the verdict rule over them."""
+def compute(settings: Settings, champion: ModelVersion, reference: Reference, window: pd.DataFrame,
+            window_emb: np.ndarray, calibration: Calibration | None) -> Outcome:
+    """All signals of the window against the reference, and the verdict over them: calibrated when a
+    calibration is given, else the fixed-threshold rule (``drift.calibrated = false``)."""
     d = settings.drift
-    # The vocabulary comes from one half of the reference and the reference rows from the other,
-    # so the reference's own out-of-vocabulary share is an honest baseline, not zero.
-    vocab = vocabulary(reference["text"].iloc[0::2])
-    reference, ref_emb = reference.iloc[1::2], ref_emb[1::2]
-    snapshot, signals = value_drift_report(add_descriptors(reference, vocab), add_descriptors(window, vocab),
-                                           specs_from(d.methods, d.thresholds))
-    signals.append(embedding_signal(ref_emb, window_emb, threshold=d.thresholds.get("embedding", 0.55)))
+    fixed = set(d.methods) | set(d.thresholds)
+    specs = specs_from(d.methods, d.thresholds)
+    if calibration is not None:  # where Evidently computes the calibrated statistic, its report shows our threshold
+        specs = tuple(replace(s, threshold=calibration.threshold(s.name))
+                      if s.name not in fixed and METHODS[s.name] == s.method else s for s in specs)
+    described = add_descriptors(window, reference.featurizer.vocab)
+    snapshot, signals = value_drift_report(reference.frame, described, specs)
+    signals.append(embedding_signal(reference.emb, window_emb, threshold=d.thresholds.get("embedding", 0.55)))
+    if calibration is None:
+        decided, reason = verdict(signals, window=len(window), min_window=d.min_window,
+                                  min_drifted=d.min_drifted_signals)
+    else:
+        scored = scores(reference.features, reference.featurizer.transform(window, window_emb))
+        signals = judge(signals, scored, calibration, fixed)
+        decided, reason = calibrated_verdict(signals, cutoff=calibration.cutoff, rate=calibration.false_alarm_rate)
     perf, perf_signal = performance(window, champion, min_labels=d.min_labels, max_drop=d.performance_drop)
-    decided, reason = verdict(signals, window=len(window), min_window=d.min_window, min_drifted=d.min_drifted_signals)
     if perf_signal is not None:
         signals.append(perf_signal)
         if perf_signal.drifted:
             decided = "drifted"
             reason = (f"measured accuracy fell {perf_signal.score:.3f} below the champion's "
                       f"{perf.get('champion_test_set', 'frozen')} test score; {reason}")
-    return Outcome(snapshot, signals, perf, decided, reason)
+    summary = None if calibration is None else calibration.summary()
+    return Outcome(snapshot, signals, perf, decided, reason, summary)
+
+
+def calibrated_window(rows: int, *, window_size: int, min_window: int) -> int:
+    """The window length a check of ``rows`` predictions is calibrated at: the largest of window_size,
+    window_size·0.8, window_size·0.8², … (down to min_window) not above it — a shorter calibration is wider,
+    so a window between two steps stays under its rate."""
+    size = float(window_size)
+    while size > rows and size * 0.8 >= min_window:
+        size *= 0.8
+    return max(min_window, min(int(size), rows))
+
+
+def calibration_for(settings: Settings, champion: ModelVersion, reference: Reference, rows: int) -> Calibration:
+    """The champion's calibration for a window of ``rows``: read from beside its cached reference, or drawn
+    from the reference now and stored there (a changed reference or drift setting starts the file afresh)."""
+    d = settings.drift
+    size = calibrated_window(rows, window_size=d.window_size, min_window=d.min_window)
+    path = settings.home / "drift" / f"reference-{champion.version}.calibration.json"
+    key = {"version": VERSION, "reference": reference.digest, "false_alarm_rate": d.false_alarm_rate,
+           "draws": d.calibration_draws, "window_size": d.window_size, "min_window": d.min_window}
+    try:
+        stored = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):  # unreadable: draw it again
+        stored = {}
+    if stored.get("key") != key:
+        stored = {"key": key, "windows": {}}
+    if str(size) not in stored["windows"]:
+        calibration = calibrate(reference.features, window=size, false_alarm_rate=d.false_alarm_rate,
+                                draws=d.calibration_draws)
+        log.info("calibrated %s's drift signals for %s-row windows in %.1f s (%d null splits of %d + %d rows; "
+                 "cutoff p ≤ %.2g)", champion.version, size, calibration.seconds, calibration.draws,
+                 calibration.window, calibration.reference, calibration.cutoff)
+        stored["windows"][str(size)] = calibration.as_json()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(stored))
+        os.replace(partial, path)
+    return Calibration.from_json(stored["windows"][str(size)])
 
 
 def run_check(settings: Settings, engine: Engine) -> DriftCheck:
@@ -155,9 +215,12 @@ def run_check(settings: Settings, engine: Engine) -> DriftCheck:
     if len(window) < d.min_window:
         row.verdict, row.reason = verdict([], window=len(window), min_window=d.min_window)
     else:
-        reference, ref_emb = reference_for(settings, champion)
-        outcome = compute(settings, champion, reference, ref_emb, window, embeddings_of(window))
-        row.verdict, row.reason, row.signals = outcome.verdict, outcome.reason, outcome.signal_rows()
+        reference = Reference.prepare(*reference_for(settings, champion))
+        calibration = calibration_for(settings, champion, reference, len(window)) if d.calibrated else None
+        outcome = compute(settings, champion, reference, window, embeddings_of(window), calibration)
+        with session_scope(engine) as session:
+            row.verdict, row.reason, held = settle(session, outcome.verdict, outcome.reason, needs=d.consecutive)
+        row.signals = outcome.signal_rows() | {"_verdict": held}
         row.report_path = str(_save_html(settings, outcome.snapshot))
         _add_to_workspace(settings, outcome.snapshot, name=f"{champion.version} {row.verdict}")
     row.duration_s = round(time.perf_counter() - start, 2)
@@ -171,6 +234,41 @@ def run_check(settings: Settings, engine: Engine) -> DriftCheck:
         Webhook(d.webhook_url, engine, timeout_s=d.webhook_timeout_s, retries=d.webhook_retries).send(
             drift_payload(row, previous))
     return row
+
+
+def held_verdict(state: str | None, verdicts: list[str], *, needs: int) -> tuple[str, int]:
+    """Hysteresis: the verdict to report when the checks' own verdicts are ``verdicts`` (newest first) and
+    the last reported one was ``state`` (None: no check yet, taken as not drifted). A new verdict replaces
+    it once ``needs`` checks in a row said it; returns (verdict, how many in a row said the newest)."""
+    newest = verdicts[0]
+    in_a_row = next((i for i, v in enumerate(verdicts) if v != newest), len(verdicts))
+    current = state or "not_drifted"
+    return (newest if newest == current or in_a_row >= needs else current), in_a_row
+
+
+def settle(session: Session, found: str, reason: str, *, needs: int) -> tuple[str, str, dict[str, Any]]:
+    """This check's verdict after hysteresis over the previous checks with enough data (any champion):
+    (verdict, reason, what the row keeps as ``_verdict``: the check's own verdict and the run it is in)."""
+    recent = list(session.scalars(select(DriftCheck).where(DriftCheck.verdict != "insufficient_data")
+                                  .order_by(col(DriftCheck.id).desc()).limit(max(needs - 1, 1))))
+    own = [found] + [(r.signals.get("_verdict") or {}).get("found", r.verdict) for r in recent][: needs - 1]
+    held, in_a_row = held_verdict(recent[0].verdict if recent else None, own, needs=needs)
+    if held != found:
+        word = found.replace("_", " ")
+        reason = (f"{reason} — still {held.replace('_', ' ')}: {in_a_row} of the {needs} checks in a row "
+                  f"that drift.consecutive needs said {word}")
+    return held, reason, {"found": found, "in_a_row": in_a_row, "needs": needs}
+
+
+def pending_drift(session: Session) -> str | None:
+    """Why the newest check's drift is not yet the verdict (hysteresis), or None."""
+    last = session.scalars(select(DriftCheck).where(DriftCheck.verdict != "insufficient_data")
+                           .order_by(col(DriftCheck.id).desc())).first()
+    held = (last.signals.get("_verdict") or {}) if last is not None else {}
+    if held.get("found") != "drifted" or last.verdict == "drifted":
+        return None
+    return (f"the window drifted in {held['in_a_row']} of the {held['needs']} checks in a row "
+            f"that drift.consecutive needs (check {last.id})")
 
 
 def _last_verdict(session: Session) -> str | None:

@@ -1,13 +1,16 @@
-"""Drift signals on a window of production traffic against the champion's reference data.
+"""Drift signals on a window of production traffic against the champion's reference data, as Evidently scores them.
 
-Signals (each with its own method and threshold):
-- text: Evidently's text content drift (a domain classifier's ROC AUC), drifted above the threshold;
+Signals (each an Evidently metric of the check's report):
+- text: Evidently's text content drift (a domain classifier's ROC AUC);
 - embedding: drift of the served model's pooled embeddings (Evidently's ``model()`` embedding method);
 - label / confidence: predicted-label and max-probability distribution drift (Evidently ValueDrift);
 - descriptors: length, out-of-vocabulary share and non-letter share (Evidently ValueDrift).
 
-Thresholds: normed Wasserstein at 0.1 flagged clean 300-row airline windows, so the distribution
-signals start at 0.2; `python -m refitd.bench drift` measures false alarms and detection at the defaults.
+By default a check judges every signal by a calibrated statistic and threshold instead
+(``calibration``); these fixed thresholds judge a signal named in ``drift.thresholds`` or
+``drift.methods``, and every signal when ``drift.calibrated`` is false (the rule before calibration:
+``min_drifted_signals`` of them over their thresholds). Normed Wasserstein at 0.1 flagged clean 300-row
+airline windows, so the distribution signals start at 0.2.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-_WORD = re.compile(r"[a-z']+")
+WORD = re.compile(r"[a-z']+")
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,9 @@ class Signal:
     score: float
     threshold: float
     drifted: bool
+    p_value: float | None = None  # under the signal's calibrated null (performance: a binomial test)
+    calibrated: bool = False  # threshold from the reference's null at drift.false_alarm_rate, not a fixed number
+    evidently_score: float | None = None  # Evidently's own score for the signal, beside a calibrated statistic
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,13 +78,13 @@ P_VALUE_METHODS = {"ks", "chisquare", "z", "fisher_exact", "g_test", "mannw", "t
 
 
 def vocabulary(texts: pd.Series) -> set[str]:
-    return {w for t in texts for w in _WORD.findall(t.lower())}
+    return {w for t in texts for w in WORD.findall(t.lower())}
 
 
 def add_descriptors(frame: pd.DataFrame, vocab: set[str]) -> pd.DataFrame:
     """Length in characters, share of words outside the reference vocabulary, share of non-letters."""
     def oov(text: str) -> float:
-        words = _WORD.findall(text.lower())
+        words = WORD.findall(text.lower())
         return sum(w not in vocab for w in words) / len(words) if words else 1.0
 
     def non_letters(text: str) -> float:
@@ -118,7 +124,7 @@ def embedding_signal(reference: np.ndarray, current: np.ndarray, *, threshold: f
 
 
 def verdict(signals: list[Signal], *, window: int, min_window: int, min_drifted: int = 2) -> tuple[str, str]:
-    """drifted / not_drifted / insufficient_data, with the reason in words."""
+    """The fixed-threshold rule: drifted / not_drifted / insufficient_data, with the reason in words."""
     if window < min_window:
         return "insufficient_data", f"window has {window} predictions; a check needs at least {min_window}"
     drifted = [s for s in signals if s.drifted]
@@ -127,3 +133,26 @@ def verdict(signals: list[Signal], *, window: int, min_window: int, min_drifted:
     if len(drifted) >= min_drifted:
         return "drifted", f"{len(drifted)} signals drifted (needs {min_drifted}): {names}"
     return "not_drifted", f"{len(drifted)} signals drifted (needs {min_drifted}): {names}"
+
+
+def calibrated_verdict(signals: list[Signal], *, cutoff: float, rate: float) -> tuple[str, str]:
+    """drifted when any signal is over its threshold: a calibrated one at p ≤ ``cutoff`` (the level that
+    holds all of them together to ``rate`` per check), a fixed one over its configured threshold."""
+    calibrated = [s for s in signals if s.calibrated]
+    rule = (f"{len(calibrated)} calibrated signals at a {rate * 100:g}% false-alarm rate per check "
+            f"(each drifts at p ≤ {cutoff:.2g})")
+    drifted = [s for s in signals if s.drifted]
+    if drifted:
+        return "drifted", f"{', '.join(_over(s) for s in drifted)}; {rule}"
+    if not calibrated:
+        return "not_drifted", "no signal over its fixed threshold"
+    low = min(calibrated, key=lambda s: s.p_value if s.p_value is not None else 1.0)
+    return "not_drifted", f"no signal drifted; lowest p {low.p_value:.2g} ({low.name}); {rule}"
+
+
+def _over(s: Signal) -> str:
+    """A drifted signal in words: score against threshold, and its p-value when it has one."""
+    side = "<" if s.method in P_VALUE_METHODS else ">"
+    p = f" (p {s.p_value:.2g})" if s.p_value is not None else ""
+    fixed = "" if s.calibrated else " fixed"
+    return f"{s.name} {s.score:.3g} {side}{fixed} {s.threshold:.3g}{p}"

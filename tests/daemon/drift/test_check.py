@@ -62,18 +62,26 @@ def test_checks_over_logged_traffic(tmp_path: Path, untrained_artifact: Path) ->
 
     _log(settings, runtime, airline["text"].iloc[1200:1300].tolist() + other["text"].iloc[:200].tolist(),
          t0 + timedelta(minutes=2))
+    pending = run_check(settings, engine)  # drift found once: the verdict waits for drift.consecutive (2)
+    assert pending.verdict == "not_drifted" and pending.signals["_verdict"]["found"] == "drifted", pending.reason
+    assert "1 of the 2 checks in a row that drift.consecutive needs said drifted" in pending.reason
     shifted = run_check(settings, engine)
     assert shifted.verdict == "drifted", shifted.reason
-    assert shifted.signals["text"]["drifted"] and shifted.signals["embedding"]["drifted"]
+    for name in ("embedding", "oov_share"):
+        signal = shifted.signals[name]
+        assert signal["drifted"] and signal["calibrated"] and signal["score"] > signal["threshold"]
+        assert signal["p_value"] <= shifted.signals["_calibration"]["cutoff"]
+    assert shifted.signals["_calibration"]["false_alarm_rate"] == 0.01
     assert shifted.window_size == 300 and shifted.duration_s < 60
     assert (settings.home / "drift" / "reference-v1.parquet").is_file()  # cached for the next check
+    assert (settings.home / "drift" / "reference-v1.calibration.json").is_file()  # and its calibration beside it
     workspace, project = workspace_project(settings)
-    assert len(workspace.list_runs(project.id)) == 2  # the two checks that had enough data
+    assert len(workspace.list_runs(project.id)) == 3  # the three checks that had enough data
     deadline = time.time() + 15
     while len(receiver.received) < 2 and time.time() < deadline:
         time.sleep(0.1)
     receiver.close()
-    assert [m["verdict"] for m in receiver.received] == ["not_drifted", "drifted"]  # on each change only
+    assert [m["verdict"] for m in receiver.received] == ["not_drifted", "drifted"]  # on each change of verdict only
     assert "not_drifted → drifted" in receiver.received[1]["text"]
 
 
