@@ -1,4 +1,4 @@
-"""``python -m refitd.bench [serve|train|drift|cotenancy] [options]``; with no suite, all of them and one table of ratios.
+"""``python -m refitd.bench [serve|train|drift|cotenancy|store] [options]``; with no suite, all of them and one table of ratios.
 
 Every suite runs its baseline in the same run and prints ratios; results go to
 ``bench/results/<suite>-latest.json`` (and a timestamped copy). ``python -m refitd.bench --home DIR``
@@ -22,7 +22,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-SUITES = {"serve": "refitd.bench.serve", "train": "refitd.bench.train", "drift": "refitd.bench.drift", "cotenancy": "refitd.bench.cotenancy"}
+SUITES = {"serve": "refitd.bench.serve", "train": "refitd.bench.train", "drift": "refitd.bench.drift",
+          "cotenancy": "refitd.bench.cotenancy", "store": "refitd.bench.store"}
 NEEDS_HOME = {"serve", "drift", "cotenancy"}
 
 

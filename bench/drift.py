@@ -221,7 +221,7 @@ def main(argv: list[str]) -> int:
     if champion is None:
         print(f"no champion in {home}; run `refitd --home {home} init` first", file=sys.stderr)
         return 2
-    runtime = OnnxClassifier(champion.version, ArtifactStore(settings.models_dir).verify(champion.version),
+    runtime = OnnxClassifier(champion.version, ArtifactStore.from_settings(settings).verify(champion.version),
                              provider=settings.serving.provider, threads=settings.serving.threads)
     runtime.load()
     start = time.perf_counter()

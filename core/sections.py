@@ -209,6 +209,10 @@ class ServingSection(_Section):
     )
     feedback_burst: int = Field(200, description="Labels a feedback source may send at once before the rate applies.")
     poll_interval_s: float = Field(5.0, description="How often the server checks the registry for a new champion.")
+    log_embedding_share: float = Field(
+        0.0, description="Share of logged predictions that keep their pooled embedding (768 bytes at float16); the "
+                         "drift check re-embeds the rest of its window with the champion. 0 = none, 1 = all."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ServingSection:
@@ -220,6 +224,8 @@ class ServingSection(_Section):
             token = getattr(self, name)
             if token is not None and not token.get_secret_value().strip():
                 raise ValueError(f"serving.{name} is empty: an empty token is no protection (unset it instead)")
+        if not 0.0 <= self.log_embedding_share <= 1.0:
+            raise ValueError(f"serving.log_embedding_share must be between 0 and 1; got {self.log_embedding_share}")
         if self.max_body_bytes < 1024:
             raise ValueError(f"serving.max_body_bytes must be ≥ 1024; got {self.max_body_bytes}")
         if not self.feedback_sources or any(not s or len(s) > 32 for s in self.feedback_sources):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import threading
 import time
 from typing import Any
@@ -22,10 +23,10 @@ from refitd.core.artifacts import ArtifactStore
 from refitd.core.db import session_scope
 from refitd.core.errors import ModelLoadError, NoChampionError, NotFoundError, NotReadyError, RefitdError, UnprocessableError
 from refitd.core.settings import Settings
-from refitd.core.tables import Feedback, Prediction, new_prediction_id, utcnow
+from refitd.core.tables import Feedback, Prediction, utcnow
 from refitd.serving.batcher import Answer, Batcher
 from refitd.serving.metrics import ServingMetrics
-from refitd.serving.predlog import PredictionLog
+from refitd.serving.predlog import PredictionLog, log_rows
 from refitd.serving.runtime import OnnxClassifier
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class DataPlane:
         self.runtime: OnnxClassifier | None = None
         self.started = time.time()
         self.refused: dict[str, str] = {}  # version → why it was refused (not retried until asked)
+        self._rng = random.Random()
         self._swap_lock = threading.Lock()
         s = settings.serving
         self.batcher = Batcher(lambda: self.runtime, max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms,
@@ -132,15 +134,12 @@ class DataPlane:
         return answer, self._log(texts, answer)
 
     def _log(self, texts: list[str], answer: Answer) -> list[dict[str, Any]]:
-        now, version, labels = utcnow(), answer.runtime.version, answer.runtime.labels
-        out, rows = [], []
-        for text, label, row_scores, emb in zip(texts, answer.labels, answer.scores, answer.embeddings, strict=True):
-            pid = new_prediction_id()
-            scores = {lbl: float(s) for lbl, s in zip(labels, row_scores, strict=True)}
-            out.append({"prediction_id": pid, "label": label, "scores": scores, "model_version": version})
-            rows.append({"id": pid, "created_at": now, "model_version": version, "text": text, "label": label,
-                         "scores": scores, "confidence": float(row_scores.max()), "latency_ms": answer.latency_ms,
-                         "embedding": emb.astype(np.float16).tobytes()})
+        rows = log_rows(texts, answer, embedding_share=self.settings.serving.log_embedding_share, rng=self._rng)
+        labels = answer.runtime.labels
+        out = [{"prediction_id": row["id"], "label": row["label"], "model_version": row["model_version"],
+                "scores": {lbl: float(s) for lbl, s in zip(labels, row_scores, strict=True)}}
+               for row, row_scores in zip(rows, answer.scores, strict=True)]
+        for label in answer.labels:
             self.metrics.predictions.labels(label=label).inc()
         self.predlog.add(rows)  # durable before the caller is answered
         return out

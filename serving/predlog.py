@@ -31,6 +31,7 @@ import base64
 import json
 import logging
 import os
+import random
 import threading
 import time
 import uuid
@@ -38,12 +39,31 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 
-from refitd.core.tables import Prediction
+from refitd.core.tables import Prediction, new_prediction_id, utcnow
 
 log = logging.getLogger(__name__)
+
+
+def log_rows(texts: list[str], answer: Any, *, embedding_share: float, rng: random.Random) -> list[dict[str, Any]]:
+    """What the log keeps of each answered text (the storage budget: README, Scale).
+
+    Text, label, version, time, confidence, latency and the class scores rounded to 4 decimals, with a
+    new prediction id. The pooled embedding (768 bytes at float16, half a row) only for a sampled
+    ``embedding_share`` of rows: the drift check re-embeds the rest of its window with the champion.
+    """
+    now, version, labels = utcnow(), answer.runtime.version, answer.runtime.labels
+    rows = []
+    for text, label, scores, emb in zip(texts, answer.labels, answer.scores, answer.embeddings, strict=True):
+        keep = embedding_share >= 1.0 or (embedding_share > 0.0 and rng.random() < embedding_share)
+        rows.append({"id": new_prediction_id(), "created_at": now, "model_version": version, "text": text,
+                     "label": label, "scores": {lbl: round(float(s), 4) for lbl, s in zip(labels, scores, strict=True)},
+                     "confidence": float(scores.max()), "latency_ms": round(answer.latency_ms, 3),
+                     "embedding": emb.astype(np.float16).tobytes() if keep else None})
+    return rows
 
 
 class PredictionLog:

@@ -4,7 +4,9 @@ The reference is a sample of the champion's own training rows, scored by the
 champion's ONNX model (labels, calibrated confidence, pooled embeddings), cached
 per champion version under ``<home>/drift``; beside it, its calibration (the null of every
 signal at the window size, ``calibration``), rebuilt when the reference, the window sizes or
-the false-alarm settings change. Each check is a ``drift_checks`` row with every signal's
+the false-alarm settings change. The window's embeddings are the champion's too: the stored
+one where the champion served a row and kept it, the rest computed at the check (the log keeps
+embeddings for ``serving.log_embedding_share`` of rows only). Each check is a ``drift_checks`` row with every signal's
 score, p-value and threshold, the verdict (held for ``drift.consecutive`` checks, see
 :func:`settle`) and its reason, and an Evidently HTML report.
 """
@@ -59,19 +61,40 @@ def reference_for(settings: Settings, champion: ModelVersion) -> tuple[pd.DataFr
     if cache.is_file():
         frame = pd.read_parquet(cache)
         return frame.drop(columns=["embedding"]), embeddings_of(frame)
-    folder = ArtifactStore(settings.models_dir).verify(champion.version)
-    if (folder / TRAIN_ROWS_FILE).is_file():
-        rows = pd.read_parquet(folder / TRAIN_ROWS_FILE)
+    runtime = champion_runtime(settings, champion)
+    if (runtime.folder / TRAIN_ROWS_FILE).is_file():
+        rows = pd.read_parquet(runtime.folder / TRAIN_ROWS_FILE)
     else:  # an artifact from before training rows were stored: the reference dataset's training split
         data = refdata.load(settings)
         rows = data[data["split"] == "train"]
     rows = rows.sample(n=min(settings.drift.reference_size, len(rows)), random_state=0)
-    runtime = OnnxClassifier(champion.version, folder, provider=settings.serving.provider, threads=settings.serving.threads)
-    runtime.load()
     frame, emb = score(runtime, rows["text"].tolist())
     cache.parent.mkdir(parents=True, exist_ok=True)
     frame.assign(embedding=[e.astype(np.float16).tobytes() for e in emb]).to_parquet(cache)
     return frame, emb
+
+
+def champion_runtime(settings: Settings, champion: ModelVersion) -> OnnxClassifier:
+    """The champion loaded as serving loads it (verified files, same precision), for scoring in a check."""
+    folder = ArtifactStore.from_settings(settings).verify(champion.version)
+    runtime = OnnxClassifier(champion.version, folder, provider=settings.serving.provider,
+                             threads=settings.serving.threads, precision=settings.serving.precision)
+    runtime.load()
+    return runtime
+
+
+def window_embeddings(settings: Settings, champion: ModelVersion, window: pd.DataFrame) -> np.ndarray:
+    """The window in the champion's embedding space: a row's stored embedding when the champion served it and
+    kept it (``serving.log_embedding_share``), else the champion's embedding of its text, computed now."""
+    kept = (window["embedding"].notna() & (window["model_version"] == champion.version)).to_numpy()
+    if kept.all():
+        return embeddings_of(window)
+    _, fresh = score(champion_runtime(settings, champion), window.loc[~kept, "text"].tolist())
+    out = np.empty((len(window), fresh.shape[1]), dtype=np.float32)
+    out[~kept] = fresh
+    if kept.any():
+        out[kept] = embeddings_of(window[kept])
+    return out
 
 
 def score(runtime: OnnxClassifier, texts: list[str], *, batch: int = 64) -> tuple[pd.DataFrame, np.ndarray]:
@@ -217,7 +240,8 @@ def run_check(settings: Settings, engine: Engine) -> DriftCheck:
     else:
         reference = Reference.prepare(*reference_for(settings, champion))
         calibration = calibration_for(settings, champion, reference, len(window)) if d.calibrated else None
-        outcome = compute(settings, champion, reference, window, embeddings_of(window), calibration)
+        outcome = compute(settings, champion, reference, window, window_embeddings(settings, champion, window),
+                          calibration)
         with session_scope(engine) as session:
             row.verdict, row.reason, held = settle(session, outcome.verdict, outcome.reason, needs=d.consecutive)
         row.signals = outcome.signal_rows() | {"_verdict": held}

@@ -141,6 +141,8 @@ BENCH = {
     "train": ["--rows", "200", "--epochs", "0.5"],
     "drift": ["--windows", "2", "--repeats", "1", "--streams", "1", "--every", "200", "--texts", "400"],
     "cotenancy": ["--per-round", "20", "--alone-rounds", "1", "--concurrency", "2"],
+    "store": ["--rows", "3000", "--small", "1000", "--days", "3",
+              "--postgres", os.environ.get("REFITD_TEST_DATABASE_URL") or "none"],
 }
 
 

@@ -25,7 +25,18 @@ def test_predict_one_and_many_and_log(running) -> None:
     assert set(rows) == {p["prediction_id"] for p in one + many}
     row = rows[one[0]["prediction_id"]]
     assert row.text == "@united lost my bag" and row.model_version == "v1"
-    assert len(row.embedding) == 384 * 2  # float16
+    assert row.embedding is None  # serving.log_embedding_share = 0: the drift check re-embeds
+    assert row.scores == {k: round(v, 4) for k, v in one[0]["scores"].items()}  # the answer keeps full precision
+
+
+def test_a_share_of_rows_keeps_its_embedding(start_server) -> None:
+    running = start_server(serving={"log_embedding_share": 1.0})
+    answer = httpx.post(f"{running.url}/v1/predict", json={"texts": ["late again", "fine"]}).json()["predictions"]
+    running.parts.predlog.flush()
+    with session_scope(make_engine(running.settings.database_url)) as s:
+        rows = list(s.exec(select(Prediction)))
+    assert {r.id for r in rows} == {p["prediction_id"] for p in answer}
+    assert all(len(r.embedding) == 384 * 2 for r in rows)  # float16
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from refitd.core.db import make_engine, session_scope, upgrade
 from refitd.core.registration import register_candidate
 from refitd.core.settings import Settings
 from refitd.core.tables import Prediction, new_prediction_id, utcnow
-from refitd.daemon.drift.check import run_check, workspace_project
+from refitd.daemon.drift.check import run_check, window_embeddings, workspace_project
 from refitd.serving.runtime import OnnxClassifier
 from tests.artifact_factory import copy_artifact
 from tests.daemon.drift.test_alerts import Receiver
@@ -29,7 +29,7 @@ def _log(settings: Settings, runtime: OnnxClassifier, texts: list[str], start) -
         for i, (text, label, scores, emb) in enumerate(zip(texts, out.labels, out.scores, out.embeddings, strict=True)):
             s.add(Prediction(id=new_prediction_id(), created_at=start + timedelta(milliseconds=i), model_version="v1",
                              text=text, label=label, scores={}, confidence=float(scores.max()), latency_ms=1.0,
-                             embedding=emb.astype(np.float16).tobytes()))
+                             embedding=emb.astype(np.float16).tobytes() if i % 3 == 0 else None))  # a share kept
 
 
 def test_checks_over_logged_traffic(tmp_path: Path, untrained_artifact: Path) -> None:
@@ -120,3 +120,28 @@ def test_live_accuracy_is_held_to_the_recent_test_score_once_the_champion_has_on
     _, on_recent = performance(window, refit, min_labels=30, max_drop=0.05)
     assert on_frozen.drifted and on_frozen.score == pytest.approx(0.82 - 27 / 40)
     assert not on_recent.drifted and "recent" in on_recent.method
+
+
+def test_window_embeddings_are_the_champions_stored_or_computed(tmp_path: Path, untrained_artifact: Path) -> None:
+    settings = Settings.load(home=tmp_path)
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    store = ArtifactStore.from_settings(settings)
+    mv = register_candidate(engine, store, copy_artifact(untrained_artifact, store.staging("t")))
+    registry.promote(engine, mv.version)
+    runtime = OnnxClassifier(mv.version, store.path(mv.version), provider="cpu")
+    runtime.load()
+    texts = ["my bag never arrived", "great crew today", "the new phone is slow", "delayed again"]
+    truth = runtime.predict(texts).embeddings.astype(np.float16).astype(np.float32)
+    junk = np.full(truth.shape[1], 7.0, dtype=np.float16).tobytes()
+    window = pd.DataFrame({"text": texts, "model_version": [mv.version, mv.version, "v0", mv.version],
+                           # kept by the champion / not kept / kept by an older version (another space) / kept
+                           "embedding": [truth[0].astype(np.float16).tobytes(), None, junk,
+                                         truth[3].astype(np.float16).tobytes()]})
+    from refitd.core.registry import get_champion
+
+    with session_scope(engine) as s:
+        champion = get_champion(s)
+    got = window_embeddings(settings, champion, window)
+    assert got.shape == truth.shape and np.allclose(got, truth, atol=2e-3)
+
