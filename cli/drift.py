@@ -17,23 +17,33 @@ def _print_check(row) -> None:  # type: ignore[no-untyped-def]
     colour = {"drifted": "red", "not_drifted": "green"}.get(row.verdict, "yellow")
     console.print(f"check {row.id} on {row.model_version}: [{colour}]{row.verdict}[/] — {row.reason}")
     table = Table(title=f"window of {row.window_size} predictions ({row.window_start} … {row.window_end})")
-    for name in ("signal", "method", "score", "threshold", "drifted"):
+    for name in ("signal", "method", "score", "p-value", "threshold", "drifted"):
         table.add_column(name)
     for name, sig in row.signals.items():
         if not name.startswith("_"):
-            table.add_row(name, sig["method"], f"{sig['score']:.3f}", f"{sig['threshold']:g}", "yes" if sig["drifted"] else "no")
+            table.add_row(name, sig["method"], f"{sig['score']:.3f}", _num(sig.get("p_value"), ".4f"),
+                          f"{sig['threshold']:.4g}", "yes" if sig["drifted"] else "no")
     console.print(table)
+    calibration = row.signals.get("_calibration") or {}
+    if calibration:
+        console.print(f"calibrated for a false-alarm rate of {calibration.get('false_alarm_rate')} per check "
+                      f"(p-value cutoff {_num(calibration.get('cutoff'), '.4f')})")
+    reference = row.signals.get("_reference") or {}
+    if reference:
+        console.print(f"reference: {reference.get('rows')} rows, {reference.get('source')}")
     perf = row.signals.get("_performance") or {}
     if perf:
         measured, estimate = perf.get("measured_accuracy"), perf.get("estimated_accuracy")
         console.print(f"labelled rows {perf['labelled']}; measured accuracy {_num(measured)}; "
-                      f"label-free estimate {_num(estimate)}")
+                      f"label-free estimate {_num(estimate)} (window)"
+                      + (f", {_num(perf.get('estimate_on_labelled'))} on the labelled rows: error "
+                         f"{_num(perf.get('estimate_error'), '+.3f')}" if perf.get("estimate_error") is not None else ""))
     if row.report_path:
         console.print(f"report: {row.report_path}")
 
 
-def _num(value) -> str:  # type: ignore[no-untyped-def]
-    return "-" if value is None else f"{value:.3f}"
+def _num(value, spec: str = ".3f") -> str:  # type: ignore[no-untyped-def]
+    return "-" if value is None else format(value, spec)
 
 
 @drift_app.command("check")

@@ -34,7 +34,9 @@ def gather_status(settings: Settings, *, events: int = 10, checks: int = 5) -> d
         }
         recent = registry.list_events(session, limit=events)
         drift = [{"id": c.id, "created_at": _when(c.created_at), "verdict": c.verdict, "reason": c.reason,
-                  "window": c.window_size, "report": c.report_path} for c in list_checks(session, limit=checks)]
+                  "window": c.window_size, "report": c.report_path,
+                  "estimate_error": ((c.signals or {}).get("_performance") or {}).get("estimate_error")}
+                 for c in list_checks(session, limit=checks)]
         run = running(session)
     champ = None
     if champion is not None:
@@ -114,8 +116,9 @@ def render_status(info: dict[str, Any], console: Console) -> None:
                       f"{progress.get('stage', 'data')} (done: {progress.get('timings', {})}), lease {refit['holder']}")
     else:
         console.print("refit: none running")
-    _table(console, "drift checks", ("id", "when (UTC)", "verdict", "window", "reason"),
-           [(str(d["id"]), d["created_at"], d["verdict"], str(d["window"]), d["reason"]) for d in info["drift"]])
+    _table(console, "drift checks", ("id", "when (UTC)", "verdict", "window", "estimate error", "reason"),
+           [(str(d["id"]), d["created_at"], d["verdict"], str(d["window"]),
+             "-" if d["estimate_error"] is None else f"{d['estimate_error']:+.3f}", d["reason"]) for d in info["drift"]])
     _table(console, "schedule", ("job", "next run (UTC)"), [(j["job"], j["next_run"] or "paused")
                                                             for j in info["schedule"]])
     console.print("counts: " + ", ".join(f"{k} {v}" for k, v in info["counts"].items()))

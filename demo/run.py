@@ -275,6 +275,9 @@ class Demo:
                 "phase2_at_s": phase2_at, "groups": groups, "promotions": promotions,
                 "drift": {str(ph): [{k: c[k] for k in ("id", "at", "verdict", "reason", "report")} for c in cs]
                           for ph, cs in verdicts.items()},
+                "after_promotion": [c["verdict"] for c in checks if promotions and c["at"] >= promotions[0][0]
+                                    and c["verdict"] != "insufficient_data"],
+                "estimate": _estimate_error(checks),
                 "refit": refit, "errors": len(self.replay.errors) if self.replay else 0,
                 "labels_posted": self.replay.labels_posted if self.replay else 0, "checks": checks}
 
@@ -292,6 +295,12 @@ class Demo:
             drifted = [c for c in cs if c["verdict"] == "drifted"]
             self.console.print(f"phase {ph}: {len(cs)} drift checks, {len(drifted)} drifted"
                                + (f"; first: {drifted[0]['reason']}" if drifted else ""))
+        if summary["after_promotion"]:
+            self.console.print(f"checks after the promotion: {', '.join(summary['after_promotion'])}")
+        e = summary["estimate"]
+        if e["checks"]:
+            self.console.print(f"label-free accuracy estimate vs measured, over {e['checks']} checks with labels: "
+                               f"mean absolute error {e['mae']:.3f} (largest {e['max']:.3f})")
         r = summary["refit"]
         if r:
             self.console.print(f"refit ({r['trigger']}) started at {r['started_at_s']:.0f} s, took "
@@ -311,6 +320,14 @@ class Demo:
         if summary["reports"]:
             self.console.print(f"{len(summary['reports'])} HTML drift reports, e.g. {summary['reports'][-1]}")
         self.console.print(f"summary: {self.out / 'summary.json'}")
+
+
+def _estimate_error(checks: list[dict[str, Any]]) -> dict[str, Any]:
+    """How far the label-free estimate was from measured accuracy, over the checks that had enough labels."""
+    errors = [abs(e) for c in checks
+              if (e := ((c["signals"] or {}).get("_performance") or {}).get("estimate_error")) is not None]
+    return {"checks": len(errors), "mae": sum(errors) / len(errors) if errors else None,
+            "max": max(errors) if errors else None}
 
 
 def run_demo(*, home: Path | None, quick: bool, keep: bool, console: Console) -> dict[str, Any]:

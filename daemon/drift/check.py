@@ -55,23 +55,57 @@ def embeddings_of(frame: pd.DataFrame) -> np.ndarray:
     return np.stack([np.frombuffer(b, dtype=np.float16).astype(np.float32) for b in frame["embedding"]])
 
 
-def reference_for(settings: Settings, champion: ModelVersion) -> tuple[pd.DataFrame, np.ndarray]:
-    """The champion's training rows scored by the champion; cached per version."""
+def reference_for(settings: Settings, champion: ModelVersion, engine: Engine) -> tuple[pd.DataFrame, np.ndarray]:
+    """The champion's reference rows (:func:`reference_rows`) scored by the champion; cached per version,
+    with where the rows came from in ``reference-<version>.json`` beside them."""
     cache = settings.home / "drift" / f"reference-{champion.version}.parquet"
     if cache.is_file():
         frame = pd.read_parquet(cache)
         return frame.drop(columns=["embedding"]), embeddings_of(frame)
     runtime = champion_runtime(settings, champion)
-    if (runtime.folder / TRAIN_ROWS_FILE).is_file():
-        rows = pd.read_parquet(runtime.folder / TRAIN_ROWS_FILE)
-    else:  # an artifact from before training rows were stored: the reference dataset's training split
-        data = refdata.load(settings)
-        rows = data[data["split"] == "train"]
-    rows = rows.sample(n=min(settings.drift.reference_size, len(rows)), random_state=0)
+    rows, provenance = reference_rows(settings, champion, runtime.folder, engine)
     frame, emb = score(runtime, rows["text"].tolist())
     cache.parent.mkdir(parents=True, exist_ok=True)
     frame.assign(embedding=[e.astype(np.float16).tobytes() for e in emb]).to_parquet(cache)
+    cache.with_suffix(".json").write_text(json.dumps(provenance | {"rows": len(frame)}, default=str))
+    log.info("drift reference for %s: %d rows, %s", champion.version, len(frame), provenance["source"])
     return frame, emb
+
+
+def reference_provenance(settings: Settings, version: str) -> dict[str, Any]:
+    """Where a cached reference's rows came from (empty when it predates this record)."""
+    path = settings.home / "drift" / f"reference-{version}.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def reference_rows(settings: Settings, champion: ModelVersion, folder: Path, engine: Engine) -> tuple[pd.DataFrame, dict]:
+    """The rows a champion is checked against (README, Drift checks, "The reference").
+
+    A champion trained on production labels that arrived since its parent (at least ``drift.min_labels``
+    of them) is checked against the production traffic it was trained and tested on: the newest
+    ``drift.reference_size`` predictions logged after its parent was registered and before it was,
+    when at least ``drift.min_window`` were. Any other champion — the first, one trained without new
+    labels — against a sample of its own training rows.
+    """
+    if (folder / TRAIN_ROWS_FILE).is_file():
+        trained = pd.read_parquet(folder / TRAIN_ROWS_FILE)
+    else:  # an artifact from before training rows were stored: the reference dataset's training split
+        data = refdata.load(settings)
+        trained = data[data["split"] == "train"]
+    d = settings.drift
+    new_labels = int((trained["source"] == "feedback_new").sum()) if "source" in trained else 0
+    if new_labels >= d.min_labels and champion.parent:
+        with session_scope(engine) as session:
+            parent = session.scalars(select(ModelVersion).where(ModelVersion.version == champion.parent)).first()
+            traffic = predictions_with_labels(session, unlabelled=True, latest=d.reference_size,
+                                              after=parent.created_at if parent else None, before=champion.created_at)
+        if len(traffic) >= d.min_window:
+            return traffic[["text"]], {
+                "source": "production traffic before the refit", "trained_on_new_labels": new_labels,
+                "from": traffic["created_at"].min(), "to": traffic["created_at"].max(),
+                "served_by": sorted(traffic["model_version"].unique().tolist())}
+    sample = trained.sample(n=min(d.reference_size, len(trained)), random_state=0)
+    return sample, {"source": "training rows", "trained_on_new_labels": new_labels}
 
 
 def champion_runtime(settings: Settings, champion: ModelVersion) -> OnnxClassifier:
@@ -120,8 +154,10 @@ def performance(window: pd.DataFrame, champion: ModelVersion, *, min_labels: int
         return out, None
     measured = float((labelled["label"] == labelled["true_label"]).mean())
     test_acc, held_out = expected_accuracy(champion, default=measured)
+    # The estimate's own error, on the same rows: what it would have said of the labelled rows minus what they show.
     out |= {"measured_accuracy": measured, "champion_test_accuracy": test_acc, "champion_test_set": held_out,
-            "estimate_error": None if estimate is None else estimate - measured}
+            "estimate_on_labelled": float(labelled["confidence"].mean()),
+            "estimate_error": float(labelled["confidence"].mean()) - measured}
     drop = test_acc - measured
     correct = int((labelled["label"] == labelled["true_label"]).sum())
     p_value = float(binom.cdf(correct, len(labelled), test_acc))  # this few right or fewer, were accuracy unchanged
@@ -238,13 +274,14 @@ def run_check(settings: Settings, engine: Engine) -> DriftCheck:
     if len(window) < d.min_window:
         row.verdict, row.reason = verdict([], window=len(window), min_window=d.min_window)
     else:
-        reference = Reference.prepare(*reference_for(settings, champion))
+        reference = Reference.prepare(*reference_for(settings, champion, engine))
         calibration = calibration_for(settings, champion, reference, len(window)) if d.calibrated else None
         outcome = compute(settings, champion, reference, window, window_embeddings(settings, champion, window),
                           calibration)
         with session_scope(engine) as session:
             row.verdict, row.reason, held = settle(session, outcome.verdict, outcome.reason, needs=d.consecutive)
-        row.signals = outcome.signal_rows() | {"_verdict": held}
+        row.signals = outcome.signal_rows() | {"_verdict": held,
+                                               "_reference": reference_provenance(settings, champion.version)}
         row.report_path = str(_save_html(settings, outcome.snapshot))
         _add_to_workspace(settings, outcome.snapshot, name=f"{champion.version} {row.verdict}")
     row.duration_s = round(time.perf_counter() - start, 2)

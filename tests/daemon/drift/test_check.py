@@ -145,3 +145,41 @@ def test_window_embeddings_are_the_champions_stored_or_computed(tmp_path: Path, 
     got = window_embeddings(settings, champion, window)
     assert got.shape == truth.shape and np.allclose(got, truth, atol=2e-3)
 
+
+def test_a_champion_trained_on_new_labels_is_checked_against_the_traffic_it_learned(tmp_path: Path,
+                                                                                     untrained_artifact: Path) -> None:
+    """The reference follows adaptation: after a refit on production labels, the new mix is the baseline —
+    traffic that stays on it is not drift, a further shift still is."""
+    corpus = load_bundled_corpus()
+    airline = corpus[corpus["topic"] == "airline"].sample(900, random_state=2)
+    new_mix = corpus[corpus["topic"].isin(["apple", "coachella"])].sample(1200, random_state=2)
+    further = corpus[corpus["topic"].isin(["deflategate", "weather"])].sample(200, random_state=2)
+    settings = Settings.load(home=tmp_path, drift={"window_size": 300, "min_window": 200, "reference_size": 600,
+                                                   "consecutive": 1})
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    store = ArtifactStore.from_settings(settings)
+    staged = copy_artifact(untrained_artifact, store.staging("v1"))
+    airline.iloc[:600][["text", "label"]].assign(source="reference").to_parquet(staged / TRAIN_ROWS_FILE)
+    v1 = register_candidate(engine, store, staged)
+    registry.promote(engine, v1.version)
+    runtime = OnnxClassifier(v1.version, store.path(v1.version), provider="cpu")
+    runtime.load()
+    _log(settings, runtime, new_mix["text"].iloc[:600].tolist(), utcnow())  # v1 serves the shifted traffic
+
+    staged = copy_artifact(untrained_artifact, store.staging("v2"))  # the refit: trained on its labels
+    labelled = new_mix.iloc[:200][["text", "label"]].assign(source="feedback_new")
+    pd.concat([airline.iloc[:300][["text", "label"]].assign(source="reference"), labelled]).to_parquet(
+        staged / TRAIN_ROWS_FILE)
+    v2 = register_candidate(engine, store, staged, parent=v1.version)
+    registry.promote(engine, v2.version)
+
+    _log(settings, runtime, new_mix["text"].iloc[600:900].tolist(), utcnow())  # traffic stays on the new mix
+    settled = run_check(settings, engine)
+    assert settled.signals["_reference"]["source"] == "production traffic before the refit"
+    assert settled.signals["_reference"]["rows"] == 600 and settled.signals["_reference"]["trained_on_new_labels"] == 200
+    assert settled.signals["_verdict"]["found"] == "not_drifted", settled.reason
+
+    _log(settings, runtime, new_mix["text"].iloc[900:1000].tolist() + further["text"].tolist(), utcnow())
+    shifted = run_check(settings, engine)
+    assert shifted.signals["_verdict"]["found"] == "drifted", shifted.reason
