@@ -1,7 +1,8 @@
 """The serving baseline: FastAPI + PyTorch eager, one request at a time, no batching.
 
-``python -m refitd.bench.baseline_server ARTIFACT_DIR PORT`` — the same fine-tuned weights
-(the artifact's Hugging Face checkpoint) and the same max_length as refitd serves.
+``python -m refitd.bench.baseline_server ARTIFACT_DIR PORT [THREADS]`` — the same fine-tuned weights
+(the artifact's Hugging Face checkpoint) and the same max_length as refitd serves; THREADS sets
+torch's intra-op threads (default: torch's own choice).
 """
 
 from __future__ import annotations
@@ -46,4 +47,6 @@ def build(artifact: Path) -> FastAPI:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 3:
+        torch.set_num_threads(int(sys.argv[3]))
     uvicorn.run(build(Path(sys.argv[1])), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")

@@ -1,10 +1,12 @@
-"""``python -m refitd.bench serve``: refitd serve vs a FastAPI + PyTorch eager baseline, in one run.
+"""``python -m refitd.bench serve``: refitd serve vs a real peer and a straw man, in one run.
 
-Both serve the same fine-tuned weights. Each server runs alone (2 cores: no
-contention between them), driven by a closed-loop async client at concurrency
-1, 8 and 32 with real corpus texts (the stream split, never trained on). The
-raw ONNX Runtime session is measured in the same run as the ceiling. Each cell
-is the median of ``--repeats`` runs.
+All serve the same fine-tuned weights: refitd (fp32 and INT8), MLServer's HuggingFace runtime on
+ONNX Runtime with adaptive batching (the peer a user would pick instead; ``bench/peer.py``), and
+FastAPI + PyTorch eager, unbatched (the baseline). Each server runs alone, driven by a closed-loop
+async client at concurrency 1, 8 and 32 with real corpus texts (the stream split, never trained
+on). The raw ONNX Runtime session, with the server's thread count, is the ceiling. Each cell is the
+median of ``--repeats`` runs. Everything is measured twice: unpinned (client and server share every
+core) and pinned (the client on one core, the server on the others; ``bench/cores.py``).
 """
 
 from __future__ import annotations
@@ -15,21 +17,27 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 
+from refitd.bench import peer as mlserver
+from refitd.bench.cores import Layout, layouts, pinned
+from refitd.bench.load import drive, median_of
 from refitd.bench.report import save
-from refitd.bench.load import LoadResult, drive, median_of
 from refitd.core import registry
 from refitd.core.artifacts import ArtifactMeta, ArtifactStore
 from refitd.core.datasets import load_configured
 from refitd.core.db import engine_for, session_scope
-from refitd.core.settings import Settings
 from refitd.core.encoding import encode, load_tokenizer
+from refitd.core.settings import Settings
 
+CONCURRENCY = (1, 8, 32)
+SERVERS = {"refitd_fp32": "refitd fp32", "refitd_int8": "refitd INT8", "peer": f"{mlserver.NAME} (HF runtime, ORT)",
+           "baseline": "FastAPI + torch eager"}
 
 
 def _free_port() -> int:
@@ -40,9 +48,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait(url: str, timeout: float = 120) -> None:
+def _wait(url: str, timeout: float = 120, proc: subprocess.Popen | None = None) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode} before {url} answered")
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return
@@ -59,31 +69,52 @@ def _texts(n: int) -> list[str]:
     return (stream * (n // len(stream) + 1))[:n]
 
 
-def _champion(home: Path) -> tuple[str, Path]:
+def _fitted(texts: list[str], tokenizer_file: Path, max_length: int) -> list[str]:
+    """Each text cut to at most ``max_length`` tokens, the way refitd truncates, so that every server does the same
+    work: refitd, the baseline and the raw session truncate, MLServer's pipeline does not."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_file))
+    tok.no_truncation()
+    tok.no_padding()
+    out = []
+    for text in texts:
+        keep = max_length - 2  # [CLS] and [SEP]
+        enc = tok.encode(text)
+        while len(enc.ids) > max_length and keep > 0:
+            text = text[: enc.offsets[keep][1]] if keep < len(enc.offsets) else text
+            enc, keep = tok.encode(text), keep - 1
+        out.append(text)
+    return out
+
+
+def _champion(home: Path) -> tuple[str, Path, Settings]:
     settings = Settings.load(home=home)
     with session_scope(engine_for(settings)) as s:
         champ = registry.get_champion(s)
     if champ is None:
         raise SystemExit(f"no champion in {home}: run `refitd --home {home} init` first")
-    return champ.version, ArtifactStore.from_settings(settings).path(champ.version)
+    return champ.version, ArtifactStore.from_settings(settings).path(champ.version), settings
 
 
-def raw_ort(artifact: Path, texts: list[str], model_file: str) -> dict[str, Any]:
-    """Raw session throughput at several batch sizes, and single-text latency."""
+def raw_ort(artifact: Path, texts: list[str], model_file: str, threads: int | None = None) -> dict[str, Any]:
+    """Raw session throughput at several batch sizes, and single-text latency, on ``threads`` intra-op threads."""
     import onnxruntime as ort
 
     meta = ArtifactMeta.read(artifact)
     tok = load_tokenizer(artifact / meta.tokenizer_file, max_length=meta.max_length)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or (os.cpu_count() or 1)  # what refitd's runtime does
+    options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(artifact / model_file), options, providers=["CPUExecutionProvider"])
-    out: dict[str, Any] = {"seq_per_s": {}}
+    out: dict[str, Any] = {"threads": options.intra_op_num_threads, "seq_per_s": {}}
     for bs in (1, 8, 32, 64):
         sample = texts[: max(256, bs * 8)]
         start = time.perf_counter()
         for i in range(0, len(sample), bs):
             session.run(["logits", "embedding"], encode(tok, sample[i : i + bs]))
-        out["seq_per_s"][bs] = len(sample) / (time.perf_counter() - start)
+        out["seq_per_s"][str(bs)] = len(sample) / (time.perf_counter() - start)
     lat = []
     for t in texts[:300]:
         start = time.perf_counter()
@@ -95,73 +126,185 @@ def raw_ort(artifact: Path, texts: list[str], model_file: str) -> dict[str, Any]
     return out
 
 
-def _run_server(cmd: list[str], env: dict[str, str], health: str) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait(health)
+def _run_server(cmd: list[str], env: dict[str, str], health: str, *, cores: frozenset[int] | None = None,
+                log: Path | None = None, timeout: float = 120) -> subprocess.Popen:
+    """Start a server on ``cores`` (its threads and children inherit them) and wait until ``health`` answers."""
+    with pinned(cores), open(log or os.devnull, "wb") as out:  # the child keeps its own copy of the file
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait(health, timeout, proc)
+    except RuntimeError:
+        _stop(proc)
+        raise
     return proc
 
 
 def _stop(proc: subprocess.Popen) -> None:
     proc.terminate()
-    proc.wait(30)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
 
 
-def _measure(url: str, texts: list[str], body, concurrencies: list[int], repeats: int, n: int) -> dict[int, LoadResult]:
-    drive(url, texts[:50], 4, body)  # warm-up
-    return {c: median_of([drive(url, texts[:n], c, body) for _ in range(repeats)]) for c in concurrencies}
+def _measure(url: str, texts: list[str], body: Callable[[str], dict], layout: Layout, repeats: int,
+             n: int) -> dict[str, dict[str, Any]]:
+    """Per concurrency, the median of ``repeats`` closed-loop runs, the client on the layout's client cores."""
+    with pinned(layout.client):
+        drive(url, texts[:50], 4, body)  # warm-up
+        runs = {c: median_of([drive(url, texts[:n], c, body) for _ in range(repeats)]) for c in CONCURRENCY}
+    return {str(c): {"rps": r.rps, "p50_ms": r.pct(0.5), "p99_ms": r.pct(0.99), "errors": r.errors}
+            for c, r in runs.items()}
 
 
-def run(home: Path, *, requests: int, repeats: int) -> dict[str, Any]:
-    version, artifact = _champion(home)
-    meta = ArtifactMeta.read(artifact, version=version)
-    texts = _texts(max(requests, 1000))
-    conc = [1, 8, 32]
-    results: dict[str, Any] = {"version": version, "max_length": meta.max_length, "requests": requests}
-    results["raw_fp32"] = raw_ort(artifact, texts, meta.model_file)
-    results["raw_int8"] = raw_ort(artifact, texts, meta.int8_file) if meta.int8_file else None
-    env = {**os.environ, "REFITD_HOME": str(home), "REFITD_LOG_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1"}
-    refitd = [sys.executable, "-m", "refitd.cli", "serve"]
-    for precision in ("fp32", "int8") if results["raw_int8"] else ("fp32",):
+def _one_layout(layout: Layout, *, artifact: Path, meta: ArtifactMeta, settings: Settings, texts: list[str],
+                peer: mlserver.Installed | str | None, requests: int, repeats: int) -> dict[str, Any]:
+    """Raw ceilings, then each server alone, all on this layout's cores."""
+    out: dict[str, Any] = {"describe": layout.describe(), "threads": layout.threads}
+    with pinned(layout.server):
+        out["raw_fp32"] = raw_ort(artifact, texts, meta.model_file, layout.threads)
+        out["raw_int8"] = raw_ort(artifact, texts, meta.int8_file, layout.threads) if meta.int8_file else None
+    env = {**os.environ, "REFITD_HOME": str(settings.home), "REFITD_LOG_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1",
+           "REFITD_SERVING__THREADS": str(layout.threads)}
+    for precision in ("fp32", "int8") if meta.int8_file else ("fp32",):
         port = _free_port()
-        proc = _run_server(refitd + ["--port", str(port)], {**env, "REFITD_SERVING__PRECISION": precision},
-                           f"http://127.0.0.1:{port}/v2/health/ready")
+        proc = _run_server([sys.executable, "-m", "refitd.cli", "serve", "--port", str(port)],
+                           {**env, "REFITD_SERVING__PRECISION": precision}, f"http://127.0.0.1:{port}/v2/health/ready",
+                           cores=layout.server)
         try:
-            results[f"refitd_{precision}"] = _measure(f"http://127.0.0.1:{port}/v1/predict", texts,
-                                                      lambda t: {"text": t}, conc, repeats, requests)
+            out[f"refitd_{precision}"] = _measure(f"http://127.0.0.1:{port}/v1/predict", texts, lambda t: {"text": t},
+                                                  layout, repeats, requests)
         finally:
             _stop(proc)
+    out["peer"] = _peer(peer, layout, artifact=artifact, meta=meta, settings=settings, texts=texts,
+                        requests=requests, repeats=repeats)
     port = _free_port()
-    proc = _run_server([sys.executable, "-m", "refitd.bench.baseline_server", str(artifact), str(port)], env,
-                       f"http://127.0.0.1:{port}/health")
+    proc = _run_server([sys.executable, "-m", "refitd.bench.baseline_server", str(artifact), str(port),
+                        str(layout.threads)], env, f"http://127.0.0.1:{port}/health", cores=layout.server)
     try:
-        results["baseline"] = _measure(f"http://127.0.0.1:{port}/predict", texts, lambda t: {"text": t},
-                                       conc, repeats, max(100, requests // 4))
+        out["baseline"] = _measure(f"http://127.0.0.1:{port}/predict", texts, lambda t: {"text": t}, layout,
+                                   repeats, max(100, requests // 4))
     finally:
         _stop(proc)
+    return out
+
+
+def _peer(peer: mlserver.Installed | str | None, layout: Layout, *, artifact: Path, meta: ArtifactMeta,
+          settings: Settings, texts: list[str], requests: int, repeats: int) -> dict[str, Any]:
+    """The peer's figures, or ``{"skipped": why}``."""
+    if not isinstance(peer, mlserver.Installed):
+        return {"skipped": peer or "--peer none"}
+    with tempfile.TemporaryDirectory(prefix="refitd-bench-peer-") as tmp:
+        ports = (_free_port(), _free_port(), _free_port())
+        repo = mlserver.repository(artifact, meta, Path(tmp) / "repo", ports=ports,
+                                   max_batch_size=settings.serving.max_batch_size,
+                                   max_wait_ms=settings.serving.max_wait_ms)
+        log = Path(tmp) / "mlserver.log"
+        try:
+            proc = _run_server(mlserver.command(peer, repo), mlserver.env(peer), mlserver.ready_url(ports[0]),
+                               cores=layout.server, log=log, timeout=300)
+        except RuntimeError as exc:
+            tail = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-1:]
+            return {"skipped": f"{mlserver.NAME} did not start: {exc}; {' '.join(tail)[:300]}"}
+        try:
+            return _measure(mlserver.infer_url(ports[0]), texts, mlserver.body, layout, repeats, requests)
+        finally:
+            _stop(proc)
+
+
+def run(home: Path, *, requests: int, repeats: int, peer: str = "mlserver", pin: str = "both") -> dict[str, Any]:
+    version, artifact, settings = _champion(home)
+    meta = ArtifactMeta.read(artifact, version=version)
+    texts = _fitted(_texts(max(requests, 1000)), artifact / meta.tokenizer_file, meta.max_length)
+    chosen, pin_skipped = layouts(pin)
+    installed = mlserver.install() if peer == "mlserver" else None
+    results: dict[str, Any] = {"version": version, "max_length": meta.max_length, "requests": requests,
+                               "repeats": repeats, "cpus": sorted(os.sched_getaffinity(0)), "pin_skipped": pin_skipped,
+                               "peer": _peer_info(installed, settings), "layouts": {}}
+    for layout in chosen:
+        results["layouts"][layout.name] = _one_layout(layout, artifact=artifact, meta=meta, settings=settings,
+                                                      texts=texts, peer=installed, requests=requests, repeats=repeats)
     return results
 
 
+def _peer_info(installed: mlserver.Installed | str | None, settings: Settings) -> dict[str, Any]:
+    if not isinstance(installed, mlserver.Installed):
+        return {"name": mlserver.NAME, "skipped": installed or "--peer none"}
+    return {"name": mlserver.NAME, "runtime": "mlserver_huggingface.HuggingFaceRuntime, optimum_model (ONNX Runtime)",
+            "versions": installed.versions, "max_batch_size": settings.serving.max_batch_size,
+            "max_batch_time_ms": settings.serving.max_wait_ms, "graph": "the champion's fp32 model.onnx"}
+
+
 def render(r: dict[str, Any]) -> str:
-    lines = [f"serve: {r['version']} (max_length {r['max_length']}), closed-loop clients, one text per request, median of runs",
-             "", "| server | conc | req/s | p50 ms | p99 ms | errors |", "|---|---:|---:|---:|---:|---:|"]
-    for name in ("refitd_fp32", "refitd_int8", "baseline"):
-        for c, res in (r.get(name) or {}).items():
-            lines.append(f"| {name} | {c} | {res.rps:.0f} | {res.pct(0.5):.1f} | {res.pct(0.99):.1f} | {res.errors} |")
-    raw = r["raw_fp32"]
-    lines += ["", f"raw ORT fp32: {', '.join(f'batch {b}: {v:.0f}/s' for b, v in raw['seq_per_s'].items())}; "
-              f"single-text p50 {raw['single_p50_ms']:.2f} ms"]
-    if r.get("raw_int8"):
-        ri = r["raw_int8"]
-        lines.append(f"raw ORT int8: {', '.join(f'batch {b}: {v:.0f}/s' for b, v in ri['seq_per_s'].items())}; "
-                     f"single-text p50 {ri['single_p50_ms']:.2f} ms")
-    f32, base = r["refitd_fp32"], r["baseline"]
-    lines += ["", "| ratio | value | target |", "|---|---:|---:|",
-              f"| refitd fp32 / baseline req/s at 32 | {f32[32].rps / base[32].rps:.2f}× | ≥ 5× |",
-              f"| refitd fp32 at 32 / raw ORT fp32 best batch | {f32[32].rps / raw['best_seq_per_s']:.0%} | ≥ 60% |",
-              f"| refitd fp32 p50 at 1 / raw single-text p50 | {f32[1].pct(0.5) / raw['single_p50_ms']:.2f}× | ≤ 1.5× |"]
-    if r.get("refitd_int8"):
-        lines.append(f"| refitd int8 / fp32 req/s at 32 | {r['refitd_int8'][32].rps / f32[32].rps:.2f}× | — |")
+    lines = [f"serve: {r['version']} (max_length {r['max_length']}), closed-loop clients, one text per request, "
+             f"median of {r.get('repeats', '?')} runs", _describe_peer(r.get("peer") or {})]
+    if r.get("pin_skipped"):
+        lines.append(f"pinned layout skipped: {r['pin_skipped']}")
+    head = " | ".join(f"c={c} req/s | p50 ms" for c in CONCURRENCY)
+    lines += ["", f"| layout | server | {head} | p99 ms at 32 | errors |", "|---|---|" + "---:|" * (2 * len(CONCURRENCY) + 2)]
+    for name, lay in _layouts(r).items():
+        for key, label in SERVERS.items():
+            cells = lay.get(key) or {"skipped": "not measured"}
+            if "skipped" in cells:
+                lines.append(f"| {name} | {label} | skipped: {cells['skipped']} |" + " |" * (2 * len(CONCURRENCY) + 1))
+                continue
+            figures = " | ".join(f"{cells[str(c)]['rps']:.0f} | {cells[str(c)]['p50_ms']:.1f}" for c in CONCURRENCY)
+            errors = sum(res["errors"] for res in cells.values())
+            lines.append(f"| {name} | {label} | {figures} | {cells['32']['p99_ms']:.1f} | {errors} |")
+    lines.append("")
+    for name, lay in _layouts(r).items():
+        lines.append(lay.get("describe", name))
+        for key in ("raw_fp32", "raw_int8"):
+            if raw := lay.get(key):
+                lines.append(f"  raw ORT {key[4:]} (intra-op threads {raw.get('threads', '?')}): "
+                             f"{', '.join(f'batch {b}: {v:.0f}/s' for b, v in raw['seq_per_s'].items())}; "
+                             f"single-text p50 {raw['single_p50_ms']:.2f} ms")
+    lines += ["", "| ratio | value | target |", "|---|---:|---:|"]
+    lines += [f"| {name} | {value} | {target} |" for name, value, target in ratios(r)]
     return "\n".join(lines)
+
+
+def _describe_peer(p: dict[str, Any]) -> str:
+    if "skipped" in p:
+        return f"peer {p.get('name', mlserver.NAME)} skipped: {p['skipped']}"
+    v = p.get("versions", {})
+    return (f"peer: {p['name']} {v.get('mlserver')}, mlserver-huggingface {v.get('mlserver-huggingface')} "
+            f"(optimum {v.get('optimum')}, onnxruntime {v.get('onnxruntime')}, transformers {v.get('transformers')}), "
+            f"{p.get('graph')}, adaptive batching up to {p.get('max_batch_size')} texts / {p.get('max_batch_time_ms')} ms")
+
+
+def _layouts(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return r["layouts"] if "layouts" in r else {"unpinned": r}  # results saved before layouts were one layout
+
+
+def ratios(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """From a result (as saved: concurrency keys are strings), per layout."""
+    rows: list[tuple[str, str, str]] = []
+    for name, lay in _layouts(r).items():
+        f32, base, raw = lay["refitd_fp32"], lay["baseline"], lay["raw_fp32"]
+        threads = raw.get("threads") or lay.get("threads") or "?"
+        rows += [(f"{name}: refitd fp32 / baseline req/s at concurrency 32", f"{f32['32']['rps'] / base['32']['rps']:.2f}×",
+                  "≥ 5×"),
+                 (f"{name}: refitd fp32 at 32 / raw ORT best batch, same threads ({threads})",
+                  f"{f32['32']['rps'] / raw['best_seq_per_s']:.0%}", "≥ 80%" if name == "pinned" else "≥ 60%"),
+                 (f"{name}: refitd p50 at 1 / raw single-text p50", f"{f32['1']['p50_ms'] / raw['single_p50_ms']:.2f}×",
+                  "≤ 1.5×")]
+        if lay.get("refitd_int8"):
+            rows.append((f"{name}: refitd INT8 / fp32 req/s at 32", f"{lay['refitd_int8']['32']['rps'] / f32['32']['rps']:.2f}×",
+                         "—"))
+        rows += _peer_ratios(name, f32, lay.get("peer") or {"skipped": "not measured"})
+    return rows
+
+
+def _peer_ratios(name: str, f32: dict[str, Any], peer: dict[str, Any]) -> list[tuple[str, str, str]]:
+    if "skipped" in peer:
+        return [(f"{name}: refitd fp32 / {mlserver.NAME}", f"skipped: {peer['skipped'][:120]}", "—")]
+    conc = [str(c) for c in CONCURRENCY]
+    rps = " · ".join(f"{f32[c]['rps'] / peer[c]['rps']:.2f}×" if peer[c]["rps"] else "∞" for c in conc)
+    p50 = " · ".join(f"{f32[c]['p50_ms'] / peer[c]['p50_ms']:.2f}×" for c in conc)
+    return [(f"{name}: refitd fp32 / {mlserver.NAME} req/s at c = 1 · 8 · 32", rps, "≥ 1×"),
+            (f"{name}: refitd fp32 / {mlserver.NAME} p50 at c = 1 · 8 · 32", p50, "≤ 1×")]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,29 +312,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--home", type=Path, default=None, help="a state dir with a champion (default: train one with `refitd init`)")
     p.add_argument("--requests", type=int, default=800)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--peer", choices=("mlserver", "none"), default="mlserver",
+                   help="the real peer: MLServer's HuggingFace runtime on ONNX Runtime, installed on first use into "
+                        "its own virtualenv under ~/.cache/refitd-bench (REFITD_BENCH_CACHE); none skips it")
+    p.add_argument("--pin", choices=("both", "on", "off"), default="both",
+                   help="on: the client on the first CPU, the server and its inference threads on the others; "
+                        "off: all share every CPU; both: each in turn")
     args = p.parse_args(argv)
     home = args.home
     if home is None:
         home = Path(tempfile.mkdtemp(prefix="refitd-bench-"))
         subprocess.run([sys.executable, "-m", "refitd.cli", "--home", str(home), "init"], check=True)
-    results = run(home, requests=args.requests, repeats=args.repeats)
+    results = run(home, requests=args.requests, repeats=args.repeats, peer=args.peer, pin=args.pin)
     print(render(results))
-    save("serve", results, default=_jsonable)
+    save("serve", results)
     return 0
-
-
-def ratios(r: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """From a saved result (JSON: concurrency keys are strings)."""
-    f32, base, raw = r["refitd_fp32"], r["baseline"], r["raw_fp32"]
-    rows = [("refitd fp32 / baseline req/s at concurrency 32", f"{f32['32']['rps'] / base['32']['rps']:.2f}×", "≥ 5×"),
-            ("refitd fp32 at 32 / raw ORT best batch", f"{f32['32']['rps'] / raw['best_seq_per_s']:.0%}", "≥ 60%"),
-            ("refitd p50 at 1 / raw single-text p50", f"{f32['1']['p50_ms'] / raw['single_p50_ms']:.2f}×", "≤ 1.5×")]
-    if r.get("refitd_int8"):
-        rows.append(("refitd INT8 / fp32 req/s at 32", f"{r['refitd_int8']['32']['rps'] / f32['32']['rps']:.2f}×", "—"))
-    return rows
-
-
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, LoadResult):
-        return {"concurrency": o.concurrency, "rps": o.rps, "p50_ms": o.pct(0.5), "p99_ms": o.pct(0.99), "errors": o.errors}
-    return str(o)
