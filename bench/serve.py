@@ -2,11 +2,13 @@
 
 All serve the same fine-tuned weights: refitd (fp32 and INT8), MLServer's HuggingFace runtime on
 ONNX Runtime with adaptive batching (the peer a user would pick instead; ``bench/peer.py``), and
-FastAPI + PyTorch eager, unbatched (the baseline). Each server runs alone, driven by a closed-loop
-async client at concurrency 1, 8 and 32 with real corpus texts (the stream split, never trained
-on). The raw ONNX Runtime session, with the server's thread count, is the ceiling. Each cell is the
-median of ``--repeats`` runs. Everything is measured twice: unpinned (client and server share every
-core) and pinned (the client on one core, the server on the others; ``bench/cores.py``).
+FastAPI + PyTorch eager, unbatched (the baseline). A closed-loop async client drives one server at
+a time (the others idle) at concurrency 1, 8 and 32 with real corpus texts (the stream split, never
+trained on, cut to the model's max_length). The raw ONNX Runtime session, with the server's thread
+count, is the ceiling. ``--repeats`` rounds interleave every server and the raw sessions, so a
+change in a shared machine's load falls on all of them alike; each cell is the median round.
+Everything is measured twice: unpinned (client and server share every core) and pinned (the client
+on one core, the servers on the others; ``bench/cores.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +30,7 @@ import numpy as np
 
 from refitd.bench import peer as mlserver
 from refitd.bench.cores import Layout, layouts, pinned
-from refitd.bench.load import drive, median_of
+from refitd.bench.load import LoadResult, drive, median_of
 from refitd.bench.report import save
 from refitd.core import registry
 from refitd.core.artifacts import ArtifactMeta, ArtifactStore
@@ -148,69 +152,94 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(10)
 
 
-def _measure(url: str, texts: list[str], body: Callable[[str], dict], layout: Layout, repeats: int,
-             n: int) -> dict[str, dict[str, Any]]:
-    """Per concurrency, the median of ``repeats`` closed-loop runs, the client on the layout's client cores."""
-    with pinned(layout.client):
-        drive(url, texts[:50], 4, body)  # warm-up
-        runs = {c: median_of([drive(url, texts[:n], c, body) for _ in range(repeats)]) for c in CONCURRENCY}
-    return {str(c): {"rps": r.rps, "p50_ms": r.pct(0.5), "p99_ms": r.pct(0.99), "errors": r.errors}
-            for c, r in runs.items()}
+@dataclass(frozen=True)
+class Target:
+    """A started server: where to send, the request body for a text, and how many requests a run sends."""
+
+    url: str
+    body: Callable[[str], dict]
+    requests: int
 
 
-def _one_layout(layout: Layout, *, artifact: Path, meta: ArtifactMeta, settings: Settings, texts: list[str],
-                peer: mlserver.Installed | str | None, requests: int, repeats: int) -> dict[str, Any]:
-    """Raw ceilings, then each server alone, all on this layout's cores."""
-    out: dict[str, Any] = {"describe": layout.describe(), "threads": layout.threads}
-    with pinned(layout.server):
-        out["raw_fp32"] = raw_ort(artifact, texts, meta.model_file, layout.threads)
-        out["raw_int8"] = raw_ort(artifact, texts, meta.int8_file, layout.threads) if meta.int8_file else None
+def _json_text(text: str) -> dict:
+    return {"text": text}
+
+
+def _start_servers(layout: Layout, stack: ExitStack, *, artifact: Path, meta: ArtifactMeta, settings: Settings,
+                   peer: mlserver.Installed | str | None, requests: int) -> tuple[dict[str, Target], dict[str, Any]]:
+    """Start every server on the layout's server cores (each stopped when ``stack`` closes); the peer's skip reason."""
+    targets: dict[str, Target] = {}
     env = {**os.environ, "REFITD_HOME": str(settings.home), "REFITD_LOG_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1",
            "REFITD_SERVING__THREADS": str(layout.threads)}
     for precision in ("fp32", "int8") if meta.int8_file else ("fp32",):
         port = _free_port()
-        proc = _run_server([sys.executable, "-m", "refitd.cli", "serve", "--port", str(port)],
-                           {**env, "REFITD_SERVING__PRECISION": precision}, f"http://127.0.0.1:{port}/v2/health/ready",
-                           cores=layout.server)
+        stack.callback(_stop, _run_server([sys.executable, "-m", "refitd.cli", "serve", "--port", str(port)],
+                                          {**env, "REFITD_SERVING__PRECISION": precision},
+                                          f"http://127.0.0.1:{port}/v2/health/ready", cores=layout.server))
+        targets[f"refitd_{precision}"] = Target(f"http://127.0.0.1:{port}/v1/predict", _json_text, requests)
+    skipped: dict[str, Any] = {}
+    if isinstance(peer, mlserver.Installed):
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="refitd-bench-peer-")))
+        ports = (_free_port(), _free_port(), _free_port())
+        repo = mlserver.repository(artifact, meta, tmp / "repo", ports=ports,
+                                   max_batch_size=settings.serving.max_batch_size,
+                                   max_wait_ms=settings.serving.max_wait_ms)
         try:
-            out[f"refitd_{precision}"] = _measure(f"http://127.0.0.1:{port}/v1/predict", texts, lambda t: {"text": t},
-                                                  layout, repeats, requests)
-        finally:
-            _stop(proc)
-    out["peer"] = _peer(peer, layout, artifact=artifact, meta=meta, settings=settings, texts=texts,
-                        requests=requests, repeats=repeats)
+            stack.callback(_stop, _run_server(mlserver.command(peer, repo), mlserver.env(peer),
+                                              mlserver.ready_url(ports[0]), cores=layout.server,
+                                              log=tmp / "mlserver.log", timeout=300))
+            targets["peer"] = Target(mlserver.infer_url(ports[0]), mlserver.body, requests)
+        except RuntimeError as exc:
+            tail = [line for line in (tmp / "mlserver.log").read_text(errors="replace").splitlines() if line.strip()]
+            skipped["peer"] = {"skipped": f"{mlserver.NAME} did not start: {exc}; {' '.join(tail[-1:])[:300]}"}
+    else:
+        skipped["peer"] = {"skipped": peer or "--peer none"}
     port = _free_port()
-    proc = _run_server([sys.executable, "-m", "refitd.bench.baseline_server", str(artifact), str(port),
-                        str(layout.threads)], env, f"http://127.0.0.1:{port}/health", cores=layout.server)
-    try:
-        out["baseline"] = _measure(f"http://127.0.0.1:{port}/predict", texts, lambda t: {"text": t}, layout,
-                                   repeats, max(100, requests // 4))
-    finally:
-        _stop(proc)
+    stack.callback(_stop, _run_server([sys.executable, "-m", "refitd.bench.baseline_server", str(artifact), str(port),
+                                       str(layout.threads)], env, f"http://127.0.0.1:{port}/health",
+                                      cores=layout.server))
+    targets["baseline"] = Target(f"http://127.0.0.1:{port}/predict", _json_text, max(100, requests // 4))
+    return targets, skipped
+
+
+def _rounds(layout: Layout, targets: dict[str, Target], raw: dict[str, Callable[[], dict[str, Any]]],
+            texts: list[str], repeats: int) -> dict[str, Any]:
+    """``repeats`` rounds; in each the raw sessions, then every concurrency with each server in turn (the others
+    idle), so that a change in the machine's load falls on all alike. Per server and concurrency the median run."""
+    runs: dict[str, dict[int, list[LoadResult]]] = {name: {c: [] for c in CONCURRENCY} for name in targets}
+    raws: dict[str, list[dict[str, Any]]] = {key: [] for key in raw}
+    with pinned(layout.client):
+        for t in targets.values():
+            drive(t.url, texts[:50], 4, t.body)  # warm-up
+    for _ in range(repeats):
+        with pinned(layout.server):
+            for key, measure in raw.items():
+                raws[key].append(measure())
+        with pinned(layout.client):
+            for c in CONCURRENCY:
+                for name, t in targets.items():
+                    runs[name][c].append(drive(t.url, texts[: t.requests], c, t.body))
+    out: dict[str, Any] = {key: sorted(rs, key=lambda r: r["best_seq_per_s"])[len(rs) // 2] for key, rs in raws.items()}
+    for name, per in runs.items():
+        out[name] = {str(c): _figures(median_of(rs)) for c, rs in per.items()}
     return out
 
 
-def _peer(peer: mlserver.Installed | str | None, layout: Layout, *, artifact: Path, meta: ArtifactMeta,
-          settings: Settings, texts: list[str], requests: int, repeats: int) -> dict[str, Any]:
-    """The peer's figures, or ``{"skipped": why}``."""
-    if not isinstance(peer, mlserver.Installed):
-        return {"skipped": peer or "--peer none"}
-    with tempfile.TemporaryDirectory(prefix="refitd-bench-peer-") as tmp:
-        ports = (_free_port(), _free_port(), _free_port())
-        repo = mlserver.repository(artifact, meta, Path(tmp) / "repo", ports=ports,
-                                   max_batch_size=settings.serving.max_batch_size,
-                                   max_wait_ms=settings.serving.max_wait_ms)
-        log = Path(tmp) / "mlserver.log"
-        try:
-            proc = _run_server(mlserver.command(peer, repo), mlserver.env(peer), mlserver.ready_url(ports[0]),
-                               cores=layout.server, log=log, timeout=300)
-        except RuntimeError as exc:
-            tail = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-1:]
-            return {"skipped": f"{mlserver.NAME} did not start: {exc}; {' '.join(tail)[:300]}"}
-        try:
-            return _measure(mlserver.infer_url(ports[0]), texts, mlserver.body, layout, repeats, requests)
-        finally:
-            _stop(proc)
+def _figures(r: LoadResult) -> dict[str, Any]:
+    return {"rps": r.rps, "p50_ms": r.pct(0.5), "p99_ms": r.pct(0.99), "errors": r.errors}
+
+
+def _one_layout(layout: Layout, *, artifact: Path, meta: ArtifactMeta, settings: Settings, texts: list[str],
+                peer: mlserver.Installed | str | None, requests: int, repeats: int) -> dict[str, Any]:
+    """Every server started on this layout's cores, then measured in interleaved rounds beside the raw sessions."""
+    raw = {"raw_fp32": lambda: raw_ort(artifact, texts, meta.model_file, layout.threads)}
+    if meta.int8_file:
+        raw["raw_int8"] = lambda: raw_ort(artifact, texts, meta.int8_file, layout.threads)
+    with ExitStack() as stack:
+        targets, skipped = _start_servers(layout, stack, artifact=artifact, meta=meta, settings=settings, peer=peer,
+                                          requests=requests)
+        figures = _rounds(layout, targets, raw, texts, repeats)
+    return {"describe": layout.describe(), "threads": layout.threads, "raw_int8": None, **figures, **skipped}
 
 
 def run(home: Path, *, requests: int, repeats: int, peer: str = "mlserver", pin: str = "both") -> dict[str, Any]:
