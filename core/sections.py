@@ -306,7 +306,8 @@ class DriftSection(_Section):
                              f"({10 / self.false_alarm_rate:.0f}) to resolve that rate; got {self.calibration_draws}")
         if self.consecutive < 1:
             raise ValueError(f"drift.consecutive must be ≥ 1; got {self.consecutive}")
-        if self.calibrated and "min_drifted_signals" in self.model_fields_set:
+        # against the default, not model_fields_set: a handed-over (to_json/updated) copy sets every field
+        if self.calibrated and self.min_drifted_signals != type(self).model_fields["min_drifted_signals"].default:
             raise ValueError("drift.min_drifted_signals applies only with drift.calibrated = false; calibrated "
                              "signals are combined into one test at drift.false_alarm_rate — remove it, or set "
                              "drift.calibrated = false to keep the fixed-threshold rule")
