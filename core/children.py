@@ -1,32 +1,55 @@
-"""How every process starts a training flow child: ``python -m refitd.flows --settings FILE FLOW …``.
+"""How every process starts a child: ``python -m MODULE --settings FILE [--result-file R] [--nice N] ARGS…``.
 
-The CLI, the daemon's launcher, the demo and the benchmarks all start training this one way, by
-name, so none of them imports torch. Settings travel by one channel: the parent's validated
-:class:`Settings` are written to a 0600 JSON file (secrets included) that the child validates
-again with :meth:`Settings.from_json` and deletes once read; the child consults no TOML file and
-no ``REFITD_*`` variable for settings. What the flow does (init or refit, the trigger, quick) is
-in the arguments; how it does it is in the settings.
+Two kinds of child, both started by name so the parent imports none of their code: a training flow,
+``python -m refitd.flows … init|refit`` (the CLI, the daemon's launcher, the demo and the benchmarks;
+none of them imports torch), and a drift check, ``python -m refitd.daemon.drift`` (the daemon, so the
+serving process never holds pandas/Evidently memory nor competes for the GIL). Settings travel by one
+channel: the parent's validated :class:`Settings` are written to a 0600 JSON file (secrets included)
+that the child validates again with :func:`read_settings` and deletes once read; the child consults no
+TOML file and no ``REFITD_*`` variable for settings. What the child does is in the arguments; how it
+does it is in the settings. Its budget is the parent's choice: a thread count (OpenMP, MKL, OpenBLAS,
+Rayon) and a niceness the child applies to itself first (``--nice``: no ``preexec_fn`` in a threaded
+parent). It writes a JSON summary to its result file.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from refitd.core.errors import ConfigError, RefitdError
 from refitd.core.settings import Settings
 
-MODULE = "refitd.flows"
+FLOWS = "refitd.flows"
+DRIFT_CHECK = "refitd.daemon.drift"
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS")
+
+log = logging.getLogger(__name__)
+
+
+class ChildFailed(RefitdError):
+    """A child process that exited with an error, died, or ran past its timeout."""
+
+    exit_code = 1
+
+    def __init__(self, what: str, code: int, error: str | None) -> None:
+        super().__init__(f"{what}: {error or f'its process exited with {code}'}")
+        self.code = code
 
 
 @dataclass
-class FlowChild:
-    """A prepared flow process: its command line, environment and the files it reads and writes."""
+class Child:
+    """A prepared child process: its command line, environment and the files it reads and writes."""
 
     argv: list[str]
     env: dict[str, str]
@@ -47,32 +70,84 @@ class FlowChild:
             path.unlink(missing_ok=True)
 
 
-def prepare(settings: Settings, flow_args: list[str], *, threads: int | None = None, niceness: int = 0) -> FlowChild:
-    """Write the settings file and build the command for ``python -m refitd.flows FLOW_ARGS``."""
+def prepare(settings: Settings, args: list[str], *, module: str = FLOWS, threads: int | None = None,
+            niceness: int = 0) -> Child:
+    """Write the settings file and build the command for ``python -m MODULE ARGS``."""
     settings.home.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=".flow-settings-", suffix=".json", dir=settings.home)  # 0600
+    kind = module.rsplit(".", 1)[-1]
+    fd, name = tempfile.mkstemp(prefix=f".{kind}-settings-", suffix=".json", dir=settings.home)  # 0600
     with os.fdopen(fd, "w") as handle:
         handle.write(settings.to_json())
-    fd, result = tempfile.mkstemp(prefix=".flow-result-", suffix=".json", dir=settings.home)
+    fd, result = tempfile.mkstemp(prefix=f".{kind}-result-", suffix=".json", dir=settings.home)
     os.close(fd)
-    argv = [sys.executable, "-m", MODULE, "--settings", name, "--result-file", result]
+    argv = [sys.executable, "-m", module, "--settings", name, "--result-file", result]
     if niceness:
         argv += ["--nice", str(int(niceness))]
     env = dict(os.environ)
-    env["REFITD_PROGRESS"] = "0"  # the child's output goes to a log file: no progress-bar debris
+    env["REFITD_PROGRESS"] = "0"  # the child's output goes to a log: no progress-bar debris
     env["TOKENIZERS_PARALLELISM"] = "false"
     if threads:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS"):
-            env[var] = str(threads)
-    return FlowChild(argv + flow_args, env, Path(name), Path(result))
+        env |= dict.fromkeys(THREAD_VARIABLES, str(threads))
+    return Child(argv + args, env, Path(name), Path(result))
 
 
-def run(settings: Settings, flow_args: list[str], *, log_file: Path) -> tuple[int, dict[str, Any]]:
-    """Run a flow child to the end; (exit code, JSON summary). Its output goes to ``log_file``."""
-    child = prepare(settings, flow_args)
+def run(settings: Settings, args: list[str], *, log_file: Path | None, module: str = FLOWS,
+        threads: int | None = None, niceness: int = 0, timeout_s: float | None = None,
+        cancel: threading.Event | None = None, stop_timeout_s: float = 10.0) -> tuple[int, dict[str, Any]]:
+    """Run a child to the end; (exit code, JSON summary). Its output goes to ``log_file`` (None: this
+    process's stdout/stderr). Past ``timeout_s``, or once ``cancel`` is set, it is stopped (SIGTERM, SIGKILL
+    after ``stop_timeout_s``) and the summary says why."""
+    child = prepare(settings, args, module=module, threads=threads, niceness=niceness)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     try:
-        with open(log_file, "ab") as log:
-            code = subprocess.call(child.argv, env=child.env, stdout=log, stderr=subprocess.STDOUT)
-        return code, child.result()
+        with open(log_file, "ab") if log_file is not None else nullcontext() as log_handle:
+            process = subprocess.Popen(child.argv, env=child.env, stdout=log_handle,
+                                       stderr=subprocess.STDOUT if log_handle is not None else None)
+            try:
+                while True:
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    step = left if cancel is None else min(0.5, 0.5 if left is None else left)
+                    try:
+                        return process.wait(timeout=step), child.result()
+                    except subprocess.TimeoutExpired:
+                        why = ("cancelled" if cancel is not None and cancel.is_set() else
+                               f"timed out after {timeout_s:g} s" if left == 0.0 else None)
+                    if why is not None:
+                        log.warning("stopping %s process %s: %s", module, process.pid, why)
+                        stop(process, stop_timeout_s)
+                        return process.returncode, {"error": why}
+            except BaseException:  # interrupted while waiting: leave no orphan behind
+                stop(process, stop_timeout_s)
+                raise
     finally:
         child.cleanup()
+
+
+def stop(process: subprocess.Popen, timeout_s: float) -> None:
+    """SIGTERM, then SIGKILL after ``timeout_s``; returns once the process is gone."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def read_settings(path: Path) -> Settings:
+    """In the child: the settings its parent handed over, validated again; the file is deleted once read."""
+    try:
+        return Settings.from_json(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read the settings file {path}: {exc.strerror}") from None
+    finally:
+        path.unlink(missing_ok=True)  # it holds secrets; nobody needs it after this
+
+
+def write_result(path: Path | None, result: dict[str, Any]) -> str:
+    """In the child: the JSON summary, to the result file when there is one; returns the line."""
+    line = json.dumps(result, default=str)
+    if path is not None:
+        path.write_text(line)
+    return line

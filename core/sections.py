@@ -282,6 +282,15 @@ class DriftSection(_Section):
     )
     webhook_timeout_s: float = Field(5.0, description="Timeout of one webhook attempt.")
     webhook_retries: int = Field(3, description="Webhook attempts before the failure is recorded as an event.")
+    keep_reports: int = Field(
+        144, description="Full reports (HTML and workspace snapshot) kept for the newest N checks; older ones only "
+                         "for checks that found drift or changed the verdict, until scheduler.retention_days. The "
+                         "rest keep their row (every signal, the verdict, the reason)."
+    )
+    threads: int = Field(1, description="CPU threads of the daemon's drift-check process (ONNX Runtime, OpenMP, BLAS).")
+    nice: int = Field(10, description="CPU niceness of the daemon's drift-check process (0-19), so serving comes first.")
+    timeout_minutes: float = Field(15.0, description="A drift-check process still running after this long is stopped "
+                                                     "and recorded as a failed check.")
 
     @model_validator(mode="after")
     def _check(self) -> DriftSection:
@@ -306,6 +315,14 @@ class DriftSection(_Section):
                              f"({10 / self.false_alarm_rate:.0f}) to resolve that rate; got {self.calibration_draws}")
         if self.consecutive < 1:
             raise ValueError(f"drift.consecutive must be ≥ 1; got {self.consecutive}")
+        if self.keep_reports < 1:
+            raise ValueError(f"drift.keep_reports must be ≥ 1 (the newest check keeps its report); got {self.keep_reports}")
+        if self.threads < 1:
+            raise ValueError(f"drift.threads must be ≥ 1; got {self.threads}")
+        if not 0 <= self.nice <= 19:
+            raise ValueError(f"drift.nice must be between 0 and 19; got {self.nice}")
+        if self.timeout_minutes <= 0:
+            raise ValueError(f"drift.timeout_minutes must be > 0; got {self.timeout_minutes}")
         # against the default, not model_fields_set: a handed-over (to_json/updated) copy sets every field
         if self.calibrated and self.min_drifted_signals != type(self).model_fields["min_drifted_signals"].default:
             raise ValueError("drift.min_drifted_signals applies only with drift.calibrated = false; calibrated "

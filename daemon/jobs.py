@@ -9,9 +9,10 @@ and the daemon goes on.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -20,7 +21,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 
-from refitd.core import registry
+from refitd.core import children, registry
 from refitd.core.db import session_scope
 from refitd.core.settings import Settings
 from refitd.core.retention import prune_predictions
@@ -28,7 +29,6 @@ from refitd.core.tables import utcnow
 from refitd.daemon import guard, triggers
 from refitd.daemon.drift.alerts import Webhook
 from refitd.daemon.launcher import RefitLauncher
-from refitd.daemon.drift.check import run_check
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ class Context:
     engine: Engine
     launcher: RefitLauncher
     on_status: Callable[[str], None] = lambda status: None
+    stopping: threading.Event = field(default_factory=threading.Event)  # set on shutdown: running children stop
 
 
 _context: Context | None = None
@@ -73,15 +74,25 @@ def run_job(name: str) -> None:
 
 
 def drift_check(ctx: Context) -> dict[str, Any]:
-    """Check the current window; consider a refit when it drifted."""
+    """Check the current window in a child process (``python -m refitd.daemon.drift``, ``drift.threads`` threads
+    at ``drift.nice``, stopped after ``drift.timeout_minutes``), which writes the row, report and alert; then
+    consider a refit when it drifted. A failed or hung check raises: a ``job_failed`` event with its error."""
     with session_scope(ctx.engine) as session:
         champion = registry.get_champion(session)
     if champion is None:
         return {"skipped": "no champion yet"}
-    row = run_check(ctx.settings, ctx.engine)
-    ctx.on_status(f"serving {champion.version}; last drift check: {row.verdict}")
-    decision = triggers.consider(ctx.settings, ctx.engine, ctx.launcher, "drift", drift_verdict=row.verdict)
-    return {"check": row.id, "verdict": row.verdict, "refit": decision.start, "decision": decision.reason}
+    d = ctx.settings.drift
+    code, result = children.run(ctx.settings.updated({"serving": {"threads": d.threads}}), [],
+                                module=children.DRIFT_CHECK, log_file=None, threads=d.threads, niceness=d.nice,
+                                timeout_s=d.timeout_minutes * 60, cancel=ctx.stopping)
+    if ctx.stopping.is_set() and "verdict" not in result:
+        return {"skipped": "the daemon is shutting down"}
+    if code != 0 or "verdict" not in result:
+        raise children.ChildFailed(f"the drift check of {champion.version}", code, result.get("error"))
+    ctx.on_status(f"serving {champion.version}; last drift check: {result['verdict']}")
+    decision = triggers.consider(ctx.settings, ctx.engine, ctx.launcher, "drift", drift_verdict=result["verdict"])
+    return {"check": result["check"], "verdict": result["verdict"], "seconds": result.get("seconds"),
+            "peak_rss_mb": result.get("peak_rss_mb"), "refit": decision.start, "decision": decision.reason}
 
 
 def label_check(ctx: Context) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from refitd.core import children, leases, registry
-from refitd.core.children import FlowChild
+from refitd.core.children import Child
 from refitd.core.db import session_scope
 from refitd.core.runs import finish_run, running
 from refitd.core.settings import Settings
@@ -41,7 +41,7 @@ class Launch:
     reason: str
     started: float = field(default_factory=time.monotonic)
     process: subprocess.Popen | None = None
-    child: FlowChild | None = None
+    child: Child | None = None
     flow_run_id: str | None = None
 
 
@@ -94,7 +94,7 @@ class RefitLauncher:
         self._event("refit_started", f"{reason}; running as {where}", {"trigger": trigger})
         return True, where
 
-    def _spawn(self, trigger: str) -> tuple[subprocess.Popen, FlowChild]:
+    def _spawn(self, trigger: str) -> tuple[subprocess.Popen, Child]:
         s = self.settings
         threads = s.refit.threads
         child = children.prepare(s.updated({"training": {"threads": threads}}),

@@ -8,16 +8,15 @@ This is how the CLI, the daemon, the demo and the benchmarks start training by n
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from pathlib import Path
 
+from refitd.core.children import read_settings, write_result
 from refitd.core.db import engine_for, upgrade
-from refitd.core.errors import ConfigError, RefitdError
+from refitd.core.errors import RefitdError
 from refitd.core.logs import configure_logging
-from refitd.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -42,21 +41,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _read_settings(path: Path) -> Settings:
-    try:
-        return Settings.from_json(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read the settings file {path}: {exc.strerror}") from None
-    finally:
-        path.unlink(missing_ok=True)  # it holds secrets; nobody needs it after this
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.nice:
         os.nice(args.nice)  # before any thread starts (no preexec_fn in the threaded parent)
     try:
-        settings = _read_settings(args.settings)
+        settings = read_settings(args.settings)
         configure_logging(settings.log_level)
         os.environ.setdefault("PREFECT_HOME", str(settings.home / "prefect"))
         # A fresh ephemeral Prefect server migrates its database first: slow on 2 cores.
@@ -79,10 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         result, code = {"error": f"{type(exc).__name__}: {exc}"}, 1
     else:
         code = 0
-    line = json.dumps(result, default=str)
-    if args.result_file is not None:
-        args.result_file.write_text(line)
-    print(line, flush=True)
+    print(write_result(args.result_file, result), flush=True)
     return code
 
 

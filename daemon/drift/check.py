@@ -36,6 +36,7 @@ from refitd.core.errors import NoChampionError
 from refitd.core.labels import predictions_with_labels
 from refitd.core.settings import Settings
 from refitd.core.tables import DriftCheck, ModelVersion, utcnow
+from refitd.daemon.drift import report
 from refitd.daemon.drift.alerts import Webhook, drift_payload
 from refitd.daemon.drift.calibration import METHODS, VERSION, Calibration, Reference, calibrate, judge, scores
 from refitd.daemon.drift.signals import (Signal, add_descriptors, calibrated_verdict, embedding_signal, specs_from,
@@ -282,8 +283,7 @@ def run_check(settings: Settings, engine: Engine) -> DriftCheck:
             row.verdict, row.reason, held = settle(session, outcome.verdict, outcome.reason, needs=d.consecutive)
         row.signals = outcome.signal_rows() | {"_verdict": held,
                                                "_reference": reference_provenance(settings, champion.version)}
-        row.report_path = str(_save_html(settings, outcome.snapshot))
-        _add_to_workspace(settings, outcome.snapshot, name=f"{champion.version} {row.verdict}")
+        report.save(settings, row, outcome.snapshot)  # sets report_path and signals["_report"]
     row.duration_s = round(time.perf_counter() - start, 2)
     with session_scope(engine) as session:
         previous = _last_verdict(session)
@@ -291,6 +291,11 @@ def run_check(settings: Settings, engine: Engine) -> DriftCheck:
         session.flush()
         session.refresh(row)
     log.info("drift check %s: %s — %s", row.id, row.verdict, row.reason)
+    if row.report_path:
+        try:
+            report.prune(settings, engine)
+        except Exception:  # noqa: BLE001 - housekeeping: the check and its report are written
+            log.exception("could not prune old drift reports")
     if d.webhook_url and row.verdict != "insufficient_data" and row.verdict != previous:
         Webhook(d.webhook_url, engine, timeout_s=d.webhook_timeout_s, retries=d.webhook_retries).send(
             drift_payload(row, previous))
@@ -337,33 +342,6 @@ def _last_verdict(session: Session) -> str | None:
     return session.scalars(
         select(DriftCheck.verdict).where(DriftCheck.verdict != "insufficient_data").order_by(col(DriftCheck.id).desc())
     ).first()
-
-
-def _save_html(settings: Settings, snapshot: Any) -> Path:
-    path = settings.reports_dir / f"drift-{utcnow():%Y%m%dT%H%M%S%f}.html"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    snapshot.save_html(str(path))
-    return path
-
-
-def workspace_project(settings: Settings):  # type: ignore[no-untyped-def]
-    """The local Evidently workspace under the state dir and this model's project in it."""
-    from evidently.ui.workspace import Workspace
-
-    workspace = Workspace.create(str(settings.home / "workspace"))
-    name = f"refitd {settings.model.name}"
-    found = workspace.search_project(name)
-    project = found[0] if found else workspace.create_project(name, description="refitd drift checks")
-    return workspace, project
-
-
-def _add_to_workspace(settings: Settings, snapshot: Any, *, name: str) -> None:
-    """Keep the history: `evidently ui --workspace <home>/workspace` lists every check."""
-    try:
-        workspace, project = workspace_project(settings)
-        workspace.add_run(project.id, snapshot, name=name)
-    except Exception:  # noqa: BLE001 - the HTML report and the row are already written
-        log.exception("could not add the drift snapshot to the Evidently workspace")
 
 
 def list_checks(session: Session, *, limit: int = 20) -> list[DriftCheck]:

@@ -1,0 +1,69 @@
+"""The daemon checks drift in a child process: the serving process never loads Evidently, the child writes
+the row, and a failed or hung check is an event while the daemon goes on."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from sqlmodel import select
+
+from refitd.core.db import make_engine, session_scope, upgrade
+from refitd.core.settings import Settings
+from refitd.core.tables import DriftCheck, Event
+from refitd.daemon import jobs
+from refitd.daemon.launcher import RefitLauncher
+from tests.artifact_factory import publish_version
+from tests.daemon.drift.test_report import champion_with_traffic
+
+ROOT = Path(__file__).resolve().parents[3]
+
+JOB = """
+import json, os, sys
+from refitd.core.db import engine_for
+from refitd.core.settings import Settings
+from refitd.daemon import jobs
+from refitd.daemon.launcher import RefitLauncher
+settings = Settings.load(home=sys.argv[1], drift=json.loads(sys.argv[2]))
+engine = engine_for(settings)
+out = jobs.drift_check(jobs.Context(settings, engine, RefitLauncher(settings, engine)))
+print(json.dumps({"out": out, "loaded": [m for m in ("evidently", "sklearn") if m in sys.modules]}))
+"""
+
+
+def test_the_daemon_job_runs_the_check_in_a_child_that_writes_the_row(tmp_path: Path, untrained_artifact: Path) -> None:
+    drift = {"window_size": 300, "min_window": 200, "reference_size": 600, "calibration_draws": 1000}
+    settings = champion_with_traffic(tmp_path, untrained_artifact, other=0)
+    done = subprocess.run([sys.executable, "-c", JOB, str(tmp_path), json.dumps(drift)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    out = result["out"]
+    assert result["loaded"] == []  # the daemon's process never imported Evidently or scikit-learn
+    assert out["verdict"] == "not_drifted" and out["peak_rss_mb"] > 100, out
+    assert out["decision"] == "drift: no refit, the last check was not_drifted"
+    with session_scope(make_engine(settings.database_url)) as session:
+        row = session.get(DriftCheck, out["check"])
+        assert row.verdict == "not_drifted" and Path(row.report_path).is_file()
+    assert not list(tmp_path.glob(".drift-*"))  # the 0600 settings and result files are gone
+
+
+def test_a_check_past_its_timeout_is_stopped_and_recorded_and_the_daemon_goes_on(tmp_path: Path,
+                                                                                   untrained_artifact: Path) -> None:
+    settings = Settings.load(home=tmp_path, drift={"timeout_minutes": 0.002})
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    publish_version(settings, untrained_artifact)
+    jobs.bind(jobs.Context(settings, engine, RefitLauncher(settings, engine)))
+    try:
+        jobs.run_job("drift_check")  # the job boundary: never raises
+    finally:
+        jobs.bind(None)
+    with session_scope(engine) as session:
+        event = session.exec(select(Event).where(Event.kind == "job_failed")).one()
+        assert event.subject == "drift_check"
+        assert event.reason == "drift_check failed: ChildFailed: the drift check of v1: timed out after 0.12 s"
+        assert session.exec(select(DriftCheck)).first() is None
+    assert not list(tmp_path.glob(".drift-*"))
