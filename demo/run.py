@@ -55,6 +55,7 @@ class Plan:
     label_fraction: float = 0.6
     label_delay_s: float = 5.0
     drift_every_s: float = 20.0
+    consecutive: int = 2            # drift.consecutive: the quick rehearsal acts on the first drifted check
     min_new_labels: int = 1400
     max_train_rows: int = 2000
     seed: int = 7
@@ -62,8 +63,9 @@ class Plan:
     @classmethod
     def for_run(cls, quick: bool) -> Plan:
         if quick:
-            return cls(quick=True, rate=20.0, phase1=400, after=300, max_phase2_s=300.0, drift_every_s=15.0,
-                       label_fraction=0.5, min_new_labels=400, max_train_rows=400)
+            # phase 1 long enough for a check to start and finish in it (a check is a child process now)
+            return cls(quick=True, rate=20.0, phase1=700, after=300, max_phase2_s=300.0, drift_every_s=15.0,
+                       label_fraction=0.5, min_new_labels=400, max_train_rows=400, consecutive=1)
         return cls(quick=False)
 
 
@@ -84,6 +86,7 @@ poll_interval_s = 2.0
 window_size = 300
 min_window = 200
 reference_size = 1000
+consecutive = {plan.consecutive}
 
 [scheduler]
 drift_interval_minutes = {plan.drift_every_s / 60:.4f}
