@@ -108,8 +108,11 @@ def install(cache: Path | None = None) -> Installed | str:
         reason = _call(step, INSTALL_TIMEOUT_S)
         if reason:
             return f"cannot install {' '.join(SPEC)} into {venv}: {reason}"
-    probe = subprocess.run([str(python), "-c", f"{RUNTIME_SOURCE}\n{_VERSIONS}"], capture_output=True, text=True,
-                           timeout=300, env=env(Installed(venv, {})))
+    try:
+        probe = subprocess.run([str(python), "-c", f"{RUNTIME_SOURCE}\n{_VERSIONS}"], capture_output=True, text=True,
+                               timeout=300, env=env(Installed(venv, {})))
+    except subprocess.TimeoutExpired:
+        return f"{' '.join(SPEC)} installed into {venv} but importing its runtime took over 300 s"
     if probe.returncode != 0:
         return f"{' '.join(SPEC)} installed into {venv} but does not import: {_last_line(probe.stderr)}"
     versions = json.loads(probe.stdout.strip().splitlines()[-1])
@@ -179,6 +182,7 @@ def infer_url(port: int) -> str:
 
 
 def body(text: str) -> dict:
-    """One text as an Open Inference Protocol V2 request (a BYTES tensor, the runtime's ``args``)."""
+    """One text as an Open Inference Protocol V2 request: a BYTES tensor the runtime passes as the pipeline's
+    ``inputs`` keyword, which MLServer's adaptive batching joins into one list."""
     return {"inputs": [{"name": "inputs", "shape": [1], "datatype": "BYTES", "data": [text]}]}
 
