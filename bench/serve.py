@@ -101,8 +101,10 @@ def _champion(home: Path) -> tuple[str, Path, Settings]:
     return champ.version, ArtifactStore.from_settings(settings).path(champ.version), settings
 
 
-def raw_ort(artifact: Path, texts: list[str], model_file: str, threads: int | None = None) -> dict[str, Any]:
-    """Raw session throughput at several batch sizes, and single-text latency, on ``threads`` intra-op threads."""
+def raw_ort(artifact: Path, texts: list[str], model_file: str, threads: int | None = None,
+            n: int = 256) -> dict[str, Any]:
+    """Raw session throughput at several batch sizes (about ``n`` texts each, at least 2 batches), and
+    single-text latency over ``n`` texts, on ``threads`` intra-op threads."""
     import onnxruntime as ort
 
     meta = ArtifactMeta.read(artifact)
@@ -114,13 +116,13 @@ def raw_ort(artifact: Path, texts: list[str], model_file: str, threads: int | No
     session = ort.InferenceSession(str(artifact / model_file), options, providers=["CPUExecutionProvider"])
     out: dict[str, Any] = {"threads": options.intra_op_num_threads, "seq_per_s": {}}
     for bs in (1, 8, 32, 64):
-        sample = texts[: max(256, bs * 8)]
+        sample = texts[: max(n, bs * 2)]
         start = time.perf_counter()
         for i in range(0, len(sample), bs):
             session.run(["logits", "embedding"], encode(tok, sample[i : i + bs]))
         out["seq_per_s"][str(bs)] = len(sample) / (time.perf_counter() - start)
     lat = []
-    for t in texts[:300]:
+    for t in texts[:n]:
         start = time.perf_counter()
         session.run(["logits", "embedding"], encode(tok, [t]))
         lat.append((time.perf_counter() - start) * 1000)
@@ -232,9 +234,10 @@ def _figures(r: LoadResult) -> dict[str, Any]:
 def _one_layout(layout: Layout, *, artifact: Path, meta: ArtifactMeta, settings: Settings, texts: list[str],
                 peer: mlserver.Installed | str | None, requests: int, repeats: int) -> dict[str, Any]:
     """Every server started on this layout's cores, then measured in interleaved rounds beside the raw sessions."""
-    raw = {"raw_fp32": lambda: raw_ort(artifact, texts, meta.model_file, layout.threads)}
+    n = min(256, requests)
+    raw = {"raw_fp32": lambda: raw_ort(artifact, texts, meta.model_file, layout.threads, n)}
     if meta.int8_file:
-        raw["raw_int8"] = lambda: raw_ort(artifact, texts, meta.int8_file, layout.threads)
+        raw["raw_int8"] = lambda: raw_ort(artifact, texts, meta.int8_file, layout.threads, n)
     with ExitStack() as stack:
         targets, skipped = _start_servers(layout, stack, artifact=artifact, meta=meta, settings=settings, peer=peer,
                                           requests=requests)
