@@ -137,7 +137,7 @@ def test_every_command(home: Path, tmp_path: Path) -> None:
 
 
 BENCH = {
-    "serve": ["--requests", "40", "--repeats", "1"],
+    "serve": ["--requests", "40", "--repeats", "1", "--peer", "none"],  # the peer venv takes minutes to build
     "train": ["--rows", "200", "--epochs", "0.5"],
     "drift": ["--windows", "2", "--repeats", "1", "--streams", "1", "--every", "200", "--texts", "400"],
     "cotenancy": ["--per-round", "20", "--alone-rounds", "1", "--concurrency", "2"],
