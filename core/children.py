@@ -14,6 +14,7 @@ parent). It writes a JSON summary to its result file.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -151,3 +152,14 @@ def write_result(path: Path | None, result: dict[str, Any]) -> str:
     if path is not None:
         path.write_text(line)
     return line
+
+
+def child_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
+    """The options every child entry point takes: the handed-over settings, a result file, a niceness."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--settings", type=Path, required=True,
+                   help="settings JSON written by refitd.core.children (validated again, deleted once read)")
+    p.add_argument("--result-file", type=Path, default=None, help="write the JSON summary here too")
+    p.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority first")
+    return p
+

@@ -11,9 +11,8 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 
-from refitd.core.children import read_settings, write_result
+from refitd.core.children import child_parser, read_settings, write_result
 from refitd.core.db import engine_for, upgrade
 from refitd.core.errors import RefitdError
 from refitd.core.logs import configure_logging
@@ -22,11 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m refitd.flows", description=__doc__)
-    p.add_argument("--settings", type=Path, required=True,
-                   help="settings JSON written by refitd.core.children (validated again, deleted once read)")
-    p.add_argument("--result-file", type=Path, default=None, help="write the JSON summary here too")
-    p.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority first")
+    p = child_parser("python -m refitd.flows", __doc__)
     sub = p.add_subparsers(dest="flow", required=True)
     init = sub.add_parser("init", help="train, evaluate and promote the first model")
     refit = sub.add_parser("refit", help="refit on new data; promote the candidate only if it is better")

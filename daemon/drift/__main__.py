@@ -15,9 +15,8 @@ import os
 import resource
 import sys
 import threading
-from pathlib import Path
 
-from refitd.core.children import read_settings, write_result
+from refitd.core.children import child_parser, read_settings, write_result
 from refitd.core.db import engine_for
 from refitd.core.errors import RefitdError
 from refitd.core.logs import configure_logging
@@ -26,11 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m refitd.daemon.drift", description=__doc__)
-    p.add_argument("--settings", type=Path, required=True,
-                   help="settings JSON written by refitd.core.children (validated again, deleted once read)")
-    p.add_argument("--result-file", type=Path, default=None, help="write the JSON summary here too")
-    p.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority first")
+    p = child_parser("python -m refitd.daemon.drift", __doc__)
     return p
 
 
