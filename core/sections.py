@@ -145,7 +145,17 @@ class GateSection(_Section):
         0.05, description="With no champion, a candidate must beat the majority-class baseline by this much."
     )
     int8_tolerance: float = Field(
-        0.01, description="INT8 is served only if its accuracy is within this of fp32 on both test sets."
+        0.005, description="Export keeps the fastest INT8 variant whose validation accuracy is within this of fp32's; "
+                           "it is served only if it stays within it on both test sets."
+    )
+    int8_variants: list[Literal["dynamic", "dynamic_per_channel", "static", "static_keep_first"]] = Field(
+        ["dynamic", "dynamic_per_channel", "static", "static_keep_first"],
+        description="INT8 recipes built and timed at export (flows/quantize.py): dynamic = activations quantized per "
+                    "batch; static = QDQ with activation ranges calibrated on training rows; per_channel / static = "
+                    "per-channel weights; keep_first = the first encoder layer stays fp32. [] = no INT8 graph.",
+    )
+    int8_calibration_rows: int = Field(
+        256, description="Training rows the static INT8 variants are calibrated on (through the served tokenizer)."
     )
     confidence: float = Field(
         0.9, description="How sure the gate must be: a paired bootstrap's one-sided bound at this level must clear "
@@ -157,6 +167,20 @@ class GateSection(_Section):
     def _confidence(cls, v: float) -> float:
         if not 0.5 <= v < 1:
             raise ValueError(f"gate.confidence must be in [0.5, 1); got {v}")
+        return v
+
+    @field_validator("int8_tolerance")
+    @classmethod
+    def _int8_tolerance(cls, v: float) -> float:
+        if not 0 <= v <= 0.2:
+            raise ValueError(f"gate.int8_tolerance must be between 0 and 0.2 (accuracy points as a fraction); got {v}")
+        return v
+
+    @field_validator("int8_calibration_rows")
+    @classmethod
+    def _int8_calibration_rows(cls, v: int) -> int:
+        if not 16 <= v <= 10_000:
+            raise ValueError(f"gate.int8_calibration_rows must be between 16 and 10000; got {v}")
         return v
 
 

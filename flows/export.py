@@ -91,17 +91,3 @@ def check_parity(
     log.info("parity ok: max |Δlogit| = %.2e on %d texts", diff, len(texts))
     return diff
 
-
-def quantize_int8(fp32_path: Path, int8_path: Path) -> Path:
-    """ONNX Runtime dynamic quantization: INT8 weights of MatMul / Gemm, per tensor."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.WARNING))  # the quantizer logs every tensor at INFO on the root logger
-    try:
-        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, per_channel=False)
-    finally:
-        root.setLevel(level)
-    log.info("quantized %s → %s (%.1f MB)", fp32_path.name, int8_path.name, int8_path.stat().st_size / 1e6)
-    return int8_path

@@ -21,7 +21,7 @@ class GateRules:
     min_delta: float = 0.01
     max_regression: float = 0.02
     baseline_margin: float = 0.05
-    int8_tolerance: float = 0.01
+    int8_tolerance: float = 0.005
     confidence: float = 0.9
 
 
@@ -39,7 +39,8 @@ def _m(report: dict[str, Any] | None, metric: str) -> float | None:
 
 def decide(candidate: dict[str, Any], champion: dict[str, Any] | None, rules: GateRules,
            paired: dict[str, Any] | None = None) -> Verdict:
-    """``candidate`` / ``champion``: {"frozen": report, "recent": report|None, "baseline": report, "frozen_int8", "recent_int8"};
+    """``candidate`` / ``champion``: {"frozen": report, "recent": report|None, "baseline": report, "frozen_int8",
+    "recent_int8", "int8_export": the export's INT8 choice (optional; see :func:`choose_int8`)};
     ``paired``: {"frozen", "recent"} → :func:`paired_bootstrap` of candidate minus champion on those rows.
 
     With intervals, a difference counts only at ``rules.confidence``: promotion needs the recent
@@ -89,8 +90,35 @@ def _says(paired: dict[str, Any] | None) -> str:
     return f", difference {_interval(paired)}" if paired is not None else ""
 
 
+def choose_int8(fp32: dict[str, Any], variants: dict[str, dict[str, Any]],
+                tolerance: float) -> tuple[str | None, dict[str, str]]:
+    """The INT8 variant to keep: the fastest (``speedup`` over fp32) whose validation ``accuracy`` is within
+    ``tolerance`` of fp32's and that is faster than fp32 at all; None = serve fp32. With a reason per variant."""
+    why: dict[str, str] = {}
+    eligible = []
+    for name, v in variants.items():
+        gap = fp32["accuracy"] - v["accuracy"]
+        if gap > tolerance + _EPS:
+            why[name] = f"accuracy {v['accuracy']:.4f} vs fp32 {fp32['accuracy']:.4f}: {gap:.4f} beyond {tolerance:.4f}"
+        elif v["speedup"] <= 1.0:
+            why[name] = f"within tolerance but not faster than fp32 ({v['speedup']:.2f}×)"
+        else:
+            eligible.append(name)
+    chosen = max(eligible, key=lambda n: variants[n]["speedup"], default=None)
+    for name in eligible:
+        v = variants[name]
+        why[name] = (f"chosen: fastest within {tolerance:.4f} of fp32" if name == chosen else
+                     f"within tolerance but slower than {chosen}") + \
+            f" ({v['speedup']:.2f}× fp32, accuracy {v['accuracy']:.4f} vs {fp32['accuracy']:.4f})"
+    return chosen, why
+
+
 def int8_verdict(candidate: dict[str, Any], tolerance: float) -> tuple[bool, str]:
-    """INT8 is served only if its accuracy is within ``tolerance`` of fp32 on every evaluated set."""
+    """INT8 is served only if export chose a variant (``int8_export``) and its accuracy is within ``tolerance``
+    of fp32 on every evaluated set."""
+    export = candidate.get("int8_export")
+    if export is not None and export.get("chosen") is None:
+        return False, f"fp32 served: {export['reason']}"
     gaps = []
     for name in ("frozen", "recent"):
         fp32, int8 = _m(candidate.get(name), "accuracy"), _m(candidate.get(f"{name}_int8"), "accuracy")

