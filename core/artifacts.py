@@ -51,6 +51,7 @@ METRICS_FILE = "metrics.json"
 LINEAGE_FILE = "lineage.json"
 HISTORY_FILE = "train_history.json"
 TRAIN_ROWS_FILE = "train_rows.parquet"  # exactly the rows trained on (the drift reference)
+FROZEN_LOGITS_FILE = "frozen_logits.npz"  # fp32 logits on the frozen test set, keyed by its digest (a later refit reuses them)
 
 FORMAT = 1  # the version of ArtifactMeta this refitd writes and reads
 OUTPUTS = ("logits", "embedding")  # the graph outputs a runtime reads, in this order

@@ -64,7 +64,7 @@ class Plan:
     def for_run(cls, quick: bool) -> Plan:
         if quick:
             # phase 1 long enough for a check to start and finish in it (a check is a child process now)
-            return cls(quick=True, rate=20.0, phase1=700, after=300, max_phase2_s=300.0, drift_every_s=15.0,
+            return cls(quick=True, rate=20.0, phase1=700, after=300, max_phase2_s=540.0, drift_every_s=20.0,
                        label_fraction=0.5, min_new_labels=400, max_train_rows=400, consecutive=1)
         return cls(quick=False)
 

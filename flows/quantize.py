@@ -178,29 +178,56 @@ def time_graphs(sessions: dict[str, ort.InferenceSession], texts: list[str], tok
     return out
 
 
+FALLBACKS = {"static_keep_first": "static"}  # built only when the variant it backs up misses the tolerance
+
+
 def measure(fp32_path: Path, tokenizer_json: Path, folder: Path, *, recipes: list[str], calibration_texts: list[str],
             validation_texts: list[str], validation_labels: list[int], max_length: int, threads: int | None,
-            rounds: int = 5) -> dict[str, Any]:
+            tolerance: float | None = None, rounds: int = 3) -> dict[str, Any]:
     """Build each recipe into ``folder``; return fp32's and each variant's validation accuracy, agreement with
-    fp32, timings and size (``path`` names the variant's file)."""
-    calibration = feeds(tokenizer_json, calibration_texts, max_length=max_length, batch_size=16) \
-        if any(RECIPES[r].static for r in recipes) else []
-    paths, built = {"fp32": fp32_path}, {}
-    for name in recipes:
-        start = time.perf_counter()
-        paths[name] = build(RECIPES[name], fp32_path, folder / f"model.{name}.onnx", calibration)
-        built[name] = round(time.perf_counter() - start, 1)
-    sessions = {name: session(path, threads) for name, path in paths.items()}
+    fp32, timings and size (``path`` names the variant's file).
+
+    With a ``tolerance``, export only needs the speed of variants that could be kept: one whose validation
+    accuracy is further than that below fp32's is not timed (its speed fields are None), and a fallback
+    recipe (``static_keep_first``) is built only when the recipe it backs up is listed and missed."""
     val = feeds(tokenizer_json, validation_texts, max_length=max_length, batch_size=64)
     order = np.argsort([len(t) for t in validation_texts], kind="stable")
     y = np.asarray(validation_labels)[order]  # the rows in the order `feeds` batched them
-    preds = {name: predictions(sess, val) for name, sess in sessions.items()}
-    timing = time_graphs(sessions, validation_texts, tokenizer_json, max_length=max_length, rounds=rounds)
+    calibration = feeds(tokenizer_json, calibration_texts, max_length=max_length, batch_size=16) \
+        if any(RECIPES[r].static for r in recipes) else []
+    paths, built, preds, skipped = {"fp32": fp32_path}, {}, {}, {}
+    sessions = {"fp32": session(fp32_path, threads)}
+    preds["fp32"] = predictions(sessions["fp32"], val)
+
+    def accuracy(name: str) -> float:
+        return float((preds[name] == y).mean()) if len(y) else 0.0
+
+    def missed(name: str) -> bool:
+        return tolerance is not None and accuracy("fp32") - accuracy(name) > tolerance + 1e-9
+
+    for name in sorted(recipes, key=lambda r: r in FALLBACKS):  # fallbacks after what they back up
+        backs_up = FALLBACKS.get(name)
+        if tolerance is not None and backs_up in preds and not missed(backs_up):
+            skipped[name] = f"not built: {backs_up} is within tolerance"
+            continue
+        start = time.perf_counter()
+        paths[name] = build(RECIPES[name], fp32_path, folder / f"model.{name}.onnx", calibration)
+        built[name] = round(time.perf_counter() - start, 1)
+        sessions[name] = session(paths[name], threads)
+        preds[name] = predictions(sessions[name], val)
+    timed = {name: sess for name, sess in sessions.items() if name == "fp32" or not missed(name)}
+    timing = time_graphs(timed, validation_texts, tokenizer_json, max_length=max_length, rounds=rounds) \
+        if len(timed) > 1 else {"fp32": dict.fromkeys(_TIMING_FIELDS, None) | {"speedup": 1.0}}
     out: dict[str, Any] = {}
     for name, path in paths.items():
-        out[name] = {"accuracy": float((preds[name] == y).mean()) if len(y) else 0.0,
-                     "agreement": float((preds[name] == preds["fp32"]).mean()) if len(y) else 1.0,
-                     **timing[name], "megabytes": round(path.stat().st_size / 1e6, 1), "path": str(path)}
+        out[name] = {"accuracy": accuracy(name), "agreement": float((preds[name] == preds["fp32"]).mean()) if len(y) else 1.0,
+                     **timing.get(name, dict.fromkeys(_TIMING_FIELDS)), "megabytes": round(path.stat().st_size / 1e6, 1),
+                     "path": str(path)}
         if name in built:
             out[name] |= {"about": RECIPES[name].about, "build_seconds": built[name]}
+    for name, why in skipped.items():
+        out[name] = {"about": RECIPES[name].about, "skipped": why}
     return out
+
+
+_TIMING_FIELDS = ("single_p50_ms", "batch32_texts_per_s", "speedup_single", "speedup_batch32", "speedup")

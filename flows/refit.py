@@ -119,7 +119,8 @@ def _refit_body(settings: Settings, engine, p: dict[str, Any], run_id: int) -> d
         tasks.write_runtime_meta(staged, snapshot, config, fitted, calibration=calibration, serve_int8=verdict.serve_int8)
         trial = tasks.trial_load(staged)
         lap("evaluate")
-        promote_it, reason = verdict.promote, verdict.reason + frozen_set_note(champion, snapshot)
+        promote_it, reason = verdict.promote, verdict.reason + frozen_set_note(champion, snapshot,
+                                                                              "frozen" in scores.get("champion_reused", ()))
         if not trial["ok"]:
             promote_it, reason = False, f"rejected: the candidate cannot be served: {trial['reason']}"
         held = promote_it and not p["promote"]
@@ -152,14 +153,15 @@ def _refit_body(settings: Settings, engine, p: dict[str, Any], run_id: int) -> d
             "timings": timings}
 
 
-def frozen_set_note(champion: ModelVersion | None, snapshot) -> str:  # type: ignore[no-untyped-def]
+def frozen_set_note(champion: ModelVersion | None, snapshot, reused: bool = False) -> str:  # type: ignore[no-untyped-def]
     """Both models are always scored on this run's frozen set; say so when it is not the set the
     champion's own record was scored on (a replaced reference, other test caps), naming both digests."""
     if champion is None:
         return ""
     recorded = (champion.metrics or {}).get("frozen_set") or {}
     if recorded.get("digest") == snapshot.frozen_digest:
-        return f"; same frozen set as {champion.version} ({snapshot.frozen_digest[:12]}, n={len(snapshot.test)})"
+        how = f"; {champion.version}'s stored logits on it reused" if reused else ""
+        return f"; same frozen set as {champion.version} ({snapshot.frozen_digest[:12]}, n={len(snapshot.test)}){how}"
     was = f"{recorded['digest'][:12]} (n={recorded.get('n')})" if recorded.get("digest") else "not recorded"
     return (f"; the frozen set differs from the one {champion.version} was recorded on ({was} → "
             f"{snapshot.frozen_digest[:12]} (n={len(snapshot.test)})): {champion.version} was re-scored on the new set")

@@ -17,8 +17,9 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NONE
 
-from refitd.core.artifacts import (CONFIG_FILE, HF_DIR, HISTORY_FILE, INT8_FILE, LINEAGE_FILE, METRICS_FILE,
-                                   MODEL_FILE, OUTPUTS, TOKENIZER_FILE, TRAIN_ROWS_FILE, ArtifactMeta, ArtifactStore)
+from refitd.core.artifacts import (CONFIG_FILE, FROZEN_LOGITS_FILE, HF_DIR, HISTORY_FILE, INT8_FILE, LINEAGE_FILE,
+                                   METRICS_FILE, MODEL_FILE, OUTPUTS, TOKENIZER_FILE, TRAIN_ROWS_FILE, ArtifactMeta,
+                                   ArtifactStore)
 from refitd.core import reference as refdata
 from refitd.core.db import engine_for, session_scope
 from refitd.core.labels import labelled_rows
@@ -112,16 +113,19 @@ def quantize_int8(staged: Path, snapshot: snap.Snapshot, gate: GateSection, *, m
         measured = quantize.measure(staged / MODEL_FILE, staged / TOKENIZER_FILE, Path(scratch),
                                     recipes=gate.int8_variants, calibration_texts=calibration["text"].tolist(),
                                     validation_texts=snapshot.validation["text"].tolist(), validation_labels=labels,
-                                    max_length=max_length, threads=threads)
+                                    max_length=max_length, threads=threads, tolerance=gate.int8_tolerance)
         fp32 = measured.pop("fp32")
+        skipped = {name: v for name, v in measured.items() if "path" not in v}
+        measured = {name: v for name, v in measured.items() if "path" in v}
         chosen, why = choose_int8(fp32, measured, gate.int8_tolerance)
         # Nothing chosen: the most accurate variant is still written, for serving.precision = 'int8' and benchmarks.
-        kept = chosen or max(measured, key=lambda n: (measured[n]["accuracy"], measured[n]["speedup"]))
+        kept = chosen or max(measured, key=lambda n: (measured[n]["accuracy"], measured[n]["speedup"] or 0.0))
         os.replace(measured[kept]["path"], staged / INT8_FILE)
     for name, v in [("fp32", fp32), *measured.items()]:
         v.pop("path")
         if name in why:
             v["verdict"] = why[name]
+    measured |= skipped
     reason = (f"INT8 variant {chosen}: {why[chosen]}" if chosen else
               f"no INT8 variant within {gate.int8_tolerance:.4f} of fp32 accuracy on validation and faster "
               f"({'; '.join(f'{n}: {w}' for n, w in why.items())}); {INT8_FILE} holds {kept}, served only if forced")
@@ -155,18 +159,49 @@ def evaluate(staged: Path, champion_dir: Path | None, snapshot: snap.Snapshot, *
             agreement[name] = float((fp32.argmax(1) == int8.argmax(1)).mean())
     out["candidate"]["int8_agreement"] = agreement
     out["candidate"]["baseline"] = majority_baseline(snapshot.train["label"].tolist(), snapshot.test["label"].tolist(), labels)
+    save_frozen_logits(staged, snapshot, candidate_logits["frozen"])
     if champion_dir is not None:
         meta = ArtifactMeta.read(champion_dir)
-        out["champion"], out["paired"] = {}, {}
+        out["champion"], out["paired"], out["champion_reused"] = {}, {}, []
         for name, part in (("frozen", snapshot.test), ("recent", snapshot.recent_test)):
-            out["champion"][name], champ_logits = _score(champion_dir, meta.model_file, meta.tokenizer_file,
-                                                         meta.max_length, part, list(meta.labels))
+            cached = load_frozen_logits(champion_dir, snapshot, list(meta.labels)) if name == "frozen" else None
+            if cached is not None:  # scored on exactly these rows when it was the candidate: no second pass
+                out["champion"][name] = report_from_logits(cached, part["label"].tolist(), list(meta.labels))
+                champ_logits = cached
+                out["champion_reused"].append(name)
+            else:
+                out["champion"][name], champ_logits = _score(champion_dir, meta.model_file, meta.tokenizer_file,
+                                                             meta.max_length, part, list(meta.labels))
             if len(part):  # the same rows, both models' predictions: the gate reads the difference's interval
                 cand_pred = [labels[i] for i in candidate_logits[name].argmax(1)]
                 champ_pred = [meta.labels[i] for i in champ_logits.argmax(1)]
                 out["paired"][name] = paired_bootstrap(part["label"].tolist(), cand_pred, champ_pred, labels,
                                                        metric=primary_metric, confidence=confidence)
     return out
+
+
+def save_frozen_logits(staged: Path, snapshot: snap.Snapshot, logits: np.ndarray) -> None:
+    """Keep the candidate's fp32 logits on the frozen set beside its files (and so in its manifest), keyed
+    by the set's digest: when it is the champion, a refit on the same frozen set reads them instead of
+    scoring it again."""
+    np.savez(staged / FROZEN_LOGITS_FILE, logits=logits.astype(np.float32), digest=np.array(snapshot.frozen_digest),
+             labels=np.array(snapshot.labels))
+
+
+def load_frozen_logits(folder: Path, snapshot: snap.Snapshot, labels: list[str]) -> np.ndarray | None:
+    """The version's stored frozen-set logits, when they were computed on this very set with these labels."""
+    path = folder / FROZEN_LOGITS_FILE
+    if not path.is_file() or not snapshot.frozen_digest:
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if str(f["digest"]) != snapshot.frozen_digest or f["labels"].tolist() != labels:
+                return None
+            logits = f["logits"]
+    except (OSError, KeyError, ValueError) as exc:
+        log.warning("ignoring %s: %s", path, exc)
+        return None
+    return logits if logits.shape == (len(snapshot.test), len(labels)) else None
 
 
 @task(cache_policy=NONE)

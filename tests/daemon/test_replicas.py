@@ -135,7 +135,8 @@ def _hosts(tmp_path: Path, base: dict[str, str], shared: dict[str, str], prefect
                      "label_check_minutes = 0.05\n[prefect]\npoll_s = 1.0\n",
         "replica": "[serving]\npoll_interval_s = 0.2\nthreads = 1\n",
         "worker": "[model]\nmax_length = 32\n[training]\nreplay_ratio = 4.0\nmax_train_rows = 1000\n"
-                  "max_test_rows = 300\nepochs = 3.0\nfreeze_layers = 2\nlearning_rate = 1e-4\nbatch_size = 16\n",
+                  "max_test_rows = 300\nepochs = 3.0\nfreeze_layers = 2\nlearning_rate = 1e-4\nbatch_size = 16\n"
+                  "[gate]\nint8_variants = [\"dynamic\"]\n",  # one INT8 build: the variant search has its own tests
     }
     for name, host in hosts.items():
         host.home.mkdir(parents=True)

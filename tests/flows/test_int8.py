@@ -117,3 +117,19 @@ def test_measure_reports_every_variant_against_fp32(fp32_graph, tmp_path: Path) 
     d = out["dynamic"]
     assert 0 <= d["accuracy"] <= 1 and d["single_p50_ms"] > 0 and d["batch32_texts_per_s"] > 0
     assert d["megabytes"] < out["fp32"]["megabytes"] / 2 and Path(d["path"]).is_file()
+
+
+def test_measure_times_only_what_could_be_kept_and_builds_the_fallback_only_when_needed(fp32_graph, tmp_path: Path) -> None:
+    fp32, tokenizer = fp32_graph
+    recipes = ["static_keep_first", "dynamic", "static"]
+    kwargs = dict(recipes=recipes, calibration_texts=TEXTS, validation_texts=TEXTS,
+                  validation_labels=[0, 1, 2, 0, 2, 1, 1, 2], max_length=32, threads=1, rounds=1)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    lenient = quantize.measure(fp32, tokenizer, tmp_path / "a", **kwargs, tolerance=1.0)
+    assert lenient["static_keep_first"] == {"about": quantize.RECIPES["static_keep_first"].about,
+                                            "skipped": "not built: static is within tolerance"}
+    assert all(lenient[n]["speedup"] > 0 for n in ("fp32", "dynamic", "static"))
+    # nothing can be within a negative tolerance: no variant is timed, and static's fallback is built
+    strict = quantize.measure(fp32, tokenizer, tmp_path / "b", **kwargs, tolerance=-1.0)
+    assert set(strict) == {"fp32", *recipes} and Path(strict["static_keep_first"]["path"]).is_file()
+    assert all(strict[n]["speedup"] is None and 0 <= strict[n]["accuracy"] <= 1 for n in recipes)

@@ -47,6 +47,11 @@ def test_refit_produces_a_complete_gated_candidate(home, prefect_harness) -> Non
     for set_name in ("frozen", "recent", "frozen_int8", "recent_int8"):
         assert m["candidate"][set_name]["n"] > 0
     assert m["champion"]["frozen"]["n"] == m["candidate"]["frozen"]["n"]
+    # the same frozen set as v1's own run: v1's logits stored then are read, not recomputed, and give v1's record
+    v1 = _versions(settings)["v1"].metrics
+    assert m["frozen_set"] == v1["frozen_set"] and m["champion_reused"] == ["frozen"]
+    assert m["champion"]["frozen"] == v1["candidate"]["frozen"]
+    assert "v1's stored logits on it reused" in result["reason"]
     assert m["trial_load"]["ok"] and m["parity_max_abs_diff"] < 1e-3
     assert 0.05 < m["calibration"]["temperature"] < 20
     store = ArtifactStore(settings.models_dir)
@@ -83,3 +88,24 @@ def test_bad_data_fails_the_run_with_a_reason(home, prefect_harness) -> None:
         champion = registry.get_champion(s)
     assert run.status == "failed" and "need at least 100000 (training.min_rows)" in run.reason
     assert champion.version == "v1"
+
+
+def test_stored_frozen_logits_are_used_only_for_the_same_set_and_labels(tmp_path) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from refitd.flows import snapshot as snap
+    from refitd.flows.tasks import load_frozen_logits, save_frozen_logits
+
+    def snapshot(texts: list[str]) -> snap.Snapshot:
+        frame = pd.DataFrame({"text": texts, "label": ["a", "b", "c"][: len(texts)]})
+        return snap.Snapshot(train=frame, validation=frame, test=frame, recent_test=frame.head(0),
+                             labels=["a", "b", "c"]).seal()
+
+    first = snapshot(["one", "two", "three"])
+    logits = np.arange(9, dtype=np.float32).reshape(3, 3)
+    save_frozen_logits(tmp_path, first, logits)
+    assert np.array_equal(load_frozen_logits(tmp_path, first, ["a", "b", "c"]), logits)
+    assert load_frozen_logits(tmp_path, snapshot(["one", "two", "four"]), ["a", "b", "c"]) is None  # other rows
+    assert load_frozen_logits(tmp_path, first, ["a", "c", "b"]) is None  # other label order
+    assert load_frozen_logits(tmp_path / "nothing", first, ["a", "b", "c"]) is None
