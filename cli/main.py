@@ -181,6 +181,7 @@ def refit(
     no_promote: Annotated[bool, typer.Option("--no-promote", help="Evaluate and gate, but do not promote.")] = False,
     quick: Annotated[bool, typer.Option(help="A few hundred examples, short texts.")] = False,
     drill_shuffle_labels: Annotated[bool, typer.Option(help="Gate drill: train on shuffled labels; must be rejected.")] = False,
+    ensemble: Annotated[int | None, typer.Option(help="Bagging: K members (default training.ensemble; 1 = one model).")] = None,
 ) -> None:
     """Refit now on the reference data plus new labels; promote only if the gate says it is better."""
     from refitd.core.db import engine_for, upgrade
@@ -192,7 +193,8 @@ def refit(
     search = {k: v for k, v in (("sampler", sampler), ("budget_minutes", budget)) if v is not None}
     args = ["refit", "--from", from_] + (["--hpo", str(hpo)] if hpo is not None else [])
     args += ["--no-promote"] * no_promote + ["--quick"] * quick + ["--drill-shuffle-labels"] * drill_shuffle_labels
-    result = run_flow(settings.updated({"hpo": search}), args)
+    bagging = {"training": {"ensemble": ensemble}} if ensemble is not None else {}
+    result = run_flow(settings.updated({"hpo": search, **bagging}), args)
     print_result(result)
     if result["verdict"] == "rejected" and not drill_shuffle_labels:
         raise typer.Exit(1)

@@ -60,6 +60,11 @@ def models_show(ctx: typer.Context, version: Annotated[str, typer.Argument(help=
     console.print("params: " + ", ".join(f"{k}={params.get(k)}" for k in keys if k in params))
     if params.get("hpo_best"):
         console.print(f"search best: {params['hpo_best']}")
+    if m.get("ensemble"):
+        e = m["ensemble"]
+        seeds = ", ".join(f"seed {x['seed']} {_fmt(x['val_macro_f1'])}" for x in e["members"])
+        console.print(f"ensemble: {e['reason']} (validation macro-F1 ensemble {_fmt(e['ensemble_val'])}; "
+                      f"members {seeds})")
     for set_name in ("frozen", "recent"):
         rep = (m.get("candidate") or {}).get(set_name) or {}
         if rep.get("n"):

@@ -104,6 +104,11 @@ class TrainingSection(_Section):
     )
     min_rows: int = Field(100, description="A refit with fewer training rows fails with that reason.")
     min_class_share: float = Field(0.02, description="Every label must be at least this share of training rows.")
+    ensemble: int = Field(
+        1, description="Bagging: 1 = one model; K > 1 = K members, each fine-tuned with seed + i on a stratified "
+                       "bootstrap of the training rows, served as one ONNX graph averaging their logits and embeddings "
+                       "(or the best member alone when the gain is under gate.ensemble_min_delta)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainingSection:
@@ -130,6 +135,8 @@ class TrainingSection(_Section):
                              f"the bundled corpus's topics are {', '.join(TOPICS)}")
         if self.max_train_rows is not None and self.max_train_rows < 50:
             raise ValueError(f"training.max_train_rows must be ≥ 50 or unset; got {self.max_train_rows}")
+        if not 1 <= self.ensemble <= 16:
+            raise ValueError(f"training.ensemble must be between 1 (one model) and 16 members; got {self.ensemble}")
         return self
 
 
@@ -158,6 +165,10 @@ class GateSection(_Section):
     int8_calibration_rows: int = Field(
         256, description="Training rows the static INT8 variants are calibrated on (through the served tokenizer)."
     )
+    ensemble_min_delta: float = Field(
+        0.005, description="With training.ensemble > 1, the ensemble is served only if its validation macro-F1 beats its "
+                           "best member's by at least this much; otherwise that member is served alone."
+    )
     confidence: float = Field(
         0.9, description="How sure the gate must be: a paired bootstrap's one-sided bound at this level must clear "
                          "min_delta on the recent set and -max_regression on the frozen set."
@@ -175,6 +186,13 @@ class GateSection(_Section):
     def _int8_tolerance(cls, v: float) -> float:
         if not 0 <= v <= 0.2:
             raise ValueError(f"gate.int8_tolerance must be between 0 and 0.2 (accuracy points as a fraction); got {v}")
+        return v
+
+    @field_validator("ensemble_min_delta")
+    @classmethod
+    def _ensemble_min_delta(cls, v: float) -> float:
+        if not 0 <= v <= 0.2:
+            raise ValueError(f"gate.ensemble_min_delta must be between 0 and 0.2 (macro-F1 as a fraction); got {v}")
         return v
 
     @field_validator("int8_calibration_rows")

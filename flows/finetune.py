@@ -68,6 +68,7 @@ class FitResult:
     best_metric: float | None
     history: list[dict[str, Any]]
     device: str
+    ensemble: dict[str, Any] | None = None  # training.ensemble > 1: members, validation scores, what was kept and why
 
 
 _OPTIMIZERS = {"adamw": ("adamw_torch", None), "sgd": ("sgd", "momentum=0.9"), "rmsprop": ("rmsprop", None)}

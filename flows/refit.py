@@ -126,12 +126,16 @@ def _refit_body(settings: Settings, engine, p: dict[str, Any], run_id: int) -> d
         held = promote_it and not p["promote"]
         if held:
             promote_it, reason = False, f"held as candidate (--no-promote); the gate said: {reason}"
+        if fitted.ensemble:  # the ensemble-or-best-member choice, made on validation before this gate
+            reason += f"; {fitted.ensemble['reason']}"
         metrics = {**scores, "before": before, "parity_max_abs_diff": parity, "calibration": calibration,
                    "trial_load": trial, "int8": int8, "int8_verdict": verdict.int8_reason,
                    "train_seconds": fitted.train_seconds,
                    "train_examples_per_second": fitted.examples_per_second, "device": fitted.device,
                    "timings": timings, "hpo": hpo_record,
                    "frozen_set": {"digest": snapshot.frozen_digest, "n": int(len(snapshot.test))}}
+        if fitted.ensemble:
+            metrics["ensemble"] = fitted.ensemble
         params = {**config.record(), "source": str(source), "warm_start": "champion" if from_champion else "base",
                   "hpo_best": hpo_record["best_params"] if hpo_record else None, "run": p}
         lineage = {"parent": champion.version if champion else None, "params": params, "data_digest": snapshot.digest,

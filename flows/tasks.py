@@ -33,6 +33,7 @@ from refitd.flows.gate import choose_int8, paired_bootstrap
 from refitd.flows.augment import augment_frame
 from refitd.flows.calibrate import fit_temperature
 from refitd.flows.evaluate import majority_baseline, onnx_logits, report_from_logits
+from refitd.flows.ensemble import fit_ensemble
 from refitd.flows.export import check_parity, export_onnx
 from refitd.flows.finetune import FitConfig, FitResult, fit, load_model, predict_torch
 from refitd.flows.hpo import search
@@ -77,6 +78,9 @@ def fine_tune(source: Path, snapshot: snap.Snapshot, config: FitConfig, settings
         train = train.assign(label=random.Random(config.training.seed).sample(list(train["label"]), len(train)))
     if settings.training.augment:
         train = augment_frame(train, copies=settings.training.augment_copies, seed=config.training.seed)
+    if settings.training.ensemble > 1:
+        return fit_ensemble(source, train, snapshot.validation, config, min_delta=settings.gate.ensemble_min_delta,
+                            search_trials=trials), None
     if trials > 0:
         hpo = settings.hpo.model_copy(update={"trials": trials})
         return search(source, train, snapshot.validation, config, hpo)
