@@ -139,6 +139,7 @@ def test_every_command(home: Path, tmp_path: Path) -> None:
 BENCH = {
     "serve": ["--requests", "40", "--repeats", "1", "--peer", "none"],  # the peer venv takes minutes to build
     "train": ["--rows", "200", "--epochs", "0.5"],
+    "ensemble": ["--rows", "200", "--epochs", "0.5", "--k", "2", "--test-rows", "100", "--rounds", "1"],
     "drift": ["--windows", "2", "--repeats", "1", "--streams", "1", "--every", "200", "--texts", "400"],
     "cotenancy": ["--per-round", "20", "--alone-rounds", "1", "--concurrency", "2"],
     "store": ["--rows", "3000", "--small", "1000", "--days", "3",
@@ -148,7 +149,7 @@ BENCH = {
 
 @pytest.mark.parametrize("suite", sorted(BENCH))
 def test_every_bench_suite(home: Path, tmp_path: Path, suite: str) -> None:
-    args = BENCH[suite] + ([] if suite == "train" else ["--home", str(home)])
+    args = BENCH[suite] + ([] if suite in ("train", "ensemble") else ["--home", str(home)])
     result = subprocess.run([sys.executable, "-m", "refitd.bench", suite, *args], capture_output=True, text=True,
                             timeout=900, env=_env(home, REFITD_BENCH_RESULTS=str(tmp_path)))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
