@@ -19,6 +19,9 @@ TOPIC_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("weather", re.compile(r"(allerg|sneez|pollen|claritin|zyrtec|allegra|weather|rain|snow|hay ?fever|sinus)")),
 ]
 
+#: The topics the demo's (and the recovery benchmark's) shift brings in; phase 1 and v1 are airline only.
+SHIFT_TOPICS: tuple[str, ...] = ("apple", "self_driving", "coachella", "deflategate", "weather")
+
 #: Every topic name a tweet can have (``other`` when nothing matches).
 TOPICS: tuple[str, ...] = (*(name for name, _ in TOPIC_PATTERNS), "other")
 

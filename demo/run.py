@@ -38,10 +38,11 @@ from refitd.core.datasets import load_configured
 from refitd.core.db import engine_for, session_scope
 from refitd.core.settings import Settings
 from refitd.core.tables import DriftCheck, RefitRun, utcnow
+from refitd.core.topics import SHIFT_TOPICS
 from refitd.demo import plots
 from refitd.demo.replay import Replay
 
-OTHER_TOPICS = ("apple", "self_driving", "coachella", "deflategate", "weather")
+OTHER_TOPICS = SHIFT_TOPICS
 
 
 @dataclass(frozen=True)
