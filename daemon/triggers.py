@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from refitd.core import registry
 from refitd.core.db import session_scope
 from refitd.core.labels import count_labels_since
 from refitd.core.settings import Settings
-from refitd.core.tables import RefitRun, utcnow
+from refitd.core.tables import Event, RefitRun, utcnow
 from refitd.daemon.drift.check import pending_drift
 from refitd.daemon.launcher import RefitLauncher
 
@@ -36,6 +36,17 @@ class Decision:
     routine: bool = False  # a clean check or a count under its trigger: logged, not an event
 
 
+def last_start(session: Session) -> datetime | None:
+    """When the last refit was started: its run row, or the daemon's launch event when the run never wrote
+    one (a deployment whose worker failed before the flow began, a child that died on import), so such a
+    failure waits out the cooldown like any other instead of being retried at every check."""
+    run = session.exec(select(RefitRun.created_at).where(RefitRun.trigger != "init")
+                       .order_by(col(RefitRun.created_at).desc())).first()
+    launched = session.exec(select(Event.created_at).where(Event.kind == "refit_started")
+                            .order_by(col(Event.created_at).desc())).first()
+    return max((t for t in (run, launched) if t is not None), default=None)
+
+
 def decide(settings: Settings, engine: Engine, launcher: RefitLauncher, trigger: str, *,
            drift_verdict: str | None = None) -> Decision:
     """Whether a refit should start now for ``trigger``, and why (or why not)."""
@@ -46,14 +57,13 @@ def decide(settings: Settings, engine: Engine, launcher: RefitLauncher, trigger:
         champion = registry.get_champion(session)
         if champion is None:
             return Decision(False, f"{trigger}: skipped, there is no champion yet (run `refitd init`)")
-        last = session.exec(select(RefitRun).where(RefitRun.trigger != "init")
-                            .order_by(col(RefitRun.created_at).desc())).first()
+        last = last_start(session)
         new_labels = count_labels_since(session, champion.created_at)
         waiting = pending_drift(session) if trigger == "drift" and drift_verdict != "drifted" else None
     cooldown = timedelta(minutes=settings.refit.cooldown_minutes)
-    if last is not None and last.created_at + cooldown > utcnow():
-        return Decision(False, f"{trigger}: skipped, cooldown — the last refit started {last.created_at:%H:%M:%S} "
-                               f"UTC; the next may start after {last.created_at + cooldown:%H:%M:%S}")
+    if last is not None and last + cooldown > utcnow():
+        return Decision(False, f"{trigger}: skipped, cooldown — the last refit started {last:%H:%M:%S} "
+                               f"UTC; the next may start after {last + cooldown:%H:%M:%S}")
     if trigger == "drift":
         if waiting is not None:
             return Decision(False, f"drift: skipped, {waiting}")

@@ -62,6 +62,21 @@ def test_drift_needs_enough_new_labels_and_respects_the_cooldown(home: Settings)
     assert len(reasons) == 2 and "too few labels" in reasons[0] and "cooldown" in reasons[1]  # every skip, with why
 
 
+def test_a_launch_that_never_wrote_its_run_row_still_starts_the_cooldown(home: Settings) -> None:
+    engine = make_engine(home.database_url)
+    launcher = RefitLauncher(home, engine)
+    _labels(home, 10)
+    with session_scope(engine) as s:  # e.g. a deployment whose worker failed before the flow began
+        registry.record_event(s, kind="refit_started", subject="v1", reason="labels: 10 new labels; running as "
+                              "deployment refitd-refit-deployed/refitd-refit", actor="daemon")
+        s.exec(select(Event).where(Event.kind == "refit_started")).one().created_at = utcnow() - timedelta(minutes=2)
+    cooled = decide(home, engine, launcher, "labels")
+    assert not cooled.start and "cooldown" in cooled.reason, cooled.reason
+    with session_scope(engine) as s:
+        s.exec(select(Event).where(Event.kind == "refit_started")).one().created_at = utcnow() - timedelta(minutes=31)
+    assert decide(home, engine, launcher, "labels").start
+
+
 def test_one_refit_at_a_time_across_processes(home: Settings) -> None:
     engine = make_engine(home.database_url)
     _labels(home, 10)
