@@ -1,7 +1,7 @@
 """``python -m refitd.bench recovery``: how far a refit recovers from a topic shift, per number of labels,
 against an oracle. The learning curve users choose ``refit.min_new_labels`` from.
 
-v1 is trained as ``refitd init`` trains it (airline tweets). The shift is the demo's: production becomes
+v1 is trained as ``refitd init`` trains it (airline tweets), with the default demo's training-row cap. The shift is the demo's: production becomes
 70% other topics (``SHIFT_TOPICS``) and 30% airline, drawn from the corpus's stream split, which no model
 trains or tests on. A held-out slice of that mix is set aside first; every figure below is measured on it.
 
@@ -54,10 +54,10 @@ def new_mix(other_share: float, seed: int) -> pd.DataFrame:
     return pd.concat([other, airline.iloc[:n_airline]]).sample(frac=1.0, random_state=seed).reset_index(drop=True)
 
 
-def _write_config(home: Path, *, quick: bool, extra: str = "") -> None:
+def _write_config(home: Path, *, quick: bool, max_train_rows: int) -> None:
     home.mkdir(parents=True, exist_ok=True)
     (home / "refitd.toml").write_text(f"# written by `python -m refitd.bench recovery`\n[refit]\nquick = {str(quick).lower()}\n"
-                                      + extra)
+                                      f"[training]\nmax_train_rows = {max_train_rows}\n")
 
 
 def _flow(home: Path, args: list[str]) -> dict[str, Any]:
@@ -101,7 +101,7 @@ def refit_with(v1_home: Path, home: Path, labels: pd.DataFrame, holdout: pd.Data
                oracle: bool = False) -> dict[str, Any]:
     _copy_home(v1_home, home)
     if oracle:  # every label, no cap on training rows, and never promoted
-        _write_config(home, quick=quick, extra="[training]\nmax_train_rows = 1000000\nmax_test_rows = 1000000\n")
+        _write_config(home, quick=quick, max_train_rows=1_000_000)
     _add_feedback(home, labels)
     args = ["refit", "--trigger", "bench"] + (["--quick"] if quick else []) + (["--no-promote"] if oracle else [])
     result = _flow(home, args)
@@ -164,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--holdout", type=int, default=1000, help="rows of the new mix held out for scoring")
     p.add_argument("--oracle-labels", type=int, default=None, help="cap on the oracle's labels (default: all)")
     p.add_argument("--other-share", type=float, default=0.7, help="other-topic share of the new mix")
+    p.add_argument("--max-train-rows", type=int, default=2000,
+                   help="training.max_train_rows for v1 and the refits (default: the default demo's)")
     p.add_argument("--quick", action="store_true", help="the quick profile for v1 and every refit (a smoke run)")
     p.add_argument("--work", type=Path, default=None, help="folder for the homes (default: a temporary one, removed)")
     p.add_argument("--png", type=Path, default=None, help="the curve's PNG (default: beside the results)")
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         v1_home = work / "v1"
-        _write_config(v1_home, quick=args.quick)
+        _write_config(v1_home, quick=args.quick, max_train_rows=args.max_train_rows)
         print(f"v1: refitd init in {v1_home} …", file=sys.stderr, flush=True)
         init = _flow(v1_home, ["init"] + (["--quick"] if args.quick else []))
         v1 = score(v1_home, init["version"], holdout)
@@ -196,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         r["gain_share"] = {k: gain_share(r["candidate"][k], v1[k], oracle["candidate"][k])
                            for k in ("accuracy", "macro_f1")}
     result = {"v1": v1, "v1_init_wall_s": init["wall_s"], "runs": runs, "oracle": oracle, "holdout": len(holdout),
+              "max_train_rows": args.max_train_rows,
               "other_share": args.other_share, "quick": args.quick, "wall_s": round(time.perf_counter() - started, 1)}
     png = args.png or RESULTS / "recovery.png"
     png.parent.mkdir(parents=True, exist_ok=True)
