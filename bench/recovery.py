@@ -184,13 +184,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"v1: refitd init in {v1_home} …", file=sys.stderr, flush=True)
         init = _flow(v1_home, ["init"] + (["--quick"] if args.quick else []))
         v1 = score(v1_home, init["version"], holdout)
+        oracle_rows = pool if args.oracle_labels is None else pool.iloc[: args.oracle_labels]
+        print(f"oracle with {len(oracle_rows)} labels …", file=sys.stderr, flush=True)
+        oracle = refit_with(v1_home, work / "oracle", oracle_rows, holdout, quick=args.quick, oracle=True)
+        print(f"  oracle: accuracy {oracle['candidate']['accuracy']:.3f}, macro-F1 {oracle['candidate']['macro_f1']:.3f} "
+              f"(v1 {v1['accuracy']:.3f} / {v1['macro_f1']:.3f})", file=sys.stderr, flush=True)
         runs = []
         for n in counts:
             print(f"refit with {n} labels …", file=sys.stderr, flush=True)
             runs.append(refit_with(v1_home, work / f"labels-{n}", pool.iloc[:n], holdout, quick=args.quick))
-        oracle_rows = pool if args.oracle_labels is None else pool.iloc[: args.oracle_labels]
-        print(f"oracle with {len(oracle_rows)} labels …", file=sys.stderr, flush=True)
-        oracle = refit_with(v1_home, work / "oracle", oracle_rows, holdout, quick=args.quick, oracle=True)
+            r = runs[-1]  # each point as it lands: a long study interrupted still shows what it measured
+            print(f"  {n} labels: {r['verdict']}; candidate accuracy {r['candidate']['accuracy']:.3f}, macro-F1 "
+                  f"{r['candidate']['macro_f1']:.3f} (v1 {v1['accuracy']:.3f} / {v1['macro_f1']:.3f}); frozen macro-F1 "
+                  f"{r['frozen_macro_f1']:.3f}; stages {r['timings']}", file=sys.stderr, flush=True)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
