@@ -57,6 +57,7 @@ class Plan:
     label_delay_s: float = 5.0
     drift_every_s: float = 20.0
     consecutive: int = 2            # drift.consecutive: the quick rehearsal acts on the first drifted check
+    refit_threads: int = 2          # refit.threads
     min_new_labels: int = 1400
     max_train_rows: int = 2000
     seed: int = 7
@@ -66,7 +67,10 @@ class Plan:
         if quick:
             # phase 1 long enough for a check to start and finish in it (a check is a child process now)
             return cls(quick=True, rate=20.0, phase1=700, after=300, max_phase2_s=540.0, drift_every_s=20.0,
-                       label_fraction=0.5, min_new_labels=400, max_train_rows=400, consecutive=1)
+                       label_fraction=0.5, min_new_labels=400, max_train_rows=400, consecutive=1,
+                       # one thread: two torch threads on two busy cores stall at every barrier (a quick refit
+                       # trained at 2 examples/s beside the demo's own checks and a neighbour's job)
+                       refit_threads=1)
         return cls(quick=False)
 
 
@@ -97,7 +101,7 @@ watch_min_labels = 30
 [refit]
 min_new_labels = {plan.min_new_labels}
 cooldown_minutes = 60
-threads = 2
+threads = {plan.refit_threads}
 nice = 10
 quick = {str(plan.quick).lower()}
 """)
