@@ -57,7 +57,9 @@ class Plan:
     label_delay_s: float = 5.0
     drift_every_s: float = 20.0
     consecutive: int = 2            # drift.consecutive: the quick rehearsal acts on the first drifted check
-    refit_threads: int = 2          # refit.threads
+    # refit.threads: one. Two torch threads on two cores that also serve and check stall at every barrier
+    # (a quick refit trained at 2-12 examples/s with two threads, 31 with one).
+    refit_threads: int = 1
     min_new_labels: int = 1400
     max_train_rows: int = 2000
     seed: int = 7
@@ -67,10 +69,7 @@ class Plan:
         if quick:
             # phase 1 long enough for a check to start and finish in it (a check is a child process now)
             return cls(quick=True, rate=20.0, phase1=700, after=300, max_phase2_s=540.0, drift_every_s=20.0,
-                       label_fraction=0.5, min_new_labels=400, max_train_rows=400, consecutive=1,
-                       # one thread: two torch threads on two busy cores stall at every barrier (a quick refit
-                       # trained at 2 examples/s beside the demo's own checks and a neighbour's job)
-                       refit_threads=1)
+                       label_fraction=0.5, min_new_labels=400, max_train_rows=400, consecutive=1)
         return cls(quick=False)
 
 
