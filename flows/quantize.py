@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 32  # the batched timing's size: the server's default serving.max_batch_size
 SINGLE_TEXTS, BATCH_TEXTS = 32, 2 * BATCH  # texts timed one by one, and in batches, per round
+_TIMING_FIELDS = ("single_p50_ms", "batch32_texts_per_s", "speedup_single", "speedup_batch32", "speedup")
 
 
 @dataclass(frozen=True)
@@ -229,5 +230,3 @@ def measure(fp32_path: Path, tokenizer_json: Path, folder: Path, *, recipes: lis
         out[name] = {"about": RECIPES[name].about, "skipped": why}
     return out
 
-
-_TIMING_FIELDS = ("single_p50_ms", "batch32_texts_per_s", "speedup_single", "speedup_batch32", "speedup")
