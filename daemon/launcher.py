@@ -191,11 +191,9 @@ class RefitLauncher:
             return session.exec(query.where(RefitRun.flow_run_id == flow_run_id) if flow_run_id else query).first()
 
     def _close(self, launch: Launch, outcome: dict[str, Any]) -> dict[str, Any]:
-        with self._lock:
-            self.launch = None
-            leases.release(self.engine, LEASE, holder=self.holder)
-        if launch.child is not None:
-            launch.child.cleanup()
+        """Record the outcome, then free the launch: whoever sees ``launch`` None finds the outcome
+        in ``finished`` and its event in the database. A failed write leaves the launch in place,
+        and the next poll records it again."""
         outcome |= {"trigger": launch.trigger}
         if outcome["status"] == "completed":
             self._event("refit_finished", f"{outcome['version']} {outcome['verdict']}: {outcome['reason']}", outcome,
@@ -203,7 +201,15 @@ class RefitLauncher:
         else:
             self._mark_failed(outcome["reason"])
             self._event("refit_failed", f"refit ({launch.trigger}) failed: {outcome['reason']}", outcome)
-        self.finished.append(outcome)
+        with self._lock:
+            self.finished.append(outcome)
+            self.launch = None
+            try:
+                leases.release(self.engine, LEASE, holder=self.holder)
+            except Exception:  # noqa: BLE001 - the outcome is recorded; an unreleased lease expires on its own
+                log.exception("could not release the refit lease; it expires in %s s", self.settings.refit.lease_s)
+        if launch.child is not None:
+            launch.child.cleanup()
         return outcome
 
     # -- stopping -------------------------------------------------------------------------

@@ -88,6 +88,40 @@ def test_one_refit_at_a_time_across_processes(home: Settings) -> None:
     assert leases.acquire(engine, LEASE, holder="me", ttl_s=60)
 
 
+def test_a_refit_is_freed_only_after_its_outcome_is_recorded(home: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whoever sees ``launch`` None (the daemon's follower, a test, the next trigger) finds the
+    outcome in ``finished`` and its event in the database; a failed write keeps the launch, and the
+    next poll records it."""
+    from refitd.daemon.launcher import Launch
+
+    engine = make_engine(home.database_url)
+    launcher = RefitLauncher(home, engine)
+    assert leases.acquire(engine, LEASE, holder=launcher.holder, ttl_s=60)
+    process = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    process.wait(30)
+    launcher.launch = Launch("labels", "test", process=process)
+    seen: list[tuple[bool, int]] = []
+    real_event = launcher._event
+    fail_once = [True]
+
+    def event(kind, reason, data, subject=None):  # type: ignore[no-untyped-def]
+        seen.append((launcher.launch is not None, len(launcher.finished)))
+        if fail_once.pop() if fail_once else False:
+            raise RuntimeError("database went away")
+        real_event(kind, reason, data, subject)
+
+    monkeypatch.setattr(launcher, "_event", event)
+    with pytest.raises(RuntimeError):
+        launcher.poll()
+    assert launcher.launch is not None and not launcher.finished and leases.current(engine, LEASE) is not None
+    outcome = launcher.poll()
+    assert outcome is not None and outcome["status"] == "failed" and "exited with 3" in outcome["reason"]
+    assert seen == [(True, 0), (True, 0)]  # recorded while the launch was still held
+    assert launcher.launch is None and launcher.finished == [outcome] and leases.current(engine, LEASE) is None
+    with session_scope(engine) as s:
+        assert len(s.exec(select(Event).where(Event.kind == "refit_failed")).all()) == 1
+
+
 TTL_S = 2.0  # the lease a child holds: short, so its expiry costs the test ~2 s, not the daemon's 120 s
 
 
