@@ -11,9 +11,10 @@ Statistics (higher = further apart):
 - confidence, length, oov_share, non_letter_share: Wasserstein-1 distance divided by the reference's
   standard deviation (Evidently's normed ``wasserstein``, the same number its report shows).
 
-The head of a reference (``FIT_SHARE`` of its rows, the "fit rows") only fits the vocabulary, IDF and PCA;
-the rest is what a window is compared with. The null: ``draws`` random splits of those rows into a
-pseudo-window of the window size and a pseudo-reference of the rest, every statistic on the same splits.
+A random ``FIT_SHARE`` of a reference's rows (the "fit rows", fixed by its digest) only fits the
+vocabulary, IDF and PCA; the rest is what a window is compared with. The null: ``draws`` random splits
+of those rows into a pseudo-window of the window size and a pseudo-reference of the rest, every
+statistic on the same splits.
 A pseudo-window is at most half the rows; a null drawn at smaller sizes than a check's is wider, so the
 check stays at or under its rate (conservative), never over it.
 
@@ -38,7 +39,7 @@ import pandas as pd
 
 from refitd.daemon.drift.signals import WORD, Signal, add_descriptors
 
-VERSION = 1  # bump when a statistic or the featurizer changes: stored calibrations are then rebuilt
+VERSION = 2  # bump when a statistic or the featurizer changes: stored calibrations are then rebuilt
 SCALARS = ("confidence", "length", "oov_share", "non_letter_share")
 VECTORS = ("text", "embedding")
 SIGNALS = (*VECTORS, "label", *SCALARS)
@@ -50,7 +51,7 @@ _CHUNK = 250  # null draws computed together (memory: a few chunk × reference-r
 
 
 def fit_rows(n: int) -> int:
-    """How many rows at the head of an n-row reference fit the featurizer; the rest is compared."""
+    """How many rows of an n-row reference fit the featurizer; the rest is compared."""
     return min(max(2, int(n * FIT_SHARE)), n - 2)
 
 
@@ -137,11 +138,14 @@ class Reference:
 
     @classmethod
     def prepare(cls, frame: pd.DataFrame, emb: np.ndarray) -> Reference:
-        n = fit_rows(len(frame))
-        featurizer = Featurizer(frame.iloc[:n], emb[:n])
-        rows, rows_emb = frame.iloc[n:].reset_index(drop=True), emb[n:]
         digest = hashlib.sha256(pd.util.hash_pandas_object(frame[["text", "label", "confidence"]], index=False)
                                 .to_numpy().tobytes() + np.ascontiguousarray(emb, np.float32).tobytes()).hexdigest()
+        # The fit rows are a random share, not the head: a reference of logged traffic is in time order, and
+        # a window overlapping its newest rows must not meet them as the rows that made the vocabulary.
+        order = np.random.default_rng(int(digest[:8], 16)).permutation(len(frame))
+        fit, rest = order[: fit_rows(len(frame))], order[fit_rows(len(frame)):]
+        featurizer = Featurizer(frame.iloc[fit], emb[fit])
+        rows, rows_emb = frame.iloc[rest].reset_index(drop=True), emb[rest]
         return cls(add_descriptors(rows, featurizer.vocab), rows_emb, featurizer,
                    featurizer.transform(rows, rows_emb), digest[:16])
 

@@ -1,12 +1,14 @@
 """One drift check: the current window of served predictions against the champion's reference.
 
-The reference is a sample of the champion's own training rows, scored by the
-champion's ONNX model (labels, calibrated confidence, pooled embeddings), cached
-per champion version under ``<home>/drift``; beside it, its calibration (the null of every
-signal at the window size, ``calibration``), rebuilt when the reference, the window sizes or
-the false-alarm settings change. The window's embeddings are the champion's too: the stored
-one where the champion served a row and kept it, the rest computed at the check (the log keeps
-embeddings for ``serving.log_embedding_share`` of rows only). Each check is a ``drift_checks`` row with every signal's
+The reference (:func:`reference_rows`: the champion's training rows, or the production traffic it
+was refit on) is scored by the champion's ONNX model (labels, calibrated confidence, pooled
+embeddings) and cached per champion version under ``<home>/drift``; beside it, its calibration
+(the null of every signal at the window size, ``calibration``), rebuilt when the reference, the
+window sizes or the false-alarm settings change. The window is seen as the champion sees it
+(:func:`champion_view`): its answers where it served a row, and its labels, confidences and
+embeddings computed at the check for rows another version served (just after a promotion) and for
+embeddings the log did not keep (``serving.log_embedding_share``); measured accuracy counts only
+the answers the champion gave. Each check is a ``drift_checks`` row with every signal's
 score, p-value and threshold, the verdict (held for ``drift.consecutive`` checks, see
 :func:`settle`) and its reason, and an Evidently HTML report.
 """
@@ -35,7 +37,7 @@ from refitd.core.db import session_scope
 from refitd.core.errors import NoChampionError
 from refitd.core.labels import predictions_with_labels
 from refitd.core.settings import Settings
-from refitd.core.tables import DriftCheck, ModelVersion, utcnow
+from refitd.core.tables import DriftCheck, ModelVersion, RefitRun, utcnow
 from refitd.daemon.drift import report
 from refitd.daemon.drift.alerts import Webhook, drift_payload
 from refitd.daemon.drift.calibration import METHODS, VERSION, Calibration, Reference, calibrate, judge, scores
@@ -84,8 +86,9 @@ def reference_rows(settings: Settings, champion: ModelVersion, folder: Path, eng
 
     A champion trained on production labels that arrived since its parent (at least ``drift.min_labels``
     of them) is checked against the production traffic it was trained and tested on: the newest
-    ``drift.reference_size`` predictions logged after its parent was registered and before it was,
-    when at least ``drift.min_window`` were. Any other champion — the first, one trained without new
+    ``drift.reference_size`` predictions logged after its parent was registered and before its refit
+    started (traffic after that was neither trained nor tested on, and is what the first checks of the
+    new champion see), when at least ``drift.min_window`` were. Any other champion — the first, one trained without new
     labels — against a sample of its own training rows.
     """
     if (folder / TRAIN_ROWS_FILE).is_file():
@@ -98,8 +101,11 @@ def reference_rows(settings: Settings, champion: ModelVersion, folder: Path, eng
     if new_labels >= d.min_labels and champion.parent:
         with session_scope(engine) as session:
             parent = session.scalars(select(ModelVersion).where(ModelVersion.version == champion.parent)).first()
+            refit = session.scalars(select(RefitRun.created_at).where(RefitRun.candidate_version == champion.version)
+                                    .order_by(col(RefitRun.id).desc())).first()
             traffic = predictions_with_labels(session, unlabelled=True, latest=d.reference_size,
-                                              after=parent.created_at if parent else None, before=champion.created_at)
+                                              after=parent.created_at if parent else None,
+                                              before=refit or champion.created_at)
         if len(traffic) >= d.min_window:
             return traffic[["text"]], {
                 "source": "production traffic before the refit", "trained_on_new_labels": new_labels,
@@ -118,18 +124,30 @@ def champion_runtime(settings: Settings, champion: ModelVersion) -> OnnxClassifi
     return runtime
 
 
-def window_embeddings(settings: Settings, champion: ModelVersion, window: pd.DataFrame) -> np.ndarray:
-    """The window in the champion's embedding space: a row's stored embedding when the champion served it and
-    kept it (``serving.log_embedding_share``), else the champion's embedding of its text, computed now."""
-    kept = (window["embedding"].notna() & (window["model_version"] == champion.version)).to_numpy()
+def champion_view(settings: Settings, champion: ModelVersion, window: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """The window as the champion sees it, and its embeddings in the champion's space.
+
+    A row the champion served keeps its logged label and confidence, and its stored embedding when the log
+    kept one (``serving.log_embedding_share``). A row another version served (the window just after a
+    promotion) gets the champion's label and confidence, computed now, so prediction and confidence drift
+    compare one model's answers with that model's answers on the reference; its logged answer stays in
+    ``model_version`` for :func:`performance`, which counts only the champion's own answers."""
+    served = (window["model_version"] == champion.version).to_numpy()
+    kept = window["embedding"].notna().to_numpy() & served
     if kept.all():
-        return embeddings_of(window)
-    _, fresh = score(champion_runtime(settings, champion), window.loc[~kept, "text"].tolist())
-    out = np.empty((len(window), fresh.shape[1]), dtype=np.float32)
-    out[~kept] = fresh
+        return window, embeddings_of(window)
+    fresh, emb = score(champion_runtime(settings, champion), window.loc[~kept, "text"].tolist())
+    out = np.empty((len(window), emb.shape[1]), dtype=np.float32)
+    out[~kept] = emb
     if kept.any():
         out[kept] = embeddings_of(window[kept])
-    return out
+    others = ~served[~kept]  # among the scored rows, those the champion did not serve
+    if others.any():
+        labels, confidence = window["label"].to_numpy(dtype=object).copy(), window["confidence"].to_numpy(dtype=float)
+        labels[~served] = fresh["label"].to_numpy(dtype=object)[others]
+        confidence[~served] = fresh["confidence"].to_numpy(dtype=float)[others]
+        window = window.assign(label=labels, confidence=confidence)
+    return window, out
 
 
 def score(runtime: OnnxClassifier, texts: list[str], *, batch: int = 64) -> tuple[pd.DataFrame, np.ndarray]:
@@ -147,8 +165,12 @@ def score(runtime: OnnxClassifier, texts: list[str], *, batch: int = 64) -> tupl
 
 def performance(window: pd.DataFrame, champion: ModelVersion, *, min_labels: int = 30,
                 max_drop: float = 0.05) -> tuple[dict[str, Any], Signal | None]:
-    """Measured accuracy on the labelled rows beside the label-free estimate (mean calibrated confidence)."""
-    labelled = window[window["true_label"].notna()]
+    """Measured accuracy on the labelled rows beside the label-free estimate (mean calibrated confidence).
+
+    Only the champion's own answers count (rows of ``model_version`` another version are its predecessor's
+    answers; the champion's answers to them, computed at the check, may be to rows it was trained on)."""
+    own = window[window["model_version"] == champion.version] if "model_version" in window else window
+    labelled = own[own["true_label"].notna()]
     estimate = float(window["confidence"].mean()) if len(window) else None
     out: dict[str, Any] = {"labelled": int(len(labelled)), "estimated_accuracy": estimate}
     if len(labelled) < min_labels:
@@ -277,8 +299,7 @@ def run_check(settings: Settings, engine: Engine) -> DriftCheck:
     else:
         reference = Reference.prepare(*reference_for(settings, champion, engine))
         calibration = calibration_for(settings, champion, reference, len(window)) if d.calibrated else None
-        outcome = compute(settings, champion, reference, window, window_embeddings(settings, champion, window),
-                          calibration)
+        outcome = compute(settings, champion, reference, *champion_view(settings, champion, window), calibration)
         with session_scope(engine) as session:
             row.verdict, row.reason, held = settle(session, outcome.verdict, outcome.reason, needs=d.consecutive)
         row.signals = outcome.signal_rows() | {"_verdict": held,

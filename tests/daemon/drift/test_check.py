@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pandas as pd
+from sqlmodel import select
 
 from refitd.core import registry
 from refitd.core.artifacts import TRAIN_ROWS_FILE, ArtifactStore
@@ -16,8 +17,8 @@ from refitd.core.datasets import load_bundled_corpus
 from refitd.core.db import make_engine, session_scope, upgrade
 from refitd.core.registration import register_candidate
 from refitd.core.settings import Settings
-from refitd.core.tables import Prediction, new_prediction_id, utcnow
-from refitd.daemon.drift.check import run_check, window_embeddings
+from refitd.core.tables import Prediction, RefitRun, new_prediction_id, utcnow
+from refitd.daemon.drift.check import champion_view, performance, run_check
 from refitd.daemon.drift.report import workspace_project
 from refitd.serving.runtime import OnnxClassifier
 from tests.artifact_factory import copy_artifact
@@ -123,7 +124,10 @@ def test_live_accuracy_is_held_to_the_recent_test_score_once_the_champion_has_on
     assert not on_recent.drifted and "recent" in on_recent.method
 
 
-def test_window_embeddings_are_the_champions_stored_or_computed(tmp_path: Path, untrained_artifact: Path) -> None:
+def test_the_window_is_seen_as_the_champion_sees_it(tmp_path: Path, untrained_artifact: Path) -> None:
+    """Embeddings stored or computed in the champion's space; another version's answers replaced by the
+    champion's (prediction and confidence drift compare one model with itself); measured accuracy only
+    over the champion's own answers."""
     settings = Settings.load(home=tmp_path)
     engine = make_engine(settings.database_url)
     upgrade(engine)
@@ -138,13 +142,22 @@ def test_window_embeddings_are_the_champions_stored_or_computed(tmp_path: Path, 
     window = pd.DataFrame({"text": texts, "model_version": [mv.version, mv.version, "v0", mv.version],
                            # kept by the champion / not kept / kept by an older version (another space) / kept
                            "embedding": [truth[0].astype(np.float16).tobytes(), None, junk,
-                                         truth[3].astype(np.float16).tobytes()]})
+                                         truth[3].astype(np.float16).tobytes()],
+                           "label": ["logged"] * 2 + ["v0's answer", "logged"], "confidence": [0.99] * 4,
+                           "true_label": ["logged", "logged", "v0's answer", None]})
     from refitd.core.registry import get_champion
 
     with session_scope(engine) as s:
         champion = get_champion(s)
-    got = window_embeddings(settings, champion, window)
+    seen, got = champion_view(settings, champion, window)
     assert got.shape == truth.shape and np.allclose(got, truth, atol=2e-3)
+    answers = runtime.predict(texts[2:3])
+    assert seen["label"].tolist() == ["logged", "logged", answers.labels[0], "logged"]  # its own answers stay
+    assert seen["confidence"].tolist()[:2] == [0.99, 0.99]
+    assert seen["confidence"].iloc[2] == pytest.approx(float(answers.scores.max()), abs=1e-4)
+    assert window["label"].iloc[2] == "v0's answer"  # the logged frame is left as it was
+    perf, _ = performance(seen, champion, min_labels=1)
+    assert perf["labelled"] == 2 and perf["measured_accuracy"] == 1.0  # v0's labelled answer is not the champion's
 
 
 def test_a_champion_trained_on_new_labels_is_checked_against_the_traffic_it_learned(tmp_path: Path,
@@ -167,6 +180,10 @@ def test_a_champion_trained_on_new_labels_is_checked_against_the_traffic_it_lear
     runtime = OnnxClassifier(v1.version, store.path(v1.version), provider="cpu")
     runtime.load()
     _log(settings, runtime, new_mix["text"].iloc[:600].tolist(), utcnow())  # v1 serves the shifted traffic
+    with session_scope(engine) as s:  # the refit starts; what is served while it runs was not trained on
+        s.add(RefitRun(trigger="drift", candidate_version="v2"))
+    time.sleep(0.01)
+    _log(settings, runtime, new_mix["text"].iloc[1000:1150].tolist(), utcnow())
 
     staged = copy_artifact(untrained_artifact, store.staging("v2"))  # the refit: trained on its labels
     labelled = new_mix.iloc[:200][["text", "label"]].assign(source="feedback_new")
@@ -179,6 +196,9 @@ def test_a_champion_trained_on_new_labels_is_checked_against_the_traffic_it_lear
     settled = run_check(settings, engine)
     assert settled.signals["_reference"]["source"] == "production traffic before the refit"
     assert settled.signals["_reference"]["rows"] == 600 and settled.signals["_reference"]["trained_on_new_labels"] == 200
+    with session_scope(engine) as s:
+        started = s.exec(select(RefitRun)).one().created_at
+    assert pd.Timestamp(settled.signals["_reference"]["to"]).tz_localize(None) < pd.Timestamp(started).tz_localize(None)
     assert settled.signals["_verdict"]["found"] == "not_drifted", settled.reason
 
     _log(settings, runtime, new_mix["text"].iloc[900:1000].tolist() + further["text"].tolist(), utcnow())
