@@ -52,7 +52,8 @@ class Plan:
     phase1: int = 900               # airline requests before the shift
     other_share: float = 0.7        # other-topic share of phase 2
     after: int = 900                # requests served by a new champion before the demo ends
-    max_phase2_s: float = 600.0
+    settle_checks: int = 3          # and checks of the new champion: until one is not drifted, or this many
+    max_phase2_s: float = 900.0
     label_fraction: float = 0.6
     label_delay_s: float = 5.0
     drift_every_s: float = 20.0
@@ -68,7 +69,7 @@ class Plan:
     def for_run(cls, quick: bool) -> Plan:
         if quick:
             # phase 1 long enough for a check to start and finish in it (a check is a child process now)
-            return cls(quick=True, rate=20.0, phase1=700, after=300, max_phase2_s=540.0, drift_every_s=20.0,
+            return cls(quick=True, rate=20.0, phase1=700, after=300, max_phase2_s=720.0, drift_every_s=20.0,
                        label_fraction=0.5, min_new_labels=400, max_train_rows=400, consecutive=1)
         return cls(quick=False)
 
@@ -219,15 +220,22 @@ class Demo:
             return s.exec(select(RefitRun).where(RefitRun.trigger != "init").order_by(col(RefitRun.id))).first()
 
     def _done(self) -> bool:
-        """The refit finished and, if it promoted, the new champion has served enough requests."""
+        """The refit finished and, if it promoted, the new champion has served enough requests and
+        its drift checks have settled (one not drifted) or had ``settle_checks`` tries."""
         run = self._refit()
         if run is None or run.status == "running":
             return False
         served_new = sum(a.version != "v1" for a in self.replay.answers) if self.replay else 0
         if run.verdict == "promoted":
-            return served_new >= self.plan.after
+            return served_new >= self.plan.after and self._settled(run.candidate_version)
         finished = run.finished_at or utcnow()
         return (utcnow() - finished).total_seconds() * self.plan.rate >= self.plan.after
+
+    def _settled(self, version: str | None) -> bool:
+        with session_scope(self.engine) as s:
+            verdicts = [c.verdict for c in s.exec(select(DriftCheck).where(DriftCheck.model_version == version))
+                        if c.verdict != "insufficient_data"]
+        return "not_drifted" in verdicts or len(verdicts) >= self.plan.settle_checks
 
     def _progress(self) -> None:
         while not self._stop.wait(5):
@@ -254,7 +262,8 @@ class Demo:
         with session_scope(self.engine) as s:
             rows = list(s.exec(select(DriftCheck).order_by(col(DriftCheck.id))))
         return [{"id": c.id, "at": (c.created_at - self.t0_wall).total_seconds(), "verdict": c.verdict,
-                 "reason": c.reason, "signals": c.signals, "report": c.report_path} for c in rows]
+                 "reason": c.reason, "signals": c.signals, "report": c.report_path, "champion": c.model_version}
+                for c in rows]
 
     def summarise(self, answers: pd.DataFrame, phase2_at: float, v1: dict[str, Any]) -> dict[str, Any]:
         checks = self.checks()
@@ -282,7 +291,7 @@ class Demo:
                 "phase2_at_s": phase2_at, "groups": groups, "promotions": promotions,
                 "drift": {str(ph): [{k: c[k] for k in ("id", "at", "verdict", "reason", "report")} for c in cs]
                           for ph, cs in verdicts.items()},
-                "after_promotion": [c["verdict"] for c in checks if promotions and c["at"] >= promotions[0][0]
+                "after_promotion": [c["verdict"] for c in checks if promotions and c["champion"] == promotions[0][1]
                                     and c["verdict"] != "insufficient_data"],
                 "estimate": _estimate_error(checks),
                 "refit": refit, "errors": len(self.replay.errors) if self.replay else 0,
