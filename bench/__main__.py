@@ -1,4 +1,4 @@
-"""``python -m refitd.bench [serve|train|drift|cotenancy|store|ensemble|recovery] [options]``; with no suite, all of them and one table of ratios.
+"""``python -m refitd.bench [serve|spin|train|drift|cotenancy|store|ensemble|recovery] [options]``; with no suite, all of them and one table of ratios.
 
 Every suite runs its baseline in the same run and prints ratios; results go to
 ``bench/results/<suite>-latest.json`` (and a timestamped copy). ``python -m refitd.bench --home DIR``
@@ -22,10 +22,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-SUITES = {"serve": "refitd.bench.serve", "train": "refitd.bench.train", "drift": "refitd.bench.drift",
+SUITES = {"serve": "refitd.bench.serve", "spin": "refitd.bench.spin", "train": "refitd.bench.train", "drift": "refitd.bench.drift",
           "cotenancy": "refitd.bench.cotenancy", "store": "refitd.bench.store", "ensemble": "refitd.bench.ensemble",
           "recovery": "refitd.bench.recovery"}
-NEEDS_HOME = {"serve", "drift", "cotenancy"}
+NEEDS_HOME = {"serve", "spin", "drift", "cotenancy"}
 
 
 def run_all(argv: list[str]) -> int:

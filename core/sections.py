@@ -226,6 +226,10 @@ class ServingSection(_Section):
         "auto", description="ONNX Runtime device: auto = CUDA when onnxruntime-gpu sees a GPU, else CPU."
     )
     threads: int | None = Field(None, description="ONNX Runtime intra-op threads; unset = all cores.")
+    spin: bool = Field(
+        False, description="Let ONNX Runtime's worker threads spin while waiting for work: a little less latency "
+        "under steady load, but each burns its core between requests, a core a refit or a drift check then lacks."
+    )
     precision: Literal["auto", "fp32", "int8"] = Field(
         "auto", description="Which export to serve: auto = the gate's verdict (INT8 if it kept accuracy), or force one."
     )

@@ -77,7 +77,7 @@ class DataPlane:
             try:
                 candidate = OnnxClassifier(version, self.store.verify(version),
                                            provider=self.settings.serving.provider, threads=self.settings.serving.threads,
-                                           precision=self.settings.serving.precision)
+                                           precision=self.settings.serving.precision, spin=self.settings.serving.spin)
                 candidate.load()
             except RefitdError as exc:
                 self._refuse(version, str(exc))

@@ -49,10 +49,11 @@ class OnnxClassifier:
     """One loaded model version."""
 
     def __init__(
-        self, version: str, folder: Path, *, provider: str = "auto", threads: int | None = None, precision: str = "auto"
+        self, version: str, folder: Path, *, provider: str = "auto", threads: int | None = None, precision: str = "auto",
+        spin: bool = False,
     ) -> None:
         self.version, self.folder = version, Path(folder)
-        self.provider, self.threads, self.precision = provider, threads, precision
+        self.provider, self.threads, self.precision, self.spin = provider, threads, precision, spin
         self.ready = False
         self.labels: list[str] = []
         self.temperature = 1.0
@@ -70,6 +71,9 @@ class OnnxClassifier:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             options.intra_op_num_threads = self.threads or (os.cpu_count() or 1)
             options.inter_op_num_threads = 1
+            # ONNX Runtime's workers spin between calls by default: at 15 requests/s on two cores that held one
+            # core busy, beside the refit and the drift checks that need it (serving.spin turns it back on).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spin else "0")
             self._session = ort.InferenceSession(str(model_file), options, providers=providers_for(self.provider))
             out = self.predict(SMOKE_TEXTS, _loading=True)
         except ModelLoadError:
