@@ -208,8 +208,22 @@ class Demo:
                           "the daemon is on its own")
         self.phase = 2
         started = time.monotonic()
-        self.replay.play(mixed[["text", "label", "topic"]], 2,
-                         until=lambda: self._done() or time.monotonic() - started > p.max_phase2_s)
+
+        def over() -> bool:
+            return self._done() or time.monotonic() - started > p.max_phase2_s
+
+        rows = mixed[["text", "label", "topic"]]
+        sent_before = len(self.replay.answers)
+        while self.replay.play(rows, 2, until=over) and not over():
+            # The corpus ran out first (about 670 s at the default rate; a refit on a slow machine takes
+            # longer): play again the rows sent since the refit started. Their labels came after its data was
+            # read, so none is a row the candidate trained on, and none is in its drift reference.
+            first = self._sent_before_refit(sent_before)
+            if first is None or first >= len(mixed):
+                break
+            self.console.print(f"[dim]the phase-2 rows ran out; playing again the {len(mixed) - first} sent since "
+                               "the refit started[/]")
+            rows = mixed.iloc[first:][["text", "label", "topic"]]
         time.sleep(p.label_delay_s + 1)  # the last labels go out
         self._stop.set()
         self.replay.close()
@@ -230,6 +244,14 @@ class Demo:
             return served_new >= self.plan.after and self._settled(run.candidate_version)
         finished = run.finished_at or utcnow()
         return (utcnow() - finished).total_seconds() * self.plan.rate >= self.plan.after
+
+    def _sent_before_refit(self, sent_before: int) -> int | None:
+        """How many phase-2 rows had been answered when the refit started (None: no refit started)."""
+        run = self._refit()
+        if run is None or self.replay is None:
+            return None
+        at = (run.created_at - self.t0_wall).total_seconds()
+        return sum(1 for a in self.replay.answers[sent_before:] if a.at < at)
 
     def _settled(self, version: str | None) -> bool:
         with session_scope(self.engine) as s:
