@@ -255,8 +255,8 @@ class Demo:
 
     def _settled(self, version: str | None) -> bool:
         with session_scope(self.engine) as s:
-            verdicts = [c.verdict for c in s.exec(select(DriftCheck).where(DriftCheck.model_version == version))
-                        if c.verdict != "insufficient_data"]
+            verdicts = s.exec(select(DriftCheck.verdict).where(DriftCheck.model_version == version,
+                                                               DriftCheck.verdict != "insufficient_data")).all()
         return "not_drifted" in verdicts or len(verdicts) >= self.plan.settle_checks
 
     def _progress(self) -> None:
