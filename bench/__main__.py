@@ -22,10 +22,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-SUITES = {"serve": "refitd.bench.serve", "spin": "refitd.bench.spin", "train": "refitd.bench.train", "drift": "refitd.bench.drift",
+SUITES = {"serve": "refitd.bench.serve", "spin": "refitd.bench.spin", "shadow": "refitd.bench.shadow", "train": "refitd.bench.train", "drift": "refitd.bench.drift",
           "cotenancy": "refitd.bench.cotenancy", "store": "refitd.bench.store", "ensemble": "refitd.bench.ensemble",
           "recovery": "refitd.bench.recovery"}
-NEEDS_HOME = {"serve", "spin", "drift", "cotenancy"}
+NEEDS_HOME = {"serve", "spin", "shadow", "drift", "cotenancy"}
 
 
 def run_all(argv: list[str]) -> int:

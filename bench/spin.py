@@ -107,15 +107,23 @@ def ratios(result: dict[str, Any]) -> list[tuple[str, str, str]]:
 def render(result: dict[str, Any]) -> str:
     lines = [f"refitd serve, ORT spinning off (refitd's default) vs on (ORT's default); {result['threads']} intra-op "
              f"threads on {result['cpus']} CPUs; medians of {result['repeats']} interleaved rounds of {result['seconds']:g} s",
-             f"{'load':<22} {'spin':<4} {'CPU cores':>9} {'p50 ms':>7} {'p99 ms':>7} {'req/s':>7}"]
-    for key in [f"paced_{r:g}" for r in result["rates"]] + ["back_to_back"]:
-        name = "c=1 back to back" if key == "back_to_back" else f"paced {key[6:]} req/s"
-        for mode in ("off", "on"):
-            m = result[mode][key]
-            rps = m.get("req_per_s", float(key[6:]) if key != "back_to_back" else 0.0)
-            lines.append(f"{name:<22} {mode:<4} {m['cpu_per_s']:>9.2f} {m['p50_ms']:>7.2f} {m['p99_ms']:>7.2f} {rps:>7.1f}")
+             *load_table(result, "spin", ("off", "on"))]
     lines += [f"{name}: {value}" for name, value, _ in ratios(result)]
     return "\n".join(lines)
+
+
+def load_table(result: dict[str, Any], column: str, modes: tuple[str, ...]) -> list[str]:
+    """Lines of a table: each load (paced rates, then back to back) under each mode, CPU and latency."""
+    width = max(len(column), *(len(m) for m in modes))
+    lines = [f"{'load':<22} {column:<{width}} {'CPU cores':>9} {'p50 ms':>7} {'p99 ms':>7} {'req/s':>7}"]
+    for key in [f"paced_{r:g}" for r in result["rates"]] + ["back_to_back"]:
+        name = "c=1 back to back" if key == "back_to_back" else f"paced {key[6:]} req/s"
+        for mode in modes:
+            m = result[mode][key]
+            rps = m.get("req_per_s", float(key[6:]) if key != "back_to_back" else 0.0)
+            lines.append(f"{name:<22} {mode:<{width}} {m['cpu_per_s']:>9.2f} {m['p50_ms']:>7.2f} {m['p99_ms']:>7.2f} "
+                         f"{rps:>7.1f}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -162,7 +162,7 @@ def print_result(result: dict[str, Any]) -> None:
         for metric in METRICS:
             table.add_row(metric, *[_fmt(col.get(metric)) for _, col in columns])
         console.print(table)
-    colour = "green" if result["promoted"] else "yellow" if result["verdict"] == "held" else "red"
+    colour = "green" if result["promoted"] else "yellow" if result["verdict"] in ("held", "shadow") else "red"
     console.print(f"[{colour}]{version} {result['reason']}[/]")
     console.print(f"[dim]{result['int8']}; timings {result['timings']} s[/]")
     if m.get("hpo"):

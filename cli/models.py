@@ -72,6 +72,18 @@ def models_show(ctx: typer.Context, version: Annotated[str, typer.Argument(help=
     if m.get("calibration"):
         c = m["calibration"]
         console.print(f"calibration: temperature {c['temperature']:.2f} (ECE {c['ece_before']:.3f} → {c['ece_after']:.3f})")
+    shadow = m.get("shadow")
+    if shadow is None and mv.status == "shadow":
+        from refitd.daemon.shadow import progress
+
+        with session_scope(engine_for(settings)) as session:
+            shadow = progress(session)
+    if shadow:
+        console.print(f"shadow beside {shadow.get('champion') or '-'} for {shadow.get('minutes')} min: "
+                      f"{shadow['scored']} live requests scored, agreement {_fmt(shadow['agreement'])}, mean confidence "
+                      f"{_fmt(shadow['confidence'])} vs {_fmt(shadow['champion_confidence'])}; live accuracy "
+                      f"{_fmt(shadow['accuracy'])} vs {_fmt(shadow['champion_accuracy'])} on {shadow['labelled']} labels")
+        console.print(f"shadow verdict: {shadow.get('verdict') or 'in progress'}")
     console.print(f"artifact {mv.artifact_uri}; flow run {mv.flow_run_id}; code {mv.code_version}")
 
 

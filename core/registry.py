@@ -121,27 +121,81 @@ def update_version(engine: Engine, version: str, **fields: Any) -> ModelVersion:
 def promote(engine: Engine, version: str, *, actor: str = "refitd", reason: str = "") -> ModelVersion:
     """Make ``version`` the champion and archive the previous one, atomically."""
     with registry_transaction(engine) as session:
+        return _promote(session, _get(session, version), actor=actor, reason=reason)
+
+
+def _promote(session: Session, mv: ModelVersion, *, actor: str, reason: str) -> ModelVersion:
+    if mv.status == VersionStatus.champion.value:
+        return mv
+    if not mv.artifact_uri:
+        raise RegistryError(f"{mv.version} has no artifact yet; it cannot be promoted")
+    previous = _champion(session)
+    if previous is not None:
+        previous.status = VersionStatus.archived.value
+        session.add(previous)
+        session.flush()
+    mv.status = VersionStatus.champion.value
+    mv.promoted_at = utcnow()
+    session.add(mv)
+    record_event(
+        session,
+        kind="promoted",
+        subject=mv.version,
+        actor=actor,
+        reason=reason or f"promoted {mv.version}" + (f" over {previous.version}" if previous else ""),
+        data={"previous": previous.version if previous else None},
+    )
+    session.flush()
+    session.refresh(mv)
+    return mv
+
+
+@retrying
+def start_shadow(engine: Engine, version: str, *, reason: str, actor: str = "refitd") -> ModelVersion:
+    """Put a candidate that passed the offline gate in shadow: serving scores live traffic with it beside the
+    champion until the shadow watch promotes or rejects it. A version already in shadow is superseded (rejected)."""
+    with registry_transaction(engine) as session:
         mv = _get(session, version)
-        if mv.status == VersionStatus.champion.value:
-            return mv
+        if mv.status != VersionStatus.candidate.value:
+            raise RegistryError(f"{version} is {mv.status}; only a candidate can go into shadow")
         if not mv.artifact_uri:
-            raise RegistryError(f"{version} has no artifact yet; it cannot be promoted")
-        previous = _champion(session)
+            raise RegistryError(f"{version} has no artifact yet; it cannot be scored in shadow")
+        previous = _shadow(session)
         if previous is not None:
-            previous.status = VersionStatus.archived.value
+            previous.status, previous.gate_reason = VersionStatus.rejected.value, f"superseded in shadow by {version}"
             session.add(previous)
+            record_event(session, kind="rejected", subject=previous.version, actor=actor,
+                         reason=f"superseded in shadow by {version}")
             session.flush()
-        mv.status = VersionStatus.champion.value
-        mv.promoted_at = utcnow()
+        champion = _champion(session)
+        mv.status, mv.gate_reason = VersionStatus.shadow.value, reason
         session.add(mv)
-        record_event(
-            session,
-            kind="promoted",
-            subject=version,
-            actor=actor,
-            reason=reason or f"promoted {version}" + (f" over {previous.version}" if previous else ""),
-            data={"previous": previous.version if previous else None},
-        )
+        record_event(session, kind="shadow_started", subject=version, actor=actor, reason=reason,
+                     data={"champion": champion.version if champion else None})
+        session.flush()
+        session.refresh(mv)
+        return mv
+
+
+@retrying
+def end_shadow(engine: Engine, version: str, *, promote: bool, reason: str, figures: dict[str, Any],
+               actor: str = "shadow") -> ModelVersion | None:
+    """Record the shadow's figures on ``version`` and promote or reject it, in one transaction; None when it is
+    no longer in shadow (superseded, or promoted by hand, since it was judged)."""
+    with registry_transaction(engine) as session:
+        mv = _get(session, version)
+        if mv.status != VersionStatus.shadow.value:
+            return None
+        mv.metrics = {**(mv.metrics or {}), "shadow": figures}
+        mv.gate_reason = reason
+        if promote:
+            mv.status = VersionStatus.candidate.value  # leaves the one-shadow index before it takes the champion's
+            session.add(mv)
+            session.flush()
+            return _promote(session, mv, actor=actor, reason=reason)
+        mv.status = VersionStatus.rejected.value
+        session.add(mv)
+        record_event(session, kind="rejected", subject=version, actor=actor, reason=reason)
         session.flush()
         session.refresh(mv)
         return mv
@@ -207,6 +261,15 @@ def _get(session: Session, version: str) -> ModelVersion:
 
 def _champion(session: Session) -> ModelVersion | None:
     return session.exec(select(ModelVersion).where(ModelVersion.status == VersionStatus.champion.value)).first()
+
+
+def _shadow(session: Session) -> ModelVersion | None:
+    return session.exec(select(ModelVersion).where(ModelVersion.status == VersionStatus.shadow.value)).first()
+
+
+def get_shadow(session: Session) -> ModelVersion | None:
+    """The version in shadow, or None."""
+    return _shadow(session)
 
 
 def get_version(session: Session, *, version: str) -> ModelVersion:

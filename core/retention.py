@@ -15,13 +15,14 @@ from datetime import datetime
 from sqlalchemy import Engine, delete, exists, select
 from sqlmodel import col
 
-from refitd.core.tables import Feedback, Prediction
+from refitd.core.tables import Feedback, Prediction, ShadowScore
 
 log = logging.getLogger(__name__)
 
 
 def prune_predictions(engine: Engine, cutoff: datetime, *, batch_rows: int = 5000, pause_s: float = 0.0) -> int:
-    """Delete predictions created before ``cutoff`` that have no feedback; return how many were deleted."""
+    """Delete predictions created before ``cutoff`` that have no feedback (and their shadow scores); return how
+    many predictions were deleted."""
     labelled = exists().where(col(Feedback.prediction_id) == col(Prediction.id))
     oldest_first = (select(Prediction.id).where(col(Prediction.created_at) < cutoff, ~labelled)
                     .order_by(col(Prediction.created_at)).limit(batch_rows))
@@ -30,6 +31,7 @@ def prune_predictions(engine: Engine, cutoff: datetime, *, batch_rows: int = 500
         with engine.begin() as conn:
             ids = list(conn.execute(oldest_first).scalars())
             if ids:
+                conn.execute(delete(ShadowScore).where(col(ShadowScore.prediction_id).in_(ids)))
                 conn.execute(delete(Prediction).where(col(Prediction.id).in_(ids)))
         deleted += len(ids)
         if len(ids) < batch_rows:

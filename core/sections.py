@@ -173,6 +173,42 @@ class GateSection(_Section):
         0.9, description="How sure the gate must be: a paired bootstrap's one-sided bound at this level must clear "
                          "min_delta on the recent set and -max_regression on the frozen set."
     )
+    shadow_minutes: float = Field(
+        0.0, description="After the offline gate, score live traffic in shadow for this many minutes before promoting "
+                         "(answers still from the champion); 0 = promote on the offline gate alone."
+    )
+    shadow_share: float = Field(
+        0.25, description="Share of requests the shadow scores, off the request path (dropped, never queued without "
+                          "bound, when it falls behind)."
+    )
+    shadow_min_labels: int = Field(
+        30, description="Labelled shadow-scored requests needed to judge the shadow on live accuracy; with fewer it is "
+                        "judged on agreement with the champion."
+    )
+    shadow_min_delta: float = Field(
+        0.0, description="With enough live labels, the shadow is promoted only if its accuracy on them beats the "
+                         "champion's on the same requests by at least this much."
+    )
+    shadow_min_agreement: float = Field(
+        0.5, description="With too few live labels, the shadow is promoted only if it gives the champion's answer to at "
+                         "least this share of requests (a floor that catches a broken candidate, not a better one)."
+    )
+    shadow_min_rows: int = Field(
+        50, description="Requests the shadow must have scored before it is judged; until then it keeps waiting."
+    )
+
+    @model_validator(mode="after")
+    def _shadow(self) -> GateSection:
+        if self.shadow_minutes < 0:
+            raise ValueError(f"gate.shadow_minutes must be ≥ 0 (0 = no shadow); got {self.shadow_minutes}")
+        if not 0 < self.shadow_share <= 1:
+            raise ValueError(f"gate.shadow_share must be in (0, 1]; got {self.shadow_share}")
+        if not 0 <= self.shadow_min_agreement <= 1:
+            raise ValueError(f"gate.shadow_min_agreement must be in [0, 1]; got {self.shadow_min_agreement}")
+        if self.shadow_min_labels < 1 or self.shadow_min_rows < 1:
+            raise ValueError("gate.shadow_min_labels and gate.shadow_min_rows must be ≥ 1; got "
+                             f"{self.shadow_min_labels} and {self.shadow_min_rows}")
+        return self
 
     @field_validator("confidence")
     @classmethod

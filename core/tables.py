@@ -36,6 +36,7 @@ class VersionStatus(str, enum.Enum):
     champion = "champion"
     archived = "archived"
     rejected = "rejected"
+    shadow = "shadow"  # passed the offline gate; scoring live traffic beside the champion until its verdict
 
 
 class ModelVersion(SQLModel, table=True):
@@ -50,6 +51,14 @@ class ModelVersion(SQLModel, table=True):
             unique=True,
             sqlite_where=text("status = 'champion'"),
             postgresql_where=text("status = 'champion'"),
+        ),
+        # …and at most one version in shadow.
+        Index(
+            "ix_model_versions_one_shadow",
+            "status",
+            unique=True,
+            sqlite_where=text("status = 'shadow'"),
+            postgresql_where=text("status = 'shadow'"),
         ),
     )
 
@@ -111,6 +120,19 @@ class Feedback(SQLModel, table=True):
     label: str = Field(max_length=64)
     source: str = Field(default="api", max_length=32)
     created_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class ShadowScore(SQLModel, table=True):
+    """A shadow version's answer to a request the champion answered (joined to it by ``prediction_id``)."""
+
+    __tablename__ = "shadow_scores"
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    version: str = Field(index=True, max_length=32)
+    prediction_id: str = Field(index=True, max_length=32)
+    label: str = Field(max_length=64)
+    confidence: float
 
 
 class DriftCheck(SQLModel, table=True):

@@ -26,7 +26,7 @@ from refitd.core.db import session_scope
 from refitd.core.settings import Settings
 from refitd.core.retention import prune_predictions
 from refitd.core.tables import utcnow
-from refitd.daemon import guard, triggers
+from refitd.daemon import guard, shadow, triggers
 from refitd.daemon.drift.alerts import Webhook
 from refitd.daemon.launcher import RefitLauncher
 
@@ -118,6 +118,11 @@ def promotion_watch(ctx: Context) -> dict[str, Any] | None:
     return outcome
 
 
+def shadow_watch(ctx: Context) -> dict[str, Any] | None:
+    """Promote or reject the version in shadow once it has scored enough live traffic."""
+    return shadow.check(ctx.settings, ctx.engine)
+
+
 def retention(ctx: Context) -> dict[str, Any]:
     """Prune predictions without feedback (in batches) and HTML reports older than scheduler.retention_days."""
     cutoff = utcnow() - timedelta(days=ctx.settings.scheduler.retention_days)
@@ -134,7 +139,7 @@ def retention(ctx: Context) -> dict[str, Any]:
 
 JOBS: dict[str, Callable[[Context], Any]] = {
     "drift_check": drift_check, "label_check": label_check, "scheduled_refit": scheduled_refit,
-    "promotion_watch": promotion_watch, "retention": retention,
+    "promotion_watch": promotion_watch, "shadow_watch": shadow_watch, "retention": retention,
 }
 
 
@@ -144,6 +149,7 @@ def wanted(settings: Settings) -> dict[str, BaseTrigger]:
     jobs: dict[str, BaseTrigger] = {
         "drift_check": IntervalTrigger(seconds=round(s.drift_interval_minutes * 60)),
         "promotion_watch": IntervalTrigger(seconds=round(s.watch_interval_minutes * 60)),
+        "shadow_watch": IntervalTrigger(seconds=round(s.watch_interval_minutes * 60)),
         "retention": IntervalTrigger(hours=6),
     }
     if s.label_trigger is not None:

@@ -19,6 +19,7 @@ from refitd.core.settings import Settings
 from refitd.core.tables import DriftCheck, Feedback, ModelVersion, Prediction, RefitRun
 from refitd.daemon.jobs import JOB_TABLE
 from refitd.daemon.drift.check import list_checks
+from refitd.daemon.shadow import progress as shadow_progress
 
 
 
@@ -38,6 +39,7 @@ def gather_status(settings: Settings, *, events: int = 10, checks: int = 5) -> d
                   "estimate_error": ((c.signals or {}).get("_performance") or {}).get("estimate_error")}
                  for c in list_checks(session, limit=checks)]
         run = running(session)
+        shadow = shadow_progress(session)
     champ = None
     if champion is not None:
         test = champion.frozen_scores
@@ -57,6 +59,7 @@ def gather_status(settings: Settings, *, events: int = 10, checks: int = 5) -> d
         "drift": drift,
         "schedule": _schedule(engine),
         "refit": refit,
+        "shadow": shadow,
         "counts": counts,
         "events": [{"created_at": _when(e.created_at), "kind": e.kind, "subject": e.subject, "reason": e.reason}
                    for e in recent],
@@ -75,7 +78,7 @@ def _server(settings: Settings) -> dict[str, Any]:
     except (httpx.HTTPError, ValueError) as exc:
         return {"url": url, "up": False, "error": type(exc).__name__}
     return {"url": url, "up": True, "serving": body.get("serving"), "ready": body.get("ready"),
-            "queue": body.get("queue_depth"), "uptime_s": body.get("uptime_s")}
+            "queue": body.get("queue_depth"), "uptime_s": body.get("uptime_s"), "shadow": body.get("shadow")}
 
 
 def _schedule(engine) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
@@ -116,6 +119,7 @@ def render_status(info: dict[str, Any], console: Console) -> None:
                       f"{progress.get('stage', 'data')} (done: {progress.get('timings', {})}), lease {refit['holder']}")
     else:
         console.print("refit: none running")
+    _render_shadow(info.get("shadow"), (server.get("shadow") if server["up"] else None), console)
     _table(console, "drift checks", ("id", "when (UTC)", "verdict", "window", "estimate error", "reason"),
            [(str(d["id"]), d["created_at"], d["verdict"], str(d["window"]),
              "-" if d["estimate_error"] is None else f"{d['estimate_error']:+.3f}", d["reason"]) for d in info["drift"]])
@@ -124,6 +128,16 @@ def render_status(info: dict[str, Any], console: Console) -> None:
     console.print("counts: " + ", ".join(f"{k} {v}" for k, v in info["counts"].items()))
     _table(console, "recent events", ("when (UTC)", "kind", "subject", "reason"),
            [(e["created_at"], e["kind"], e["subject"] or "", e["reason"]) for e in info["events"]])
+
+
+def _render_shadow(shadow: dict[str, Any] | None, here: dict[str, Any] | None, console: Console) -> None:
+    if shadow is None:
+        return
+    labelled = (f"accuracy {_f(shadow['accuracy'])} vs {_f(shadow['champion_accuracy'])} on {shadow['labelled']} labels"
+                if shadow["labelled"] else "no labels yet")
+    console.print(f"shadow in progress: [bold]{shadow['version']}[/] beside {shadow['champion'] or '-'} for "
+                  f"{shadow['minutes']:g} min: {shadow['scored']} requests scored, agreement {_f(shadow['agreement'])}, "
+                  f"{labelled}" + (f"; this server: {here['scored']} scored, {here['dropped']} dropped" if here else ""))
 
 
 def _table(console: Console, title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:

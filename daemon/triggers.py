@@ -6,7 +6,8 @@
 - ``labels``: ``scheduler.label_trigger`` labels arrived since the champion was trained;
 - ``cron``: ``scheduler.refit_cron`` fired.
 
-All three respect the cooldown between refit starts and the one-refit-at-a-time lease.
+All three respect the cooldown between refit starts and the one-refit-at-a-time lease, and wait while a
+candidate is scored in shadow (``gate.shadow_minutes``): its verdict comes first.
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ def decide(settings: Settings, engine: Engine, launcher: RefitLauncher, trigger:
         champion = registry.get_champion(session)
         if champion is None:
             return Decision(False, f"{trigger}: skipped, there is no champion yet (run `refitd init`)")
+        in_shadow = registry.get_shadow(session)
+        if in_shadow is not None:
+            return Decision(False, f"{trigger}: skipped, {in_shadow.version} is being scored in shadow; its verdict "
+                                   "comes first")
         last = last_start(session)
         new_labels = count_labels_since(session, champion.created_at)
         waiting = pending_drift(session) if trigger == "drift" and drift_verdict != "drifted" else None

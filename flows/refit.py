@@ -3,7 +3,8 @@
 Reads top to bottom: snapshot data → validate → fine-tune (optionally searching
 hyperparameters) → export ONNX → parity → INT8 (the fastest variant that keeps
 validation accuracy) → evaluate candidate and champion → calibrate → trial-load
-→ gate → register → promote or reject.
+→ gate → register → promote or reject (or, with ``gate.shadow_minutes``, put in shadow: the daemon's
+shadow watch promotes or rejects it on live traffic).
 """
 
 from __future__ import annotations
@@ -145,13 +146,19 @@ def _refit_body(settings: Settings, engine, p: dict[str, Any], run_id: int) -> d
         staged = None
     finally:
         tasks.discard(staged)
-    if promote_it:
+    shadow = promote_it and champion is not None and settings.gate.shadow_minutes > 0
+    if shadow:  # the live check: serving scores traffic with it; the daemon's shadow watch promotes or rejects
+        passed = reason.replace("promoted:", "offline gate passed:", 1)
+        promote_it, reason = False, (f"{passed}; scoring live traffic in shadow for {settings.gate.shadow_minutes:g} "
+                                     f"min beside {champion.version} before promotion")
+        registry.start_shadow(engine, version, actor=p["trigger"], reason=reason)
+    elif promote_it:
         registry.promote(engine, version, actor=p["trigger"], reason=reason)
     elif not held:
         registry.reject(engine, version, actor=p["trigger"], reason=reason)
     lap("gate")
     log.info("%s: %s", version, reason)
-    word = "promoted" if promote_it else "held" if held else "rejected"
+    word = "promoted" if promote_it else "shadow" if shadow else "held" if held else "rejected"
     return {"version": version, "promoted": promote_it, "verdict": word,
             "reason": reason, "int8": verdict.int8_reason, "metrics": metrics, "parent": champion.version if champion else None,
             "timings": timings}

@@ -162,6 +162,7 @@ def _lifespan(plane: DataPlane):  # type: ignore[no-untyped-def]
             stop.set()
             await watcher
             await plane.batcher.stop()
+            await asyncio.to_thread(plane.stop_shadow)
             await asyncio.to_thread(plane.predlog.close)
             log.info("prediction log flushed: %d rows written, %d spooled", plane.predlog.written, plane.predlog.spooled)
 

@@ -28,6 +28,7 @@ from refitd.serving.batcher import Answer, Batcher
 from refitd.serving.metrics import ServingMetrics
 from refitd.serving.predlog import PredictionLog, log_rows
 from refitd.serving.runtime import OnnxClassifier
+from refitd.serving.shadow import ShadowScorer
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class DataPlane:
         self.settings, self.engine, self.store, self.predlog = settings, engine, store, predlog
         self.metrics = ServingMetrics()
         self.runtime: OnnxClassifier | None = None
+        self.shadow: ShadowScorer | None = None
         self.started = time.time()
         self.refused: dict[str, str] = {}  # version → why it was refused (not retried until asked)
         self._rng = random.Random()
@@ -92,6 +94,41 @@ class DataPlane:
             log.info("serving %s", version)
             return version
 
+    def load_shadow(self) -> str | None:
+        """Score in shadow the version the registry has in shadow (one ONNX Runtime thread, beside the champion);
+        stop a shadow that is no longer in shadow. Returns the version in shadow here."""
+        with session_scope(self.engine) as session:
+            row = registry.get_shadow(session)
+        wanted = row.version if row is not None else None
+        current = self.shadow
+        if current is not None and current.version == wanted:
+            return wanted
+        if current is not None:
+            self.shadow = None
+            current.stop()
+            log.info("stopped shadow scoring of %s (%s scored, %s dropped)", current.version, current.scored,
+                     current.dropped)
+        if wanted is None or wanted in self.refused:
+            return None
+        try:
+            runtime = OnnxClassifier(wanted, self.store.verify(wanted), provider=self.settings.serving.provider,
+                                     threads=1, precision=self.settings.serving.precision)
+            runtime.load()
+        except Exception as exc:  # noqa: BLE001 - a shadow that cannot load is refused; serving goes on
+            self.refused[wanted] = str(exc)
+            self._event("shadow_load_refused", wanted, f"could not load {wanted} for shadow scoring: {exc}")
+            return None
+        scorer = ShadowScorer(runtime, self.engine, share=self.settings.gate.shadow_share)
+        scorer.start()
+        self.shadow = scorer
+        log.info("scoring %s in shadow on %.0f%% of requests", wanted, 100 * scorer.share)
+        return wanted
+
+    def stop_shadow(self) -> None:
+        scorer, self.shadow = self.shadow, None
+        if scorer is not None:
+            scorer.stop()
+
     def _refuse(self, version: str, reason: str) -> None:
         log.error("refused to serve %s: %s", version, reason)
         self.refused[version] = reason
@@ -118,6 +155,10 @@ class DataPlane:
                 await asyncio.to_thread(self.load_champion)
             except (RefitdError, SQLAlchemyError) as exc:
                 log.debug("registry poll: %s", exc)
+            try:
+                await asyncio.to_thread(self.load_shadow)
+            except SQLAlchemyError as exc:
+                log.debug("registry poll (shadow): %s", exc)
 
     @property
     def ready(self) -> bool:
@@ -142,6 +183,9 @@ class DataPlane:
         for label in answer.labels:
             self.metrics.predictions.labels(label=label).inc()
         self.predlog.add(rows)  # durable before the caller is answered
+        shadow = self.shadow
+        if shadow is not None:  # after the answer is safe; O(1), never blocks the request
+            shadow.offer([row["id"] for row in rows], texts)
         return out
 
     def feedback(self, *, label: str, prediction_id: str | None, text: str | None, source: str) -> dict[str, Any]:
@@ -199,6 +243,7 @@ class DataPlane:
             "labels": runtime.labels if runtime else [],
             "queue_depth": self.batcher.queued_texts,
             "refused": self.refused,
+            "shadow": self.shadow.status() if self.shadow is not None else None,
             "prediction_log": {"pending": self.predlog.pending, "spooled_segments": self.predlog.spooled_segments,
                                "database_ok": self.predlog.db_ok, "rejected_rows": self.predlog.rejected},
             "uptime_s": round(time.time() - self.started, 1),

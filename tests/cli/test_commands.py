@@ -139,6 +139,7 @@ def test_every_command(home: Path, tmp_path: Path) -> None:
 BENCH = {
     "serve": ["--requests", "40", "--repeats", "1", "--peer", "none"],  # the peer venv takes minutes to build
     "spin": ["--rates", "20", "--seconds", "2", "--repeats", "1"],
+    "shadow": ["--rates", "20", "--seconds", "2", "--repeats", "1"],
     "train": ["--rows", "200", "--epochs", "0.5"],
     "ensemble": ["--rows", "200", "--epochs", "0.5", "--k", "2", "--test-rows", "100", "--rounds", "1"],
     "drift": ["--windows", "2", "--repeats", "1", "--streams", "1", "--every", "200", "--texts", "400"],

@@ -34,12 +34,15 @@ def _versions(settings) -> dict[str, ModelVersion]:
 def test_refit_produces_a_complete_gated_candidate(home, prefect_harness) -> None:
     from refitd.flows.refit import refit
 
-    settings = tiny_settings(home)
+    settings = tiny_settings(home, gate={"shadow_minutes": 5})
     _add_labels(settings, 500, ["apple", "self_driving", "coachella"])
     result = refit(settings, trigger="manual", quick=True)
+    print(f"refit: {result['verdict']}: {result['reason']}")
     version = result["version"]
     assert version == "v2" and result["parent"] == "v1"
-    assert result["verdict"] in {"promoted", "rejected"} and result["reason"].startswith(result["verdict"])
+    # it passed the offline gate, and with gate.shadow_minutes it goes into shadow, not straight to champion
+    assert result["verdict"] == "shadow" and result["reason"].startswith("offline gate passed: macro_f1 on recent")
+    assert result["reason"].endswith("scoring live traffic in shadow for 5 min beside v1 before promotion")
     mv = _versions(settings)[version]
     assert mv.parent == "v1" and mv.data_digest and mv.flow_run_id and mv.gate_reason == result["reason"]
     assert mv.data_counts["train"]["sources"]["feedback_new"] > 0 and mv.data_counts["recent_test"]["rows"] > 0
@@ -64,6 +67,9 @@ def test_refit_produces_a_complete_gated_candidate(home, prefect_harness) -> Non
     with session_scope(make_engine(settings.database_url)) as s:
         run = s.exec(select(RefitRun).where(RefitRun.candidate_version == version)).one()
     assert run.status == "completed" and run.verdict == result["verdict"]
+    assert mv.status == "shadow"
+    with session_scope(make_engine(settings.database_url)) as s:
+        assert registry.get_champion(s).version == "v1" and registry.get_shadow(s).version == "v2"
 
 
 def test_sabotaged_candidate_is_rejected_and_champion_untouched(home, prefect_harness) -> None:
