@@ -184,13 +184,15 @@ FALLBACKS = {"static_keep_first": "static"}  # built only when the variant it ba
 
 def measure(fp32_path: Path, tokenizer_json: Path, folder: Path, *, recipes: list[str], calibration_texts: list[str],
             validation_texts: list[str], validation_labels: list[int], max_length: int, threads: int | None,
-            tolerance: float | None = None, rounds: int = 3) -> dict[str, Any]:
+            tolerance: float | None = None, rounds: int = 3, fp32_logits: np.ndarray | None = None) -> dict[str, Any]:
     """Build each recipe into ``folder``; return fp32's and each variant's validation accuracy, agreement with
     fp32, timings and size (``path`` names the variant's file).
 
     With a ``tolerance``, export only needs the speed of variants that could be kept: one whose validation
     accuracy is further than that below fp32's is not timed (its speed fields are None), and a fallback
-    recipe (``static_keep_first``) is built only when the recipe it backs up is listed and missed."""
+    recipe (``static_keep_first``) is built only when the recipe it backs up is listed and missed.
+    ``fp32_logits``: fp32's validation logits (rows in ``validation_texts`` order) when the caller has them
+    already; fp32 is then not scored again."""
     val = feeds(tokenizer_json, validation_texts, max_length=max_length, batch_size=64)
     order = np.argsort([len(t) for t in validation_texts], kind="stable")
     y = np.asarray(validation_labels)[order]  # the rows in the order `feeds` batched them
@@ -198,7 +200,7 @@ def measure(fp32_path: Path, tokenizer_json: Path, folder: Path, *, recipes: lis
         if any(RECIPES[r].static for r in recipes) else []
     paths, built, preds, skipped = {"fp32": fp32_path}, {}, {}, {}
     sessions = {"fp32": session(fp32_path, threads)}
-    preds["fp32"] = predictions(sessions["fp32"], val)
+    preds["fp32"] = predictions(sessions["fp32"], val) if fp32_logits is None else fp32_logits.argmax(axis=1)[order]
 
     def accuracy(name: str) -> float:
         return float((preds[name] == y).mean()) if len(y) else 0.0

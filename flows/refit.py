@@ -107,12 +107,13 @@ def _refit_body(settings: Settings, engine, p: dict[str, Any], run_id: int) -> d
     try:
         parity = tasks.check_export(fitted, staged, snapshot.test["text"].head(32).tolist(),
                                     max_length=config.max_length, tolerance=1e-3)
+        validation = tasks.validation_logits(staged, snapshot, max_length=config.max_length)
         int8 = tasks.quantize_int8(staged, snapshot, settings.gate, max_length=config.max_length,
-                                   threads=settings.serving.threads, seed=config.training.seed)
+                                   threads=settings.serving.threads, seed=config.training.seed, fp32_logits=validation)
         lap("export")
         scores = tasks.evaluate(staged, champion_dir, snapshot, max_length=config.max_length,
                                 primary_metric=settings.gate.primary_metric, confidence=settings.gate.confidence)
-        calibration = tasks.calibrate(staged, snapshot, max_length=config.max_length)
+        calibration = tasks.calibrate(validation, snapshot)
         g = settings.gate
         verdict = decide({**scores["candidate"], "int8_export": int8}, scores["champion"],
                          GateRules(g.primary_metric, g.min_delta, g.max_regression, g.baseline_margin, g.int8_tolerance,

@@ -106,8 +106,15 @@ def check_export(fitted: FitResult, staged: Path, texts: list[str], *, max_lengt
 
 
 @task(cache_policy=NONE)
+def validation_logits(staged: Path, snapshot: snap.Snapshot, *, max_length: int) -> np.ndarray:
+    """Score the fp32 candidate on the validation set once: the INT8 choice and temperature scaling both read it."""
+    return onnx_logits(staged / MODEL_FILE, staged / TOKENIZER_FILE, snapshot.validation["text"].tolist(),
+                       max_length=max_length)
+
+
+@task(cache_policy=NONE)
 def quantize_int8(staged: Path, snapshot: snap.Snapshot, gate: GateSection, *, max_length: int, threads: int | None,
-                  seed: int) -> dict[str, Any]:
+                  seed: int, fp32_logits: np.ndarray | None = None) -> dict[str, Any]:
     """Build the INT8 variants; keep the fastest within ``gate.int8_tolerance`` of fp32 on validation."""
     if not gate.int8_variants:
         return {"chosen": None, "file": None, "reason": "no INT8 variants configured (gate.int8_variants = [])"}
@@ -117,7 +124,8 @@ def quantize_int8(staged: Path, snapshot: snap.Snapshot, gate: GateSection, *, m
         measured = quantize.measure(staged / MODEL_FILE, staged / TOKENIZER_FILE, Path(scratch),
                                     recipes=gate.int8_variants, calibration_texts=calibration["text"].tolist(),
                                     validation_texts=snapshot.validation["text"].tolist(), validation_labels=labels,
-                                    max_length=max_length, threads=threads, tolerance=gate.int8_tolerance)
+                                    max_length=max_length, threads=threads, tolerance=gate.int8_tolerance,
+                                    fp32_logits=fp32_logits)
         fp32 = measured.pop("fp32")
         skipped = {name: v for name, v in measured.items() if "path" not in v}
         measured = {name: v for name, v in measured.items() if "path" in v}
@@ -209,11 +217,9 @@ def load_frozen_logits(folder: Path, snapshot: snap.Snapshot, labels: list[str])
 
 
 @task(cache_policy=NONE)
-def calibrate(staged: Path, snapshot: snap.Snapshot, *, max_length: int) -> dict[str, float]:
-    """Fit temperature scaling on the validation set (the drift watch's label-free estimate uses it)."""
-    v = snapshot.validation
-    logits = onnx_logits(staged / MODEL_FILE, staged / TOKENIZER_FILE, v["text"].tolist(), max_length=max_length)
-    y = np.asarray([snapshot.labels.index(x) for x in v["label"]])
+def calibrate(logits: np.ndarray, snapshot: snap.Snapshot) -> dict[str, float]:
+    """Fit temperature scaling on the validation logits (the drift watch's label-free estimate uses it)."""
+    y = np.asarray([snapshot.labels.index(x) for x in snapshot.validation["label"]])
     return fit_temperature(logits, y)
 
 

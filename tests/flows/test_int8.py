@@ -133,3 +133,23 @@ def test_measure_times_only_what_could_be_kept_and_builds_the_fallback_only_when
     strict = quantize.measure(fp32, tokenizer, tmp_path / "b", **kwargs, tolerance=-1.0)
     assert set(strict) == {"fp32", *recipes} and Path(strict["static_keep_first"]["path"]).is_file()
     assert all(strict[n]["speedup"] is None and 0 <= strict[n]["accuracy"] <= 1 for n in recipes)
+
+
+def test_measure_reads_fp32_logits_it_is_given_instead_of_scoring_again(fp32_graph, tmp_path: Path) -> None:
+    """The refit scores validation once (flows/tasks.validation_logits) for the INT8 choice and calibration."""
+    fp32, tokenizer = fp32_graph
+    from refitd.flows.evaluate import onnx_logits
+
+    labels = [0, 1, 2, 0, 2, 1, 1, 2]
+    kwargs = dict(recipes=["dynamic"], calibration_texts=TEXTS, validation_texts=TEXTS, validation_labels=labels,
+                  max_length=32, threads=1, rounds=1)
+    for sub in "abc":
+        (tmp_path / sub).mkdir()
+    scored = quantize.measure(fp32, tokenizer, tmp_path / "a", **kwargs)
+    logits = onnx_logits(fp32, tokenizer, TEXTS, max_length=32)
+    given = quantize.measure(fp32, tokenizer, tmp_path / "b", **kwargs, fp32_logits=logits)
+    assert given["fp32"]["accuracy"] == scored["fp32"]["accuracy"] == float(np.mean(logits.argmax(1) == labels))
+    assert given["dynamic"]["agreement"] == scored["dynamic"]["agreement"]
+    # logits that say otherwise are believed: fp32 was not scored a second time
+    flipped = quantize.measure(fp32, tokenizer, tmp_path / "c", **kwargs, fp32_logits=-logits)
+    assert flipped["fp32"]["accuracy"] == float(np.mean((-logits).argmax(1) == labels))
