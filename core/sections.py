@@ -153,7 +153,7 @@ class GateSection(_Section):
     )
     int8_tolerance: float = Field(
         0.005, description="Export keeps the fastest INT8 variant whose validation accuracy is within this of fp32's; "
-                           "it is served only if it stays within it on both test sets."
+                           "it is served unless a test set shows it further below fp32 than this (paired bootstrap at gate.confidence)."
     )
     int8_variants: list[Literal["dynamic", "dynamic_per_channel", "static", "static_keep_first"]] = Field(
         ["dynamic", "dynamic_per_channel", "static", "static_keep_first"],

@@ -160,7 +160,7 @@ def evaluate(staged: Path, champion_dir: Path | None, snapshot: snap.Snapshot, *
     bootstrap of their difference on each."""
     labels = snapshot.labels
     out: dict[str, Any] = {"candidate": {}, "champion": None}
-    agreement, candidate_logits = {}, {}
+    agreement, int8_paired, candidate_logits = {}, {}, {}
     for name, part in (("frozen", snapshot.test), ("recent", snapshot.recent_test)):
         out["candidate"][name], fp32 = _score(staged, MODEL_FILE, TOKENIZER_FILE, max_length, part, labels)
         candidate_logits[name] = fp32
@@ -169,7 +169,12 @@ def evaluate(staged: Path, champion_dir: Path | None, snapshot: snap.Snapshot, *
         out["candidate"][f"{name}_int8"], int8 = _score(staged, INT8_FILE, TOKENIZER_FILE, max_length, part, labels)
         if len(part):
             agreement[name] = float((fp32.argmax(1) == int8.argmax(1)).mean())
+            # INT8 minus fp32 on the same rows: the gate serves INT8 unless a set shows it beyond the tolerance
+            int8_paired[name] = paired_bootstrap(part["label"].tolist(), [labels[i] for i in int8.argmax(1)],
+                                                 [labels[i] for i in fp32.argmax(1)], labels, metric="accuracy",
+                                                 confidence=confidence)
     out["candidate"]["int8_agreement"] = agreement
+    out["candidate"]["int8_paired"] = int8_paired
     out["candidate"]["baseline"] = majority_baseline(snapshot.train["label"].tolist(), snapshot.test["label"].tolist(), labels)
     save_frozen_logits(staged, snapshot, candidate_logits["frozen"])
     if champion_dir is not None:

@@ -153,3 +153,35 @@ def test_measure_reads_fp32_logits_it_is_given_instead_of_scoring_again(fp32_gra
     # logits that say otherwise are believed: fp32 was not scored a second time
     flipped = quantize.measure(fp32, tokenizer, tmp_path / "c", **kwargs, fp32_logits=-logits)
     assert flipped["fp32"]["accuracy"] == float(np.mean((-logits).argmax(1) == labels))
+
+
+def test_int8_is_refused_only_where_a_test_set_shows_the_loss() -> None:
+    """A 2-row gap on 338 recent rows (the default demo's v2: 0.737 vs 0.743) is noise; 3 points on 2,250 is not."""
+    from refitd.flows.gate import paired_bootstrap
+
+    rng = np.random.default_rng(0)
+
+    def paired_set(n: int, both_right: int, fp32_only: int, int8_only: int) -> tuple[dict, dict, dict]:
+        y = ["a"] * n
+        fp32 = ["a"] * both_right + ["a"] * fp32_only + ["b"] * int8_only
+        int8 = ["a"] * both_right + ["b"] * fp32_only + ["a"] * int8_only
+        fp32 += ["b"] * (n - len(fp32))
+        int8 += ["b"] * (n - len(int8))
+        order = rng.permutation(n)
+        y, fp32, int8 = ([x[i] for i in order] for x in (y, fp32, int8))
+        acc = lambda p: {"n": n, "accuracy": float(np.mean([a == b for a, b in zip(p, y)])), "macro_f1": 0.5}  # noqa: E731
+        return acc(fp32), acc(int8), paired_bootstrap(y, int8, fp32, ["a", "b"], metric="accuracy", confidence=0.9)
+
+    frozen, frozen_int8, frozen_paired = paired_set(2250, 1840, 3, 7)   # INT8 +0.0018
+    recent, recent_int8, recent_paired = paired_set(338, 247, 4, 2)     # INT8 -0.0059: 2 rows
+    candidate = {"frozen": frozen, "frozen_int8": frozen_int8, "recent": recent, "recent_int8": recent_int8,
+                 "int8_export": {"chosen": "dynamic", "reason": "…"}}
+    assert not int8_verdict(candidate, 0.005)[0]  # the point rule read the 2 rows as a loss
+    ok, reason = int8_verdict({**candidate, "int8_paired": {"frozen": frozen_paired, "recent": recent_paired}}, 0.005)
+    assert ok and reason.startswith("INT8 served: no test set shows it more than 0.005 below fp32"), reason
+    assert "recent 0.737 vs 0.743 (Δ -0.0059" in reason
+    # a real loss: 3 points on the frozen set, 70 rows that INT8 alone gets wrong
+    frozen, frozen_int8, frozen_paired = paired_set(2250, 1780, 70, 2)
+    ok, reason = int8_verdict({**candidate, "frozen": frozen, "frozen_int8": frozen_int8,
+                               "int8_paired": {"frozen": frozen_paired, "recent": recent_paired}}, 0.005)
+    assert not ok and reason.startswith("fp32 served: INT8 accuracy on frozen"), reason
