@@ -357,7 +357,8 @@ class DriftSection(_Section):
     )
     min_labels: int = Field(30, description="Labelled rows a window needs before measured accuracy counts.")
     performance_drop: float = Field(
-        0.05, description="A fall in measured accuracy this large vs the champion's test accuracy is drift."
+        0.05, description="A fall in measured accuracy this large vs the champion's test accuracy is drift, "
+                          "when a one-sided test also puts its p-value at or below `false_alarm_rate`."
     )
     webhook_url: SecretStr | None = Field(
         None, description="POST a JSON alert (Slack-compatible `text`) here when the verdict changes; unset = off. "

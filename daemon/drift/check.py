@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binom
+from scipy.stats import binom, norm
 from sqlalchemy import Engine, select
 from sqlmodel import Session, col
 
@@ -164,37 +164,54 @@ def score(runtime: OnnxClassifier, texts: list[str], *, batch: int = 64) -> tupl
 
 
 def performance(window: pd.DataFrame, champion: ModelVersion, *, min_labels: int = 30,
-                max_drop: float = 0.05) -> tuple[dict[str, Any], Signal | None]:
+                max_drop: float = 0.05, alpha: float = 0.01) -> tuple[dict[str, Any], Signal | None]:
     """Measured accuracy on the labelled rows beside the label-free estimate (mean calibrated confidence).
 
     Only the champion's own answers count (rows of ``model_version`` another version are its predecessor's
-    answers; the champion's answers to them, computed at the check, may be to rows it was trained on)."""
+    answers; the champion's answers to them, computed at the check, may be to rows it was trained on).
+    The signal drifts when the fall is both large (``max_drop`` or more below the champion's held-out
+    accuracy) and real: a one-sided test that live accuracy is below the held-out one gives p ≤ ``alpha``
+    (two proportions when the held-out set's size is known, so its own noise counts; else binomial)."""
     own = window[window["model_version"] == champion.version] if "model_version" in window else window
     labelled = own[own["true_label"].notna()]
     estimate = float(window["confidence"].mean()) if len(window) else None
     out: dict[str, Any] = {"labelled": int(len(labelled)), "estimated_accuracy": estimate}
     if len(labelled) < min_labels:
         return out, None
-    measured = float((labelled["label"] == labelled["true_label"]).mean())
-    test_acc, held_out = expected_accuracy(champion, default=measured)
+    correct = int((labelled["label"] == labelled["true_label"]).sum())
+    measured = correct / len(labelled)
+    test_acc, held_out, test_n = held_out_accuracy(champion, default=measured)
     # The estimate's own error, on the same rows: what it would have said of the labelled rows minus what they show.
     out |= {"measured_accuracy": measured, "champion_test_accuracy": test_acc, "champion_test_set": held_out,
-            "estimate_on_labelled": float(labelled["confidence"].mean()),
+            "champion_test_rows": test_n, "estimate_on_labelled": float(labelled["confidence"].mean()),
             "estimate_error": float(labelled["confidence"].mean()) - measured}
     drop = test_acc - measured
-    correct = int((labelled["label"] == labelled["true_label"]).sum())
-    p_value = float(binom.cdf(correct, len(labelled), test_acc))  # this few right or fewer, were accuracy unchanged
-    return out, Signal("performance", f"accuracy drop vs champion {held_out} test", drop, max_drop, drop >= max_drop,
-                       p_value=p_value)
+    p_value = accuracy_fall_p(correct, len(labelled), test_acc, test_n)
+    return out, Signal("performance", f"accuracy drop vs champion {held_out} test", drop, max_drop,
+                       drop >= max_drop and p_value <= alpha, p_value=p_value)
 
 
-def expected_accuracy(champion: ModelVersion, *, default: float, min_rows: int = 100) -> tuple[float, str]:
-    """The accuracy live traffic should show: on the recent test set (production labels it was not trained
-    on) when the refit had one of ``min_rows`` or more, else on the frozen test set."""
+def accuracy_fall_p(correct: int, n: int, expected: float, expected_n: int | None) -> float:
+    """One-sided p-value of live accuracy ``correct / n`` being this far below ``expected`` by chance:
+    a pooled two-proportion z-test when ``expected`` was measured on ``expected_n`` rows, else the
+    binomial chance of this few right or fewer were accuracy ``expected`` exactly."""
+    if not expected_n:
+        return float(binom.cdf(correct, n, expected))
+    pooled = (correct + expected * expected_n) / (n + expected_n)
+    spread = float(np.sqrt(pooled * (1 - pooled) * (1 / n + 1 / expected_n)))
+    if spread == 0:
+        return 1.0 if correct / n >= expected else 0.0
+    return float(norm.cdf((correct / n - expected) / spread))
+
+
+def held_out_accuracy(champion: ModelVersion, *, default: float, min_rows: int = 100) -> tuple[float, str, int | None]:
+    """The accuracy live traffic should show, its set and that set's rows: the recent test set (production
+    labels it was not trained on) when the refit had one of ``min_rows`` or more, else the frozen test set."""
     recent = ((champion.metrics or {}).get("candidate") or {}).get("recent") or {}
     if recent.get("n", 0) >= min_rows and "accuracy" in recent:
-        return float(recent["accuracy"]), "recent"
-    return float(champion.frozen_scores.get("accuracy", default)), "frozen"
+        return float(recent["accuracy"]), "recent", int(recent["n"])
+    frozen = champion.frozen_scores
+    return float(frozen.get("accuracy", default)), "frozen", (int(frozen["n"]) if frozen.get("n") else None)
 
 
 @dataclass
@@ -233,13 +250,14 @@ def compute(settings: Settings, champion: ModelVersion, reference: Reference, wi
         scored = scores(reference.features, reference.featurizer.transform(window, window_emb))
         signals = judge(signals, scored, calibration, fixed)
         decided, reason = calibrated_verdict(signals, cutoff=calibration.cutoff, rate=calibration.false_alarm_rate)
-    perf, perf_signal = performance(window, champion, min_labels=d.min_labels, max_drop=d.performance_drop)
+    perf, perf_signal = performance(window, champion, min_labels=d.min_labels, max_drop=d.performance_drop,
+                                     alpha=d.false_alarm_rate)
     if perf_signal is not None:
         signals.append(perf_signal)
         if perf_signal.drifted:
             decided = "drifted"
             reason = (f"measured accuracy fell {perf_signal.score:.3f} below the champion's "
-                      f"{perf.get('champion_test_set', 'frozen')} test score; {reason}")
+                      f"{perf.get('champion_test_set', 'frozen')} test score (p {perf_signal.p_value:.2g}); {reason}")
     summary = None if calibration is None else calibration.summary()
     return Outcome(snapshot, signals, perf, decided, reason, summary)
 

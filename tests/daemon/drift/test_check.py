@@ -108,20 +108,46 @@ def test_time_window_keeps_only_recent_predictions(tmp_path: Path) -> None:
 
 def test_live_accuracy_is_held_to_the_recent_test_score_once_the_champion_has_one() -> None:
     from refitd.core.tables import ModelVersion
-    from refitd.daemon.drift.check import expected_accuracy, performance
+    from refitd.daemon.drift.check import held_out_accuracy, performance
 
-    first = ModelVersion(version="v1", metrics={"candidate": {"frozen": {"accuracy": 0.82}, "recent": {"n": 0}}})
+    first = ModelVersion(version="v1", metrics={"candidate": {"frozen": {"accuracy": 0.82, "n": 2000},
+                                                              "recent": {"n": 0}}})
     refit = ModelVersion(version="v2", metrics={"candidate": {"frozen": {"accuracy": 0.81},
                                                               "recent": {"n": 300, "accuracy": 0.70}}})
     older = ModelVersion(version="v0", metrics={"test": {"accuracy": 0.79}})  # the layout before 0.2
-    assert expected_accuracy(first, default=0.5) == (0.82, "frozen")
-    assert expected_accuracy(refit, default=0.5) == (0.70, "recent")
-    assert expected_accuracy(older, default=0.5) == (0.79, "frozen")
-    window = pd.DataFrame({"label": ["a"] * 40, "true_label": ["a"] * 27 + ["b"] * 13, "confidence": [0.7] * 40})
+    assert held_out_accuracy(first, default=0.5) == (0.82, "frozen", 2000)
+    assert held_out_accuracy(refit, default=0.5) == (0.70, "recent", 300)
+    assert held_out_accuracy(older, default=0.5) == (0.79, "frozen", None)
+    window = pd.DataFrame({"label": ["a"] * 40, "true_label": ["a"] * 24 + ["b"] * 16, "confidence": [0.7] * 40})
     _, on_frozen = performance(window, first, min_labels=30, max_drop=0.05)
     _, on_recent = performance(window, refit, min_labels=30, max_drop=0.05)
-    assert on_frozen.drifted and on_frozen.score == pytest.approx(0.82 - 27 / 40)
+    assert on_frozen.drifted and on_frozen.score == pytest.approx(0.82 - 24 / 40) and on_frozen.p_value < 0.01
     assert not on_recent.drifted and "recent" in on_recent.method
+
+
+def test_a_fall_within_the_noise_of_a_few_labels_is_not_drift() -> None:
+    """Live accuracy 8 points under the held-out score on 80 labels happens by chance: large enough, not
+    real enough. The same fall on 2,000 labels is drift; so is a 30-point fall on 80."""
+    from refitd.core.tables import ModelVersion
+    from refitd.daemon.drift.check import accuracy_fall_p, performance
+
+    champion = ModelVersion(version="v2", metrics={"candidate": {"recent": {"n": 330, "accuracy": 0.70}}})
+
+    def window(n: int, right: int) -> pd.DataFrame:
+        return pd.DataFrame({"label": ["a"] * n, "true_label": ["a"] * right + ["b"] * (n - right),
+                             "confidence": [0.7] * n})
+
+    _, few = performance(window(80, 50), champion, max_drop=0.05, alpha=0.01)  # 0.625: 7.5 points under
+    assert few.score == pytest.approx(0.075) and not few.drifted and 0.01 < few.p_value < 0.2
+    _, many = performance(window(2000, 1250), champion, max_drop=0.05, alpha=0.01)
+    assert many.drifted and many.p_value < 0.01
+    _, large = performance(window(80, 32), champion, max_drop=0.05, alpha=0.01)
+    assert large.drifted
+    # Under no change, a one-sided p-value at or below 1% comes about once in a hundred windows.
+    rng = np.random.default_rng(0)
+    hits = [accuracy_fall_p(int(rng.binomial(100, 0.7)), 100, float(rng.binomial(330, 0.7)) / 330, 330) <= 0.01
+            for _ in range(4000)]
+    assert np.mean(hits) <= 0.02
 
 
 def test_the_window_is_seen_as_the_champion_sees_it(tmp_path: Path, untrained_artifact: Path) -> None:
