@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -174,8 +175,9 @@ def performance(window: pd.DataFrame, champion: ModelVersion, *, min_labels: int
     (two proportions when the held-out set's size is known, so its own noise counts; else binomial)."""
     own = window[window["model_version"] == champion.version] if "model_version" in window else window
     labelled = own[own["true_label"].notna()]
-    estimate = float(window["confidence"].mean()) if len(window) else None
-    out: dict[str, Any] = {"labelled": int(len(labelled)), "estimated_accuracy": estimate}
+    estimated, method = label_free_estimate(champion)
+    estimate = estimated(window["confidence"]) if len(window) else None
+    out: dict[str, Any] = {"labelled": int(len(labelled)), "estimated_accuracy": estimate, "estimate_method": method}
     if len(labelled) < min_labels:
         return out, None
     correct = int((labelled["label"] == labelled["true_label"]).sum())
@@ -183,12 +185,22 @@ def performance(window: pd.DataFrame, champion: ModelVersion, *, min_labels: int
     test_acc, held_out, test_n = held_out_accuracy(champion, default=measured)
     # The estimate's own error, on the same rows: what it would have said of the labelled rows minus what they show.
     out |= {"measured_accuracy": measured, "champion_test_accuracy": test_acc, "champion_test_set": held_out,
-            "champion_test_rows": test_n, "estimate_on_labelled": float(labelled["confidence"].mean()),
-            "estimate_error": float(labelled["confidence"].mean()) - measured}
+            "champion_test_rows": test_n, "estimate_on_labelled": estimated(labelled["confidence"]),
+            "estimate_error": estimated(labelled["confidence"]) - measured}
     drop = test_acc - measured
     p_value = accuracy_fall_p(correct, len(labelled), test_acc, test_n)
     return out, Signal("performance", f"accuracy drop vs champion {held_out} test", drop, max_drop,
                        drop >= max_drop and p_value <= alpha, p_value=p_value)
+
+
+def label_free_estimate(champion: ModelVersion) -> tuple[Callable[[pd.Series], float], str]:
+    """How a window's calibrated confidences become an accuracy estimate for this champion: the share above
+    its ATC threshold when its refit stored one (see :func:`refitd.flows.calibrate.atc_threshold`), else
+    their mean (versions trained before the threshold was stored)."""
+    threshold = ((champion.metrics or {}).get("calibration") or {}).get("atc_threshold")
+    if threshold is None:
+        return (lambda conf: float(conf.mean())), "mean confidence"
+    return (lambda conf: float((conf > threshold).mean())), f"share of confidences above {threshold:.3f} (ATC)"
 
 
 def accuracy_fall_p(correct: int, n: int, expected: float, expected_n: int | None) -> float:

@@ -149,7 +149,8 @@ def _signal_rows(settings: Settings, row: DriftCheck) -> str:
 
 def _performance(perf: dict[str, Any]) -> str:
     est = perf.get("estimated_accuracy")
-    text = f"{perf.get('labelled', 0)} labelled rows; label-free estimate {_num(est)}"
+    how = f" ({perf['estimate_method']})" if perf.get("estimate_method") else ""
+    text = f"{perf.get('labelled', 0)} labelled rows; label-free estimate {_num(est)}{how}"
     if perf.get("measured_accuracy") is not None:
         text += (f"; measured {_num(perf['measured_accuracy'])} vs the champion's "
                  f"{perf.get('champion_test_set', 'frozen')} test {_num(perf.get('champion_test_accuracy'))}; "

@@ -10,7 +10,7 @@ import pytest
 from scipy.special import log_softmax, softmax
 
 from refitd.flows.augment import augment_frame
-from refitd.flows.calibrate import expected_calibration_error, fit_temperature
+from refitd.flows.calibrate import atc_threshold, expected_calibration_error, fit_temperature
 from refitd.flows.finetune import GradualUnfreezing, apply_freezing, encoder_layers, load_model
 from tests.artifact_factory import LABELS
 
@@ -75,6 +75,33 @@ def test_temperature_scaling_recovers_the_temperature_that_calibrates() -> None:
 
     assert nll(fit["temperature"]) < min(nll(fit["temperature"] * 0.9), nll(fit["temperature"] * 1.1), nll(1.0))
     assert fit_temperature(logits[:19], y[:19])["temperature"] == 1.0  # too few rows to fit: left alone
+
+
+def _shifted_logits(rng: np.random.Generator, n: int, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """Three classes; the true class's logit is raised by ``margin`` (smaller = harder, less accurate)."""
+    y = rng.integers(0, 3, n)
+    z = rng.normal(0, 1, (n, 3))
+    z[np.arange(n), y] += margin
+    return (z * 2.0).astype(np.float32), y
+
+
+def test_the_atc_threshold_estimates_accuracy_where_mean_confidence_overshoots() -> None:
+    """On validation the share above the threshold is the accuracy by construction; on harder traffic
+    (the true class less separated, as on topics a model never saw) it stays closer to the accuracy than
+    mean confidence, which is what the drift watch's label-free estimate reads."""
+    rng = np.random.default_rng(1)
+    logits, y = _shifted_logits(rng, 3000, 2.0)
+    fit = fit_temperature(logits, y)
+    probs = softmax(logits.astype(np.float64) / fit["temperature"], axis=1)
+    accuracy = float((probs.argmax(1) == y).mean())
+    assert fit["atc_threshold"] == pytest.approx(atc_threshold(probs, y))
+    assert float((probs.max(1) > fit["atc_threshold"]).mean()) == pytest.approx(accuracy, abs=0.005)
+    hard_logits, hard_y = _shifted_logits(rng, 3000, 0.6)
+    hard = softmax(hard_logits.astype(np.float64) / fit["temperature"], axis=1)
+    hard_accuracy = float((hard.argmax(1) == hard_y).mean())
+    atc_error = abs(float((hard.max(1) > fit["atc_threshold"]).mean()) - hard_accuracy)
+    mean_error = abs(float(hard.max(1).mean()) - hard_accuracy)
+    assert hard_accuracy < accuracy - 0.2 and atc_error < mean_error, (atc_error, mean_error)
 
 
 def test_freezing_and_gradual_unfreezing_top_down() -> None:

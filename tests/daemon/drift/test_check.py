@@ -150,6 +150,21 @@ def test_a_fall_within_the_noise_of_a_few_labels_is_not_drift() -> None:
     assert np.mean(hits) <= 0.02
 
 
+def test_the_label_free_estimate_counts_confidences_above_the_champions_atc_threshold() -> None:
+    from refitd.core.tables import ModelVersion
+    from refitd.daemon.drift.check import performance
+
+    window = pd.DataFrame({"label": ["a"] * 40, "true_label": ["a"] * 20 + ["b"] * 20,
+                           "confidence": [0.9] * 10 + [0.7] * 30})
+    with_threshold = ModelVersion(version="v2", metrics={"calibration": {"temperature": 1.3, "atc_threshold": 0.8}})
+    older = ModelVersion(version="v1", metrics={"calibration": {"temperature": 1.3}})  # stored before the threshold
+    perf, _ = performance(window, with_threshold, min_labels=30)
+    assert perf["estimated_accuracy"] == pytest.approx(0.25) and "ATC" in perf["estimate_method"]
+    assert perf["estimate_error"] == pytest.approx(0.25 - 0.5)
+    perf, _ = performance(window, older, min_labels=30)
+    assert perf["estimated_accuracy"] == pytest.approx(0.75) and perf["estimate_method"] == "mean confidence"
+
+
 def test_the_window_is_seen_as_the_champion_sees_it(tmp_path: Path, untrained_artifact: Path) -> None:
     """Embeddings stored or computed in the champion's space; another version's answers replaced by the
     champion's (prediction and confidence drift compare one model with itself); measured accuracy only
