@@ -196,6 +196,11 @@ class GateSection(_Section):
     shadow_min_rows: int = Field(
         50, description="Requests the shadow must have scored before it is judged; until then it keeps waiting."
     )
+    shadow_max_minutes: float = Field(
+        240.0, description="A shadow that has not scored `shadow_min_rows` requests by then (too little traffic, or no "
+                           "server could load it) is ended on the offline gate it passed: promoted, with that reason; "
+                           "refits are held while a version is in shadow, so this bounds the hold."
+    )
 
     @model_validator(mode="after")
     def _shadow(self) -> GateSection:
@@ -205,6 +210,8 @@ class GateSection(_Section):
             raise ValueError(f"gate.shadow_share must be in (0, 1]; got {self.shadow_share}")
         if not 0 <= self.shadow_min_agreement <= 1:
             raise ValueError(f"gate.shadow_min_agreement must be in [0, 1]; got {self.shadow_min_agreement}")
+        if self.shadow_max_minutes < 0:
+            raise ValueError(f"gate.shadow_max_minutes must be ≥ 0; got {self.shadow_max_minutes}")
         if self.shadow_min_labels < 1 or self.shadow_min_rows < 1:
             raise ValueError("gate.shadow_min_labels and gate.shadow_min_rows must be ≥ 1; got "
                              f"{self.shadow_min_labels} and {self.shadow_min_rows}")

@@ -76,9 +76,16 @@ def check(settings: Settings, engine: Engine) -> dict[str, Any] | None:
     if f["minutes"] < g.shadow_minutes:
         return {"action": "shadowing", **f}
     if f["scored"] < g.shadow_min_rows:
-        return {"action": "waiting", "reason": f"{version}: {f['scored']} live requests scored in shadow, needs "
-                                               f"{g.shadow_min_rows} before it is judged", **f}
-    ok, reason = verdict(f, g)
+        if f["minutes"] < max(g.shadow_max_minutes, g.shadow_minutes):
+            return {"action": "waiting", "reason": f"{version}: {f['scored']} live requests scored in shadow, needs "
+                                                   f"{g.shadow_min_rows} before it is judged", **f}
+        # Too little traffic (or no server could load it) to judge live: refits are held meanwhile, so the
+        # shadow ends on the offline gate it already passed.
+        ok, reason = True, (f"shadow ended after {f['minutes']:.0f} min with {f['scored']} live requests scored "
+                            f"(< {g.shadow_min_rows}; gate.shadow_max_minutes {g.shadow_max_minutes:g}): promoted on "
+                            "the offline gate it passed")
+    else:
+        ok, reason = verdict(f, g)
     ended = registry.end_shadow(engine, version, promote=ok, reason=reason, figures={**f, "verdict": reason})
     if ended is None:
         return {"action": "gone", "reason": f"{version} left shadow before it was judged", **f}

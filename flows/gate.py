@@ -119,7 +119,8 @@ def int8_verdict(candidate: dict[str, Any], tolerance: float) -> tuple[bool, str
 
     With ``int8_paired`` (per set, :func:`paired_bootstrap` of INT8 minus fp32 on the same rows) a set counts
     against INT8 only when the interval's upper bound is below ``-tolerance``: on a few hundred recent rows one
-    row is 0.3 points, and a 2-row gap with 7 disagreements is noise, not a loss. Without intervals (older
+    row is 0.3 points, and a 2-row gap with 7 disagreements is noise, not a loss. A point gap of more than
+    twice ``tolerance`` refuses INT8 even where the interval is too wide to show it. Without intervals (older
     callers) the point gap decides."""
     export = candidate.get("int8_export")
     if export is not None and export.get("chosen") is None:
@@ -129,8 +130,10 @@ def int8_verdict(candidate: dict[str, Any], tolerance: float) -> tuple[bool, str
     for name in ("frozen", "recent"):
         fp32, int8 = _m(candidate.get(name), "accuracy"), _m(candidate.get(f"{name}_int8"), "accuracy")
         if fp32 is not None and int8 is not None:
-            # the loss the rules read: the smallest the interval allows, else the point gap
-            loss = -float(paired[name]["upper"]) if name in paired else fp32 - int8
+            # the loss the rules read: the smallest the interval allows, else the point gap; a point gap past
+            # twice the tolerance refuses INT8 whatever the interval (a small set's wide interval is no pass)
+            point = fp32 - int8
+            loss = -float(paired[name]["upper"]) if name in paired and point <= 2 * tolerance + _EPS else point
             gaps.append((name, fp32, int8, loss))
     if not gaps:
         return False, "fp32 served: INT8 was not evaluated"

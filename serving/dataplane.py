@@ -48,6 +48,9 @@ class DataPlane:
         self.shadow: ShadowScorer | None = None
         self.started = time.time()
         self.refused: dict[str, str] = {}  # version → why it was refused (not retried until asked)
+        # version → why it could not load for shadow scoring; kept apart, so that a failed shadow load never
+        # stops this server from loading the version as champion
+        self.shadow_refused: dict[str, str] = {}
         self._rng = random.Random()
         self._swap_lock = threading.Lock()
         s = settings.serving
@@ -108,14 +111,14 @@ class DataPlane:
             current.stop()
             log.info("stopped shadow scoring of %s (%s scored, %s dropped)", current.version, current.scored,
                      current.dropped)
-        if wanted is None or wanted in self.refused:
+        if wanted is None or wanted in self.refused or wanted in self.shadow_refused:
             return None
         try:
             runtime = OnnxClassifier(wanted, self.store.verify(wanted), provider=self.settings.serving.provider,
                                      threads=1, precision=self.settings.serving.precision)
             runtime.load()
         except Exception as exc:  # noqa: BLE001 - a shadow that cannot load is refused; serving goes on
-            self.refused[wanted] = str(exc)
+            self.shadow_refused[wanted] = str(exc)
             self._event("shadow_load_refused", wanted, f"could not load {wanted} for shadow scoring: {exc}")
             return None
         scorer = ShadowScorer(runtime, self.engine, share=self.settings.gate.shadow_share)
@@ -159,6 +162,8 @@ class DataPlane:
                 await asyncio.to_thread(self.load_shadow)
             except SQLAlchemyError as exc:
                 log.debug("registry poll (shadow): %s", exc)
+            except Exception:  # noqa: BLE001 - shadow scoring is optional; the champion poll must go on
+                log.exception("shadow scoring could not start; the registry poll goes on")
 
     @property
     def ready(self) -> bool:
@@ -242,7 +247,7 @@ class DataPlane:
             "device": runtime.device if runtime else None,
             "labels": runtime.labels if runtime else [],
             "queue_depth": self.batcher.queued_texts,
-            "refused": self.refused,
+            "refused": self.refused, "shadow_refused": self.shadow_refused,
             "shadow": self.shadow.status() if self.shadow is not None else None,
             "prediction_log": {"pending": self.predlog.pending, "spooled_segments": self.predlog.spooled_segments,
                                "database_ok": self.predlog.db_ok, "rejected_rows": self.predlog.rejected},

@@ -67,7 +67,8 @@ class ShadowScorer:
             self._cond.notify()
         if self._thread.is_alive():
             self._thread.join(timeout)
-        self.runtime.unload()
+        if not self._thread.is_alive():  # else the thread unloads its runtime itself when its batch ends
+            self.runtime.unload()
 
     def status(self) -> dict[str, int | str]:
         return {"version": self.version, "scored": self.scored, "dropped": self.dropped, "failed": self.failed,
@@ -83,10 +84,16 @@ class ShadowScorer:
                 while not self._queue and not self._stopping:
                     self._cond.wait()
                 if self._stopping:
-                    return
+                    break
                 batch = [self._queue.popleft() for _ in range(min(BATCH_TEXTS, len(self._queue)))]
                 self.queued -= len(batch)
-            self._score(batch)
+            try:
+                self._score(batch)
+            except Exception:  # noqa: BLE001 - one bad batch loses its own rows; the scorer goes on
+                log.exception("shadow %s: scoring a batch of %d failed", self.version, len(batch))
+                self.failed += len(batch)
+        if self._stopping:
+            self.runtime.unload()  # idempotent: stop() may have unloaded it already
 
     def _score(self, batch: list[tuple[str, str]]) -> None:
         try:

@@ -178,7 +178,7 @@ def performance(window: pd.DataFrame, champion: ModelVersion, *, min_labels: int
     estimated, method = label_free_estimate(champion)
     estimate = estimated(window["confidence"]) if len(window) else None
     out: dict[str, Any] = {"labelled": int(len(labelled)), "estimated_accuracy": estimate, "estimate_method": method}
-    if len(labelled) < min_labels:
+    if len(labelled) < max(min_labels, 1):
         return out, None
     correct = int((labelled["label"] == labelled["true_label"]).sum())
     measured = correct / len(labelled)

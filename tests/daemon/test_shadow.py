@@ -72,6 +72,18 @@ def test_the_shadow_waits_for_its_time_and_its_rows(home: Settings) -> None:
     assert not skipped.start and "v2 is being scored in shadow" in skipped.reason
 
 
+def test_a_shadow_without_enough_traffic_ends_on_its_offline_gate_at_its_deadline(home: Settings) -> None:
+    """No server scored it (or traffic is too thin): refits are held while it is in shadow, so past
+    gate.shadow_max_minutes it is promoted on the offline gate it passed, and says so."""
+    engine = make_engine(home.database_url)
+    _traffic(home, 10, agree=10)
+    assert shadow.check(home, engine)["action"] == "waiting"  # the default deadline is hours away
+    outcome = shadow.check(home.updated({"gate": {"shadow_max_minutes": 0}}), engine)
+    assert outcome["action"] == "promoted", outcome
+    assert "10 live requests scored (< 40" in outcome["reason"] and "promoted on the offline gate" in outcome["reason"]
+    assert _status(home, "v2") == "champion"
+
+
 def test_better_live_accuracy_promotes_and_the_watch_follows(home: Settings) -> None:
     engine = make_engine(home.database_url)
     _traffic(home, 50, agree=30, both=18, shadow_only=9, neither=3)  # 30 labels: v1 0.60, v2 0.90

@@ -185,3 +185,10 @@ def test_int8_is_refused_only_where_a_test_set_shows_the_loss() -> None:
     ok, reason = int8_verdict({**candidate, "frozen": frozen, "frozen_int8": frozen_int8,
                                "int8_paired": {"frozen": frozen_paired, "recent": recent_paired}}, 0.005)
     assert not ok and reason.startswith("fp32 served: INT8 accuracy on frozen"), reason
+    # 6 rows lost and 2 gained on 338 (1.2 points, over twice the tolerance): refused, though the
+    # interval on so few rows is too wide to show the loss
+    recent, recent_int8, recent_paired = paired_set(338, 247, 6, 2)
+    assert recent_paired["upper"] > -0.005
+    ok, reason = int8_verdict({**candidate, "recent": recent, "recent_int8": recent_int8,
+                               "int8_paired": {"frozen": frozen_paired, "recent": recent_paired}}, 0.005)
+    assert not ok and "fp32 served: INT8 accuracy on" in reason, reason

@@ -56,7 +56,7 @@ def test_shadow_scores_live_traffic_and_fails_no_request(start_server, tmp_path)
         registry.start_shadow(engine, v2, reason="test: passed the offline gate")
         _wait(lambda: (httpx.get(f"{url}/v1/status").json()["shadow"] or {}).get("scored", 0) >= 100)
         registry.start_shadow(engine, v3, reason="test: a candidate that cannot be loaded")  # supersedes v2
-        _wait(lambda: v3 in httpx.get(f"{url}/v1/status").json()["refused"])
+        _wait(lambda: v3 in httpx.get(f"{url}/v1/status").json()["shadow_refused"])
         time.sleep(0.5)
     finally:
         stop.set()
