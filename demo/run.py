@@ -63,6 +63,10 @@ class Plan:
     refit_threads: int = 1
     min_new_labels: int = 1400
     max_train_rows: int = 2000
+    # drift.reference_size. A refit's champion is checked against the newest rows logged before its refit;
+    # the quick loop refits ~20-40 s after the shift (400-800 rows at 20/s), so its reference must not reach
+    # back into phase 1, or the new champion's checks see the topic mix move and stay drifted
+    reference_size: int = 1000
     seed: int = 7
 
     @classmethod
@@ -70,7 +74,8 @@ class Plan:
         if quick:
             # phase 1 long enough for a check to start and finish in it (a check is a child process now)
             return cls(quick=True, rate=20.0, phase1=700, after=300, max_phase2_s=720.0, drift_every_s=20.0,
-                       label_fraction=0.5, min_new_labels=400, max_train_rows=400, consecutive=1)
+                       label_fraction=0.5, min_new_labels=400, max_train_rows=400, consecutive=1,
+                       reference_size=400)
         return cls(quick=False)
 
 
@@ -90,7 +95,7 @@ poll_interval_s = 2.0
 [drift]
 window_size = 300
 min_window = 200
-reference_size = 1000
+reference_size = {plan.reference_size}
 consecutive = {plan.consecutive}
 
 [scheduler]
