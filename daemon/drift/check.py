@@ -166,7 +166,7 @@ def score(runtime: OnnxClassifier, texts: list[str], *, batch: int = 64) -> tupl
 
 def performance(window: pd.DataFrame, champion: ModelVersion, *, min_labels: int = 30,
                 max_drop: float = 0.05, alpha: float = 0.01) -> tuple[dict[str, Any], Signal | None]:
-    """Measured accuracy on the labelled rows beside the label-free estimate (mean calibrated confidence).
+    """Measured accuracy on the labelled rows beside the label-free estimate (:func:`label_free_estimate`).
 
     Only the champion's own answers count (rows of ``model_version`` another version are its predecessor's
     answers; the champion's answers to them, computed at the check, may be to rows it was trained on).
@@ -184,9 +184,9 @@ def performance(window: pd.DataFrame, champion: ModelVersion, *, min_labels: int
     measured = correct / len(labelled)
     test_acc, held_out, test_n = held_out_accuracy(champion, default=measured)
     # The estimate's own error, on the same rows: what it would have said of the labelled rows minus what they show.
+    on_labelled = estimated(labelled["confidence"])
     out |= {"measured_accuracy": measured, "champion_test_accuracy": test_acc, "champion_test_set": held_out,
-            "champion_test_rows": test_n, "estimate_on_labelled": estimated(labelled["confidence"]),
-            "estimate_error": estimated(labelled["confidence"]) - measured}
+            "champion_test_rows": test_n, "estimate_on_labelled": on_labelled, "estimate_error": on_labelled - measured}
     drop = test_acc - measured
     p_value = accuracy_fall_p(correct, len(labelled), test_acc, test_n)
     return out, Signal("performance", f"accuracy drop vs champion {held_out} test", drop, max_drop,
