@@ -1,4 +1,4 @@
-"""``python -m refitd.bench [serve|spin|train|drift|cotenancy|store|ensemble|recovery] [options]``; with no suite, all of them and one table of ratios.
+"""``python -m refitd.bench [serve|spin|shadow|train|drift|cotenancy|store|ensemble|recovery|defaults] [options]``; with no suite, all of them and one table of ratios.
 
 Every suite runs its baseline in the same run and prints ratios; results go to
 ``bench/results/<suite>-latest.json`` (and a timestamped copy). ``python -m refitd.bench --home DIR``
@@ -24,7 +24,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 SUITES = {"serve": "refitd.bench.serve", "spin": "refitd.bench.spin", "shadow": "refitd.bench.shadow", "train": "refitd.bench.train", "drift": "refitd.bench.drift",
           "cotenancy": "refitd.bench.cotenancy", "store": "refitd.bench.store", "ensemble": "refitd.bench.ensemble",
-          "recovery": "refitd.bench.recovery"}
+          "recovery": "refitd.bench.recovery", "defaults": "refitd.bench.defaults"}
+ON_DEMAND = {"defaults"}  # a search that sets defaults, run by hand (an hour on 2 cores), not a benchmark
 NEEDS_HOME = {"serve", "spin", "shadow", "drift", "cotenancy"}
 
 
@@ -43,6 +44,8 @@ def run_all(argv: list[str]) -> int:
                        check=True)
     rows = []
     for name, module_name in SUITES.items():
+        if name in ON_DEMAND:
+            continue
         print(f"\n=== bench {name} ===", flush=True)
         module = importlib.import_module(module_name)
         code = module.main(["--home", str(home)] if name in NEEDS_HOME else [])

@@ -20,10 +20,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trai
 
 from refitd.bench.report import save
 from refitd.core.datasets import load_configured, stratified_sample
-from refitd.core.settings import Settings
 from refitd.flows.evaluate import report_from_logits
 from refitd.flows.finetune import FitConfig, fit, predict_torch
-from refitd.flows.refit import base_model_path
 
 
 
@@ -65,6 +63,9 @@ def baseline(source: Path, train, labels: list[str], *, epochs: float, lr: float
 
 
 def run(rows: int, epochs: float, seed: int) -> dict[str, Any]:
+    from refitd.core.settings import Settings  # here, not above: `bench defaults` imports this module on
+    from refitd.flows.refit import base_model_path  # machines that have only the training stack
+
     settings = Settings.load(home=tempfile.mkdtemp())
     source = base_model_path(settings)
     train, val, test, labels = _data(rows, seed)

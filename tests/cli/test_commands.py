@@ -147,12 +147,13 @@ BENCH = {
     "store": ["--rows", "3000", "--small", "1000", "--days", "3",
               "--postgres", os.environ.get("REFITD_TEST_DATABASE_URL") or "none"],
     "recovery": ["--labels", "150", "--holdout", "150", "--oracle-labels", "300", "--quick"],  # trains its own v1
+    "defaults": ["--steps", "confirm", "--rows", "150", "--epochs", "0.5", "--seeds", "42"],
 }
 
 
 @pytest.mark.parametrize("suite", sorted(BENCH))
 def test_every_bench_suite(home: Path, tmp_path: Path, suite: str) -> None:
-    args = BENCH[suite] + ([] if suite in ("train", "ensemble", "recovery") else ["--home", str(home)])
+    args = BENCH[suite] + ([] if suite in ("train", "ensemble", "recovery", "defaults") else ["--home", str(home)])
     result = subprocess.run([sys.executable, "-m", "refitd.bench", suite, *args], capture_output=True, text=True,
                             timeout=900, env=_env(home, REFITD_BENCH_RESULTS=str(tmp_path)))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
