@@ -159,8 +159,9 @@ class GateSection(_Section):
         ["dynamic", "dynamic_per_channel", "static", "static_keep_first"],
         description="INT8 recipes built and timed at export (flows/quantize.py): dynamic = activations quantized per "
                     "batch; static = QDQ with activation ranges calibrated on training rows; per_channel / static = "
-                    "per-channel weights; keep_first = the first encoder layer stays fp32 (built only when static misses the "
-                    "tolerance). Only variants within the tolerance are timed. [] = no INT8 graph.",
+                    "per-channel weights; keep_first = the first encoder layer stays fp32. Fallbacks: static is built only when "
+                    "every listed dynamic recipe misses the tolerance, keep_first only when static misses it. Only "
+                    "variants within the tolerance are timed. [] = no INT8 graph.",
     )
     int8_calibration_rows: int = Field(
         256, description="Training rows the static INT8 variants are calibrated on (through the served tokenizer)."

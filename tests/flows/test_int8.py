@@ -126,9 +126,14 @@ def test_measure_times_only_what_could_be_kept_and_builds_the_fallback_only_when
                   validation_labels=[0, 1, 2, 0, 2, 1, 1, 2], max_length=32, threads=1, rounds=1)
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     lenient = quantize.measure(fp32, tokenizer, tmp_path / "a", **kwargs, tolerance=1.0)
-    assert lenient["static_keep_first"] == {"about": quantize.RECIPES["static_keep_first"].about,
-                                            "skipped": "not built: static is within tolerance"}
-    assert all(lenient[n]["speedup"] > 0 for n in ("fp32", "dynamic", "static"))
+    for name in ("static", "static_keep_first"):  # a dynamic variant is within tolerance: no static build
+        assert lenient[name] == {"about": quantize.RECIPES[name].about, "skipped": "not built: dynamic is within tolerance"}
+    assert all(lenient[n]["speedup"] > 0 for n in ("fp32", "dynamic"))
+    # static alone is built (nothing listed that it backs up); its fallback is not, once static is within
+    (tmp_path / "c").mkdir()
+    alone = quantize.measure(fp32, tokenizer, tmp_path / "c", **{**kwargs, "recipes": ["static", "static_keep_first"]},
+                             tolerance=1.0)
+    assert alone["static"]["speedup"] > 0 and alone["static_keep_first"]["skipped"] == "not built: static is within tolerance"
     # nothing can be within a negative tolerance: no variant is timed, and static's fallback is built
     strict = quantize.measure(fp32, tokenizer, tmp_path / "b", **kwargs, tolerance=-1.0)
     assert set(strict) == {"fp32", *recipes} and Path(strict["static_keep_first"]["path"]).is_file()
