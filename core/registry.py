@@ -272,6 +272,14 @@ def get_shadow(session: Session) -> ModelVersion | None:
     return _shadow(session)
 
 
+def atc_threshold(mv: ModelVersion) -> float | None:
+    """The confidence above which this version's answers count as right in its label-free accuracy estimate
+    (average thresholded confidence, fitted on validation at its refit; flows/calibrate.py), or None for a
+    version trained before the threshold was stored."""
+    value = ((mv.metrics or {}).get("calibration") or {}).get("atc_threshold")
+    return None if value is None else float(value)
+
+
 def get_version(session: Session, *, version: str) -> ModelVersion:
     """The row for ``version``; NotFoundError if there is none."""
     return _get(session, version)

@@ -5,7 +5,9 @@ the feedback labels of the predictions it served is compared with the previous c
 on as many of its last labelled predictions before the promotion (recent traffic, not last month's). Once both
 have ``scheduler.watch_min_labels`` labels, a drop of ``scheduler.rollback_drop`` or more rolls
 back, records why and alerts; a watch that ends without one records that it passed. The
-label-free estimate (mean calibrated confidence) of both is reported beside them.
+label-free accuracy estimate of both is reported beside them: the share of each version's answers
+whose calibrated confidence is above that version's ATC threshold (as the drift check estimates),
+or their mean confidence for a version that has no threshold stored.
 """
 
 from __future__ import annotations
@@ -15,14 +17,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, case, func, select
 from sqlmodel import Session, col
 
 from refitd.core import registry
 from refitd.core.db import session_scope
 from refitd.core.labels import predictions_with_labels
 from refitd.core.settings import Settings
-from refitd.core.tables import Event, Prediction, utcnow
+from refitd.core.tables import Event, ModelVersion, Prediction, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,8 @@ class Quality:
     version: str
     labelled: int
     accuracy: float | None
-    estimate: float | None  # mean calibrated confidence of everything it served in the period
+    estimate: float | None  # label-free accuracy estimate over everything it served in the period
+    estimate_method: str = "mean confidence"
 
     def words(self) -> str:
         acc = "n/a" if self.accuracy is None else f"{self.accuracy:.3f}"
@@ -45,13 +48,20 @@ class Quality:
 def _quality(session: Session, version: str, *, after: datetime | None = None, before: datetime | None = None,
              latest: int | None = None) -> Quality:
     labelled = predictions_with_labels(session, model_version=version, after=after, before=before, latest=latest)
-    served = select(func.avg(Prediction.confidence)).where(Prediction.model_version == version)
+    mv = session.scalars(select(ModelVersion).where(ModelVersion.version == version)).first()
+    threshold = None if mv is None else registry.atc_threshold(mv)
+    if threshold is None:
+        served, method = select(func.avg(Prediction.confidence)), "mean confidence"
+    else:  # the share above the threshold, counted by the database
+        served = select(func.avg(case((col(Prediction.confidence) > threshold, 1.0), else_=0.0)))
+        method = f"share of confidences above {threshold:.3f} (ATC)"
+    served = served.where(Prediction.model_version == version)
     for cond in ([col(Prediction.created_at) >= after] if after else []) + (
             [col(Prediction.created_at) < before] if before else []):
         served = served.where(cond)
     acc = float((labelled["label"] == labelled["true_label"]).mean()) if len(labelled) else None
     estimate = session.execute(served).scalar()
-    return Quality(version, len(labelled), acc, None if estimate is None else float(estimate))
+    return Quality(version, len(labelled), acc, None if estimate is None else float(estimate), method)
 
 
 def _watched_promotion(session: Session) -> Event | None:

@@ -197,7 +197,7 @@ def label_free_estimate(champion: ModelVersion) -> tuple[Callable[[pd.Series], f
     """How a window's calibrated confidences become an accuracy estimate for this champion: the share above
     its ATC threshold when its refit stored one (see :func:`refitd.flows.calibrate.atc_threshold`), else
     their mean (versions trained before the threshold was stored)."""
-    threshold = ((champion.metrics or {}).get("calibration") or {}).get("atc_threshold")
+    threshold = registry.atc_threshold(champion)
     if threshold is None:
         return (lambda conf: float(conf.mean())), "mean confidence"
     return (lambda conf: float((conf > threshold).mean())), f"share of confidences above {threshold:.3f} (ATC)"

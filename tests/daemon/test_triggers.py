@@ -197,8 +197,16 @@ def test_promotion_watch_passes_a_champion_that_holds_up(home: Settings, untrain
     engine = make_engine(home.database_url)
     _served(home, "v1", right=24, wrong=6, at=utcnow() - timedelta(minutes=30))  # 0.80
     publish_version(home, untrained_artifact)
+    registry.update_version(engine, "v2", metrics={"calibration": {"atc_threshold": 0.75}})
     _served(home, "v2", right=25, wrong=5, at=utcnow() + timedelta(seconds=1))  # 0.83
-    assert guard.check(home, engine)["action"] == "watching"
+    watching = guard.check(home, engine)
+    assert watching["action"] == "watching"
+    # The estimate beside each: v2's share of confidences above its ATC threshold, v1's (none stored) mean
+    rng = np.random.default_rng(0)
+    confidences = [float(rng.uniform(0.6, 0.9)) for _ in range(30)]
+    assert watching["new"]["estimate"] == pytest.approx(np.mean([c > 0.75 for c in confidences]))
+    assert "ATC" in watching["new"]["estimate_method"] and watching["old"]["estimate_method"] == "mean confidence"
+    assert watching["old"]["estimate"] == pytest.approx(np.mean(confidences))
     over = home.model_copy(update={"scheduler": home.scheduler.model_copy(update={"watch_minutes": 0.0001})})
     passed = guard.check(over, engine)
     assert passed["action"] == "passed"
