@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+import orjson
 from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 
@@ -113,7 +114,7 @@ class PredictionLog:
 
     def add(self, rows: list[dict[str, Any]]) -> None:
         """Make rows durable (spool segment) and queue them for the database."""
-        lines = "".join(json.dumps(_jsonable(r)) + "\n" for r in rows)
+        lines = "".join(_line(r) for r in rows)
         with self._lock:
             if self._fh is None:
                 self._open_segment()
@@ -264,7 +265,9 @@ def _reason(exc: SQLAlchemyError) -> str:
 
 def _read_segment(segment: Path) -> list[dict[str, Any]]:
     rows = []
-    for n, line in enumerate(segment.read_text(encoding="utf-8").splitlines(), start=1):
+    # "\n" alone ends a line: texts are written as UTF-8, and str.splitlines would also cut at U+2028,
+    # U+0085 and the other separators a text may hold.
+    for n, line in enumerate(segment.read_text(encoding="utf-8").split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -280,6 +283,15 @@ def _existing_ids(conn: Any, ids: list[str]) -> set[str]:
     for i in range(0, len(ids), 500):
         found.update(conn.execute(select(Prediction.id).where(Prediction.id.in_(ids[i : i + 500]))).scalars())
     return found
+
+
+def _line(row: dict[str, Any]) -> str:
+    """One spool line: orjson (a tenth of json's time on the request path), json for what orjson refuses."""
+    data = _jsonable(row)
+    try:
+        return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE).decode()
+    except TypeError:  # orjson.JSONEncodeError: e.g. a lone surrogate, which json escapes
+        return json.dumps(data) + "\n"
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:

@@ -136,14 +136,15 @@ def test_sqlite_unavailable_keeps_segments_until_back(tmp_path: Path, open_log) 
     plog = open_log(engine)
     db_dir.rename(tmp_path / "db-away")  # the database file is gone: every connection fails
     engine.dispose()
-    rows = [[_row(), _row()], [_row()]]
+    # texts holding what other line splitters cut at (U+2028, U+0085, U+001C) survive the spool as written
+    rows = [[_row("before\u2028after \u2708\ufe0f"), _row("x\x85y\x1cz\u2029 \u00fcml")], [_row()]]
     for batch in rows:
         plog.add(batch)
         plog.flush()
     assert not plog.db_ok and plog.spooled_segments == 2
     (tmp_path / "db-away").rename(db_dir)
     plog.flush()
-    assert set(_stored(engine)) == _ids(rows[0] + rows[1])
+    assert _stored(engine) == {r["id"]: r["text"] for r in rows[0] + rows[1]}
     assert plog.db_ok and plog.spooled_segments == 0 and plog.rejected == 0
     assert not list((tmp_path / "spool").glob("rejected-*"))
     engine.dispose()
