@@ -270,6 +270,11 @@ class ServingSection(_Section):
         "auto", description="ONNX Runtime device: auto = CUDA when onnxruntime-gpu sees a GPU, else CPU."
     )
     threads: int | None = Field(None, description="ONNX Runtime intra-op threads; unset = all cores.")
+    opentelemetry: bool = Field(
+        False, description="FastAPI's OpenTelemetry spans, metrics and logs per request, sent to the providers the "
+        "process configures (e.g. under opentelemetry-instrument). Off: the check for a provider is skipped on every "
+        "request; /metrics (Prometheus) is there either way."
+    )
     spin: bool = Field(
         False, description="Let ONNX Runtime's worker threads spin while waiting for work: a little less latency "
         "under steady load, but each burns its core between requests, a core a refit or a drift check then lacks."
@@ -279,6 +284,10 @@ class ServingSection(_Section):
     )
     max_batch_size: int = Field(32, description="Most texts the batcher runs in one session call.")
     max_wait_ms: float = Field(5.0, description="Longest a request waits for others to fill a batch.")
+    max_padding: float = Field(
+        0.25, description="Most padding a batch may carry, as a share of its texts' own length: waiting texts are "
+        "sorted by length and a batch closes before its padding passes this. 0 = only equal lengths share a batch."
+    )
     queue_size: int = Field(1024, description="Most texts waiting; beyond it requests get 503.")
     request_timeout_s: float = Field(10.0, description="Longest a request waits for its answer.")
     max_texts_per_request: int = Field(256, description="Most texts in one request.")
@@ -309,6 +318,8 @@ class ServingSection(_Section):
     def _check(self) -> ServingSection:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"serving.port must be between 0 and 65535; got {self.port}")
+        if self.max_padding < 0:
+            raise ValueError(f"serving.max_padding must be ≥ 0; got {self.max_padding}")
         if self.max_batch_size < 1:
             raise ValueError(f"serving.max_batch_size must be ≥ 1; got {self.max_batch_size}")
         for name in ("admin_token", "feedback_token"):

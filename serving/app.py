@@ -61,9 +61,8 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            path = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(route=path, code=str(status[0])).inc()
-            self.metrics.latency.labels(route=path).observe(time.perf_counter() - start)
+            self.metrics.request_done(getattr(scope.get("route"), "path", "unmatched"), status[0],
+                                      time.perf_counter() - start)
 
 
 def bearer_matches(request: Request, token: SecretStr) -> bool:
@@ -78,7 +77,9 @@ def _body(schema: dict[str, Any]) -> dict[str, Any]:
 
 def create_app(plane: DataPlane) -> FastAPI:
     limits = plane.settings.serving
+    otel = limits.opentelemetry
     app = FastAPI(title="refitd", version="0.1.0", lifespan=_lifespan(plane),
+                  telemetry={"tracing": otel, "metrics": otel, "logs": otel},
                   description="Classify texts with the current champion; Open Inference Protocol V2 under /v2.")
     app.state.plane = plane
     metrics = plane.metrics

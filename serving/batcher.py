@@ -2,9 +2,8 @@
 
 A batch closes at ``max_batch_size`` texts or ``max_wait_ms`` after its first
 request, whichever comes first; a request that finds nobody else waiting runs at once
-(adaptive batching: batches form from the requests that arrive while one runs). When more texts wait than one batch holds,
-they are sorted by length and cut into batches of similar length, so short
-texts are not padded to a long one. Each batch runs on the runtime that was
+(adaptive batching: batches form from the requests that arrive while one runs). Waiting texts are sorted by length and cut into batches of similar length
+(``serving.max_padding``), so short texts are not padded to a long one. Each batch runs on the runtime that was
 current when it started, so a hot swap never changes a batch midway.
 
 Requests are validated before they are queued (serving/limits.py: the texts the tokenizer and the
@@ -60,6 +59,11 @@ class _Item:
     enqueued: float = field(default_factory=time.perf_counter)
 
 
+def _expire(future: asyncio.Future[Answer], seconds: float) -> None:
+    if not future.done():
+        future.set_exception(RequestTimeout(seconds))
+
+
 class Batcher:
     def __init__(
         self,
@@ -69,10 +73,11 @@ class Batcher:
         max_wait_ms: float,
         queue_size: int,
         timeout_s: float,
+        max_padding: float = float("inf"),
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self.current_runtime = current_runtime
-        self.max_batch_size, self.max_wait = max_batch_size, max_wait_ms / 1000.0
+        self.max_batch_size, self.max_wait, self.max_padding = max_batch_size, max_wait_ms / 1000.0, max_padding
         self.queue_size, self.timeout_s = queue_size, timeout_s
         self.on_batch = on_batch
         self.queued_texts = 0
@@ -105,14 +110,17 @@ class Batcher:
             raise OverloadedError(
                 f"queue full ({self.queued_texts} texts waiting, limit {self.queue_size}); retry shortly", retry_after=1
             )
-        item = _Item(texts, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        item = _Item(texts, loop.create_future())
         self.queued_texts += len(texts)
         self._queue.put_nowait(item)
+        # A timer, not wait_for: no task per request. A request that times out, or whose caller goes
+        # away (cancelled), leaves a done future that the worker skips.
+        timer = loop.call_later(self.timeout_s, _expire, item.future, self.timeout_s)
         try:
-            return await asyncio.wait_for(asyncio.shield(item.future), self.timeout_s)
-        except TimeoutError:
-            item.future.cancel()
-            raise RequestTimeout(self.timeout_s) from None
+            return await item.future
+        finally:
+            timer.cancel()
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -155,19 +163,24 @@ class Batcher:
         return items
 
     def _groups(self, items: list[_Item]) -> list[list[_Item]]:
-        """Requests in batches of ≤ max_batch_size texts, shortest texts together."""
-        if sum(len(i.texts) for i in items) <= self.max_batch_size:
+        """Requests in batches of ≤ max_batch_size texts, shortest texts together, each batch closed before
+        its padding would pass ``max_padding`` of what it holds (characters stand in for tokens): every text
+        of a batch is padded to its longest, and that padding is work the model does for nothing."""
+        if len(items) == 1:
             return [items]
         ordered = sorted(items, key=lambda i: max(len(t) for t in i.texts))
-        groups, current, count = [], [], 0
+        groups: list[list[_Item]] = []
+        current: list[_Item] = []
+        count = chars = longest = 0
         for item in ordered:
-            if current and count + len(item.texts) > self.max_batch_size:
+            n, size, top = len(item.texts), sum(len(t) for t in item.texts), max(len(t) for t in item.texts)
+            wider = max(longest, top) * (count + n)  # the batch's padded size with this request in it
+            if current and (count + n > self.max_batch_size or wider > (1 + self.max_padding) * (chars + size)):
                 groups.append(current)
-                current, count = [], 0
+                current, count, chars, longest = [], 0, 0, 0
             current.append(item)
-            count += len(item.texts)
-        if current:
-            groups.append(current)
+            count, chars, longest = count + n, chars + size, max(longest, top)
+        groups.append(current)
         return groups
 
     async def _run(self, loop: asyncio.AbstractEventLoop, group: list[_Item]) -> None:

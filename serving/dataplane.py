@@ -55,7 +55,8 @@ class DataPlane:
         self._swap_lock = threading.Lock()
         s = settings.serving
         self.batcher = Batcher(lambda: self.runtime, max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms,
-                               queue_size=s.queue_size, timeout_s=s.request_timeout_s, on_batch=self._on_batch)
+                               queue_size=s.queue_size, timeout_s=s.request_timeout_s, max_padding=s.max_padding,
+                               on_batch=self._on_batch)
 
     # model lifecycle ------------------------------------------------------------------
 
@@ -186,7 +187,7 @@ class DataPlane:
                 "scores": {lbl: float(s) for lbl, s in zip(labels, row_scores, strict=True)}}
                for row, row_scores in zip(rows, answer.scores, strict=True)]
         for label in answer.labels:
-            self.metrics.predictions.labels(label=label).inc()
+            self.metrics.predicted(label)
         self.predlog.add(rows)  # durable before the caller is answered
         shadow = self.shadow
         if shadow is not None:  # after the answer is safe; O(1), never blocks the request

@@ -23,8 +23,26 @@ class ServingMetrics:
         self.swaps = Counter("refitd_model_swaps_total", "Hot swaps to a new model version.", registry=r)
         self.refused = Counter("refitd_model_loads_refused_total", "Model versions refused at load or smoke query.", registry=r)
         self.log_pending = Gauge("refitd_prediction_log_pending", "Prediction rows not yet in the database.", registry=r)
+        self._request_children: dict[tuple[str, int], tuple] = {}
+        self._prediction_children: dict[str, Counter] = {}
         self.log_rejected = Gauge("refitd_prediction_log_rejected", "Prediction rows the database refused, kept in "
                                   "spool/rejected-*.jsonl since the process started.", registry=r)
+
+    def request_done(self, route: str, code: int, seconds: float) -> None:
+        """Count one answered request and observe its latency (label children cached: a dict hit per request)."""
+        key = (route, code)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (self.requests.labels(route=route, code=str(code)),
+                                                      self.latency.labels(route=route))
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def predicted(self, label: str) -> None:
+        child = self._prediction_children.get(label)
+        if child is None:
+            child = self._prediction_children[label] = self.predictions.labels(label=label)
+        child.inc()
 
     def serving(self, version: str) -> None:
         self.model_info.clear()

@@ -117,6 +117,28 @@ def test_a_backlog_is_cut_into_full_batches_of_similar_length() -> None:
     assert [a.labels for a in answers[1:]] == requests  # regrouped for the model, answered per request
 
 
+def test_a_batch_closes_before_its_padding_passes_max_padding() -> None:
+    lengths = [42, 10, 100, 11, 40, 12, 10, 41]
+    requests = [["w" * n] for n in lengths]
+
+    async def go():
+        runtime = GatedRuntime()
+        b = _batcher(runtime, max_padding=0.25)
+        await b.start()
+        first = await _busy(b, runtime)
+        tasks = await _queued(b, requests)
+        runtime.gate.set()
+        answers = await asyncio.gather(first, *tasks)
+        await b.stop()
+        return runtime, answers
+
+    runtime, answers = asyncio.run(go())
+    # 10-12 characters pad to 12 (48 for 43: 12% padding); a 40 would pad them to 200 for 83. Then 40-42,
+    # then 100 alone: under the batch size (8), but never more than a quarter of padding in a call.
+    assert [[len(t) for t in call] for call in runtime.calls[1:]] == [[10, 10, 11, 12], [40, 41, 42], [100]]
+    assert [a.labels for a in answers[1:]] == requests
+
+
 def test_full_queue_is_refused_and_the_refused_texts_never_run() -> None:
     async def go():
         runtime = GatedRuntime()
