@@ -89,7 +89,11 @@ def reference_rows(settings: Settings, champion: ModelVersion, folder: Path, eng
     of them) is checked against the production traffic it was trained and tested on: the newest
     ``drift.reference_size`` predictions logged after its parent was registered and before its refit
     started (traffic after that was neither trained nor tested on, and is what the first checks of the
-    new champion see), when at least ``drift.min_window`` were. Any other champion — the first, one trained without new
+    new champion see), when at least ``drift.min_window`` were. When the parent's checks had found drift
+    up to the refit, the reference starts where that drift began (:func:`drift_onset`) if at least
+    ``drift.min_window`` rows came since: a refit soon after a shift would otherwise take a reference
+    that reaches back into the traffic before it, and the new champion's checks would read the
+    difference as drift. Any other champion — the first, one trained without new
     labels — against a sample of its own training rows.
     """
     if (folder / TRAIN_ROWS_FILE).is_file():
@@ -104,16 +108,38 @@ def reference_rows(settings: Settings, champion: ModelVersion, folder: Path, eng
             parent = session.scalars(select(ModelVersion).where(ModelVersion.version == champion.parent)).first()
             refit = session.scalars(select(RefitRun.created_at).where(RefitRun.candidate_version == champion.version)
                                     .order_by(col(RefitRun.id).desc())).first()
+            end = refit or champion.created_at
+            onset = drift_onset(session, champion.parent, before=end)
+            since = [s for s in (parent.created_at if parent else None, onset) if s is not None]
             traffic = predictions_with_labels(session, unlabelled=True, latest=d.reference_size,
-                                              after=parent.created_at if parent else None,
-                                              before=refit or champion.created_at)
+                                              after=max(since) if since else None, before=end)
+            if onset is not None and len(traffic) < d.min_window:  # too little since the shift: reach back
+                onset = None
+                traffic = predictions_with_labels(session, unlabelled=True, latest=d.reference_size,
+                                                  after=parent.created_at if parent else None, before=end)
         if len(traffic) >= d.min_window:
             return traffic[["text"]], {
-                "source": "production traffic before the refit", "trained_on_new_labels": new_labels,
+                "source": "production traffic before the refit" + (" since the drift began" if onset else ""),
+                "trained_on_new_labels": new_labels, "drift_onset": onset,
                 "from": traffic["created_at"].min(), "to": traffic["created_at"].max(),
                 "served_by": sorted(traffic["model_version"].unique().tolist())}
     sample = trained.sample(n=min(d.reference_size, len(trained)), random_state=0)
     return sample, {"source": "training rows", "trained_on_new_labels": new_labels}
+
+
+def drift_onset(session: Session, version: str, *, before: Any) -> Any:
+    """Where the drift that ``version``'s last checks before ``before`` found began: the window start of the
+    first of the unbroken run of checks whose own finding was "drifted" (hysteresis aside), ending with
+    the last check before ``before``; None when that last check found no drift."""
+    checks = session.scalars(select(DriftCheck).where(DriftCheck.model_version == version,
+                                                      col(DriftCheck.created_at) < before)
+                             .order_by(col(DriftCheck.id).desc()).limit(500)).all()
+    onset = None
+    for check in checks:
+        if (check.signals.get("_verdict") or {}).get("found", check.verdict) != "drifted":
+            break
+        onset = check.window_start
+    return onset
 
 
 def champion_runtime(settings: Settings, champion: ModelVersion) -> OnnxClassifier:

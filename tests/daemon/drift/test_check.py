@@ -245,3 +245,57 @@ def test_a_champion_trained_on_new_labels_is_checked_against_the_traffic_it_lear
     _log(settings, runtime, new_mix["text"].iloc[900:1000].tolist() + further["text"].tolist(), utcnow())
     shifted = run_check(settings, engine)
     assert shifted.signals["_verdict"]["found"] == "drifted", shifted.reason
+
+
+def test_the_new_champions_reference_starts_where_the_drift_began(tmp_path: Path, untrained_artifact: Path) -> None:
+    """A refit soon after a shift: the reference is the traffic since the drift began, not the newest
+    ``reference_size`` rows, which would reach back into the traffic before the shift."""
+    from refitd.core.tables import DriftCheck
+    from refitd.daemon.drift.check import drift_onset, reference_rows
+
+    corpus = load_bundled_corpus()
+    airline = corpus[corpus["topic"] == "airline"].sample(700, random_state=3)
+    new_mix = corpus[corpus["topic"].isin(["apple", "coachella"])].sample(300, random_state=3)
+    settings = Settings.load(home=tmp_path, drift={"window_size": 200, "min_window": 100, "reference_size": 1000})
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    store = ArtifactStore.from_settings(settings)
+    staged = copy_artifact(untrained_artifact, store.staging("v1"))
+    airline.iloc[:300][["text", "label"]].assign(source="reference").to_parquet(staged / TRAIN_ROWS_FILE)
+    v1 = register_candidate(engine, store, staged)
+    registry.promote(engine, v1.version)
+    runtime = OnnxClassifier(v1.version, store.path(v1.version), provider="cpu")
+    runtime.load()
+    before = utcnow()
+    _log(settings, runtime, airline["text"].iloc[300:700].tolist(), before)  # 400 rows before the shift
+    shift = before + timedelta(seconds=5)
+    _log(settings, runtime, new_mix["text"].tolist(), shift)  # 300 after it
+
+    def check(start, found: str, verdict: str) -> DriftCheck:
+        return DriftCheck(model_version=v1.version, window_start=start, window_end=start + timedelta(seconds=1),
+                          verdict=verdict, signals={"_verdict": {"found": found}})
+
+    with session_scope(engine) as s:
+        s.add(check(before, "not_drifted", "not_drifted"))
+        s.add(check(shift, "drifted", "not_drifted"))  # found, held by hysteresis: the drift began here
+        s.add(check(shift + timedelta(milliseconds=150), "drifted", "drifted"))
+    time.sleep(0.01)
+    with session_scope(engine) as s:
+        s.add(RefitRun(trigger="drift", candidate_version="v2"))
+        started = utcnow()
+        assert drift_onset(s, v1.version, before=started) == shift
+    time.sleep(0.01)
+    staged = copy_artifact(untrained_artifact, store.staging("v2"))
+    pd.concat([airline.iloc[:100][["text", "label"]].assign(source="reference"),
+               new_mix.iloc[:200][["text", "label"]].assign(source="feedback_new")]).to_parquet(staged / TRAIN_ROWS_FILE)
+    v2 = register_candidate(engine, store, staged, parent=v1.version)
+    rows, meta = reference_rows(settings, v2, store.path(v2.version), engine)
+    assert meta["source"] == "production traffic before the refit since the drift began"
+    assert len(rows) == 300 and set(rows["text"]) == set(new_mix["text"])  # none of the 400 airline rows
+    assert meta["drift_onset"] == shift
+
+    with session_scope(engine) as s:  # a check that finds no drift ends the run: no onset after it
+        s.add(check(started - timedelta(milliseconds=1), "not_drifted", "not_drifted"))
+    time.sleep(0.01)
+    with session_scope(engine) as s:
+        assert drift_onset(s, v1.version, before=utcnow()) is None
