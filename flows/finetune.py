@@ -210,7 +210,10 @@ def fit(
     log.info("fine-tuning %s: %d of %d parameters trainable", source.name, counts["trainable_params"], counts["total_params"])
     label_id = {lbl: i for i, lbl in enumerate(config.labels)}
     train_ds = _Rows(tokenizer, train["text"].tolist(), [label_id[x] for x in train["label"]], config.max_length)
-    val_ds = _Rows(tokenizer, validation["text"].tolist(), [label_id[x] for x in validation["label"]], config.max_length)
+    # scored in order of length: each evaluation batch pads little (metrics do not depend on the order; on one
+    # thread an evaluation of 800 tweets took 10.9 s sorted vs 13.5 s in the data's order)
+    by_length = validation.iloc[np.argsort(validation["text"].str.len().to_numpy(), kind="stable")]
+    val_ds = _Rows(tokenizer, by_length["text"].tolist(), [label_id[x] for x in by_length["label"]], config.max_length)
     steps_per_epoch = max(1, -(-len(train_ds) // t.batch_size))
     eval_steps = max(1, steps_per_epoch // max(1, config.evals_per_epoch))
     optim, optim_args = _OPTIMIZERS[t.optimizer]

@@ -25,6 +25,7 @@ from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantT
                                       quantize_static)
 
 from refitd.core.encoding import encode, load_tokenizer
+from refitd.flows.evaluate import scoring_batch
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +131,14 @@ def _float_beside_matmuls(path: Path, matmuls: set[str]) -> None:
     onnx.save(graph, str(path))
 
 
-def session(path: Path, threads: int | None) -> ort.InferenceSession:
-    """A CPU session set up as the server sets up its own (all graph optimisations, intra-op threads)."""
+def session(path: Path, threads: int | None, spin: bool = False) -> ort.InferenceSession:
+    """A CPU session set up as the server sets up its own (all graph optimisations, intra-op threads, workers
+    that spin between runs only with ``serving.spin``)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or (os.cpu_count() or 1)
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -189,7 +192,8 @@ TIER = {"dynamic": 0, "dynamic_per_channel": 0, "static": 1, "static_keep_first"
 
 def measure(fp32_path: Path, tokenizer_json: Path, folder: Path, *, recipes: list[str], calibration_texts: list[str],
             validation_texts: list[str], validation_labels: list[int], max_length: int, threads: int | None,
-            tolerance: float | None = None, rounds: int = 3, fp32_logits: np.ndarray | None = None) -> dict[str, Any]:
+            tolerance: float | None = None, rounds: int = 3, fp32_logits: np.ndarray | None = None,
+            spin: bool = False) -> dict[str, Any]:
     """Build each recipe into ``folder``; return fp32's and each variant's validation accuracy, agreement with
     fp32, timings and size (``path`` names the variant's file).
 
@@ -198,14 +202,15 @@ def measure(fp32_path: Path, tokenizer_json: Path, folder: Path, *, recipes: lis
     recipe (``FALLBACKS``: static behind the dynamic ones, ``static_keep_first`` behind static) is built
     only when every listed recipe it backs up missed.
     ``fp32_logits``: fp32's validation logits (rows in ``validation_texts`` order) when the caller has them
-    already; fp32 is then not scored again."""
-    val = feeds(tokenizer_json, validation_texts, max_length=max_length, batch_size=64)
+    already; fp32 is then not scored again. ``spin``: ``serving.spin``, so the timings are the server's."""
+    val = feeds(tokenizer_json, validation_texts, max_length=max_length,
+                batch_size=scoring_batch(threads or (os.cpu_count() or 1)))
     order = np.argsort([len(t) for t in validation_texts], kind="stable")
     y = np.asarray(validation_labels)[order]  # the rows in the order `feeds` batched them
     calibration = feeds(tokenizer_json, calibration_texts, max_length=max_length, batch_size=16) \
         if any(RECIPES[r].static for r in recipes) else []
     paths, built, preds, skipped = {"fp32": fp32_path}, {}, {}, {}
-    sessions = {"fp32": session(fp32_path, threads)}
+    sessions = {"fp32": session(fp32_path, threads, spin)}
     preds["fp32"] = predictions(sessions["fp32"], val) if fp32_logits is None else fp32_logits.argmax(axis=1)[order]
 
     def accuracy(name: str) -> float:
@@ -232,7 +237,7 @@ def measure(fp32_path: Path, tokenizer_json: Path, folder: Path, *, recipes: lis
         start = time.perf_counter()
         paths[name] = build(RECIPES[name], fp32_path, folder / f"model.{name}.onnx", calibration)
         built[name] = round(time.perf_counter() - start, 1)
-        sessions[name] = session(paths[name], threads)
+        sessions[name] = session(paths[name], threads, spin)
         preds[name] = predictions(sessions[name], val)
     timed = {name: sess for name, sess in sessions.items() if name == "fp32" or not missed(name)}
     timing = time_graphs(timed, validation_texts, tokenizer_json, max_length=max_length, rounds=rounds) \

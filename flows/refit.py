@@ -109,7 +109,8 @@ def _refit_body(settings: Settings, engine, p: dict[str, Any], run_id: int) -> d
                                     max_length=config.max_length, tolerance=1e-3)
         validation = tasks.validation_logits(staged, snapshot, max_length=config.max_length)
         int8 = tasks.quantize_int8(staged, snapshot, settings.gate, max_length=config.max_length,
-                                   threads=settings.serving.threads, seed=config.training.seed, fp32_logits=validation)
+                                   threads=settings.serving.threads, seed=config.training.seed, fp32_logits=validation,
+                                   spin=settings.serving.spin)
         lap("export")
         scores = tasks.evaluate(staged, champion_dir, snapshot, max_length=config.max_length,
                                 primary_metric=settings.gate.primary_metric, confidence=settings.gate.confidence)

@@ -114,7 +114,7 @@ def validation_logits(staged: Path, snapshot: snap.Snapshot, *, max_length: int)
 
 @task(cache_policy=NONE)
 def quantize_int8(staged: Path, snapshot: snap.Snapshot, gate: GateSection, *, max_length: int, threads: int | None,
-                  seed: int, fp32_logits: np.ndarray | None = None) -> dict[str, Any]:
+                  seed: int, fp32_logits: np.ndarray | None = None, spin: bool = False) -> dict[str, Any]:
     """Build the INT8 variants; keep the fastest within ``gate.int8_tolerance`` of fp32 on validation."""
     if not gate.int8_variants:
         return {"chosen": None, "file": None, "reason": "no INT8 variants configured (gate.int8_variants = [])"}
@@ -125,7 +125,7 @@ def quantize_int8(staged: Path, snapshot: snap.Snapshot, gate: GateSection, *, m
                                     recipes=gate.int8_variants, calibration_texts=calibration["text"].tolist(),
                                     validation_texts=snapshot.validation["text"].tolist(), validation_labels=labels,
                                     max_length=max_length, threads=threads, tolerance=gate.int8_tolerance,
-                                    fp32_logits=fp32_logits)
+                                    fp32_logits=fp32_logits, spin=spin)
         fp32 = measured.pop("fp32")
         skipped = {name: v for name, v in measured.items() if "path" not in v}
         measured = {name: v for name, v in measured.items() if "path" in v}
