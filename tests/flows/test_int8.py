@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import typing
 from pathlib import Path
 
@@ -158,6 +159,25 @@ def test_measure_reads_fp32_logits_it_is_given_instead_of_scoring_again(fp32_gra
     # logits that say otherwise are believed: fp32 was not scored a second time
     flipped = quantize.measure(fp32, tokenizer, tmp_path / "c", **kwargs, fp32_logits=-logits)
     assert flipped["fp32"]["accuracy"] == float(np.mean((-logits).argmax(1) == labels))
+
+
+def test_scoring_takes_the_refits_thread_budget_and_keeps_the_callers_order(fp32_graph, monkeypatch) -> None:
+    """A refit child scores on OMP_NUM_THREADS (refit.threads), a few texts a run on one thread; whatever the
+    threads and batch, the logits come back in the caller's order and agree."""
+    from refitd.flows.evaluate import onnx_logits, scoring_batch, scoring_threads
+
+    fp32, tokenizer = fp32_graph
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert scoring_threads() == 1 and scoring_batch(1) == 4
+    monkeypatch.setenv("OMP_NUM_THREADS", "not a number")
+    assert scoring_threads() == (os.cpu_count() or 1)
+    texts = TEXTS * 3  # lengths differ: the length order is not the caller's
+    one = onnx_logits(fp32, tokenizer, texts, max_length=32, threads=1)
+    two = onnx_logits(fp32, tokenizer, texts, max_length=32, threads=2, batch_size=32)
+    singles = np.concatenate([onnx_logits(fp32, tokenizer, [t], max_length=32, threads=1) for t in texts])
+    assert one.shape == (len(texts), 3)
+    np.testing.assert_allclose(one, singles, atol=1e-4)
+    np.testing.assert_allclose(two, singles, atol=1e-4)
 
 
 def test_int8_is_refused_only_where_a_test_set_shows_the_loss() -> None:
