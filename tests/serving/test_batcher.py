@@ -60,6 +60,24 @@ async def _queued(b: Batcher, requests: list[list[str]]) -> list[asyncio.Task]:
     return tasks
 
 
+def _queued_behind_one(requests: list[list[str]], **kw) -> tuple[GatedRuntime, list]:
+    """``requests`` queued while the model runs a lone first request, then released: the runtime's calls
+    and every answer (the first request's first)."""
+
+    async def go():
+        runtime = GatedRuntime()
+        b = _batcher(runtime, **kw)
+        await b.start()
+        first = await _busy(b, runtime)
+        tasks = await _queued(b, requests)
+        runtime.gate.set()
+        answers = await asyncio.gather(first, *tasks)
+        await b.stop()
+        return runtime, answers
+
+    return asyncio.run(go())
+
+
 def test_lone_request_runs_at_once_not_after_the_window() -> None:
     async def go():
         runtime = GatedRuntime()
@@ -99,18 +117,7 @@ def test_a_backlog_is_cut_into_full_batches_of_similar_length() -> None:
     lengths = [7, 3, 11, 1, 9, 5, 12, 2, 8, 4, 10, 6]
     requests = [["w" * n, "w" * n + "!"] for n in lengths]  # 24 texts
 
-    async def go():
-        runtime = GatedRuntime()
-        b = _batcher(runtime)
-        await b.start()
-        first = await _busy(b, runtime)
-        tasks = await _queued(b, requests)
-        runtime.gate.set()
-        answers = await asyncio.gather(first, *tasks)
-        await b.stop()
-        return runtime, answers
-
-    runtime, answers = asyncio.run(go())
+    runtime, answers = _queued_behind_one(requests)
     by_length = sorted(requests, key=lambda r: len(r[0]))
     # Three batches of 8, the shortest texts together: 1-4, then 5-8, then 9-12 characters.
     assert runtime.calls[1:] == [[t for r in by_length[i : i + 4] for t in r] for i in (0, 4, 8)]
@@ -121,18 +128,7 @@ def test_a_batch_closes_before_its_padding_passes_max_padding() -> None:
     lengths = [42, 10, 100, 11, 40, 12, 10, 41]
     requests = [["w" * n] for n in lengths]
 
-    async def go():
-        runtime = GatedRuntime()
-        b = _batcher(runtime, max_padding=0.25)
-        await b.start()
-        first = await _busy(b, runtime)
-        tasks = await _queued(b, requests)
-        runtime.gate.set()
-        answers = await asyncio.gather(first, *tasks)
-        await b.stop()
-        return runtime, answers
-
-    runtime, answers = asyncio.run(go())
+    runtime, answers = _queued_behind_one(requests, max_padding=0.25)
     # 10-12 characters pad to 12 (48 for 43: 12% padding); a 40 would pad them to 200 for 83. Then 40-42,
     # then 100 alone: under the batch size (8), but never more than a quarter of padding in a call.
     assert [[len(t) for t in call] for call in runtime.calls[1:]] == [[10, 10, 11, 12], [40, 41, 42], [100]]

@@ -201,6 +201,20 @@ def test_the_window_is_seen_as_the_champion_sees_it(tmp_path: Path, untrained_ar
     assert perf["labelled"] == 2 and perf["measured_accuracy"] == 1.0  # v0's labelled answer is not the champion's
 
 
+def _serving_v1(settings: Settings, artifact: Path, trained: pd.DataFrame):  # type: ignore[no-untyped-def]
+    """v1, trained on ``trained`` (its reference rows), registered, promoted and loaded: (engine, store, v1, runtime)."""
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    store = ArtifactStore.from_settings(settings)
+    staged = copy_artifact(artifact, store.staging("v1"))
+    trained[["text", "label"]].assign(source="reference").to_parquet(staged / TRAIN_ROWS_FILE)
+    v1 = register_candidate(engine, store, staged)
+    registry.promote(engine, v1.version)
+    runtime = OnnxClassifier(v1.version, store.path(v1.version), provider="cpu")
+    runtime.load()
+    return engine, store, v1, runtime
+
+
 def test_a_champion_trained_on_new_labels_is_checked_against_the_traffic_it_learned(tmp_path: Path,
                                                                                      untrained_artifact: Path) -> None:
     """The reference follows adaptation: after a refit on production labels, the new mix is the baseline —
@@ -211,15 +225,7 @@ def test_a_champion_trained_on_new_labels_is_checked_against_the_traffic_it_lear
     further = corpus[corpus["topic"].isin(["deflategate", "weather"])].sample(200, random_state=2)
     settings = Settings.load(home=tmp_path, drift={"window_size": 300, "min_window": 200, "reference_size": 600,
                                                    "consecutive": 1})
-    engine = make_engine(settings.database_url)
-    upgrade(engine)
-    store = ArtifactStore.from_settings(settings)
-    staged = copy_artifact(untrained_artifact, store.staging("v1"))
-    airline.iloc[:600][["text", "label"]].assign(source="reference").to_parquet(staged / TRAIN_ROWS_FILE)
-    v1 = register_candidate(engine, store, staged)
-    registry.promote(engine, v1.version)
-    runtime = OnnxClassifier(v1.version, store.path(v1.version), provider="cpu")
-    runtime.load()
+    engine, store, v1, runtime = _serving_v1(settings, untrained_artifact, airline.iloc[:600])
     _log(settings, runtime, new_mix["text"].iloc[:600].tolist(), utcnow())  # v1 serves the shifted traffic
     with session_scope(engine) as s:  # the refit starts; what is served while it runs was not trained on
         s.add(RefitRun(trigger="drift", candidate_version="v2"))
@@ -257,15 +263,7 @@ def test_the_new_champions_reference_starts_where_the_drift_began(tmp_path: Path
     airline = corpus[corpus["topic"] == "airline"].sample(700, random_state=3)
     new_mix = corpus[corpus["topic"].isin(["apple", "coachella"])].sample(300, random_state=3)
     settings = Settings.load(home=tmp_path, drift={"window_size": 200, "min_window": 100, "reference_size": 1000})
-    engine = make_engine(settings.database_url)
-    upgrade(engine)
-    store = ArtifactStore.from_settings(settings)
-    staged = copy_artifact(untrained_artifact, store.staging("v1"))
-    airline.iloc[:300][["text", "label"]].assign(source="reference").to_parquet(staged / TRAIN_ROWS_FILE)
-    v1 = register_candidate(engine, store, staged)
-    registry.promote(engine, v1.version)
-    runtime = OnnxClassifier(v1.version, store.path(v1.version), provider="cpu")
-    runtime.load()
+    engine, store, v1, runtime = _serving_v1(settings, untrained_artifact, airline.iloc[:300])
     before = utcnow()
     _log(settings, runtime, airline["text"].iloc[300:700].tolist(), before)  # 400 rows before the shift
     shift = before + timedelta(seconds=1)
