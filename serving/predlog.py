@@ -266,12 +266,13 @@ def _reason(exc: SQLAlchemyError) -> str:
 def _read_segment(segment: Path) -> list[dict[str, Any]]:
     rows = []
     # "\n" alone ends a line: texts are written as UTF-8, and str.splitlines would also cut at U+2028,
-    # U+0085 and the other separators a text may hold.
-    for n, line in enumerate(segment.read_text(encoding="utf-8").split("\n"), start=1):
+    # U+0085 and the other separators a text may hold. Each line is decoded on its own: a crash mid-write
+    # can leave half a character at the end, and that must cost the torn line only, not the segment.
+    for n, line in enumerate(segment.read_bytes().split(b"\n"), start=1):
         if not line.strip():
             continue
         try:
-            rows.append(_from_json(json.loads(line)))
+            rows.append(_from_json(json.loads(line)))  # UnicodeDecodeError is a ValueError
         except (ValueError, KeyError):
             # Only a crash mid-write leaves a torn line, and that request was never acknowledged.
             log.warning("%s line %d is torn; skipped (its request was not acknowledged)", segment.name, n)

@@ -129,6 +129,21 @@ def test_quarantined_row_fixed_and_moved_back_is_replayed(sqlite_engine: Engine,
     assert plog.rejected == 1 and plog.spooled_segments == 0 and not list(spool.glob("rejected-*"))
 
 
+def test_a_segment_torn_mid_character_loses_only_its_torn_line(sqlite_engine: Engine, open_log, tmp_path: Path) -> None:
+    """A crash mid-write can end a spool segment with half of a UTF-8 character: the good lines replay."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    good = [_row("caf\u00e9 \u2708\ufe0f"), _row("plain")]
+    torn = "".join(json.dumps(_jsonable(r), ensure_ascii=False) + "\n" for r in good).encode()
+    last = json.dumps(_jsonable(_row("lost \u2708")), ensure_ascii=False).encode()
+    torn += last[: last.index("\u2708".encode()) + 2]  # the write stopped inside the ✈
+    (spool / "pending-torn.jsonl").write_bytes(torn)
+    plog = open_log(sqlite_engine)
+    plog.flush()
+    assert _stored(sqlite_engine) == {r["id"]: r["text"] for r in good}
+    assert plog.spooled_segments == 0 and not list(spool.glob("pending-*"))
+
+
 def test_sqlite_unavailable_keeps_segments_until_back(tmp_path: Path, open_log) -> None:
     db_dir = tmp_path / "db"
     engine = make_engine(f"sqlite:///{db_dir / 'refitd.db'}", busy_timeout_s=1)
