@@ -128,16 +128,22 @@ def reference_rows(settings: Settings, champion: ModelVersion, folder: Path, eng
 
 
 def drift_onset(session: Session, version: str, *, before: Any) -> Any:
-    """Where the drift that ``version``'s last checks before ``before`` found began: the window start of the
-    first of the unbroken run of checks whose own finding was "drifted" (hysteresis aside), ending with
-    the last check before ``before``; None when that last check found no drift."""
+    """Where the drift that ``version``'s last checks before ``before`` found began; None when the last of
+    them found no drift.
+
+    The unbroken run of checks whose own finding was "drifted" (hysteresis aside; checks with too little
+    data neither break nor join it) ends with the last check before ``before``. The drift began after the
+    clean check before that run — its window's end — and no earlier than the first drifted window's
+    start: a window is the newest rows, so the first window to find a shift mostly holds the traffic
+    before it. With no clean check on record, the first drifted window's start."""
     checks = session.scalars(select(DriftCheck).where(DriftCheck.model_version == version,
+                                                      DriftCheck.verdict != "insufficient_data",
                                                       col(DriftCheck.created_at) < before)
                              .order_by(col(DriftCheck.id).desc()).limit(500)).all()
     onset = None
     for check in checks:
         if (check.signals.get("_verdict") or {}).get("found", check.verdict) != "drifted":
-            break
+            return max(onset, check.window_end) if onset is not None and check.window_end is not None else onset
         onset = check.window_start
     return onset
 

@@ -276,9 +276,11 @@ def test_the_new_champions_reference_starts_where_the_drift_began(tmp_path: Path
                           verdict=verdict, signals={"_verdict": {"found": found}})
 
     with session_scope(engine) as s:
-        s.add(check(before, "not_drifted", "not_drifted"))
-        s.add(check(shift, "drifted", "not_drifted"))  # found, held by hysteresis: the drift began here
+        s.add(check(before, "not_drifted", "not_drifted"))  # the last clean window ends at the shift
+        # the first window to find it is mostly the traffic before the shift (held by hysteresis)
+        s.add(check(before + timedelta(milliseconds=300), "drifted", "not_drifted"))
         s.add(check(shift + timedelta(milliseconds=150), "drifted", "drifted"))
+        s.add(DriftCheck(model_version=v1.version, verdict="insufficient_data", signals={}))  # a quiet moment
     time.sleep(0.01)
     with session_scope(engine) as s:
         s.add(RefitRun(trigger="drift", candidate_version="v2"))
