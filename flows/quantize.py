@@ -25,7 +25,7 @@ from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantT
                                       quantize_static)
 
 from refitd.core.encoding import encode, load_tokenizer
-from refitd.flows.evaluate import scoring_batch
+from refitd.flows.evaluate import scoring_batch, scoring_threads
 
 log = logging.getLogger(__name__)
 
@@ -203,15 +203,15 @@ def measure(fp32_path: Path, tokenizer_json: Path, folder: Path, *, recipes: lis
     only when every listed recipe it backs up missed.
     ``fp32_logits``: fp32's validation logits (rows in ``validation_texts`` order) when the caller has them
     already; fp32 is then not scored again. ``spin``: ``serving.spin``, so the timings are the server's."""
-    val = feeds(tokenizer_json, validation_texts, max_length=max_length,
-                batch_size=scoring_batch(threads or (os.cpu_count() or 1)))
+    scoring = scoring_threads()  # accuracy on the refit's own threads, as onnx_logits scores fp32
+    val = feeds(tokenizer_json, validation_texts, max_length=max_length, batch_size=scoring_batch(scoring))
     order = np.argsort([len(t) for t in validation_texts], kind="stable")
     y = np.asarray(validation_labels)[order]  # the rows in the order `feeds` batched them
     calibration = feeds(tokenizer_json, calibration_texts, max_length=max_length, batch_size=16) \
         if any(RECIPES[r].static for r in recipes) else []
     paths, built, preds, skipped = {"fp32": fp32_path}, {}, {}, {}
-    sessions = {"fp32": session(fp32_path, threads, spin)}
-    preds["fp32"] = predictions(sessions["fp32"], val) if fp32_logits is None else fp32_logits.argmax(axis=1)[order]
+    preds["fp32"] = predictions(session(fp32_path, scoring), val) if fp32_logits is None \
+        else fp32_logits.argmax(axis=1)[order]
 
     def accuracy(name: str) -> float:
         return float((preds[name] == y).mean()) if len(y) else 0.0
@@ -227,6 +227,8 @@ def measure(fp32_path: Path, tokenizer_json: Path, folder: Path, *, recipes: lis
                 return kept_by[backed]
             if backed in preds and not missed(backed):
                 return backed
+            if backed not in recipes and (enough := within(backed)) is not None:  # what it backs up, unlisted
+                return enough
         return None
 
     for name in sorted(recipes, key=TIER.__getitem__):  # fallbacks after what they back up
@@ -237,10 +239,11 @@ def measure(fp32_path: Path, tokenizer_json: Path, folder: Path, *, recipes: lis
         start = time.perf_counter()
         paths[name] = build(RECIPES[name], fp32_path, folder / f"model.{name}.onnx", calibration)
         built[name] = round(time.perf_counter() - start, 1)
-        sessions[name] = session(paths[name], threads, spin)
-        preds[name] = predictions(sessions[name], val)
-    timed = {name: sess for name, sess in sessions.items() if name == "fp32" or not missed(name)}
-    timing = time_graphs(timed, validation_texts, tokenizer_json, max_length=max_length, rounds=rounds) \
+        preds[name] = predictions(session(paths[name], scoring), val)
+    # timed as the server runs them: its threads and spin setting
+    timed = [name for name in paths if name == "fp32" or not missed(name)]
+    timing = time_graphs({name: session(paths[name], threads, spin) for name in timed}, validation_texts,
+                         tokenizer_json, max_length=max_length, rounds=rounds) \
         if len(timed) > 1 else {"fp32": dict.fromkeys(_TIMING_FIELDS, None) | {"speedup": 1.0}}
     out: dict[str, Any] = {}
     for name, path in paths.items():

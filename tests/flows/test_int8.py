@@ -135,6 +135,11 @@ def test_measure_times_only_what_could_be_kept_and_builds_the_fallback_only_when
     alone = quantize.measure(fp32, tokenizer, tmp_path / "c", **{**kwargs, "recipes": ["static", "static_keep_first"]},
                              tolerance=1.0)
     assert alone["static"]["speedup"] > 0 and alone["static_keep_first"]["skipped"] == "not built: static is within tolerance"
+    # with static not listed, its fallback backs up what static would have: a dynamic variant within tolerance
+    (tmp_path / "d").mkdir()
+    skip = quantize.measure(fp32, tokenizer, tmp_path / "d", **{**kwargs, "recipes": ["dynamic", "static_keep_first"]},
+                            tolerance=1.0)
+    assert skip["static_keep_first"]["skipped"] == "not built: dynamic is within tolerance"
     # nothing can be within a negative tolerance: no variant is timed, and static's fallback is built
     strict = quantize.measure(fp32, tokenizer, tmp_path / "b", **kwargs, tolerance=-1.0)
     assert set(strict) == {"fp32", *recipes} and Path(strict["static_keep_first"]["path"]).is_file()
@@ -169,10 +174,10 @@ def test_scoring_takes_the_refits_thread_budget_and_keeps_the_callers_order(fp32
     fp32, tokenizer = fp32_graph
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert scoring_threads() == 1 and scoring_batch(1) == 4
+    texts = TEXTS * 3  # lengths differ: the length order is not the caller's
+    one = onnx_logits(fp32, tokenizer, texts, max_length=32)  # one thread, runs of 4, from the environment
     monkeypatch.setenv("OMP_NUM_THREADS", "not a number")
     assert scoring_threads() == (os.cpu_count() or 1)
-    texts = TEXTS * 3  # lengths differ: the length order is not the caller's
-    one = onnx_logits(fp32, tokenizer, texts, max_length=32, threads=1)
     two = onnx_logits(fp32, tokenizer, texts, max_length=32, threads=2, batch_size=32)
     singles = np.concatenate([onnx_logits(fp32, tokenizer, [t], max_length=32, threads=1) for t in texts])
     assert one.shape == (len(texts), 3)
