@@ -42,7 +42,9 @@ class Quality:
     def words(self) -> str:
         acc = "n/a" if self.accuracy is None else f"{self.accuracy:.3f}"
         est = "n/a" if self.estimate is None else f"{self.estimate:.3f}"
-        return f"{self.version}: accuracy {acc} on {self.labelled} labels, estimate {est}"
+        # each estimate names its method: a version without a stored ATC threshold is read by mean confidence,
+        # which is not on the same scale as another's ATC share
+        return f"{self.version}: accuracy {acc} on {self.labelled} labels, estimate {est} ({self.estimate_method})"
 
 
 def _quality(session: Session, version: str, *, after: datetime | None = None, before: datetime | None = None,

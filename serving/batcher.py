@@ -104,6 +104,8 @@ class Batcher:
 
     async def submit(self, texts: list[str]) -> Answer:
         """Queue ``texts`` and wait for their answer; OverloadedError when the queue is full."""
+        if not texts:
+            raise ValueError("submit needs at least one text")  # the API answers 422 before it gets here
         if self.current_runtime() is None:
             raise NotReadyError()
         if self.queued_texts + len(texts) > self.queue_size:
@@ -168,12 +170,12 @@ class Batcher:
         of a batch is padded to its longest, and that padding is work the model does for nothing."""
         if len(items) == 1:
             return [items]
-        ordered = sorted(items, key=lambda i: max(len(t) for t in i.texts))
+        ordered = sorted(items, key=lambda i: max(map(len, i.texts), default=0))
         groups: list[list[_Item]] = []
         current: list[_Item] = []
         count = chars = longest = 0
         for item in ordered:
-            n, size, top = len(item.texts), sum(len(t) for t in item.texts), max(len(t) for t in item.texts)
+            n, size, top = len(item.texts), sum(map(len, item.texts)), max(map(len, item.texts), default=0)
             wider = max(longest, top) * (count + n)  # the batch's padded size with this request in it
             if current and (count + n > self.max_batch_size or wider > (1 + self.max_padding) * (chars + size)):
                 groups.append(current)
