@@ -6,7 +6,7 @@ none of them imports torch), and a drift check, ``python -m refitd.daemon.drift`
 serving process never holds pandas/Evidently memory nor competes for the GIL). Settings travel by one
 channel: the parent's validated :class:`Settings` are written to a 0600 JSON file (secrets included)
 that the child validates again with :func:`read_settings` and deletes once read; the child consults no
-TOML file and no ``REFITD_*`` variable for settings. What the child does is in the arguments; how it
+TOML file and no ``REFITD_*`` variable for settings, and inherits none. What the child does is in the arguments; how it
 does it is in the settings. Its budget is the parent's choice: a thread count (OpenMP, MKL, OpenBLAS,
 Rayon) and a niceness the child applies to itself first (``--nice``: no ``preexec_fn`` in a threaded
 parent). It writes a JSON summary to its result file.
@@ -84,7 +84,9 @@ def prepare(settings: Settings, args: list[str], *, module: str = FLOWS, threads
     argv = [sys.executable, "-m", module, "--settings", name, "--result-file", result]
     if niceness:
         argv += ["--nice", str(int(niceness))]
-    env = dict(os.environ)
+    # The settings (secrets included) travel only in the file: no REFITD_* variable, nor its *_FILE
+    # pointer, is passed on, so a database password never sits in a child's /proc/PID/environ.
+    env = {name: value for name, value in os.environ.items() if not name.upper().startswith("REFITD_")}
     env["REFITD_PROGRESS"] = "0"  # the child's output goes to a log: no progress-bar debris
     env["TOKENIZERS_PARALLELISM"] = "false"
     if threads:

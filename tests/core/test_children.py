@@ -11,14 +11,20 @@ from refitd.core import children
 from refitd.core.settings import Settings
 
 
-def test_default_settings_survive_the_handover_and_the_file_is_gone_once_read(tmp_path: Path) -> None:
+def test_default_settings_survive_the_handover_and_the_file_is_gone_once_read(tmp_path: Path,
+                                                                              monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("REFITD_DATABASE__URL", "postgresql+psycopg://refitd:hunter2@db.example/refitd")
     settings = Settings.load(home=tmp_path, drift={"webhook_url": "https://hooks.example/secret"})
+    assert "hunter2" in settings.database.url.get_secret_value()
     child = children.prepare(settings, ["--flag"], module=children.DRIFT_CHECK, threads=2, niceness=7)
+    assert not any("hunter2" in value for value in child.env.values())  # the secret travels in the file only
+    assert child.env["REFITD_PROGRESS"] == "0" and child.env["PATH"]
     assert stat.S_IMODE(child.settings_file.stat().st_mode) == 0o600
     assert child.argv[1:3] == ["-m", "refitd.daemon.drift"] and child.argv[-3:] == ["--nice", "7", "--flag"]
     assert {child.env[v] for v in children.THREAD_VARIABLES} == {"2"}
     got = children.read_settings(child.settings_file)
     assert got == settings and got.drift.webhook_url.get_secret_value() == "https://hooks.example/secret"
+    assert "hunter2" in got.database.url.get_secret_value()
     assert not child.settings_file.exists()
     child.cleanup()
 
