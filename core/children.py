@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -104,14 +105,16 @@ def run(settings: Settings, args: list[str], *, log_file: Path | None, module: s
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     try:
         with open(log_file, "ab") if log_file is not None else nullcontext() as log_handle:
-            process = subprocess.Popen(child.argv, env=child.env, stdout=log_handle,
-                                       stderr=subprocess.STDOUT if log_handle is not None else None)
+            process = spawn(child, stdout=log_handle,
+                            stderr=subprocess.STDOUT if log_handle is not None else None)
             try:
                 while True:
                     left = None if deadline is None else max(0.0, deadline - time.monotonic())
                     step = left if cancel is None else min(0.5, 0.5 if left is None else left)
                     try:
-                        return process.wait(timeout=step), child.result()
+                        code = process.wait(timeout=step)
+                        reap_group(process)
+                        return code, child.result()
                     except subprocess.TimeoutExpired:
                         why = ("cancelled" if cancel is not None and cancel.is_set() else
                                f"timed out after {timeout_s:g} s" if left == 0.0 else None)
@@ -126,16 +129,31 @@ def run(settings: Settings, args: list[str], *, log_file: Path | None, module: s
         child.cleanup()
 
 
-def stop(process: subprocess.Popen, timeout_s: float) -> None:
-    """SIGTERM, then SIGKILL after ``timeout_s``; returns once the process is gone."""
-    if process.poll() is not None:
-        return
-    process.terminate()
+def spawn(child: Child, **popen: Any) -> subprocess.Popen:
+    """Start a prepared child as the leader of its own process group, so that whatever it starts in turn
+    (Prefect's local API server, data loader workers) can be stopped with it: see :func:`reap_group`."""
+    return subprocess.Popen(child.argv, env=child.env, start_new_session=True, **popen)
+
+
+def reap_group(process: subprocess.Popen) -> None:
+    """Once a child has exited, SIGKILL what is left of its process group: a child killed before it could
+    stop its own helpers (SIGKILL, the OOM killer) leaves them orphaned, holding ports and memory."""
     try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # nothing left (or the id now names a group that is not ours)
+
+
+def stop(process: subprocess.Popen, timeout_s: float) -> None:
+    """SIGTERM to the child, then SIGKILL after ``timeout_s``; returns once it is gone, its group reaped."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    reap_group(process)
 
 
 def read_settings(path: Path) -> Settings:

@@ -102,7 +102,7 @@ class RefitLauncher:
                                  threads=threads, niceness=s.refit.nice)
         try:
             with open(s.home / "refit.log", "ab") as log_file:
-                process = subprocess.Popen(child.argv, env=child.env, stdout=log_file, stderr=subprocess.STDOUT)
+                process = children.spawn(child, stdout=log_file, stderr=subprocess.STDOUT)
         except OSError:
             child.cleanup()
             raise
@@ -165,6 +165,7 @@ class RefitLauncher:
             code = launch.process.poll()
             if code is None:
                 return None
+            children.reap_group(launch.process)  # a refit killed mid-flow leaves no Prefect server behind
             summary = launch.child.result() if launch.child is not None else {}
             if code == 0 and "version" in summary:
                 return {"status": "completed", "verdict": summary["verdict"], "version": summary["version"],
@@ -233,12 +234,7 @@ class RefitLauncher:
         if launch.process is None or launch.process.poll() is not None:
             return
         log.warning("stopping refit process %s: %s", launch.process.pid, why)
-        launch.process.terminate()
-        try:
-            launch.process.wait(timeout=timeout_s or self.settings.refit.stop_timeout_s)
-        except subprocess.TimeoutExpired:
-            launch.process.kill()
-            launch.process.wait()
+        children.stop(launch.process, timeout_s or self.settings.refit.stop_timeout_s)
 
     def _mark_failed(self, reason: str) -> None:
         with session_scope(self.engine) as session:

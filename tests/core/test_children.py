@@ -45,3 +45,34 @@ def test_a_child_that_outlives_its_timeout_is_stopped(tmp_path: Path, monkeypatc
     code, result = children.run(Settings.load(home=tmp_path), [], module="sleeper", log_file=None, timeout_s=60,
                                 cancel=cancel, stop_timeout_s=1.0)
     assert code == -15 and result == {"error": "cancelled"} and time.monotonic() - started < 10
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_what_a_child_started_goes_with_it(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A child deaf to SIGTERM is killed; the helper it started (as a flow child starts Prefect's
+    local server) must not outlive it, neither when the child is stopped nor when it dies on its own."""
+    (tmp_path / "spawner").mkdir()
+    (tmp_path / "spawner" / "__main__.py").write_text(
+        "import signal, subprocess, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "helper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        f"open({str(tmp_path / 'helper.pid')!r}, 'w').write(str(helper.pid))\n"
+        "time.sleep(120 if sys.argv[-1] == 'hang' else 0.5)\n"
+        "import os; os._exit(3)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    for how in ("hang", "die"):
+        code, _ = children.run(Settings.load(home=tmp_path), [how], module="spawner", log_file=None,
+                               timeout_s=2.0 if how == "hang" else 30, stop_timeout_s=1.0)
+        assert code == (-9 if how == "hang" else 3)
+        helper = int((tmp_path / "helper.pid").read_text())
+        deadline = time.monotonic() + 5
+        while _alive(helper) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(helper), f"the helper of a child that was made to {how} outlived it"
