@@ -71,7 +71,11 @@ def models_show(ctx: typer.Context, version: Annotated[str, typer.Argument(help=
             console.print(f"{set_name} test (n={rep['n']}): " + ", ".join(f"{k} {_fmt(rep.get(k))}" for k in METRICS))
     if m.get("calibration"):
         c = m["calibration"]
-        console.print(f"calibration: temperature {c['temperature']:.2f} (ECE {c['ece_before']:.3f} → {c['ece_after']:.3f})")
+        atc = ""
+        if c.get("atc_threshold") is not None:
+            rows = f" ({c['atc_rows']} rows)" if c.get("atc_rows") else ""
+            atc = f"; ATC threshold {c['atc_threshold']:.3f} set on {c.get('atc_set', 'validation')}{rows}"
+        console.print(f"calibration: temperature {c['temperature']:.2f} (ECE {c['ece_before']:.3f} → {c['ece_after']:.3f}){atc}")
     shadow = m.get("shadow")
     if shadow is None and mv.status == "shadow":
         from refitd.daemon.shadow import progress

@@ -112,9 +112,9 @@ def _refit_body(settings: Settings, engine, p: dict[str, Any], run_id: int) -> d
                                    threads=settings.serving.threads, seed=config.training.seed, fp32_logits=validation,
                                    spin=settings.serving.spin)
         lap("export")
-        scores = tasks.evaluate(staged, champion_dir, snapshot, max_length=config.max_length,
-                                primary_metric=settings.gate.primary_metric, confidence=settings.gate.confidence)
-        calibration = tasks.calibrate(validation, snapshot)
+        scores, scored = tasks.evaluate(staged, champion_dir, snapshot, max_length=config.max_length,
+                                        primary_metric=settings.gate.primary_metric, confidence=settings.gate.confidence)
+        calibration = tasks.calibrate(validation, snapshot, scored["recent"])
         g = settings.gate
         verdict = decide({**scores["candidate"], "int8_export": int8}, scores["champion"],
                          GateRules(g.primary_metric, g.min_delta, g.max_regression, g.baseline_margin, g.int8_tolerance,

@@ -155,9 +155,10 @@ def _score(folder: Path, model_file: str, tokenizer_file: str, max_length: int, 
 
 @task(cache_policy=NONE)
 def evaluate(staged: Path, champion_dir: Path | None, snapshot: snap.Snapshot, *, max_length: int,
-             primary_metric: str = "macro_f1", confidence: float = 0.9) -> dict[str, Any]:
+             primary_metric: str = "macro_f1", confidence: float = 0.9) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Candidate (fp32 and INT8) and champion on the same frozen and recent test sets, with a paired
-    bootstrap of their difference on each."""
+    bootstrap of their difference on each; and the candidate's fp32 logits per set (``frozen``, ``recent``),
+    for later steps to read instead of scoring again."""
     labels = snapshot.labels
     out: dict[str, Any] = {"candidate": {}, "champion": None}
     agreement, int8_paired, candidate_logits = {}, {}, {}
@@ -194,7 +195,7 @@ def evaluate(staged: Path, champion_dir: Path | None, snapshot: snap.Snapshot, *
                 champ_pred = [meta.labels[i] for i in champ_logits.argmax(1)]
                 out["paired"][name] = paired_bootstrap(part["label"].tolist(), cand_pred, champ_pred, labels,
                                                        metric=primary_metric, confidence=confidence)
-    return out
+    return out, candidate_logits
 
 
 def save_frozen_logits(staged: Path, snapshot: snap.Snapshot, logits: np.ndarray) -> None:
@@ -222,10 +223,21 @@ def load_frozen_logits(folder: Path, snapshot: snap.Snapshot, labels: list[str])
 
 
 @task(cache_policy=NONE)
-def calibrate(logits: np.ndarray, snapshot: snap.Snapshot) -> dict[str, float]:
-    """Fit temperature scaling on the validation logits (the drift watch's label-free estimate uses it)."""
-    y = np.asarray([snapshot.labels.index(x) for x in snapshot.validation["label"]])
-    return fit_temperature(logits, y)
+def calibrate(logits: np.ndarray, snapshot: snap.Snapshot,
+              recent_logits: np.ndarray | None = None) -> dict[str, float | str]:
+    """Fit temperature scaling on the validation logits, and the ATC threshold the drift watch's label-free
+    estimate counts confidences above. The threshold is set on the new traffic the refit adapted to when
+    enough of it was held out from training (the recent test set and the new rows of validation: the
+    traffic the new drift reference is drawn from), else on validation."""
+    index = {label: i for i, label in enumerate(snapshot.labels)}
+    y = np.asarray([index[x] for x in snapshot.validation["label"]])
+    target = None
+    if recent_logits is not None and len(recent_logits) == len(snapshot.recent_test):
+        new = (snapshot.validation["source"] == "feedback_new").to_numpy() if "source" in snapshot.validation \
+            else np.zeros(len(y), dtype=bool)
+        target = (np.concatenate([recent_logits, logits[new]]),
+                  np.concatenate([[index[x] for x in snapshot.recent_test["label"]], y[new]]).astype(int))
+    return fit_temperature(logits, y, target=target, target_name="new traffic")
 
 
 @task(cache_policy=NONE)

