@@ -24,7 +24,8 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,20 +105,18 @@ def run(settings: Settings, args: list[str], *, log_file: Path | None, module: s
     child = prepare(settings, args, module=module, threads=threads, niceness=niceness)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     try:
-        with open(log_file, "ab") if log_file is not None else nullcontext() as log_handle:
+        with open(log_file, "ab") if log_file is not None else nullcontext() as log_handle, _signals_raise():
             process = spawn(child, stdout=log_handle,
                             stderr=subprocess.STDOUT if log_handle is not None else None)
             try:
                 while True:
                     left = None if deadline is None else max(0.0, deadline - time.monotonic())
                     step = left if cancel is None else min(0.5, 0.5 if left is None else left)
-                    try:
-                        code = process.wait(timeout=step)
-                        reap_group(process)
+                    code = wait(process, step)
+                    if code is not None:
                         return code, child.result()
-                    except subprocess.TimeoutExpired:
-                        why = ("cancelled" if cancel is not None and cancel.is_set() else
-                               f"timed out after {timeout_s:g} s" if left == 0.0 else None)
+                    why = ("cancelled" if cancel is not None and cancel.is_set() else
+                           f"timed out after {timeout_s:g} s" if left == 0.0 else None)
                     if why is not None:
                         log.warning("stopping %s process %s: %s", module, process.pid, why)
                         stop(process, stop_timeout_s)
@@ -131,29 +130,67 @@ def run(settings: Settings, args: list[str], *, log_file: Path | None, module: s
 
 def spawn(child: Child, **popen: Any) -> subprocess.Popen:
     """Start a prepared child as the leader of its own process group, so that whatever it starts in turn
-    (Prefect's local API server, data loader workers) can be stopped with it: see :func:`reap_group`."""
+    (Prefect's local API server, data loader workers) can be stopped with it: see :func:`wait`."""
     return subprocess.Popen(child.argv, env=child.env, start_new_session=True, **popen)
 
 
-def reap_group(process: subprocess.Popen) -> None:
-    """Once a child has exited, SIGKILL what is left of its process group: a child killed before it could
-    stop its own helpers (SIGKILL, the OOM killer) leaves them orphaned, holding ports and memory."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass  # nothing left (or the id now names a group that is not ours)
+def wait(process: subprocess.Popen, timeout_s: float | None) -> int | None:
+    """The child's exit code once it has exited (None if it is still running after ``timeout_s``; 0 polls).
+
+    When it has exited, what is left of its process group is SIGKILLed first, while the exited leader is
+    still a zombie: its id, and so the group's, cannot have been reused yet. A child killed before it could
+    stop its own helpers (SIGKILL, the OOM killer) would otherwise leave them orphaned, holding ports and
+    memory. Each group is swept once: a child already waited for returns its code."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    delay = 0.001
+    while process.returncode is None:
+        try:
+            exited = os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # waited for elsewhere in the meantime: poll() records it
+            process.poll()
+            continue
+        if exited is not None:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass  # nothing left of the group
+            return process.wait()
+        if deadline is not None and time.monotonic() >= deadline:
+            return None
+        time.sleep(delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic())))
+        delay = min(delay * 2, 0.05)
+    return process.returncode
 
 
 def stop(process: subprocess.Popen, timeout_s: float) -> None:
-    """SIGTERM to the child, then SIGKILL after ``timeout_s``; returns once it is gone, its group reaped."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    reap_group(process)
+    """SIGTERM to the child, then SIGKILL after ``timeout_s``; returns once it is gone, its group swept."""
+    if wait(process, 0) is not None:
+        return
+    process.terminate()
+    if wait(process, timeout_s) is None:
+        process.kill()
+        wait(process, None)
+
+
+@contextmanager
+def _signals_raise() -> Iterator[None]:
+    """While a child runs in the foreground of the main thread, SIGTERM and SIGHUP to this process (a closed
+    terminal, ``timeout``, a CI runner stopping the job) raise, so the child is stopped with it: in its own
+    process group it no longer receives the signals a terminal sends. Ctrl-C already raises."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_exit(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, raise_exit) for sig in (signal.SIGTERM, signal.SIGHUP)
+                if signal.getsignal(sig) == signal.SIG_DFL}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def read_settings(path: Path) -> Settings:

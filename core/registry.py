@@ -274,10 +274,20 @@ def get_shadow(session: Session) -> ModelVersion | None:
 
 def atc_threshold(mv: ModelVersion) -> float | None:
     """The confidence above which this version's answers count as right in its label-free accuracy estimate
-    (average thresholded confidence, fitted on validation at its refit; flows/calibrate.py), or None for a
-    version trained before the threshold was stored."""
+    (average thresholded confidence, fitted at its refit on its recent test set or its validation set;
+    flows/calibrate.py), or None for a version trained before the threshold was stored."""
     value = ((mv.metrics or {}).get("calibration") or {}).get("atc_threshold")
     return None if value is None else float(value)
+
+
+def estimate_method(mv: ModelVersion | None) -> str:
+    """How this version's label-free accuracy estimate is read, in words: the share above its ATC threshold
+    (and the set that threshold was fitted on), or mean confidence for a version without one."""
+    threshold = None if mv is None else atc_threshold(mv)
+    if threshold is None:
+        return "mean confidence"
+    where = ((mv.metrics or {}).get("calibration") or {}).get("atc_set")  # type: ignore[union-attr]
+    return f"share of confidences above {threshold:.3f} (ATC{f', set on {where}' if where else ''})"
 
 
 def get_version(session: Session, *, version: str) -> ModelVersion:

@@ -56,7 +56,7 @@ def _quality(session: Session, version: str, *, after: datetime | None = None, b
         served, method = select(func.avg(Prediction.confidence)), "mean confidence"
     else:  # the share above the threshold, counted by the database
         served = select(func.avg(case((col(Prediction.confidence) > threshold, 1.0), else_=0.0)))
-        method = f"share of confidences above {threshold:.3f} (ATC)"
+        method = registry.estimate_method(mv)
     served = served.where(Prediction.model_version == version)
     for cond in ([col(Prediction.created_at) >= after] if after else []) + (
             [col(Prediction.created_at) < before] if before else []):

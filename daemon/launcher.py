@@ -162,10 +162,9 @@ class RefitLauncher:
     def _state(self, launch: Launch) -> dict[str, Any] | None:
         """None while running, else the outcome."""
         if launch.process is not None:
-            code = launch.process.poll()
+            code = children.wait(launch.process, 0)  # a refit killed mid-flow leaves no Prefect server behind
             if code is None:
                 return None
-            children.reap_group(launch.process)  # a refit killed mid-flow leaves no Prefect server behind
             summary = launch.child.result() if launch.child is not None else {}
             if code == 0 and "version" in summary:
                 return {"status": "completed", "verdict": summary["verdict"], "version": summary["version"],
@@ -231,10 +230,11 @@ class RefitLauncher:
             log.info("leaving deployment flow run %s to its worker", launch.flow_run_id)
 
     def _terminate(self, launch: Launch, why: str, timeout_s: float | None = None) -> None:
-        if launch.process is None or launch.process.poll() is not None:
+        if launch.process is None:
             return
-        log.warning("stopping refit process %s: %s", launch.process.pid, why)
-        children.stop(launch.process, timeout_s or self.settings.refit.stop_timeout_s)
+        if launch.process.returncode is None:
+            log.warning("stopping refit process %s: %s", launch.process.pid, why)
+        children.stop(launch.process, timeout_s or self.settings.refit.stop_timeout_s)  # sweeps its group either way
 
     def _mark_failed(self, reason: str) -> None:
         with session_scope(self.engine) as session:

@@ -35,7 +35,7 @@ def atc_threshold(probs: np.ndarray, y: np.ndarray) -> float:
     return float(np.quantile(conf, 1.0 - accuracy))
 
 
-# Fewest held-out rows of the new traffic to set the ATC threshold on them rather than on validation: at
+# Fewest held-out rows of new traffic to set the ATC threshold on them rather than on validation: at
 # 200 the threshold's quantile moves the estimate by about ±0.03 (binomial spread at accuracy 0.7).
 ATC_MIN_TARGET_ROWS = 200
 
@@ -46,7 +46,7 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray, *, target: tuple[np.ndarr
     calibrated confidences.
 
     The threshold is set where the model will be watched: on ``target`` (logits and labels of held-out rows
-    of the traffic a refit adapted to, e.g. its recent test set) when it has at least
+    of the traffic a refit adapted to: its recent test set) when it has at least
     :data:`ATC_MIN_TARGET_ROWS` rows, else on validation. A refit's validation set is mostly replayed
     reference rows, on which the model is surer and more often right than on the new traffic it will serve;
     a threshold set there under-estimates its accuracy on that traffic (a default demo's v2: estimates 0.51-0.58

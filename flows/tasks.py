@@ -226,18 +226,15 @@ def load_frozen_logits(folder: Path, snapshot: snap.Snapshot, labels: list[str])
 def calibrate(logits: np.ndarray, snapshot: snap.Snapshot,
               recent_logits: np.ndarray | None = None) -> dict[str, float | str]:
     """Fit temperature scaling on the validation logits, and the ATC threshold the drift watch's label-free
-    estimate counts confidences above. The threshold is set on the new traffic the refit adapted to when
-    enough of it was held out from training (the recent test set and the new rows of validation: the
-    traffic the new drift reference is drawn from), else on validation."""
+    estimate counts confidences above. The threshold is set on the recent test set — new production traffic
+    the refit neither trained on nor chose anything by, the traffic its drift reference is drawn from — when
+    it is large enough, else on validation."""
     index = {label: i for i, label in enumerate(snapshot.labels)}
     y = np.asarray([index[x] for x in snapshot.validation["label"]])
     target = None
     if recent_logits is not None and len(recent_logits) == len(snapshot.recent_test):
-        new = (snapshot.validation["source"] == "feedback_new").to_numpy() if "source" in snapshot.validation \
-            else np.zeros(len(y), dtype=bool)
-        target = (np.concatenate([recent_logits, logits[new]]),
-                  np.concatenate([[index[x] for x in snapshot.recent_test["label"]], y[new]]).astype(int))
-    return fit_temperature(logits, y, target=target, target_name="new traffic")
+        target = (recent_logits, np.asarray([index[x] for x in snapshot.recent_test["label"]], dtype=int))
+    return fit_temperature(logits, y, target=target, target_name="the recent test set")
 
 
 @task(cache_policy=NONE)

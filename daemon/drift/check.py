@@ -231,10 +231,8 @@ def label_free_estimate(champion: ModelVersion) -> tuple[Callable[[pd.Series], f
     their mean (versions trained before the threshold was stored)."""
     threshold = registry.atc_threshold(champion)
     if threshold is None:
-        return (lambda conf: float(conf.mean())), "mean confidence"
-    where = ((champion.metrics or {}).get("calibration") or {}).get("atc_set")
-    return (lambda conf: float((conf > threshold).mean())), \
-        f"share of confidences above {threshold:.3f} (ATC{f', set on {where}' if where else ''})"
+        return (lambda conf: float(conf.mean())), registry.estimate_method(champion)
+    return (lambda conf: float((conf > threshold).mean())), registry.estimate_method(champion)
 
 
 def accuracy_fall_p(correct: int, n: int, expected: float, expected_n: int | None) -> float:

@@ -76,3 +76,36 @@ def test_what_a_child_started_goes_with_it(tmp_path: Path, monkeypatch) -> None:
         while _alive(helper) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not _alive(helper), f"the helper of a child that was made to {how} outlived it"
+
+
+def test_a_parent_stopped_by_sigterm_or_sighup_stops_its_child(tmp_path: Path) -> None:
+    """In its own process group the child no longer gets what a terminal or a job runner sends the parent's
+    group; the parent stops it on its way out."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    (tmp_path / "sleeper").mkdir()
+    (tmp_path / "sleeper" / "__main__.py").write_text(
+        "import os, sys, time\n"
+        f"open({str(tmp_path / 'child.pid')!r}, 'w').write(str(os.getpid()))\n"
+        "time.sleep(120)\n")
+    parent = ("import sys\nfrom pathlib import Path\nfrom refitd.core import children\n"
+              "from refitd.core.settings import Settings\n"
+              "children.run(Settings.load(home=Path(sys.argv[1])), [], module='sleeper', log_file=None,"
+              " stop_timeout_s=2.0)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        (tmp_path / "child.pid").unlink(missing_ok=True)
+        proc = subprocess.Popen([sys.executable, "-c", parent, str(tmp_path)], env=env)
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "child.pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        child = int((tmp_path / "child.pid").read_text())
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == 128 + sig
+        deadline = time.monotonic() + 5
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(child), f"{sig.name} to the parent left its child running"

@@ -140,7 +140,7 @@ def test_the_atc_threshold_is_set_on_the_new_traffic_a_refit_held_out_when_there
     assert few["atc_set"] == "validation" and few["atc_threshold"] == on_validation["atc_threshold"]
 
 
-def test_a_refit_sets_the_threshold_on_its_recent_test_set_and_the_new_rows_of_validation() -> None:
+def test_a_refit_sets_the_threshold_on_its_recent_test_set_when_it_is_large_enough() -> None:
     import pandas as pd
 
     from refitd.flows import tasks
@@ -155,7 +155,7 @@ def test_a_refit_sets_the_threshold_on_its_recent_test_set_and_the_new_rows_of_v
 
     validation = pd.concat([part(300, "reference"), part(60, "feedback_new"), part(20, "feedback_old")],
                            ignore_index=True)
-    for recent_rows, expected in ((180, ("new traffic", 240)), (100, ("validation", 380))):
+    for recent_rows, expected in ((240, ("the recent test set", 240)), (180, ("validation", 380))):
         snapshot = Snapshot(part(50, "reference"), validation, part(50, "reference"), part(recent_rows, "feedback_new"),
                             labels)
         logits = rng.normal(0, 2, (len(validation), 3)).astype(np.float32)
