@@ -91,7 +91,11 @@ def test_a_parent_stopped_by_sigterm_or_sighup_stops_its_child(tmp_path: Path) -
         "import os, sys, time\n"
         f"open({str(tmp_path / 'child.pid')!r}, 'w').write(str(os.getpid()))\n"
         "time.sleep(120)\n")
-    parent = ("import sys\nfrom pathlib import Path\nfrom refitd.core import children\n"
+    # a parent as a terminal starts it: under nohup (SIGHUP ignored, as a test runner may be) it means to outlive
+    # a hangup, and the handlers leave an ignored signal ignored
+    parent = ("import signal, sys\nsignal.signal(signal.SIGHUP, signal.SIG_DFL)\n"
+              "signal.signal(signal.SIGTERM, signal.SIG_DFL)\n"
+              "from pathlib import Path\nfrom refitd.core import children\n"
               "from refitd.core.settings import Settings\n"
               "children.run(Settings.load(home=Path(sys.argv[1])), [], module='sleeper', log_file=None,"
               " stop_timeout_s=2.0)\n")
