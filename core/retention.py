@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Engine, delete, exists, select
+from sqlalchemy import Connection, Engine, Select, delete, exists, select
 from sqlmodel import col
 
 from refitd.core.tables import Feedback, Prediction, ShadowScore
@@ -21,20 +23,40 @@ log = logging.getLogger(__name__)
 
 
 def prune_predictions(engine: Engine, cutoff: datetime, *, batch_rows: int = 5000, pause_s: float = 0.0) -> int:
-    """Delete predictions created before ``cutoff`` that have no feedback (and their shadow scores); return how
-    many predictions were deleted."""
+    """Delete predictions created before ``cutoff`` that have no feedback (and their shadow scores), then the
+    shadow scores before ``cutoff`` whose prediction is not in the table (it never reached it: a crash
+    between the shadow's write and the log's flush); return how many predictions were deleted."""
     labelled = exists().where(col(Feedback.prediction_id) == col(Prediction.id))
     oldest_first = (select(Prediction.id).where(col(Prediction.created_at) < cutoff, ~labelled)
                     .order_by(col(Prediction.created_at)).limit(batch_rows))
-    deleted = 0
+
+    def predictions(conn: Connection, ids: list[Any]) -> None:
+        conn.execute(delete(ShadowScore).where(col(ShadowScore.prediction_id).in_(ids)))
+        conn.execute(delete(Prediction).where(col(Prediction.id).in_(ids)))
+
+    deleted = _in_batches(engine, oldest_first, predictions, batch_rows, pause_s)
+    logged = exists().where(col(Prediction.id) == col(ShadowScore.prediction_id))
+    orphans = (select(ShadowScore.id).where(col(ShadowScore.created_at) < cutoff, ~logged)
+               .order_by(col(ShadowScore.created_at)).limit(batch_rows))
+    orphaned = _in_batches(engine, orphans,
+                           lambda conn, ids: conn.execute(delete(ShadowScore).where(col(ShadowScore.id).in_(ids))),
+                           batch_rows, pause_s)
+    if orphaned:
+        log.info("retention: %s shadow scores of predictions never logged removed", orphaned)
+    return deleted
+
+
+def _in_batches(engine: Engine, oldest_first: Select, remove: Callable[[Connection, list[Any]], Any],
+                batch_rows: int, pause_s: float) -> int:
+    """Select up to ``batch_rows`` ids and remove them, one short transaction a batch, until none is left."""
+    done = 0
     while True:
         with engine.begin() as conn:
             ids = list(conn.execute(oldest_first).scalars())
             if ids:
-                conn.execute(delete(ShadowScore).where(col(ShadowScore.prediction_id).in_(ids)))
-                conn.execute(delete(Prediction).where(col(Prediction.id).in_(ids)))
-        deleted += len(ids)
+                remove(conn, ids)
+        done += len(ids)
         if len(ids) < batch_rows:
-            return deleted
+            return done
         if pause_s:
             time.sleep(pause_s)  # let other writers in between batches

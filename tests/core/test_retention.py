@@ -9,7 +9,7 @@ from sqlalchemy import func, insert, select
 
 from refitd.core.db import session_scope
 from refitd.core.retention import prune_predictions
-from refitd.core.tables import Feedback, Prediction, new_prediction_id, utcnow
+from refitd.core.tables import Feedback, Prediction, ShadowScore, new_prediction_id, utcnow
 
 
 def _rows(n: int, *, days_ago: float) -> list[dict]:
@@ -54,3 +54,24 @@ def test_the_prediction_log_writes_while_a_prune_runs(engine) -> None:
     assert not errors and deleted == 6_000
     with session_scope(engine) as session:
         assert session.execute(select(func.count()).select_from(Prediction)).scalar() == 500
+
+
+def test_shadow_scores_go_with_their_predictions_and_orphans_past_the_cutoff_go_too(engine) -> None:
+    old, recent = _rows(40, days_ago=40), _rows(10, days_ago=1)
+    with engine.begin() as conn:
+        conn.execute(insert(Prediction), old + recent)
+    long_ago, lately = utcnow() - timedelta(days=40), utcnow() - timedelta(days=1)
+    scores = [ShadowScore(version="v2", prediction_id=r["id"], label="a", confidence=0.8, created_at=long_ago)
+              for r in old]
+    unlogged = [new_prediction_id() for _ in range(3)]  # their predictions never reached the table
+    scores += [ShadowScore(version="v2", prediction_id=pid, label="a", confidence=0.8, created_at=when)
+               for pid, when in zip(unlogged, (long_ago, long_ago, lately))]
+    with session_scope(engine) as session:
+        session.add_all(scores)
+        session.add(Feedback(prediction_id=old[0]["id"], label="b"))
+
+    assert prune_predictions(engine, utcnow() - timedelta(days=30), batch_rows=7) == 39
+
+    with session_scope(engine) as session:
+        left = list(session.execute(select(ShadowScore.prediction_id, ShadowScore.created_at)).all())
+    assert sorted(pid for pid, _ in left) == sorted([old[0]["id"], unlogged[-1]])
