@@ -109,18 +109,21 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
 
 
-def run(home: Path, *, minutes: float, rps: float, check_minutes: float) -> dict[str, Any]:
+def run(home: Path, *, minutes: float, rps: float, check_minutes: float, drift: dict[str, Any] | None = None,
+        ) -> dict[str, Any]:
+    """``drift``: drift settings to override for the daemon (e.g. ``nice``), else the home's."""
     work = Path(tempfile.mkdtemp(prefix="refitd-bench-soak-"))
     shutil.copytree(home, work, dirs_exist_ok=True)
     for stale in ("daemon.json", "reports", "workspace"):
         path = work / stale
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    settings = Settings.load(home=work)
+    settings = Settings.load(home=work, drift=drift or {})
     with session_scope(engine_for(settings)) as session:
         before = max((r.id for r in list_checks(session, limit=1)), default=0)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "REFITD_HOME": str(work), "REFITD_SCHEDULER__DRIFT_INTERVAL_MINUTES": str(check_minutes)}
+    env = {**os.environ, "REFITD_HOME": str(work), "REFITD_SCHEDULER__DRIFT_INTERVAL_MINUTES": str(check_minutes),
+           **{f"REFITD_DRIFT__{key.upper()}": str(value).lower() for key, value in (drift or {}).items()}}
     daemon = _run_server([sys.executable, "-m", "refitd.cli", "run", "--port", str(port)], env,
                          f"{url}/v2/health/ready", log=work / "daemon.log")
     watch = Watch(daemon.pid)
@@ -140,6 +143,7 @@ def run(home: Path, *, minutes: float, rps: float, check_minutes: float) -> dict
     rss = [mb for _, mb in watch.rss]
     marks = {"start": rss[min(5, len(rss) - 1)], "middle": rss[len(rss) // 2], "end": rss[-1], "max": max(rss)}
     return {"minutes": minutes, "rps_target": rps, "check_minutes": check_minutes,
+            "drift": {"nice": settings.drift.nice, "threads": settings.drift.threads},
             "requests": len(requests), "errors": sum(not ok for _, _, ok in requests),
             "rps": len(requests) / (minutes * 60),
             "checks": {"children": len(watch.checks), "rows": len(rows),
@@ -157,7 +161,8 @@ def render(r: dict[str, Any]) -> str:
     m, c = r["daemon_rss_mb"], r["checks"]
     return "\n".join([
         f"`refitd run` {r['minutes']:g} min at {r['rps']:.1f} req/s (open loop), a drift check every "
-        f"{r['check_minutes']:g} min: {r['requests']} requests, {r['errors']} errors; {c['rows']} checks "
+        f"{r['check_minutes']:g} min (nice {r['drift']['nice']}, {r['drift']['threads']} thread(s)): "
+        f"{r['requests']} requests, {r['errors']} errors; {c['rows']} checks "
         f"({c['verdicts']}), median {c['seconds_median']} s each, check process peak {c['child_peak_rss_mb']:.0f} MB",
         f"daemon RSS MB: start {m['start']:.0f}, middle {m['middle']:.0f}, end {m['end']:.0f}, max {m['max']:.0f} "
         f"(end / start {r['rss_end_over_start']:.2f}; target 0.90–1.10)",
@@ -174,8 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=60.0)
     parser.add_argument("--rps", type=float, default=60.0)
     parser.add_argument("--check-minutes", type=float, default=1.0)
+    parser.add_argument("--drift-nice", type=int, default=None, help="the check process's niceness (drift.nice)")
+    parser.add_argument("--drift-threads", type=int, default=None, help="the check process's threads (drift.threads)")
     args = parser.parse_args(argv)
-    result = run(champion_home(args.home), minutes=args.minutes, rps=args.rps, check_minutes=args.check_minutes)
+    drift = {key: value for key, value in (("nice", args.drift_nice), ("threads", args.drift_threads)) if value is not None}
+    result = run(champion_home(args.home), minutes=args.minutes, rps=args.rps, check_minutes=args.check_minutes,
+                 drift=drift)
     save("soak", result)
     print(render(result))
     return 0
