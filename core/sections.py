@@ -394,6 +394,12 @@ class DriftSection(_Section):
     nice: int = Field(10, description="CPU niceness of the daemon's drift-check process (0-19), so serving comes first.")
     timeout_minutes: float = Field(15.0, description="A drift-check process still running after this long is stopped "
                                                      "and recorded as a failed check.")
+    process_checks: int = Field(
+        100, description="Checks one drift-check process runs before a fresh one replaces it. The daemon keeps the "
+                         "process between checks, so each check skips its ~5 s of imports (a check is mostly "
+                         "imports) at the cost of the process's memory (~430 MB) between checks; 0 = a fresh "
+                         "process for every check."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DriftSection:
@@ -426,6 +432,8 @@ class DriftSection(_Section):
             raise ValueError(f"drift.nice must be between 0 and 19; got {self.nice}")
         if self.timeout_minutes <= 0:
             raise ValueError(f"drift.timeout_minutes must be > 0; got {self.timeout_minutes}")
+        if self.process_checks < 0:
+            raise ValueError(f"drift.process_checks must be ≥ 0 (0: a fresh process per check); got {self.process_checks}")
         # against the default, not model_fields_set: a handed-over (to_json/updated) copy sets every field
         if self.calibrated and self.min_drifted_signals != type(self).model_fields["min_drifted_signals"].default:
             raise ValueError("drift.min_drifted_signals applies only with drift.calibrated = false; calibrated "

@@ -27,6 +27,7 @@ from refitd.core.settings import Settings
 from refitd.core.retention import prune_predictions
 from refitd.core.tables import utcnow
 from refitd.daemon import guard, shadow, triggers
+from refitd.daemon.checker import CheckProcess
 from refitd.daemon.drift.alerts import Webhook
 from refitd.daemon.launcher import RefitLauncher
 
@@ -42,6 +43,11 @@ class Context:
     launcher: RefitLauncher
     on_status: Callable[[str], None] = lambda status: None
     stopping: threading.Event = field(default_factory=threading.Event)  # set on shutdown: running children stop
+    checks: CheckProcess | None = None  # the kept drift-check process (drift.process_checks > 0)
+
+    def __post_init__(self) -> None:
+        if self.checks is None and self.settings.drift.process_checks > 0:
+            self.checks = CheckProcess(self.settings)
 
 
 _context: Context | None = None
@@ -74,17 +80,21 @@ def run_job(name: str) -> None:
 
 
 def drift_check(ctx: Context) -> dict[str, Any]:
-    """Check the current window in a child process (``python -m refitd.daemon.drift``, ``drift.threads`` threads
-    at ``drift.nice``, stopped after ``drift.timeout_minutes``), which writes the row, report and alert; then
+    """Check the current window in the kept check process (refitd.daemon.checker; with ``drift.process_checks =
+    0`` a process of its own: ``python -m refitd.daemon.drift``, ``drift.threads`` threads at ``drift.nice``),
+    stopped after ``drift.timeout_minutes``, which writes the row, report and alert; then
     consider a refit when it drifted. A failed or hung check raises: a ``job_failed`` event with its error."""
     with session_scope(ctx.engine) as session:
         champion = registry.get_champion(session)
     if champion is None:
         return {"skipped": "no champion yet"}
     d = ctx.settings.drift
-    code, result = children.run(ctx.settings.updated({"serving": {"threads": d.threads}}), [],
-                                module=children.DRIFT_CHECK, log_file=None, threads=d.threads, niceness=d.nice,
-                                timeout_s=d.timeout_minutes * 60, cancel=ctx.stopping)
+    if ctx.checks is not None:
+        code, result = ctx.checks.run(timeout_s=d.timeout_minutes * 60, cancel=ctx.stopping)
+    else:
+        code, result = children.run(ctx.settings.updated({"serving": {"threads": d.threads}}), [],
+                                    module=children.DRIFT_CHECK, log_file=None, threads=d.threads, niceness=d.nice,
+                                    timeout_s=d.timeout_minutes * 60, cancel=ctx.stopping)
     if ctx.stopping.is_set() and "verdict" not in result:
         return {"skipped": "the daemon is shutting down"}
     if code != 0 or "verdict" not in result:
@@ -92,7 +102,8 @@ def drift_check(ctx: Context) -> dict[str, Any]:
     ctx.on_status(f"serving {champion.version}; last drift check: {result['verdict']}")
     decision = triggers.consider(ctx.settings, ctx.engine, ctx.launcher, "drift", drift_verdict=result["verdict"])
     return {"check": result["check"], "verdict": result["verdict"], "seconds": result.get("seconds"),
-            "peak_rss_mb": result.get("peak_rss_mb"), "refit": decision.start, "decision": decision.reason}
+            "peak_rss_mb": result.get("peak_rss_mb"), "pid": result.get("pid"), "checks_run": result.get("checks_run"),
+            "refit": decision.start, "decision": decision.reason}
 
 
 def label_check(ctx: Context) -> dict[str, Any]:

@@ -145,6 +145,8 @@ class Daemon:
             self.scheduler.shutdown(wait=not self._forced)
         self.notifier.status("stopping a running refit")
         self.launcher.stop(1.0 if self._forced else self.settings.refit.stop_timeout_s)
+        if self.context.checks is not None:
+            self.context.checks.close(1.0 if self._forced else 10.0)
         jobs.bind(None)
         self.settings.runfile.unlink(missing_ok=True)
         self.notifier.close()

@@ -1,11 +1,14 @@
 """The daemon checks drift in a child process: the serving process never loads Evidently, the child writes
-the row, and a failed or hung check is an event while the daemon goes on."""
+the row, and a failed or hung check is an event while the daemon goes on. The process is kept between
+checks, retired after drift.process_checks, replaced when it died, and gone when the daemon is."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from sqlmodel import select
@@ -16,6 +19,7 @@ from refitd.core.tables import DriftCheck, Event
 from refitd.daemon import jobs
 from refitd.daemon.launcher import RefitLauncher
 from tests.artifact_factory import publish_version
+from tests.core.test_children import _alive
 from tests.daemon.drift.test_report import champion_with_traffic
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -66,4 +70,43 @@ def test_a_check_past_its_timeout_is_stopped_and_recorded_and_the_daemon_goes_on
         assert event.subject == "drift_check"
         assert event.reason == "drift_check failed: ChildFailed: the drift check of v1: timed out after 0.12 s"
         assert session.exec(select(DriftCheck)).first() is None
+    assert not list(tmp_path.glob(".drift-*"))
+
+
+CHECKS = """
+import json, os, signal, sys, time
+from refitd.core.db import engine_for
+from refitd.core.settings import Settings
+from refitd.daemon import jobs
+from refitd.daemon.launcher import RefitLauncher
+settings = Settings.load(home=sys.argv[1], drift=json.loads(sys.argv[2]))
+engine = engine_for(settings)
+ctx = jobs.Context(settings, engine, RefitLauncher(settings, engine))
+outs = [jobs.drift_check(ctx) for _ in range(3)]
+os.kill(outs[-1]["pid"], signal.SIGKILL)  # died between checks: the next check starts another
+while os.waitid(os.P_PID, outs[-1]["pid"], os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:  # all its threads gone
+    time.sleep(0.05)
+outs.append(jobs.drift_check(ctx))
+print(json.dumps(outs))
+"""
+
+
+def test_the_check_process_is_kept_retired_replaced_and_gone_with_the_daemon(tmp_path: Path,
+                                                                               untrained_artifact: Path) -> None:
+    drift = {"window_size": 300, "min_window": 200, "reference_size": 600, "calibration_draws": 1000,
+             "process_checks": 2}
+    champion_with_traffic(tmp_path, untrained_artifact, other=0)
+    done = subprocess.run([sys.executable, "-c", CHECKS, str(tmp_path), json.dumps(drift)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    outs = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [o["verdict"] for o in outs] == ["not_drifted"] * 4
+    pids = [o["pid"] for o in outs]
+    assert pids[0] == pids[1] != pids[2] != pids[3] and os.getpid() not in pids  # kept, retired after 2, replaced
+    assert [o["checks_run"] for o in outs] == [1, 2, 1, 1]
+    assert len({o["check"] for o in outs}) == 4
+    deadline = time.monotonic() + 10  # its daemon exited: the process read the end of its stdin and exited
+    while _alive(pids[3]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pids[3])
     assert not list(tmp_path.glob(".drift-*"))
