@@ -2,10 +2,11 @@
 
 The daemon serves an open-loop load (``--rps`` requests a second, one tweet each, paced, so a slow
 answer does not slow the sender) while its scheduler runs a drift check every ``--check-minutes`` in a
-child process. Once a second the daemon's resident memory is read from /proc, and any running check
-child is noted. Prints the daemon's RSS at the start, middle and end, and serving p50/p99 for requests
-in flight while a check ran vs the rest, with the ratios the issue sets targets for (RSS end / start
-within ±10%, p99 during / outside ≤ 1.2). The daemon runs on a copy of the home.
+child process. Once a second the daemon's resident memory is read from /proc, and so is each check
+process's CPU time: a second in which one used the CPU is a check's. Prints the daemon's RSS at the
+start, middle and end, and serving p50/p99 for requests in flight in a check's seconds vs the rest, with
+the ratios the issue sets targets for (RSS end / start within ±10%, p99 during / outside ≤ 1.2). The
+daemon runs on a copy of the home.
 """
 
 from __future__ import annotations
@@ -36,15 +37,21 @@ CHECK_MODULE = "refitd.daemon.drift"
 
 @dataclass
 class Watch:
-    """What the sampler saw: (seconds, daemon RSS MB) once a second, and when check children ran."""
+    """What the sampler saw: (seconds, daemon RSS MB) once a second, the check processes, and the seconds
+    in which one of them used the CPU (a kept check process idles between checks)."""
 
     pid: int
     started: float = field(default_factory=time.perf_counter)
     rss: list[tuple[float, float]] = field(default_factory=list)
-    checks: dict[int, list[float]] = field(default_factory=dict)  # child pid -> [first seen, last seen, peak MB]
+    checks: dict[int, list[float]] = field(default_factory=dict)  # check pid -> [first seen, last seen, peak MB]
+    busy_spans: list[tuple[float, float]] = field(default_factory=list)  # (from, to) s in which a check used CPU
     stop: threading.Event = field(default_factory=threading.Event)
+    _seconds: set[int] = field(default_factory=set)
+    _spans_seen: int = 0
 
     def run(self) -> None:
+        ticks: dict[int, int] = {}
+        last = 0.0
         while not self.stop.wait(1.0):
             now = time.perf_counter() - self.started
             self.rss.append((now, _rss_mb(self.pid)))
@@ -52,10 +59,30 @@ class Watch:
                 seen = self.checks.setdefault(child, [now, now, 0.0])
                 seen[1] = now
                 seen[2] = max(seen[2], _rss_mb(child))
+                used = _cpu_ticks(child)
+                if used - ticks.get(child, 0) > BUSY_TICKS:
+                    self.busy_spans.append((last, now))
+                ticks[child] = used
+            last = now
 
     def busy(self, t0: float, t1: float) -> bool:
-        """Whether a check child ran during [t0, t1] (seconds since start; a second's margin for sampling)."""
-        return any(first - 1.0 <= t1 and t0 <= last + 1.0 for first, last, _ in self.checks.values())
+        """Whether a check used the CPU during [t0, t1] (seconds since start; sampled once a second, so
+        to the whole seconds around it)."""
+        if self._spans_seen != len(self.busy_spans):
+            self._seconds = {s for first, to in self.busy_spans for s in range(int(first), int(to) + 1)}
+            self._spans_seen = len(self.busy_spans)
+        return any(s in self._seconds for s in range(int(t0), int(t1) + 1))
+
+
+BUSY_TICKS = 2  # CPU ticks (1/100 s) a check process may use in a second and still count as idle
+
+
+def _cpu_ticks(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _rss_mb(pid: int) -> float:
@@ -143,7 +170,8 @@ def run(home: Path, *, minutes: float, rps: float, check_minutes: float, drift: 
     rss = [mb for _, mb in watch.rss]
     marks = {"start": rss[min(5, len(rss) - 1)], "middle": rss[len(rss) // 2], "end": rss[-1], "max": max(rss)}
     return {"minutes": minutes, "rps_target": rps, "check_minutes": check_minutes,
-            "drift": {"nice": settings.drift.nice, "threads": settings.drift.threads},
+            "drift": {"nice": settings.drift.nice, "threads": settings.drift.threads,
+                      "process_checks": settings.drift.process_checks},
             "requests": len(requests), "errors": sum(not ok for _, _, ok in requests),
             "rps": len(requests) / (minutes * 60),
             "checks": {"children": len(watch.checks), "rows": len(rows),
@@ -161,7 +189,8 @@ def render(r: dict[str, Any]) -> str:
     m, c = r["daemon_rss_mb"], r["checks"]
     return "\n".join([
         f"`refitd run` {r['minutes']:g} min at {r['rps']:.1f} req/s (open loop), a drift check every "
-        f"{r['check_minutes']:g} min (nice {r['drift']['nice']}, {r['drift']['threads']} thread(s)): "
+        f"{r['check_minutes']:g} min (nice {r['drift']['nice']}, {r['drift']['threads']} thread(s), "
+        f"{r['drift']['process_checks']} checks a process): "
         f"{r['requests']} requests, {r['errors']} errors; {c['rows']} checks "
         f"({c['verdicts']}), median {c['seconds_median']} s each, check process peak {c['child_peak_rss_mb']:.0f} MB",
         f"daemon RSS MB: start {m['start']:.0f}, middle {m['middle']:.0f}, end {m['end']:.0f}, max {m['max']:.0f} "
@@ -181,8 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check-minutes", type=float, default=1.0)
     parser.add_argument("--drift-nice", type=int, default=None, help="the check process's niceness (drift.nice)")
     parser.add_argument("--drift-threads", type=int, default=None, help="the check process's threads (drift.threads)")
+    parser.add_argument("--drift-process-checks", type=int, default=None,
+                        help="checks a kept check process runs (drift.process_checks; 0: a process per check)")
     args = parser.parse_args(argv)
-    drift = {key: value for key, value in (("nice", args.drift_nice), ("threads", args.drift_threads)) if value is not None}
+    drift = {key: value for key, value in (("nice", args.drift_nice), ("threads", args.drift_threads),
+                                                   ("process_checks", args.drift_process_checks)) if value is not None}
     result = run(champion_home(args.home), minutes=args.minutes, rps=args.rps, check_minutes=args.check_minutes,
                  drift=drift)
     save("soak", result)
