@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import select
+import selectors
 import subprocess
 import threading
 import time
@@ -38,6 +38,7 @@ class CheckProcess:
         self._process: subprocess.Popen | None = None
         self._child: Child | None = None
         self._checks = 0
+        self._closed = False
 
     @property
     def pid(self) -> int | None:
@@ -46,8 +47,11 @@ class CheckProcess:
     def run(self, *, timeout_s: float, cancel: threading.Event | None = None,
             stop_timeout_s: float = 10.0) -> tuple[int, dict[str, Any]]:
         """One check in the kept process (started first when there is none): (exit code, summary), as
-        :func:`refitd.core.children.run` returns them for a process of its own."""
+        :func:`refitd.core.children.run` returns them for a process of its own. Once :meth:`close` was
+        called, or ``cancel`` is set, no process is started: the check is "cancelled"."""
         with self._lock:
+            if self._closed or (cancel is not None and cancel.is_set()):
+                return 1, {"error": "cancelled"}
             if self._process is not None and children.wait(self._process, 0) is not None:
                 log.warning("the drift-check process %s had exited (%s); starting another",
                             self._process.pid, self._process.returncode)
@@ -57,20 +61,25 @@ class CheckProcess:
             process = self._process
             assert process is not None and process.stdin is not None and process.stdout is not None
             try:
-                process.stdin.write(b"check\n")
-                process.stdin.flush()
-                line, why = _read_line(process.stdout.fileno(), timeout_s, cancel)
-            except OSError as exc:  # its stdin closed under us: it died
-                line, why = None, None
-                log.warning("the drift-check process %s: %s", process.pid, exc)
-            if line is None:
-                if why is not None:
-                    log.warning("stopping the drift-check process %s: %s", process.pid, why)
-                children.stop(process, stop_timeout_s)
-                code = process.returncode if process.returncode is not None else 1
+                try:
+                    process.stdin.write(b"check\n")
+                    process.stdin.flush()
+                    line, why = _read_line(process.stdout.fileno(), timeout_s, cancel)
+                except OSError as exc:  # its stdin closed under us: it died
+                    line, why = None, None
+                    log.warning("the drift-check process %s: %s", process.pid, exc)
+                if line is None:
+                    if why is not None:
+                        log.warning("stopping the drift-check process %s: %s", process.pid, why)
+                    children.stop(process, 1.0 if self._closed else stop_timeout_s)
+                    code = process.returncode if process.returncode is not None else 1
+                    self._drop()
+                    return code, {"error": why} if why else {}
+                result = json.loads(line)
+            except BaseException:  # a garbled answer, or interrupted: the process is in an unknown state
+                children.stop(process, 1.0)
                 self._drop()
-                return code, {"error": why} if why else {}
-            result = json.loads(line)
+                raise
             self._checks += 1
             if self._checks >= self.settings.drift.process_checks:
                 self._retire()
@@ -79,6 +88,7 @@ class CheckProcess:
     def close(self, timeout_s: float = 10.0) -> None:
         """Retire the process (stdin closed, so it exits once a running check is done; stopped after
         ``timeout_s``)."""
+        self._closed = True  # a check waiting for the lock will not start another process
         with self._lock:
             self._retire(timeout_s)
 
@@ -122,18 +132,22 @@ class CheckProcess:
 
 
 def _read_line(fd: int, timeout_s: float, cancel: threading.Event | None) -> tuple[bytes | None, str | None]:
-    """A line from ``fd``, or (None, why): timed out, cancelled, or (None, None) at its end (the process died)."""
+    """A line from ``fd``, or (None, why): timed out, cancelled, or (None, None) at its end (the process died).
+    An answer already written wins over a cancel or a deadline that came with it."""
     deadline, buffer = time.monotonic() + timeout_s, b""
-    while b"\n" not in buffer:
-        if cancel is not None and cancel.is_set():
-            return None, "cancelled"
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return None, f"timed out after {timeout_s:g} s"
-        ready, _, _ = select.select([fd], [], [], min(0.5, left))
-        if ready:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                return None, None
-            buffer += chunk
+    with selectors.DefaultSelector() as selector:  # poll/epoll: no FD_SETSIZE limit on the descriptor
+        selector.register(fd, selectors.EVENT_READ)
+        while b"\n" not in buffer:
+            left = deadline - time.monotonic()
+            stopping = cancel is not None and cancel.is_set()
+            if selector.select(0 if stopping or left <= 0 else min(0.5, left)):
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    return None, None
+                buffer += chunk
+                continue
+            if stopping:
+                return None, "cancelled"
+            if left <= 0:
+                return None, f"timed out after {timeout_s:g} s"
     return buffer.split(b"\n", 1)[0], None

@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = read_settings(args.settings)
         configure_logging(settings.log_level)
+        engine = engine_for(settings)  # a bad database URL is reported like any failed start
         for name in WARM_MODULES if args.serve else ():
             importlib.import_module(name)
     except Exception as exc:  # noqa: BLE001 - the parent records it as a failed check
@@ -66,10 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         (answers.write(line + "\n") if args.serve else print(line, flush=True))
         return code
     if not args.serve:
-        result, code = check_once(settings, engine_for(settings))
+        result, code = check_once(settings, engine)
         print(write_result(args.result_file, result), flush=True)
         return code
-    engine, done = engine_for(settings), 0
+    done = 0
     for _ in sys.stdin:  # one request a line; EOF ends the process
         result, code = check_once(settings, engine)
         done += 1

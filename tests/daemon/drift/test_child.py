@@ -8,15 +8,18 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import pytest
 from sqlmodel import select
 
+from refitd.core import children
 from refitd.core.db import make_engine, session_scope, upgrade
 from refitd.core.settings import Settings
 from refitd.core.tables import DriftCheck, Event
-from refitd.daemon import jobs
+from refitd.daemon import checker, jobs
 from refitd.daemon.launcher import RefitLauncher
 from tests.artifact_factory import publish_version
 from tests.core.test_children import _alive
@@ -110,3 +113,55 @@ def test_the_check_process_is_kept_retired_replaced_and_gone_with_the_daemon(tmp
         time.sleep(0.1)
     assert not _alive(pids[3])
     assert not list(tmp_path.glob(".drift-*"))
+
+
+def test_an_answer_already_written_wins_over_a_cancel_and_the_end_of_the_pipe_is_a_death() -> None:
+    cancel = threading.Event()
+    read, write = os.pipe()
+    try:
+        os.write(write, b'{"verdict": "drifted"}\n')
+        cancel.set()
+        assert checker._read_line(read, 5.0, cancel) == (b'{"verdict": "drifted"}', None)
+        assert checker._read_line(read, 5.0, cancel) == (None, "cancelled")
+        assert checker._read_line(read, 0.05, None) == (None, "timed out after 0.05 s")
+        os.close(write)
+        write = -1
+        assert checker._read_line(read, 5.0, None) == (None, None)
+    finally:
+        os.close(read)
+        if write >= 0:
+            os.close(write)
+
+
+def test_a_closed_or_cancelled_check_process_starts_nothing(tmp_path: Path) -> None:
+    settings = Settings.load(home=tmp_path)
+    cancel = threading.Event()
+    cancel.set()
+    process = checker.CheckProcess(settings)
+    assert process.run(timeout_s=60, cancel=cancel) == (1, {"error": "cancelled"})
+    process.close()
+    assert process.run(timeout_s=60) == (1, {"error": "cancelled"})
+    assert process.pid is None and not list(tmp_path.glob(".drift-*"))
+
+
+GARBLER = """
+import sys, time
+sys.stdin.readline()
+sys.stdout.write("this is not a summary\\n")
+sys.stdout.flush()
+time.sleep(600)
+"""
+
+
+def test_a_garbled_answer_stops_the_process_and_the_next_check_starts_another(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "modules").mkdir()
+    (tmp_path / "modules" / "garbler.py").write_text(GARBLER)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "modules"))
+    monkeypatch.setattr(children, "DRIFT_CHECK", "garbler")
+    process = checker.CheckProcess(Settings.load(home=tmp_path / "home"))
+    with pytest.raises(json.JSONDecodeError):
+        process.run(timeout_s=60)
+    assert process.pid is None and not list((tmp_path / "home").glob(".drift-*"))
+    with pytest.raises(json.JSONDecodeError):
+        process.run(timeout_s=60)  # the next check starts a fresh process
+    process.close()
