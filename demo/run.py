@@ -14,6 +14,7 @@ Stream tweets come from the corpus's ``stream`` split, which no training or test
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import signal
 import subprocess
@@ -343,13 +344,17 @@ class Demo:
         e = summary["estimate"]
         if e["checks"]:
             self.console.print(f"label-free accuracy estimate vs measured, over {e['checks']} checks with labels: "
-                               f"mean absolute error {e['mae']:.3f} (largest {e['max']:.3f})")
+                               f"mean absolute error {e['mae']:.3f} (largest {e['max']:.3f}, mean {e['bias']:+.3f}); "
+                               f"the labels' own sampling noise alone makes {e['label_noise']:.3f} of it on average")
         r = summary["refit"]
         if r:
             self.console.print(f"refit ({r['trigger']}) started at {r['started_at_s']:.0f} s, took "
                                f"{r['duration_s'] or 0:.0f} s: {r['verdict'] or r['status']} — {r['reason']}")
         else:
             self.console.print("[yellow]no refit ran[/]")
+        if summary["promotions"]:
+            at, version = summary["promotions"][0]
+            self.console.print(f"from the shift to {version} serving: {at - summary['phase2_at_s']:.0f} s")
         drifted_at = [c["at"] for c in summary["checks"] if c["verdict"] == "drifted"]
         acc_png = plots.live_accuracy(answers, phase2_at=summary["phase2_at_s"], promotions=summary["promotions"],
                                       drifted_at=drifted_at, path=self.out / "live_accuracy.png")
@@ -366,11 +371,17 @@ class Demo:
 
 
 def _estimate_error(checks: list[dict[str, Any]]) -> dict[str, Any]:
-    """How far the label-free estimate was from measured accuracy, over the checks that had enough labels."""
-    errors = [abs(e) for c in checks
-              if (e := ((c["signals"] or {}).get("_performance") or {}).get("estimate_error")) is not None]
-    return {"checks": len(errors), "mae": sum(errors) / len(errors) if errors else None,
-            "max": max(errors) if errors else None}
+    """How far the label-free estimate was from measured accuracy, over the checks that had enough labels:
+    mean absolute and largest error, the mean signed error (its bias), and the part of the error that the
+    labels alone make: measured accuracy on n labelled rows is itself a sample, off from the rows' expected
+    accuracy by sqrt(2 / pi) * sqrt(p (1 - p) / n) on average, so even an exact estimate shows that much."""
+    perf = [p for c in checks if (p := (c["signals"] or {}).get("_performance") or {}).get("estimate_error") is not None]
+    errors = [p["estimate_error"] for p in perf]
+    noise = [math.sqrt(2 / math.pi) * math.sqrt(p["measured_accuracy"] * (1 - p["measured_accuracy"]) / p["labelled"])
+             for p in perf if p.get("labelled") and p.get("measured_accuracy") is not None]
+    return {"checks": len(errors), "mae": sum(map(abs, errors)) / len(errors) if errors else None,
+            "max": max(map(abs, errors)) if errors else None, "bias": sum(errors) / len(errors) if errors else None,
+            "label_noise": sum(noise) / len(noise) if noise else None}
 
 
 def run_demo(*, home: Path | None, quick: bool, keep: bool, console: Console) -> dict[str, Any]:

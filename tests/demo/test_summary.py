@@ -1,0 +1,25 @@
+"""The demo's summary of the label-free estimate: its error, its bias, and the part the labels' own noise makes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from refitd.demo.run import _estimate_error
+
+
+def _check(error: float | None, measured: float = 0.6, labelled: int = 150) -> dict:
+    perf = {"labelled": labelled} if error is None else {"labelled": labelled, "measured_accuracy": measured,
+                                                          "estimate_error": error}
+    return {"signals": {"_performance": perf}}
+
+
+def test_the_estimate_summary_separates_bias_from_the_labels_noise() -> None:
+    checks = [_check(0.10), _check(-0.02, measured=0.8, labelled=400), _check(None), {"signals": None}]
+    e = _estimate_error(checks)
+    assert e["checks"] == 2
+    assert e["mae"] == pytest.approx(0.06) and e["max"] == pytest.approx(0.10) and e["bias"] == pytest.approx(0.04)
+    expected = (math.sqrt(0.24 / 150) + math.sqrt(0.16 / 400)) / 2 * math.sqrt(2 / math.pi)
+    assert e["label_noise"] == pytest.approx(expected)
+    assert _estimate_error([]) == {"checks": 0, "mae": None, "max": None, "bias": None, "label_noise": None}
