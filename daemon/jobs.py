@@ -100,6 +100,9 @@ def drift_check(ctx: Context) -> dict[str, Any]:
     if code != 0 or "verdict" not in result:
         raise children.ChildFailed(f"the drift check of {champion.version}", code, result.get("error"))
     ctx.on_status(f"serving {champion.version}; last drift check: {result['verdict']}")
+    if ctx.stopping.is_set():  # the check's row is written; no refit starts on the way out
+        return {"check": result["check"], "verdict": result["verdict"], "refit": False,
+                "decision": "the daemon is shutting down"}
     decision = triggers.consider(ctx.settings, ctx.engine, ctx.launcher, "drift", drift_verdict=result["verdict"])
     return {"check": result["check"], "verdict": result["verdict"], "seconds": result.get("seconds"),
             "peak_rss_mb": result.get("peak_rss_mb"), "pid": result.get("pid"), "checks_run": result.get("checks_run"),

@@ -61,7 +61,9 @@ class RefitLauncher:
     # -- starting -------------------------------------------------------------------------
 
     def busy(self) -> str | None:
-        """Why a refit cannot start now (another is running here or elsewhere), else None."""
+        """Why a refit cannot start now (the daemon is stopping, another is running here or elsewhere), else None."""
+        if self._stop.is_set():
+            return "the daemon is shutting down"
         if self.launch is not None:
             return f"a refit started by {self.launch.trigger} is already running in this daemon"
         held = leases.current(self.engine, LEASE)
@@ -216,8 +218,9 @@ class RefitLauncher:
 
     def stop(self, timeout_s: float | None = None) -> None:
         """On shutdown: stop a local refit (SIGTERM, then SIGKILL after the timeout) and free the lease."""
-        self._stop.set()
-        launch = self.launch
+        with self._lock:  # a start already past its checks finishes first, and is stopped below
+            self._stop.set()
+            launch = self.launch
         if launch is None:
             return
         if launch.process is not None:

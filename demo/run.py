@@ -344,8 +344,9 @@ class Demo:
         e = summary["estimate"]
         if e["checks"]:
             self.console.print(f"label-free accuracy estimate vs measured, over {e['checks']} checks with labels: "
-                               f"mean absolute error {e['mae']:.3f} (largest {e['max']:.3f}, mean {e['bias']:+.3f}); "
-                               f"the labels' own sampling noise alone makes {e['label_noise']:.3f} of it on average")
+                               f"mean absolute error {e['mae']:.3f} (largest {e['max']:.3f}, mean {e['bias']:+.3f}); an "
+                               f"exact estimate would still show about {e['label_noise']:.3f} from the labels' sampling "
+                               f"noise alone; the estimate's own RMS error, that noise taken out, {e['estimate_rms']:.3f}")
         r = summary["refit"]
         if r:
             self.console.print(f"refit ({r['trigger']}) started at {r['started_at_s']:.0f} s, took "
@@ -372,16 +373,22 @@ class Demo:
 
 def _estimate_error(checks: list[dict[str, Any]]) -> dict[str, Any]:
     """How far the label-free estimate was from measured accuracy, over the checks that had enough labels:
-    mean absolute and largest error, the mean signed error (its bias), and the part of the error that the
-    labels alone make: measured accuracy on n labelled rows is itself a sample, off from the rows' expected
-    accuracy by sqrt(2 / pi) * sqrt(p (1 - p) / n) on average, so even an exact estimate shows that much."""
+    mean absolute and largest error and the mean signed error (its bias); and how much of it the labels
+    make. Measured accuracy on n labelled rows is itself a sample: off from what those rows would score on
+    average by about sqrt(2 / pi) * sqrt(p (1 - p) / n) (normal approximation; an upper bound, since rows
+    differ in difficulty), so even an exact estimate would show that much (``label_noise``). Taking that
+    variance out of the mean squared error leaves the estimate's own RMS error (``estimate_rms``)."""
     perf = [p for c in checks if (p := (c["signals"] or {}).get("_performance") or {}).get("estimate_error") is not None]
     errors = [p["estimate_error"] for p in perf]
-    noise = [math.sqrt(2 / math.pi) * math.sqrt(p["measured_accuracy"] * (1 - p["measured_accuracy"]) / p["labelled"])
-             for p in perf if p.get("labelled") and p.get("measured_accuracy") is not None]
-    return {"checks": len(errors), "mae": sum(map(abs, errors)) / len(errors) if errors else None,
-            "max": max(map(abs, errors)) if errors else None, "bias": sum(errors) / len(errors) if errors else None,
-            "label_noise": sum(noise) / len(noise) if noise else None}
+    variances = [p["measured_accuracy"] * (1 - p["measured_accuracy"]) / p["labelled"]
+                 for p in perf if p.get("labelled") and p.get("measured_accuracy") is not None]
+    if not errors:
+        return {"checks": 0, "mae": None, "max": None, "bias": None, "label_noise": None, "estimate_rms": None}
+    mean_variance = sum(variances) / len(variances) if variances else 0.0
+    return {"checks": len(errors), "mae": sum(map(abs, errors)) / len(errors), "max": max(map(abs, errors)),
+            "bias": sum(errors) / len(errors),
+            "label_noise": sum(math.sqrt(2 / math.pi * v) for v in variances) / len(variances) if variances else 0.0,
+            "estimate_rms": math.sqrt(max(0.0, sum(e * e for e in errors) / len(errors) - mean_variance))}
 
 
 def run_demo(*, home: Path | None, quick: bool, keep: bool, console: Console) -> dict[str, Any]:

@@ -88,6 +88,16 @@ def test_one_refit_at_a_time_across_processes(home: Settings) -> None:
     assert leases.acquire(engine, LEASE, holder="me", ttl_s=60)
 
 
+def test_a_stopped_launcher_starts_no_refit(home: Settings) -> None:
+    engine = make_engine(home.database_url)
+    _labels(home, 10)
+    launcher = RefitLauncher(home, engine)
+    launcher.stop(1.0)  # the daemon is shutting down: a check finishing on the way out starts nothing
+    decision = consider(home, engine, launcher, "labels")
+    assert not decision.start and "the daemon is shutting down" in decision.reason
+    assert launcher.start("labels", "test") == (False, "the daemon is shutting down")
+    assert launcher.launch is None and leases.current(engine, LEASE) is None
+
 def test_a_refit_is_freed_only_after_its_outcome_is_recorded(home: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """Whoever sees ``launch`` None (the daemon's follower, a test, the next trigger) finds the
     outcome in ``finished`` and its event in the database; a failed write keeps the launch, and the

@@ -22,4 +22,7 @@ def test_the_estimate_summary_separates_bias_from_the_labels_noise() -> None:
     assert e["mae"] == pytest.approx(0.06) and e["max"] == pytest.approx(0.10) and e["bias"] == pytest.approx(0.04)
     expected = (math.sqrt(0.24 / 150) + math.sqrt(0.16 / 400)) / 2 * math.sqrt(2 / math.pi)
     assert e["label_noise"] == pytest.approx(expected)
-    assert _estimate_error([]) == {"checks": 0, "mae": None, "max": None, "bias": None, "label_noise": None}
+    assert e["estimate_rms"] == pytest.approx(math.sqrt((0.01 + 0.0004) / 2 - (0.24 / 150 + 0.16 / 400) / 2))
+    assert _estimate_error([])["checks"] == 0 and _estimate_error([])["mae"] is None
+    exact = _estimate_error([_check(0.0)] * 3)  # no error at all: nothing of its own to take out
+    assert exact["estimate_rms"] == 0.0 and exact["mae"] == 0.0

@@ -159,9 +159,12 @@ def test_a_garbled_answer_stops_the_process_and_the_next_check_starts_another(tm
     monkeypatch.setenv("PYTHONPATH", str(tmp_path / "modules"))
     monkeypatch.setattr(children, "DRIFT_CHECK", "garbler")
     process = checker.CheckProcess(Settings.load(home=tmp_path / "home"))
-    with pytest.raises(json.JSONDecodeError):
-        process.run(timeout_s=60)
-    assert process.pid is None and not list((tmp_path / "home").glob(".drift-*"))
-    with pytest.raises(json.JSONDecodeError):
-        process.run(timeout_s=60)  # the next check starts a fresh process
-    process.close()
+    try:
+        with pytest.raises(json.JSONDecodeError):
+            process.run(timeout_s=60)
+        assert process.pid is None and not list((tmp_path / "home").glob(".garbler-*"))  # stopped, files gone
+        with pytest.raises(json.JSONDecodeError):
+            process.run(timeout_s=60)  # the next check starts a fresh process
+        assert process.pid is None
+    finally:
+        process.close(1.0)
