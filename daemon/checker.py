@@ -59,15 +59,9 @@ class CheckProcess:
             if self._process is None:
                 self._start()
             process = self._process
-            assert process is not None and process.stdin is not None and process.stdout is not None
+            assert process is not None
             try:
-                try:
-                    process.stdin.write(b"check\n")
-                    process.stdin.flush()
-                    line, why = _read_line(process.stdout.fileno(), timeout_s, cancel)
-                except OSError as exc:  # its stdin closed under us: it died
-                    line, why = None, None
-                    log.warning("the drift-check process %s: %s", process.pid, exc)
+                line, why = _ask(process, timeout_s, cancel)
                 if line is None:
                     if why is not None:
                         log.warning("stopping the drift-check process %s: %s", process.pid, why)
@@ -129,6 +123,18 @@ class CheckProcess:
         if self._child is not None:
             self._child.cleanup()
         self._process, self._child, self._checks = None, None, 0
+
+
+def _ask(process: subprocess.Popen, timeout_s: float, cancel: threading.Event | None) -> tuple[bytes | None, str | None]:
+    """Send one check request and read its answer line, as :func:`_read_line` returns it."""
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        process.stdin.write(b"check\n")
+        process.stdin.flush()
+    except OSError as exc:  # its stdin closed under us: it died
+        log.warning("the drift-check process %s: %s", process.pid, exc)
+        return None, None
+    return _read_line(process.stdout.fileno(), timeout_s, cancel)
 
 
 def _read_line(fd: int, timeout_s: float, cancel: threading.Event | None) -> tuple[bytes | None, str | None]:
