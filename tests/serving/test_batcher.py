@@ -14,7 +14,7 @@ import threading
 import numpy as np
 import pytest
 
-from refitd.core.errors import OverloadedError
+from refitd.core.errors import NotReadyError, OverloadedError
 from refitd.serving.batcher import Batcher, RequestTimeout
 from refitd.serving.runtime import Batch
 
@@ -170,3 +170,20 @@ def test_slow_answers_time_out_and_timed_out_requests_are_dropped_unrun() -> Non
 
     runtime, b = asyncio.run(go())
     assert runtime.calls == [["first"]] and b.queued_texts == 0 and b.inflight == 0
+
+
+def test_stop_ends_the_inference_thread_and_later_requests_are_refused() -> None:
+    async def go():
+        runtime = GatedRuntime()
+        runtime.gate.set()
+        b = _batcher(runtime, max_wait_ms=1)
+        await b.start()
+        assert (await b.submit(["one"])).labels == ["one"]
+        names = {t.name for t in threading.enumerate()}
+        await b.stop()
+        with pytest.raises(NotReadyError, match="stopping"):
+            await b.submit(["after"])
+        return names, {t.name for t in threading.enumerate()}
+
+    before, after = asyncio.run(go())
+    assert "inference" in before and "inference" not in after
