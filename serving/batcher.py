@@ -71,6 +71,18 @@ def _expire(future: asyncio.Future[Answer], seconds: float) -> None:
         future.set_exception(RequestTimeout(seconds))
 
 
+def _deliver(outcomes: list[tuple[asyncio.Future[Answer], Answer | BaseException]]) -> None:
+    """From the inference thread: settle ``outcomes`` on their event loop, one wake-up per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+    for future, outcome in outcomes:
+        by_loop.setdefault(future.get_loop(), []).append((future, outcome))
+    for loop, part in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle, part)
+        except RuntimeError:  # the loop is closed: nobody waits for these answers any more
+            log.warning("%d answers finished after their event loop closed", len(part))
+
+
 def _settle(outcomes: list[tuple[asyncio.Future[Answer], Answer | BaseException]]) -> None:
     """On the event loop: hand each waiting request its answer or error (a request that timed out or whose
     caller went away already has its outcome and is skipped)."""
@@ -104,22 +116,29 @@ class Batcher:
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._counts = threading.Lock()  # queued_texts and inflight change on both threads
         self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False  # stop() has begun: new requests are refused
+        self._dropping = False  # stop()'s time is up: what is still queued is refused, not run
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        if self._thread is not None:
+            raise RuntimeError("the batcher is already started")
+        self._stopping = self._dropping = False
         self._thread = threading.Thread(target=self._work, name="inference", daemon=True)
         self._thread.start()
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Finish what is queued (up to ``timeout``), then stop the inference thread (after its current batch)."""
+        """Refuse new requests, answer what is queued (up to ``timeout``; past it what still waits gets 503),
+        then end the inference thread once its current model call returns."""
+        self._stopping = True
         deadline = time.monotonic() + timeout
         while (self.queued_texts or self.inflight) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        if self._thread is not None:
-            self._queue.put(None)
-            await asyncio.to_thread(self._thread.join, max(0.0, deadline - time.monotonic()) + 1.0)
-            self._thread = None
+        if self._thread is None:
+            return
+        self._dropping = True
+        self._queue.put(None)  # after every request: submit() puts nothing once _stopping is set
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
 
     async def submit(self, texts: list[str]) -> Answer:
         """Queue ``texts`` and wait for their answer; OverloadedError when the queue is full."""
@@ -127,7 +146,7 @@ class Batcher:
             raise ValueError("submit needs at least one text")  # the API answers 422 before it gets here
         if self.current_runtime() is None:
             raise NotReadyError()
-        if self._thread is None:
+        if self._thread is None or self._stopping:
             raise NotReadyError("the server is not started or is stopping")
         with self._counts:
             if self.queued_texts + len(texts) > self.queue_size:
@@ -160,9 +179,17 @@ class Batcher:
                 # towards "not done", and then the answer is dropped on the loop
                 live = [i for i in items if not i.future.done()]
                 for group in self._groups(live) if live else []:
-                    self._deliver(self._run(group))
-            except Exception:  # noqa: BLE001 - the thread must outlive any one batch
-                log.exception("the inference thread failed a batch; its requests time out")
+                    group = [i for i in group if not i.future.done()]
+                    if not group:
+                        continue
+                    if self._dropping:
+                        _deliver([(i.future, NotReadyError("the server is stopping")) for i in group])
+                        continue
+                    try:
+                        self._run(group)
+                    except Exception as exc:  # noqa: BLE001 - one batch's failure is its own callers' alone
+                        log.exception("the inference thread failed a batch of %d requests", len(group))
+                        _deliver([(i.future, ModelFailedError(exc)) for i in group])
             finally:
                 with self._counts:
                     self.inflight -= 1
@@ -197,12 +224,6 @@ class Batcher:
             count += len(item.texts)
         return items, False
 
-    def _deliver(self, outcomes: list[tuple[asyncio.Future[Answer], Answer | BaseException]]) -> None:
-        if outcomes and self._loop is not None:
-            try:
-                self._loop.call_soon_threadsafe(_settle, outcomes)
-            except RuntimeError:  # the loop is closed: nobody waits for these answers any more
-                log.warning("%d answers finished after the event loop closed", len(outcomes))
     def _groups(self, items: list[_Item]) -> list[list[_Item]]:
         """Requests in batches of ≤ max_batch_size texts, shortest texts together, each batch closed before
         its padding would pass ``max_padding`` of what it holds (characters stand in for tokens): every text
@@ -224,26 +245,26 @@ class Batcher:
         groups.append(current)
         return groups
 
-    def _run(self, group: list[_Item]) -> list[tuple[asyncio.Future[Answer], Answer | BaseException]]:
-        """Run one batch; requests that fail even alone get an error that says whose fault it was."""
+    def _run(self, group: list[_Item]) -> None:
+        """Run one batch and answer it; requests that fail even alone get an error that says whose fault it was."""
         runtime = self.current_runtime()
-        answered, failed = self._attempt(runtime, group)
+        failed = self._attempt(runtime, group)
         if not failed:
-            return answered
+            return
         # Failures beside answered neighbours, or while the model still answers its smoke texts, are the
         # request's own (422); a model that fails everything is the server's (503).
         own = len(failed) < len(group) or self._model_answers(runtime)
+        errors: list[tuple[asyncio.Future[Answer], Answer | BaseException]] = []
         for item, exc in failed:
             if not isinstance(exc, RefitdError):
                 exc = UnprocessableError(f"the model could not process this request ({type(exc).__name__}: {exc})") \
                     if own else ModelFailedError(exc)
-            answered.append((item.future, exc))
-        return answered
+            errors.append((item.future, exc))
+        _deliver(errors)
 
-    def _attempt(self, runtime: OnnxClassifier | None, group: list[_Item]) -> tuple[
-            list[tuple[asyncio.Future[Answer], Answer | BaseException]], list[tuple[_Item, Exception]]]:
-        """Answer ``group`` in one session call; if it fails, split it in halves and retry each.
-        Returns the answers and the requests that failed alone."""
+    def _attempt(self, runtime: OnnxClassifier | None, group: list[_Item]) -> list[tuple[_Item, Exception]]:
+        """Answer ``group`` in one session call (its callers hear at once); if the call fails, split the group
+        in halves and retry each. Returns the requests that failed alone."""
         texts = [t for item in group for t in item.texts]
         start = time.perf_counter()
         try:
@@ -252,22 +273,25 @@ class Batcher:
             batch: Batch = runtime.predict(texts)
         except Exception as exc:  # noqa: BLE001 - every waiting caller must hear about it
             if len(group) == 1 or isinstance(exc, NotReadyError):
-                return [], [(item, exc) for item in group]
+                return [(item, exc) for item in group]
             log.warning("a batch of %d requests failed (%s); retrying its halves", len(group), type(exc).__name__)
             half = len(group) // 2
-            first, second = self._attempt(runtime, group[:half]), self._attempt(runtime, group[half:])
-            return first[0] + second[0], first[1] + second[1]
+            return self._attempt(runtime, group[:half]) + self._attempt(runtime, group[half:])
         seconds = time.perf_counter() - start
-        if self.on_batch is not None:
-            self.on_batch(len(texts), seconds)
-        answered: list[tuple[asyncio.Future[Answer], Answer | BaseException]] = []
+        answers: list[tuple[asyncio.Future[Answer], Answer | BaseException]] = []
         offset, now = 0, time.perf_counter()
         for item in group:
             n = len(item.texts)
-            answered.append((item.future, Answer(runtime, batch.labels[offset : offset + n], batch.scores[offset : offset + n],
-                                                 batch.embeddings[offset : offset + n], (now - item.enqueued) * 1000.0)))
+            answers.append((item.future, Answer(runtime, batch.labels[offset : offset + n], batch.scores[offset : offset + n],
+                                                batch.embeddings[offset : offset + n], (now - item.enqueued) * 1000.0)))
             offset += n
-        return answered, []
+        _deliver(answers)
+        if self.on_batch is not None:
+            try:
+                self.on_batch(len(texts), seconds)
+            except Exception:  # noqa: BLE001 - metrics never cost an answer
+                log.exception("recording a batch's metrics failed")
+        return []
 
     def _model_answers(self, runtime: OnnxClassifier | None) -> bool:
         if runtime is None:

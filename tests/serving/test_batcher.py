@@ -187,3 +187,41 @@ def test_stop_ends_the_inference_thread_and_later_requests_are_refused() -> None
 
     before, after = asyncio.run(go())
     assert "inference" in before and "inference" not in after
+
+
+def test_past_its_timeout_stop_refuses_what_still_waits_and_ends_after_the_running_call() -> None:
+    async def go():
+        runtime = GatedRuntime()
+        b = _batcher(runtime)
+        await b.start()
+        first = await _busy(b, runtime)
+        waiting = await _queued(b, [["q1"], ["q2"]])
+        stopping = asyncio.create_task(b.stop(timeout=0.05))
+        await asyncio.sleep(0.2)  # stop()'s time is up; the running call is still held
+        with pytest.raises(NotReadyError, match="stopping"):  # refused at once, not queued behind the stop
+            await b.submit(["during stop"])
+        assert not stopping.done()  # it waits for the running call
+        runtime.gate.set()
+        await stopping
+        outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+        return runtime, await first, outcomes, {t.name for t in threading.enumerate()}
+
+    runtime, first, outcomes, threads = asyncio.run(go())
+    assert first.labels == ["first"] and runtime.calls == [["first"]] and "inference" not in threads
+    assert all(isinstance(o, NotReadyError) and "stopping" in str(o) for o in outcomes)
+
+
+def test_a_failing_metrics_hook_costs_no_answer() -> None:
+    def broken(size: int, seconds: float) -> None:
+        raise RuntimeError("metrics backend gone")
+
+    async def go():
+        runtime = GatedRuntime()
+        runtime.gate.set()
+        b = _batcher(runtime, max_wait_ms=1, on_batch=broken)
+        await b.start()
+        answers = await asyncio.gather(*(b.submit([f"t{i}"]) for i in range(5)))
+        await b.stop()
+        return answers
+
+    assert [a.labels for a in asyncio.run(go())] == [[f"t{i}"] for i in range(5)]
