@@ -121,23 +121,30 @@ class Batcher:
 
     async def start(self) -> None:
         if self._thread is not None:
-            raise RuntimeError("the batcher is already started")
+            raise RuntimeError("the batcher is already started (or a stopped one's model call never returned)")
         self._stopping = self._dropping = False
+        self._queue = queue.SimpleQueue()  # nothing left from an earlier run, stop marker included
         self._thread = threading.Thread(target=self._work, name="inference", daemon=True)
         self._thread.start()
 
-    async def stop(self, timeout: float = 10.0) -> None:
+    async def stop(self, timeout: float = 10.0, grace: float = 10.0) -> None:
         """Refuse new requests, answer what is queued (up to ``timeout``; past it what still waits gets 503),
-        then end the inference thread once its current model call returns."""
-        self._stopping = True
+        then end the inference thread once its current model call returns (waiting ``grace`` more seconds
+        for it: a model call that never returns must not hold the process, and its prediction log, forever)."""
+        with self._counts:
+            if self._stopping or self._thread is None:
+                return  # another stop() has it in hand, or there is nothing to stop
+            self._stopping = True  # under the lock submit() queues under: nothing lands behind the marker
         deadline = time.monotonic() + timeout
         while (self.queued_texts or self.inflight) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        if self._thread is None:
-            return
         self._dropping = True
-        self._queue.put(None)  # after every request: submit() puts nothing once _stopping is set
-        await asyncio.to_thread(self._thread.join)
+        thread = self._thread
+        self._queue.put(None)
+        await asyncio.to_thread(thread.join, max(0.0, deadline - time.monotonic()) + grace)
+        if thread.is_alive():  # left as it is (a daemon thread): start() refuses while it runs
+            log.error("the inference thread is still in a model call %.0f s after stop; leaving it", timeout + grace)
+            return
         self._thread = None
 
     async def submit(self, texts: list[str]) -> Answer:
@@ -146,17 +153,17 @@ class Batcher:
             raise ValueError("submit needs at least one text")  # the API answers 422 before it gets here
         if self.current_runtime() is None:
             raise NotReadyError()
-        if self._thread is None or self._stopping:
-            raise NotReadyError("the server is not started or is stopping")
-        with self._counts:
+        loop = asyncio.get_running_loop()
+        item = _Item(texts, loop.create_future())
+        with self._counts:  # stop() sets _stopping under this lock: a request is queued before its marker or refused
+            if self._thread is None or self._stopping:
+                raise NotReadyError("the server is not started or is stopping")
             if self.queued_texts + len(texts) > self.queue_size:
                 raise OverloadedError(
                     f"queue full ({self.queued_texts} texts waiting, limit {self.queue_size}); retry shortly",
                     retry_after=1)
             self.queued_texts += len(texts)
-        loop = asyncio.get_running_loop()
-        item = _Item(texts, loop.create_future())
-        self._queue.put(item)
+            self._queue.put(item)
         # A timer, not wait_for: no task per request. A request that times out, or whose caller goes
         # away (cancelled), leaves a done future that the inference thread skips.
         timer = loop.call_later(self.timeout_s, _expire, item.future, self.timeout_s)
@@ -190,6 +197,9 @@ class Batcher:
                     except Exception as exc:  # noqa: BLE001 - one batch's failure is its own callers' alone
                         log.exception("the inference thread failed a batch of %d requests", len(group))
                         _deliver([(i.future, ModelFailedError(exc)) for i in group])
+            except Exception as exc:  # noqa: BLE001 - the thread outlives anything a collected set does to it
+                log.exception("the inference thread failed %d collected requests", len(items))
+                _deliver([(i.future, ModelFailedError(exc)) for i in items])
             finally:
                 with self._counts:
                     self.inflight -= 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -225,3 +226,37 @@ def test_a_failing_metrics_hook_costs_no_answer() -> None:
         return answers
 
     assert [a.labels for a in asyncio.run(go())] == [[f"t{i}"] for i in range(5)]
+
+
+def test_a_model_call_that_never_returns_does_not_hold_stop_forever() -> None:
+    async def go():
+        runtime = GatedRuntime()  # the gate stays shut: the call is held until GUARD_S
+        b = _batcher(runtime)
+        await b.start()
+        first = asyncio.create_task(b.submit(["stuck"]))
+        assert await asyncio.to_thread(runtime.started.wait, GUARD_S)
+        started = time.monotonic()
+        await b.stop(timeout=0.05, grace=0.2)
+        waited = time.monotonic() - started
+        with pytest.raises(RuntimeError, match="never returned"):  # no second thread beside the stuck one
+            await b.start()
+        runtime.gate.set()
+        first.cancel()
+        return waited
+
+    assert asyncio.run(go()) < 5
+
+
+def test_two_stops_at_once_leave_a_batcher_that_starts_again() -> None:
+    async def go():
+        runtime = GatedRuntime()
+        runtime.gate.set()
+        b = _batcher(runtime, max_wait_ms=1)
+        await b.start()
+        await asyncio.gather(b.stop(), b.stop())
+        await b.start()  # no stop marker left over from the second stop
+        answer = await b.submit(["again"])
+        await b.stop()
+        return answer
+
+    assert asyncio.run(go()).labels == ["again"]
