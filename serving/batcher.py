@@ -9,7 +9,7 @@ current when it started, so a hot swap never changes a batch midway.
 The inference thread owns the queue: a request is put on it from the event loop (which wakes the thread
 directly) and its answer comes back in one ``call_soon_threadsafe`` per batch. Against an asyncio task that
 collects batches and hands each to an executor, that is two event-loop turns and an executor future fewer
-per request: a lone request now costs what a bare ``run_in_executor`` hand-off costs, 0.04–0.15 ms less than
+per request: a lone request now costs what a bare ``run_in_executor`` hand-off costs, 0.04–0.17 ms less than
 before (``python -m refitd.bench hop``; README, Benchmarks).
 
 Requests are validated before they are queued (serving/limits.py: the texts the tokenizer and the
@@ -66,12 +66,15 @@ class _Item:
     enqueued: float = field(default_factory=time.perf_counter)
 
 
+Outcome = tuple[asyncio.Future[Answer], Answer | BaseException]  # a request's future and what settles it
+
+
 def _expire(future: asyncio.Future[Answer], seconds: float) -> None:
     if not future.done():
         future.set_exception(RequestTimeout(seconds))
 
 
-def _deliver(outcomes: list[tuple[asyncio.Future[Answer], Answer | BaseException]]) -> None:
+def _deliver(outcomes: list[Outcome]) -> None:
     """From the inference thread: settle ``outcomes`` on their event loop, one wake-up per loop."""
     by_loop: dict[asyncio.AbstractEventLoop, list] = {}
     for future, outcome in outcomes:
@@ -83,7 +86,7 @@ def _deliver(outcomes: list[tuple[asyncio.Future[Answer], Answer | BaseException
             log.warning("%d answers finished after their event loop closed", len(part))
 
 
-def _settle(outcomes: list[tuple[asyncio.Future[Answer], Answer | BaseException]]) -> None:
+def _settle(outcomes: list[Outcome]) -> None:
     """On the event loop: hand each waiting request its answer or error (a request that timed out or whose
     caller went away already has its outcome and is skipped)."""
     for future, outcome in outcomes:
@@ -182,10 +185,10 @@ class Batcher:
                 self.queued_texts -= sum(len(i.texts) for i in items)
                 self.inflight += 1
             try:
-                # a done future timed out or lost its caller: read from this thread it can only be stale
-                # towards "not done", and then the answer is dropped on the loop
-                live = [i for i in items if not i.future.done()]
-                for group in self._groups(live) if live else []:
+                for group in self._groups(items) if items else []:
+                    # a done future timed out or lost its caller (checked per batch: earlier batches take time);
+                    # read from this thread it can only be stale towards "not done", and then the answer is
+                    # dropped on the loop
                     group = [i for i in group if not i.future.done()]
                     if not group:
                         continue
@@ -264,7 +267,7 @@ class Batcher:
         # Failures beside answered neighbours, or while the model still answers its smoke texts, are the
         # request's own (422); a model that fails everything is the server's (503).
         own = len(failed) < len(group) or self._model_answers(runtime)
-        errors: list[tuple[asyncio.Future[Answer], Answer | BaseException]] = []
+        errors: list[Outcome] = []
         for item, exc in failed:
             if not isinstance(exc, RefitdError):
                 exc = UnprocessableError(f"the model could not process this request ({type(exc).__name__}: {exc})") \
@@ -288,7 +291,7 @@ class Batcher:
             half = len(group) // 2
             return self._attempt(runtime, group[:half]) + self._attempt(runtime, group[half:])
         seconds = time.perf_counter() - start
-        answers: list[tuple[asyncio.Future[Answer], Answer | BaseException]] = []
+        answers: list[Outcome] = []
         offset, now = 0, time.perf_counter()
         for item in group:
             n = len(item.texts)
