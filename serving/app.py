@@ -23,8 +23,9 @@ from starlette.exceptions import HTTPException
 
 from refitd.core import registry
 from refitd.core.errors import AdminDeniedError, NoChampionError, RefitdError, UnprocessableError
-from refitd.serving.body import JSON, BodyLimit, errors_message, parse_body
+from refitd.serving.body import JSON, BodyLimit, decode_body, errors_message, parse_body
 from refitd.serving.dataplane import DataPlane
+from refitd.serving.fastpath import FastRoute, error_parts
 from refitd.serving.limits import check_texts, text_problem
 from refitd.serving.oip import add_v2_routes
 from refitd.serving.ratelimit import RateLimiter
@@ -83,19 +84,20 @@ def create_app(plane: DataPlane) -> FastAPI:
                   description="Classify texts with the current champion; Open Inference Protocol V2 under /v2.")
     app.state.plane = plane
     metrics = plane.metrics
-    app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
-    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts the 413s BodyLimit answers too
     _add_error_handlers(app)
     feedback_limiter = RateLimiter(limits.feedback_rate_per_s, limits.feedback_burst)
 
     @app.post("/v1/predict", response_model=PredictResponse, summary="Classify one text or a list of texts",
               responses=errors(400, 413, 422, 503, 504), openapi_extra=_body(
                   predict_schema(max_texts=limits.max_texts_per_request, max_chars=limits.max_text_chars)))
-    async def predict(request: Request) -> Response:
-        texts = (await parse_body(request, PredictRequest)).as_list()
+    async def predict(request: Request) -> Response:  # answered by FastRoute (below); this declares it to OpenAPI
+        return Response(await predict_json(await request.body()), media_type=JSON)
+
+    async def predict_json(raw: bytes) -> bytes:
+        texts = (await decode_body(raw, PredictRequest)).as_list()
         check_texts(texts, max_texts=limits.max_texts_per_request, max_chars=limits.max_text_chars)
         # Built by the data plane to the PredictResponse schema; serialised directly (no re-validation).
-        return Response(orjson.dumps({"predictions": await plane.predict(texts)}), media_type=JSON)
+        return orjson.dumps({"predictions": await plane.predict(texts)})
 
     @app.post("/v1/feedback", response_model=FeedbackOut, summary="Record the true label of a prediction (or of a text)",
               responses=errors(400, 401, 404, 413, 422, 429, 503), openapi_extra=_body(
@@ -124,6 +126,11 @@ def create_app(plane: DataPlane) -> FastAPI:
     _add_admin_routes(app, plane)
     add_v2_routes(app, plane)
     _publish_current_labels(app, plane)
+    # Each add_middleware wraps the ones before it: FastRoute innermost, RequestMetrics outermost.
+    route = next(r for r in app.routes if getattr(r, "path", None) == "/v1/predict")
+    app.add_middleware(FastRoute, path="/v1/predict", route=route, answer=predict_json)
+    app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts the 413s BodyLimit answers too
     return app
 
 
@@ -172,10 +179,10 @@ def _lifespan(plane: DataPlane):  # type: ignore[no-untyped-def]
 
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RefitdError)
-    async def _refitd_error(_request: Request, exc: RefitdError) -> JSONResponse:
-        retry_after = getattr(exc, "retry_after", None)
-        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-        return JSONResponse({"error": str(exc)}, status_code=exc.status_code, headers=headers)
+    async def _refitd_error(_request: Request, exc: RefitdError) -> Response:
+        status, body, headers = error_parts(exc)  # the same answer FastRoute gives
+        return Response(body, status_code=status, headers={k.decode(): v.decode() for k, v in headers},
+                        media_type=JSON)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

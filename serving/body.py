@@ -113,7 +113,12 @@ def json_problem(exc: orjson.JSONDecodeError) -> str:
 
 async def parse_body(request: Any, model: type[Body]) -> Body:
     """Read, decode and validate a JSON request body into ``model``; 400/413/422 say exactly what is wrong."""
-    data = await parse_json(await request.body())
+    return await decode_body(await request.body(), model)
+
+
+async def decode_body(raw: bytes, model: type[Body]) -> Body:
+    """Decode and validate a JSON request body into ``model``; 400/422 say exactly what is wrong."""
+    data = await parse_json(raw)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -1,0 +1,99 @@
+"""FastRoute: POST /v1/predict in pure ASGI answers as the FastAPI route did, and steps aside for the rest.
+
+Driven through the ASGI interface itself (the served path through a real server is test_api.py's and
+test_front_door.py's: metrics labels, 405 with Allow, 413 on a declared or chunked body)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+
+from refitd.core.errors import OverloadedError, UnprocessableError
+from refitd.serving.fastpath import FastRoute
+
+
+class _Inner:
+    """The app behind the fast path: records that it was called."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        self.calls.append((scope["method"], scope["path"]))
+        await send({"type": "http.response.start", "status": 299, "headers": []})
+        await send({"type": "http.response.body", "body": b"inner"})
+
+
+def _call(route: FastRoute, method: str, path: str, messages: list[dict]) -> tuple[dict, list[dict]]:
+    scope: dict = {"type": "http", "method": method, "path": path, "headers": []}
+    inbox, sent = list(messages), []
+
+    async def receive() -> dict:
+        return inbox.pop(0)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(route(scope, receive, send))
+    return scope, sent
+
+
+def _body(chunks: list[bytes]) -> list[dict]:
+    return [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+
+
+def test_answers_post_with_the_whole_body_and_labels_the_route() -> None:
+    seen: list[bytes] = []
+
+    async def answer(raw: bytes) -> bytes:
+        seen.append(raw)
+        return orjson.dumps({"predictions": [{"label": "travel"}]})
+
+    inner, route_obj = _Inner(), object()
+    route = FastRoute(inner, path="/v1/predict", route=route_obj, answer=answer)
+    scope, sent = _call(route, "POST", "/v1/predict", _body([b'{"text": "a', b' long ', b'flight"}']))
+    assert seen == [b'{"text": "a long flight"}'] and inner.calls == []
+    assert scope["route"] is route_obj  # RequestMetrics reads the route template from here
+    start, body = sent
+    assert start["status"] == 200 and (b"content-type", b"application/json") in start["headers"]
+    assert (b"content-length", str(len(body["body"])).encode()) in start["headers"]
+    assert orjson.loads(body["body"]) == {"predictions": [{"label": "travel"}]}
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/v1/predict"), ("POST", "/v1/feedback"),
+                                              ("POST", "/v1/predict/"), ("HEAD", "/v1/predict")])
+def test_every_other_method_and_route_goes_to_the_app(method: str, path: str) -> None:
+    async def answer(raw: bytes) -> bytes:
+        raise AssertionError("the fast path answered a request it does not own")
+
+    inner = _Inner()
+    _, sent = _call(FastRoute(inner, path="/v1/predict", route=None, answer=answer), method, path, _body([b"{}"]))
+    assert inner.calls == [(method, path)] and sent[0]["status"] == 299
+
+
+def test_refitd_errors_answer_with_status_message_and_retry_after() -> None:
+    async def overloaded(raw: bytes) -> bytes:
+        raise OverloadedError("queue full", retry_after=3)
+
+    async def unprocessable(raw: bytes) -> bytes:
+        raise UnprocessableError("text: must not be empty")
+
+    for answer, status, retry in ((overloaded, 503, [(b"retry-after", b"3")]), (unprocessable, 422, [])):
+        _, (start, body) = _call(FastRoute(_Inner(), path="/v1/predict", route=None, answer=answer),
+                                 "POST", "/v1/predict", _body([b"{}"]))
+        assert start["status"] == status and [h for h in start["headers"] if h[0] == b"retry-after"] == retry
+        assert orjson.loads(body["body"])["error"] in ("queue full", "text: must not be empty")
+
+
+def test_a_client_gone_before_its_body_gets_no_answer_and_other_errors_propagate() -> None:
+    async def answer(raw: bytes) -> bytes:
+        raise RuntimeError("a bug")
+
+    route = FastRoute(_Inner(), path="/v1/predict", route=None, answer=answer)
+    _, sent = _call(route, "POST", "/v1/predict", [{"type": "http.request", "body": b"{", "more_body": True},
+                                                   {"type": "http.disconnect"}])
+    assert sent == []
+    with pytest.raises(RuntimeError, match="a bug"):  # Starlette's ServerErrorMiddleware turns it into a 500
+        _call(route, "POST", "/v1/predict", _body([b"{}"]))
