@@ -1,4 +1,4 @@
-"""``python -m refitd.bench [serve|hop|spin|shadow|train|drift|cotenancy|store|ensemble|recovery|defaults] [options]``; with no suite, all of them and one table of ratios.
+"""``python -m refitd.bench [serve|hop|route|spin|shadow|train|drift|cotenancy|store|ensemble|recovery|defaults] [options]``; with no suite, all of them and one table of ratios.
 
 Every suite runs its baseline in the same run and prints ratios; results go to
 ``bench/results/<suite>-latest.json`` (and a timestamped copy). ``python -m refitd.bench --home DIR``
@@ -22,11 +22,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-SUITES = {"serve": "refitd.bench.serve", "hop": "refitd.bench.hop", "spin": "refitd.bench.spin", "shadow": "refitd.bench.shadow", "train": "refitd.bench.train", "drift": "refitd.bench.drift",
+SUITES = {"serve": "refitd.bench.serve", "hop": "refitd.bench.hop", "route": "refitd.bench.route", "spin": "refitd.bench.spin", "shadow": "refitd.bench.shadow", "train": "refitd.bench.train", "drift": "refitd.bench.drift",
           "cotenancy": "refitd.bench.cotenancy", "store": "refitd.bench.store", "ensemble": "refitd.bench.ensemble",
           "recovery": "refitd.bench.recovery", "defaults": "refitd.bench.defaults"}
 ON_DEMAND = {"defaults"}  # a search that sets defaults, run by hand (an hour on 2 cores), not a benchmark
-NEEDS_HOME = {"serve", "hop", "spin", "shadow", "drift", "cotenancy"}
+NEEDS_HOME = {"serve", "hop", "route", "spin", "shadow", "drift", "cotenancy"}
 
 
 def run_all(argv: list[str]) -> int:

@@ -139,6 +139,7 @@ def test_every_command(home: Path, tmp_path: Path) -> None:
 BENCH = {
     "serve": ["--requests", "40", "--repeats", "1", "--peer", "none"],  # the peer venv takes minutes to build
     "hop": ["--texts", "40"],
+    "route": ["--texts", "40"],
     "spin": ["--rates", "20", "--seconds", "2", "--repeats", "1"],
     "shadow": ["--rates", "20", "--seconds", "2", "--repeats", "1"],
     "train": ["--rows", "200", "--epochs", "0.5"],

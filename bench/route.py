@@ -1,0 +1,131 @@
+"""``python -m refitd.bench route``: what answering ``POST /v1/predict`` outside FastAPI's routing saves a lone request.
+
+One ``refitd serve``-built app (the real data plane, batcher and prediction log) with a twin of the route:
+the same endpoint registered with FastAPI at ``/bench/predict-fastapi`` (first in the route table, so its
+matching costs the least it can), beside ``/v1/predict``, which refitd's pure-ASGI ``FastRoute`` answers
+(serving/fastpath.py). The server runs on one core with one inference thread; one client on another core
+sends every text to both routes in turn, on one keep-alive connection, the order alternating, so a shared
+machine's changing load falls on both alike. Reported: each route's p50, and the median of the per-text
+differences (FastAPI-routed minus fast), per precision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# The bench's helpers are imported where the client side runs: the server child imports what
+# `refitd serve` does and no more (they pull in pandas).
+
+TWIN = "/bench/predict-fastapi"
+FAST = "/v1/predict"
+
+
+def serve(port: int) -> None:
+    """The server side (a child process): refitd's app plus the FastAPI-routed twin of /v1/predict."""
+    from refitd.core.settings import Settings
+    from refitd.serving.server import GracefulServer, build, uvicorn_config
+
+    settings = Settings.load()
+    app = build(settings).app
+    route = next(r for r in app.routes if getattr(r, "path", None) == FAST)
+    app.add_api_route(TWIN, route.endpoint, methods=["POST"], include_in_schema=False)  # type: ignore[attr-defined]
+    app.router.routes.insert(0, app.router.routes.pop())
+    GracefulServer(uvicorn_config(settings, app, host="127.0.0.1", port=port)).run()
+
+
+def _paired(port: int, bodies: list[bytes]) -> dict[str, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    lat: dict[str, list[float]] = {TWIN: [], FAST: []}
+
+    def one(path: str, body: bytes) -> float:
+        start = time.perf_counter()
+        conn.request("POST", path, body, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{path} answered {response.status}")
+        return (time.perf_counter() - start) * 1000
+
+    for body in bodies[:50]:  # warm-up
+        one(TWIN, body)
+        one(FAST, body)
+    for i, body in enumerate(bodies):
+        for path in (TWIN, FAST) if i % 2 else (FAST, TWIN):
+            lat[path].append(one(path, body))
+    conn.close()
+    return {"fastapi_p50_ms": statistics.median(lat[TWIN]), "fast_p50_ms": statistics.median(lat[FAST]),
+            "saved_ms": statistics.median(a - b for a, b in zip(lat[TWIN], lat[FAST], strict=True))}
+
+
+def run(home: Path, *, texts: int) -> dict[str, Any]:
+    from refitd.bench.cores import pinned
+    from refitd.bench.serve import _champion, _fitted, _free_port, _run_server, _stop, _texts
+    from refitd.core.artifacts import ArtifactMeta
+
+    version, artifact, settings = _champion(home)
+    meta = ArtifactMeta.read(artifact, version=version)
+    sample = _fitted(_texts(max(texts, 100)), artifact / meta.tokenizer_file, meta.max_length)[:texts]
+    bodies = [json.dumps({"text": t}).encode() for t in sample]
+    cpus = sorted(os.sched_getaffinity(0))
+    client, server = frozenset(cpus[:1]), frozenset(cpus[-1:])
+    out: dict[str, Any] = {"version": version, "texts": len(bodies), "client_cpu": cpus[0], "server_cpu": cpus[-1],
+                           "precisions": {}}
+    env = {**os.environ, "REFITD_HOME": str(settings.home), "REFITD_LOG_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1",
+           "REFITD_SERVING__THREADS": "1"}
+    for precision in ("fp32", "int8") if meta.int8_file else ("fp32",):
+        port = _free_port()
+        proc = _run_server([sys.executable, "-m", "refitd.bench.route", "--serve", str(port)],
+                           {**env, "REFITD_SERVING__PRECISION": precision}, f"http://127.0.0.1:{port}/v2/health/ready",
+                           cores=server)
+        try:
+            with pinned(client):
+                out["precisions"][precision] = _paired(port, bodies)
+        finally:
+            _stop(proc)
+    return out
+
+
+def render(r: dict[str, Any]) -> str:
+    lines = [f"bench route: {r['version']}, {r['texts']} texts, each to both routes in turn; server on CPU "
+             f"{r['server_cpu']} (1 inference thread), client on CPU {r['client_cpu']}",
+             "| precision | FastAPI-routed p50 ms | FastRoute p50 ms | saved per request (median of pairs) |",
+             "|---|---:|---:|---:|"]
+    for precision, p in r["precisions"].items():
+        lines.append(f"| {precision} | {p['fastapi_p50_ms']:.3f} | {p['fast_p50_ms']:.3f} | {p['saved_ms']:+.3f} ms |")
+    return "\n".join(lines)
+
+
+def ratios(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return [(f"{precision}: FastRoute p50 / FastAPI-routed p50 (saved per request)",
+             f"{p['fast_p50_ms'] / p['fastapi_p50_ms']:.3f}× ({p['saved_ms']:+.3f} ms)", "< 1×")
+            for precision, p in r["precisions"].items()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m refitd.bench route", description=__doc__.split("\n\n")[0])
+    p.add_argument("--home", type=Path, default=None, help="a state dir with a champion (default: train a quick one)")
+    p.add_argument("--texts", type=int, default=800, help="texts, each sent to both routes")
+    p.add_argument("--serve", type=int, default=None, metavar="PORT", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.serve is not None:
+        serve(args.serve)
+        return 0
+    from refitd.bench.drift import champion_home
+    from refitd.bench.report import save
+
+    result = run(champion_home(args.home), texts=args.texts)
+    save("route", result)
+    print(render(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
