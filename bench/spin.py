@@ -1,12 +1,13 @@
 """``python -m refitd.bench spin``: what ONNX Runtime's spinning workers cost a serving process, and what they buy.
 
-Two `refitd serve` processes on the same champion, one with ``serving.spin = true`` (ONNX Runtime's own
-default: its intra-op workers spin between calls) and one with ``serving.spin = false`` (refitd's
-default), measured in interleaved rounds: single-text requests paced at each ``--rates`` (open loop,
+Three `refitd serve` processes on the same champion, one per ``serving.spin`` mode: ``on`` (ONNX Runtime's
+own default: its intra-op workers spin between calls), ``run`` (refitd's default: they spin while a call
+runs and stop after it) and ``off`` (they never spin), measured in interleaved rounds: single-text requests paced at each ``--rates`` (open loop,
 from one client thread), where the server's CPU time per second of wall clock is read from /proc (all its
 threads, the spinning ones included) beside latency p50/p99; then back to back from one client
 (closed loop, concurrency 1) for throughput. Medians over ``--repeats`` rounds; ratios are off / on.
 The CPU a server burns at a steady trickle is CPU a refit or a drift check on the same cores lacks.
+Ratios are against ``on``: the CPU each mode saves at each rate, and its c=1 throughput.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from refitd.bench.report import save
 from refitd.bench.serve import _free_port, _run_server, _stop, _texts
 
 TICKS = os.sysconf("SC_CLK_TCK")
+MODES = ("off", "run", "on")  # serving.spin
 
 
 def cpu_seconds(pid: int) -> float:
@@ -70,13 +72,13 @@ def run(home: Path, *, rates: list[float], seconds: float, repeats: int, threads
     env = {**os.environ, "REFITD_HOME": str(home), "REFITD_LOG_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1",
            # the prediction log stays in this run's home; no scheduler, no checks: serving alone
            **({"REFITD_SERVING__THREADS": str(threads)} if threads else {})}
-    raw: dict[str, dict[str, list[dict[str, Any]]]] = {m: {} for m in ("off", "on")}
+    raw: dict[str, dict[str, list[dict[str, Any]]]] = {m: {} for m in MODES}
     with ExitStack() as stack:
         servers = {}
-        for mode in ("off", "on"):
+        for mode in MODES:
             port = _free_port()
             proc = _run_server([sys.executable, "-m", "refitd.cli", "serve", "--port", str(port)],
-                               {**env, "REFITD_SERVING__SPIN": "true" if mode == "on" else "false"},
+                               {**env, "REFITD_SERVING__SPIN": mode},
                                f"http://127.0.0.1:{port}/v2/health/ready")
             stack.callback(_stop, proc)
             servers[mode] = (f"http://127.0.0.1:{port}/v1/predict", proc.pid)
@@ -85,7 +87,7 @@ def run(home: Path, *, rates: list[float], seconds: float, repeats: int, threads
             for text in texts[:50]:  # warm-up
                 client.post(url, json={"text": text}).raise_for_status()
         for r in range(repeats):
-            for mode in (("off", "on") if r % 2 == 0 else ("on", "off")):
+            for mode in (MODES if r % 2 == 0 else MODES[::-1]):
                 url, pid = servers[mode]
                 for rate in rates:
                     raw[mode].setdefault(f"paced_{rate:g}", []).append(paced(client, url, pid, texts, rate, seconds))
@@ -96,18 +98,22 @@ def run(home: Path, *, rates: list[float], seconds: float, repeats: int, threads
 
 
 def ratios(result: dict[str, Any]) -> list[tuple[str, str, str]]:
-    off, on = result["off"], result["on"]
-    rows = [(f"server CPU at {r:g} req/s, spin off / on", f"{off[f'paced_{r:g}']['cpu_per_s'] / on[f'paced_{r:g}']['cpu_per_s']:.2f}",
-             "< 1") for r in result["rates"]]
-    rows.append(("c=1 req/s, spin off / on", f"{off['back_to_back']['req_per_s'] / on['back_to_back']['req_per_s']:.2f}",
-                 "≥ 0.9"))
+    on = result["on"]
+    rows = []
+    for mode in [m for m in MODES if m != "on" and m in result]:  # results from before "run" hold off and on only
+        mine = result[mode]
+        rows += [(f"server CPU at {r:g} req/s, spin {mode} / on",
+                  f"{mine[f'paced_{r:g}']['cpu_per_s'] / on[f'paced_{r:g}']['cpu_per_s']:.2f}", "< 1")
+                 for r in result["rates"]]
+        rows.append((f"c=1 req/s, spin {mode} / on",
+                     f"{mine['back_to_back']['req_per_s'] / on['back_to_back']['req_per_s']:.2f}", "≥ 0.9"))
     return rows
 
 
 def render(result: dict[str, Any]) -> str:
-    lines = [f"refitd serve, ORT spinning off (refitd's default) vs on (ORT's default); {result['threads']} intra-op "
-             f"threads on {result['cpus']} CPUs; medians of {result['repeats']} interleaved rounds of {result['seconds']:g} s",
-             *load_table(result, "spin", ("off", "on"))]
+    lines = [f"refitd serve, ORT spinning off / run (refitd's default: within a call only) / on (ORT's default); "
+             f"{result['threads']} intra-op threads on {result['cpus']} CPUs; medians of {result['repeats']} interleaved "
+             f"rounds of {result['seconds']:g} s", *load_table(result, "spin", tuple(m for m in MODES if m in result))]
     lines += [f"{name}: {value}" for name, value, _ in ratios(result)]
     return "\n".join(lines)
 

@@ -25,6 +25,7 @@ from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantT
                                       quantize_static)
 
 from refitd.core.encoding import encode, load_tokenizer
+from refitd.core.sections import ort_spin_entries
 from refitd.flows.evaluate import scoring_batch, scoring_threads
 
 log = logging.getLogger(__name__)
@@ -131,14 +132,15 @@ def _float_beside_matmuls(path: Path, matmuls: set[str]) -> None:
     onnx.save(graph, str(path))
 
 
-def session(path: Path, threads: int | None, spin: bool = False) -> ort.InferenceSession:
+def session(path: Path, threads: int | None, spin: str = "off") -> ort.InferenceSession:
     """A CPU session set up as the server sets up its own (all graph optimisations, intra-op threads, workers
-    that spin between runs only with ``serving.spin``)."""
+    that spin as ``serving.spin`` says)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or (os.cpu_count() or 1)
     options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    for key, value in ort_spin_entries(spin).items():
+        options.add_session_config_entry(key, value)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -193,7 +195,7 @@ TIER = {"dynamic": 0, "dynamic_per_channel": 0, "static": 1, "static_keep_first"
 def measure(fp32_path: Path, tokenizer_json: Path, folder: Path, *, recipes: list[str], calibration_texts: list[str],
             validation_texts: list[str], validation_labels: list[int], max_length: int, threads: int | None,
             tolerance: float | None = None, rounds: int = 3, fp32_logits: np.ndarray | None = None,
-            spin: bool = False) -> dict[str, Any]:
+            spin: str = "off") -> dict[str, Any]:
     """Build each recipe into ``folder``; return fp32's and each variant's validation accuracy, agreement with
     fp32, timings and size (``path`` names the variant's file).
 

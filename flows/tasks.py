@@ -114,7 +114,7 @@ def validation_logits(staged: Path, snapshot: snap.Snapshot, *, max_length: int)
 
 @task(cache_policy=NONE)
 def quantize_int8(staged: Path, snapshot: snap.Snapshot, gate: GateSection, *, max_length: int, threads: int | None,
-                  seed: int, fp32_logits: np.ndarray | None = None, spin: bool = False) -> dict[str, Any]:
+                  seed: int, fp32_logits: np.ndarray | None = None, spin: str = "off") -> dict[str, Any]:
     """Build the INT8 variants; keep the fastest within ``gate.int8_tolerance`` of fp32 on validation."""
     if not gate.int8_variants:
         return {"chosen": None, "file": None, "reason": "no INT8 variants configured (gate.int8_variants = [])"}

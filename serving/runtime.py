@@ -17,6 +17,7 @@ import onnxruntime as ort
 from refitd.core.artifacts import META, OUTPUTS, ArtifactMeta
 from refitd.core.encoding import encode, load_tokenizer, softmax
 from refitd.core.errors import ArtifactError, ModelLoadError, NotReadyError
+from refitd.core.sections import ort_spin_entries
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class OnnxClassifier:
 
     def __init__(
         self, version: str, folder: Path, *, provider: str = "auto", threads: int | None = None, precision: str = "auto",
-        spin: bool = False,
+        spin: str = "off",
     ) -> None:
         self.version, self.folder = version, Path(folder)
         self.provider, self.threads, self.precision, self.spin = provider, threads, precision, spin
@@ -72,8 +73,10 @@ class OnnxClassifier:
             options.intra_op_num_threads = self.threads or (os.cpu_count() or 1)
             options.inter_op_num_threads = 1
             # ONNX Runtime's workers spin between calls by default: at 15 requests/s on two cores that held one
-            # core busy, beside the refit and the drift checks that need it (serving.spin turns it back on).
-            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spin else "0")
+            # core busy, beside the refit and the drift checks that need it. serving.spin = run (the default)
+            # lets them spin within a call, where a sleeping worker costs a wake-up per operator, and stops them after.
+            for key, value in ort_spin_entries(self.spin).items():
+                options.add_session_config_entry(key, value)
             self._session = ort.InferenceSession(str(model_file), options, providers=providers_for(self.provider))
             out = self.predict(SMOKE_TEXTS, _loading=True)
         except ModelLoadError:

@@ -69,3 +69,17 @@ def test_the_quick_profile_is_one_validated_transform(tmp_path) -> None:
     q = Settings.load(home=tmp_path).quick()
     assert (q.training.max_train_rows, q.training.max_test_rows, q.model.max_length) == (400, 500, 32)
     assert q.training.freeze_layers >= 4 and q.quick().model_dump() == q.model_dump()  # idempotent
+
+
+@pytest.mark.parametrize(("given", "mode"), [(None, "run"), ("run", "run"), ("off", "off"), ("on", "on"),
+                                             ("true", "on"), ("false", "off"), (True, "on"), (False, "off")])
+def test_spin_has_three_modes_and_reads_the_old_booleans(tmp_path, given, mode) -> None:
+    s = Settings.load(home=tmp_path, **({} if given is None else {"serving": {"spin": given}}))
+    assert s.serving.spin == mode
+
+
+def test_spin_names_its_modes_when_wrong(tmp_path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[serving]\nspin = 'sometimes'\n")
+    with pytest.raises(ConfigError, match="serving.spin"):
+        Settings.load(path, home=tmp_path)

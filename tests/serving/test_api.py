@@ -8,6 +8,7 @@ from sqlmodel import select
 
 from refitd.core.db import make_engine, session_scope
 from refitd.core.tables import Prediction
+from refitd.serving.runtime import OnnxClassifier
 
 
 def test_predict_one_and_many_and_log(running) -> None:
@@ -68,3 +69,13 @@ def test_status_and_health(running) -> None:
     assert status["champion"] == status["serving"] == "v1" and status["ready"]
     assert httpx.get(f"{running.url}/v2/health/live").json() == {"live": True}
     assert httpx.get(f"{running.url}/openapi.json").json()["paths"]["/v1/predict"]["post"]["requestBody"]
+
+
+@pytest.mark.parametrize(("mode", "spins", "stops"), [("run", "1", "1"), ("off", "0", "0"), ("on", "1", "0")])
+def test_the_session_spins_as_serving_spin_says(untrained_artifact, mode, spins, stops) -> None:
+    runtime = OnnxClassifier("v1", untrained_artifact, provider="cpu", threads=2, spin=mode)
+    runtime.load()
+    options = runtime._session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == spins
+    assert options.get_session_config_entry("session.force_spinning_stop") == stops
+    assert runtime.predict(["still answers"]).labels
