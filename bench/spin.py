@@ -5,7 +5,7 @@ own default: its intra-op workers spin between calls), ``run`` (refitd's default
 runs and stop after it) and ``off`` (they never spin), measured in interleaved rounds: single-text requests paced at each ``--rates`` (open loop,
 from one client thread), where the server's CPU time per second of wall clock is read from /proc (all its
 threads, the spinning ones included) beside latency p50/p99; then back to back from one client
-(closed loop, concurrency 1) for throughput. Medians over ``--repeats`` rounds; ratios are off / on.
+(closed loop, concurrency 1) for throughput. Medians over ``--repeats`` rounds.
 The CPU a server burns at a steady trickle is CPU a refit or a drift check on the same cores lacks.
 Ratios are against ``on``: the CPU each mode saves at each rate, and its c=1 throughput.
 """

@@ -321,10 +321,15 @@ class ServingSection(_Section):
     @classmethod
     def _spin_bool(cls, v: object) -> object:
         """The setting was a bool before it had three modes: true / false still mean on / off."""
-        if isinstance(v, bool):
+        if isinstance(v, bool) or (isinstance(v, int) and v in (0, 1)):
             return "on" if v else "off"
-        if isinstance(v, str) and v.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
-            return "on" if v.strip().lower() in ("true", "1", "yes") else "off"
+        if isinstance(v, str):
+            word = v.strip().lower()
+            if word in ("true", "t", "yes", "y", "1"):
+                return "on"
+            if word in ("false", "f", "no", "n", "0"):
+                return "off"
+            return word  # off / run / on in any case ("ON" as the bool read it)
         return v
 
     @model_validator(mode="after")

@@ -71,8 +71,9 @@ def test_the_quick_profile_is_one_validated_transform(tmp_path) -> None:
     assert q.training.freeze_layers >= 4 and q.quick().model_dump() == q.model_dump()  # idempotent
 
 
-@pytest.mark.parametrize(("given", "mode"), [(None, "run"), ("run", "run"), ("off", "off"), ("on", "on"),
-                                             ("true", "on"), ("false", "off"), (True, "on"), (False, "off")])
+@pytest.mark.parametrize(("given", "mode"), [(None, "run"), ("run", "run"), ("off", "off"), ("on", "on"), ("ON", "on"),
+                                             ("true", "on"), ("false", "off"), (True, "on"), (False, "off"),
+                                             (1, "on"), (0, "off"), ("y", "on"), ("No", "off")])
 def test_spin_has_three_modes_and_reads_the_old_booleans(tmp_path, given, mode) -> None:
     s = Settings.load(home=tmp_path, **({} if given is None else {"serving": {"spin": given}}))
     assert s.serving.spin == mode

@@ -26,8 +26,8 @@ class _Inner:
         await send({"type": "http.response.body", "body": b"inner"})
 
 
-def _call(route: FastRoute, method: str, path: str, messages: list[dict]) -> tuple[dict, list[dict]]:
-    scope: dict = {"type": "http", "method": method, "path": path, "headers": []}
+def _call(route: FastRoute, method: str, path: str, messages: list[dict], **extra: object) -> tuple[dict, list[dict]]:
+    scope: dict = {"type": "http", "method": method, "path": path, "headers": [], **extra}
     inbox, sent = list(messages), []
 
     async def receive() -> dict:
@@ -80,11 +80,12 @@ def test_refitd_errors_answer_with_status_message_and_retry_after() -> None:
     async def unprocessable(raw: bytes) -> bytes:
         raise UnprocessableError("text: must not be empty")
 
-    for answer, status, retry in ((overloaded, 503, [(b"retry-after", b"3")]), (unprocessable, 422, [])):
+    for answer, status, retry, message in ((overloaded, 503, [(b"retry-after", b"3")], "queue full"),
+                                           (unprocessable, 422, [], "text: must not be empty")):
         _, (start, body) = _call(FastRoute(_Inner(), path="/v1/predict", route=None, answer=answer),
                                  "POST", "/v1/predict", _body([b"{}"]))
         assert start["status"] == status and [h for h in start["headers"] if h[0] == b"retry-after"] == retry
-        assert orjson.loads(body["body"])["error"] in ("queue full", "text: must not be empty")
+        assert orjson.loads(body["body"]) == {"error": message}
 
 
 def test_a_client_gone_before_its_body_gets_no_answer_and_other_errors_propagate() -> None:
@@ -97,3 +98,28 @@ def test_a_client_gone_before_its_body_gets_no_answer_and_other_errors_propagate
     assert sent == []
     with pytest.raises(RuntimeError, match="a bug"):  # Starlette's ServerErrorMiddleware turns it into a 500
         _call(route, "POST", "/v1/predict", _body([b"{}"]))
+
+
+def test_behind_a_root_path_it_still_answers_and_with_fastapi_telemetry_it_steps_aside() -> None:
+    async def answer(raw: bytes) -> bytes:
+        return b'{"predictions": []}'
+
+    inner = _Inner()
+    route = FastRoute(inner, path="/v1/predict", route=None, answer=answer)
+    _, sent = _call(route, "POST", "/api/v1/predict", _body([b"{}"]), root_path="/api")
+    assert sent[0]["status"] == 200 and inner.calls == []
+    # FastAPI's router names the span and http.route: a traced request is routed by FastAPI
+    _, sent = _call(route, "POST", "/v1/predict", _body([b"{}"]), **{"fastapi.telemetry": object()})
+    assert sent[0]["status"] == 299 and inner.calls == [("POST", "/v1/predict")]
+
+
+def test_the_served_app_answers_predict_through_the_fast_route(tmp_path) -> None:
+    from refitd.core.settings import Settings
+    from refitd.serving.app import RequestMetrics
+    from refitd.serving.body import BodyLimit
+    from refitd.serving.server import build
+
+    app = build(Settings.load(home=tmp_path)).app
+    assert [m.cls for m in app.user_middleware] == [RequestMetrics, BodyLimit, FastRoute]  # outermost first
+    fast = next(m for m in app.user_middleware if m.cls is FastRoute)
+    assert fast.kwargs["path"] == "/v1/predict" and fast.kwargs["route"].path == "/v1/predict"
