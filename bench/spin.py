@@ -26,9 +26,10 @@ import numpy as np
 from refitd.bench.drift import champion_home
 from refitd.bench.report import save
 from refitd.bench.serve import _free_port, _run_server, _stop, _texts
+from refitd.core.sections import SPIN_MODES
 
 TICKS = os.sysconf("SC_CLK_TCK")
-MODES = ("off", "run", "on")  # serving.spin
+MODES = SPIN_MODES  # off, run, on
 
 
 def cpu_seconds(pid: int) -> float:
