@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import time
 import uuid
 from collections.abc import Iterator
@@ -336,8 +337,7 @@ class ArtifactStore:
         if not self.root.is_dir():
             return []
         cutoff = time.time() - older_than_s
-        removed = [p for p in self.root.iterdir() if p.name.startswith((_SCRATCH, _ORPHAN)) and p.is_dir()
-                   and p.stat().st_mtime < cutoff]
+        removed = [p for p in self.root.iterdir() if p.name.startswith((_SCRATCH, _ORPHAN)) and _older(p, cutoff)]
         for p in removed:
             shutil.rmtree(p, ignore_errors=True)
             log.warning("removed unfinished artifact folder %s", p)
@@ -356,3 +356,13 @@ class ArtifactStore:
 
     def _unpublish(self, version: str) -> None:
         """Undo :meth:`_upload`."""
+
+
+def _older(path: Path, cutoff: float) -> bool:
+    """A folder last touched before ``cutoff``; False for one gone since it was listed (another process's
+    scratch folder renamed into place as a version between the listing and this look)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_mtime < cutoff
