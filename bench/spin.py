@@ -26,7 +26,7 @@ import numpy as np
 from refitd.bench.drift import champion_home
 from refitd.bench.report import save
 from refitd.bench.serve import _free_port, _run_server, _stop, _texts
-from refitd.core.sections import SPIN_MODES
+from refitd.core.service_sections import SPIN_MODES
 
 TICKS = os.sysconf("SC_CLK_TCK")
 MODES = SPIN_MODES  # off, run, on

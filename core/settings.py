@@ -25,18 +25,14 @@ from pydantic_settings import (
 
 from refitd.core.credentials import EnvWithSecretFiles
 from refitd.core.errors import ConfigError, validation_problems
-from refitd.core.sections import (
+from refitd.core.sections import GateSection, HpoSection, ModelSection, RefitSection, TrainingSection
+from refitd.core.service_sections import (
     DatabaseSection,
     DriftSection,
-    GateSection,
-    HpoSection,
-    ModelSection,
     PrefectSection,
-    RefitSection,
     SchedulerSection,
     ServingSection,
     StorageSection,
-    TrainingSection,
 )
 
 _toml_path: ContextVar[Path | None] = ContextVar("refitd_toml_path", default=None)

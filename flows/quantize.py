@@ -25,7 +25,7 @@ from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantT
                                       quantize_static)
 
 from refitd.core.encoding import encode, load_tokenizer
-from refitd.core.sections import ort_spin_entries
+from refitd.core.service_sections import ort_spin_entries
 from refitd.flows.evaluate import scoring_batch, scoring_threads
 
 log = logging.getLogger(__name__)

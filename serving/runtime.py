@@ -17,7 +17,7 @@ import onnxruntime as ort
 from refitd.core.artifacts import META, OUTPUTS, ArtifactMeta
 from refitd.core.encoding import encode, load_tokenizer, softmax
 from refitd.core.errors import ArtifactError, ModelLoadError, NotReadyError
-from refitd.core.sections import ort_spin_entries
+from refitd.core.service_sections import ort_spin_entries
 
 log = logging.getLogger(__name__)
 
