@@ -39,7 +39,8 @@ from refitd.core.datasets import load_configured
 from refitd.core.db import engine_for, session_scope
 from refitd.core.settings import Settings
 from refitd.daemon.drift.calibration import SIGNALS, Features, Reference, calibrate, scores
-from refitd.daemon.drift.check import compute, held_verdict, score
+from refitd.daemon.drift.check import compute, score
+from refitd.daemon.drift.verdict import held_verdict
 from refitd.daemon.drift.signals import DEFAULT_SPECS
 from refitd.serving.runtime import OnnxClassifier
 

@@ -29,7 +29,7 @@ from refitd.bench.drift import champion_home
 from refitd.bench.report import save
 from refitd.bench.serve import _free_port, _run_server, _stop, _texts
 from refitd.core.db import engine_for, session_scope
-from refitd.daemon.drift.check import list_checks
+from refitd.daemon.drift.verdict import list_checks
 from refitd.core.settings import Settings
 
 CHECK_MODULE = "refitd.daemon.drift"

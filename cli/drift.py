@@ -62,7 +62,7 @@ def drift_check(ctx: typer.Context) -> None:
 def drift_list(ctx: typer.Context, limit: Annotated[int, typer.Option(help="Most rows.")] = 20) -> None:
     """Recent checks, newest first."""
     from refitd.core.db import engine_for, session_scope
-    from refitd.daemon.drift.check import list_checks
+    from refitd.daemon.drift.verdict import list_checks
 
     with session_scope(engine_for(_settings(ctx))) as session:
         rows = list_checks(session, limit=limit)

@@ -18,7 +18,7 @@ from refitd.core.runs import running
 from refitd.core.settings import Settings
 from refitd.core.tables import DriftCheck, Feedback, ModelVersion, Prediction, RefitRun
 from refitd.daemon.jobs import JOB_TABLE
-from refitd.daemon.drift.check import list_checks
+from refitd.daemon.drift.verdict import list_checks
 from refitd.daemon.shadow import progress as shadow_progress
 
 

@@ -24,7 +24,7 @@ from refitd.core.db import session_scope
 from refitd.core.labels import count_labels_since
 from refitd.core.settings import Settings
 from refitd.core.tables import Event, RefitRun, utcnow
-from refitd.daemon.drift.check import pending_drift
+from refitd.daemon.drift.verdict import pending_drift
 from refitd.daemon.launcher import RefitLauncher
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ embeddings computed at the check for rows another version served (just after a p
 embeddings the log did not keep (``serving.log_embedding_share``); measured accuracy counts only
 the answers the champion gave. Each check is a ``drift_checks`` row with every signal's
 score, p-value and threshold, the verdict (held for ``drift.consecutive`` checks, see
-:func:`settle`) and its reason, and an Evidently HTML report.
+:func:`refitd.daemon.drift.verdict.settle`) and its reason, and an Evidently HTML report.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -27,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binom, norm
 from sqlalchemy import Engine, select
 from sqlmodel import Session, col
 
@@ -42,8 +40,10 @@ from refitd.core.tables import DriftCheck, ModelVersion, RefitRun, utcnow
 from refitd.daemon.drift import report
 from refitd.daemon.drift.alerts import Webhook, drift_payload
 from refitd.daemon.drift.calibration import METHODS, VERSION, Calibration, Reference, calibrate, judge, scores
+from refitd.daemon.drift.performance import performance
 from refitd.daemon.drift.signals import (Signal, add_descriptors, calibrated_verdict, embedding_signal, specs_from,
                                          value_drift_report, verdict)
+from refitd.daemon.drift.verdict import last_verdict, settle
 from refitd.serving.runtime import OnnxClassifier
 
 log = logging.getLogger(__name__)
@@ -196,71 +196,9 @@ def score(runtime: OnnxClassifier, texts: list[str], *, batch: int = 64) -> tupl
     return frame, np.concatenate(embs)
 
 
-def performance(window: pd.DataFrame, champion: ModelVersion, *, min_labels: int = 30,
-                max_drop: float = 0.05, alpha: float = 0.01) -> tuple[dict[str, Any], Signal | None]:
-    """Measured accuracy on the labelled rows beside the label-free estimate (:func:`label_free_estimate`).
-
-    Only the champion's own answers count (rows of ``model_version`` another version are its predecessor's
-    answers; the champion's answers to them, computed at the check, may be to rows it was trained on).
-    The signal drifts when the fall is both large (``max_drop`` or more below the champion's held-out
-    accuracy) and real: a one-sided test that live accuracy is below the held-out one gives p ≤ ``alpha``
-    (two proportions when the held-out set's size is known, so its own noise counts; else binomial)."""
-    own = window[window["model_version"] == champion.version] if "model_version" in window else window
-    labelled = own[own["true_label"].notna()]
-    estimated, method = label_free_estimate(champion)
-    estimate = estimated(window["confidence"]) if len(window) else None
-    out: dict[str, Any] = {"labelled": int(len(labelled)), "estimated_accuracy": estimate, "estimate_method": method}
-    if len(labelled) < max(min_labels, 1):
-        return out, None
-    correct = int((labelled["label"] == labelled["true_label"]).sum())
-    measured = correct / len(labelled)
-    test_acc, held_out, test_n = held_out_accuracy(champion, default=measured)
-    # The estimate's own error, on the same rows: what it would have said of the labelled rows minus what they show.
-    on_labelled = estimated(labelled["confidence"])
-    out |= {"measured_accuracy": measured, "champion_test_accuracy": test_acc, "champion_test_set": held_out,
-            "champion_test_rows": test_n, "estimate_on_labelled": on_labelled, "estimate_error": on_labelled - measured}
-    drop = test_acc - measured
-    p_value = accuracy_fall_p(correct, len(labelled), test_acc, test_n)
-    return out, Signal("performance", f"accuracy drop vs champion {held_out} test", drop, max_drop,
-                       drop >= max_drop and p_value <= alpha, p_value=p_value)
-
-
-def label_free_estimate(champion: ModelVersion) -> tuple[Callable[[pd.Series], float], str]:
-    """How a window's calibrated confidences become an accuracy estimate for this champion: the share above
-    its ATC threshold when its refit stored one (see :func:`refitd.flows.calibrate.atc_threshold`), else
-    their mean (versions trained before the threshold was stored)."""
-    threshold = registry.atc_threshold(champion)
-    if threshold is None:
-        return (lambda conf: float(conf.mean())), registry.estimate_method(champion)
-    return (lambda conf: float((conf > threshold).mean())), registry.estimate_method(champion)
-
-
-def accuracy_fall_p(correct: int, n: int, expected: float, expected_n: int | None) -> float:
-    """One-sided p-value of live accuracy ``correct / n`` being this far below ``expected`` by chance:
-    a pooled two-proportion z-test when ``expected`` was measured on ``expected_n`` rows, else the
-    binomial chance of this few right or fewer were accuracy ``expected`` exactly."""
-    if not expected_n:
-        return float(binom.cdf(correct, n, expected))
-    pooled = (correct + expected * expected_n) / (n + expected_n)
-    spread = float(np.sqrt(pooled * (1 - pooled) * (1 / n + 1 / expected_n)))
-    if spread == 0:
-        return 1.0 if correct / n >= expected else 0.0
-    return float(norm.cdf((correct / n - expected) / spread))
-
-
-def held_out_accuracy(champion: ModelVersion, *, default: float, min_rows: int = 100) -> tuple[float, str, int | None]:
-    """The accuracy live traffic should show, its set and that set's rows: the recent test set (production
-    labels it was not trained on) when the refit had one of ``min_rows`` or more, else the frozen test set."""
-    recent = ((champion.metrics or {}).get("candidate") or {}).get("recent") or {}
-    if recent.get("n", 0) >= min_rows and "accuracy" in recent:
-        return float(recent["accuracy"]), "recent", int(recent["n"])
-    frozen = champion.frozen_scores
-    return float(frozen.get("accuracy", default)), "frozen", (int(frozen["n"]) if frozen.get("n") else None)
-
-
 @dataclass
 class Outcome:
-    """Every signal of one check, the performance figures and the verdict (before :func:`settle`)."""
+    """Every signal of one check, the performance figures and the verdict (before :func:`refitd.daemon.drift.verdict.settle`)."""
 
     snapshot: Any
     signals: list[Signal]
@@ -369,7 +307,7 @@ def run_check(settings: Settings, engine: Engine) -> DriftCheck:
         report.save(settings, row, outcome.snapshot)  # sets report_path and signals["_report"]
     row.duration_s = round(time.perf_counter() - start, 2)
     with session_scope(engine) as session:
-        previous = _last_verdict(session)
+        previous = last_verdict(session)
         session.add(row)
         session.flush()
         session.refresh(row)
@@ -383,49 +321,3 @@ def run_check(settings: Settings, engine: Engine) -> DriftCheck:
         Webhook(d.webhook_url, engine, timeout_s=d.webhook_timeout_s, retries=d.webhook_retries).send(
             drift_payload(row, previous))
     return row
-
-
-def held_verdict(state: str | None, verdicts: list[str], *, needs: int) -> tuple[str, int]:
-    """Hysteresis: the verdict to report when the checks' own verdicts are ``verdicts`` (newest first) and
-    the last reported one was ``state`` (None: no check yet, taken as not drifted). A new verdict replaces
-    it once ``needs`` checks in a row said it; returns (verdict, how many in a row said the newest)."""
-    newest = verdicts[0]
-    in_a_row = next((i for i, v in enumerate(verdicts) if v != newest), len(verdicts))
-    current = state or "not_drifted"
-    return (newest if newest == current or in_a_row >= needs else current), in_a_row
-
-
-def settle(session: Session, found: str, reason: str, *, needs: int) -> tuple[str, str, dict[str, Any]]:
-    """This check's verdict after hysteresis over the previous checks with enough data (any champion):
-    (verdict, reason, what the row keeps as ``_verdict``: the check's own verdict and the run it is in)."""
-    recent = list(session.scalars(select(DriftCheck).where(DriftCheck.verdict != "insufficient_data")
-                                  .order_by(col(DriftCheck.id).desc()).limit(max(needs - 1, 1))))
-    own = [found] + [(r.signals.get("_verdict") or {}).get("found", r.verdict) for r in recent][: needs - 1]
-    held, in_a_row = held_verdict(recent[0].verdict if recent else None, own, needs=needs)
-    if held != found:
-        word = found.replace("_", " ")
-        reason = (f"{reason} — still {held.replace('_', ' ')}: {in_a_row} of the {needs} checks in a row "
-                  f"that drift.consecutive needs said {word}")
-    return held, reason, {"found": found, "in_a_row": in_a_row, "needs": needs}
-
-
-def pending_drift(session: Session) -> str | None:
-    """Why the newest check's drift is not yet the verdict (hysteresis), or None."""
-    last = session.scalars(select(DriftCheck).where(DriftCheck.verdict != "insufficient_data")
-                           .order_by(col(DriftCheck.id).desc())).first()
-    held = (last.signals.get("_verdict") or {}) if last is not None else {}
-    if held.get("found") != "drifted" or last.verdict == "drifted":
-        return None
-    return (f"the window drifted in {held['in_a_row']} of the {held['needs']} checks in a row "
-            f"that drift.consecutive needs (check {last.id})")
-
-
-def _last_verdict(session: Session) -> str | None:
-    """The verdict of the newest check that had enough data (an alert fires when this changes)."""
-    return session.scalars(
-        select(DriftCheck.verdict).where(DriftCheck.verdict != "insufficient_data").order_by(col(DriftCheck.id).desc())
-    ).first()
-
-
-def list_checks(session: Session, *, limit: int = 20) -> list[DriftCheck]:
-    return list(session.scalars(select(DriftCheck).order_by(col(DriftCheck.id).desc()).limit(limit)))

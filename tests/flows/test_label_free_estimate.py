@@ -8,7 +8,7 @@ import pytest
 from refitd.core.artifacts import ArtifactMeta, ArtifactStore
 from refitd.core.datasets import load_configured
 from refitd.core.tables import ModelVersion
-from refitd.daemon.drift.check import performance
+from refitd.daemon.drift.performance import performance
 from refitd.serving.runtime import OnnxClassifier
 
 WINDOW = 400

@@ -18,7 +18,8 @@ from refitd.core.db import make_engine, session_scope, upgrade
 from refitd.core.registration import register_candidate
 from refitd.core.settings import Settings
 from refitd.core.tables import Prediction, RefitRun, new_prediction_id, utcnow
-from refitd.daemon.drift.check import champion_view, performance, run_check
+from refitd.daemon.drift.check import champion_view, run_check
+from refitd.daemon.drift.performance import performance
 from refitd.daemon.drift.report import workspace_project
 from refitd.serving.runtime import OnnxClassifier
 from tests.artifact_factory import copy_artifact
@@ -108,7 +109,7 @@ def test_time_window_keeps_only_recent_predictions(tmp_path: Path) -> None:
 
 def test_live_accuracy_is_held_to_the_recent_test_score_once_the_champion_has_one() -> None:
     from refitd.core.tables import ModelVersion
-    from refitd.daemon.drift.check import held_out_accuracy, performance
+    from refitd.daemon.drift.performance import held_out_accuracy, performance
 
     first = ModelVersion(version="v1", metrics={"candidate": {"frozen": {"accuracy": 0.82, "n": 2000},
                                                               "recent": {"n": 0}}})
@@ -129,7 +130,7 @@ def test_a_fall_within_the_noise_of_a_few_labels_is_not_drift() -> None:
     """Live accuracy 8 points under the held-out score on 80 labels happens by chance: large enough, not
     real enough. The same fall on 2,000 labels is drift; so is a 30-point fall on 80."""
     from refitd.core.tables import ModelVersion
-    from refitd.daemon.drift.check import accuracy_fall_p, performance
+    from refitd.daemon.drift.performance import accuracy_fall_p, performance
 
     champion = ModelVersion(version="v2", metrics={"candidate": {"recent": {"n": 330, "accuracy": 0.70}}})
 
@@ -152,7 +153,7 @@ def test_a_fall_within_the_noise_of_a_few_labels_is_not_drift() -> None:
 
 def test_the_label_free_estimate_counts_confidences_above_the_champions_atc_threshold() -> None:
     from refitd.core.tables import ModelVersion
-    from refitd.daemon.drift.check import performance
+    from refitd.daemon.drift.performance import performance
 
     window = pd.DataFrame({"label": ["a"] * 40, "true_label": ["a"] * 20 + ["b"] * 20,
                            "confidence": [0.9] * 10 + [0.7] * 30})

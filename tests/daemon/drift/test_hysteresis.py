@@ -12,7 +12,7 @@ from sqlmodel import select
 from refitd.core.db import make_engine, session_scope, upgrade
 from refitd.core.settings import Settings
 from refitd.core.tables import DriftCheck, Event, Feedback
-from refitd.daemon.drift.check import held_verdict, pending_drift, settle
+from refitd.daemon.drift.verdict import held_verdict, pending_drift, settle
 from refitd.daemon.launcher import RefitLauncher
 from refitd.daemon.triggers import consider, decide
 from tests.artifact_factory import publish_version

@@ -1,0 +1,58 @@
+"""A drift check's verdict over time: hysteresis (``drift.consecutive`` checks in a row before the verdict
+changes), the drift still pending behind it, and the checks as rows. Light to import: the daemon's
+triggers and status read these without loading the check's pandas and Evidently."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlmodel import Session, col
+
+from refitd.core.tables import DriftCheck
+
+
+def held_verdict(state: str | None, verdicts: list[str], *, needs: int) -> tuple[str, int]:
+    """Hysteresis: the verdict to report when the checks' own verdicts are ``verdicts`` (newest first) and
+    the last reported one was ``state`` (None: no check yet, taken as not drifted). A new verdict replaces
+    it once ``needs`` checks in a row said it; returns (verdict, how many in a row said the newest)."""
+    newest = verdicts[0]
+    in_a_row = next((i for i, v in enumerate(verdicts) if v != newest), len(verdicts))
+    current = state or "not_drifted"
+    return (newest if newest == current or in_a_row >= needs else current), in_a_row
+
+
+def settle(session: Session, found: str, reason: str, *, needs: int) -> tuple[str, str, dict[str, Any]]:
+    """This check's verdict after hysteresis over the previous checks with enough data (any champion):
+    (verdict, reason, what the row keeps as ``_verdict``: the check's own verdict and the run it is in)."""
+    recent = list(session.scalars(select(DriftCheck).where(DriftCheck.verdict != "insufficient_data")
+                                  .order_by(col(DriftCheck.id).desc()).limit(max(needs - 1, 1))))
+    own = [found] + [(r.signals.get("_verdict") or {}).get("found", r.verdict) for r in recent][: needs - 1]
+    held, in_a_row = held_verdict(recent[0].verdict if recent else None, own, needs=needs)
+    if held != found:
+        word = found.replace("_", " ")
+        reason = (f"{reason} — still {held.replace('_', ' ')}: {in_a_row} of the {needs} checks in a row "
+                  f"that drift.consecutive needs said {word}")
+    return held, reason, {"found": found, "in_a_row": in_a_row, "needs": needs}
+
+
+def pending_drift(session: Session) -> str | None:
+    """Why the newest check's drift is not yet the verdict (hysteresis), or None."""
+    last = session.scalars(select(DriftCheck).where(DriftCheck.verdict != "insufficient_data")
+                           .order_by(col(DriftCheck.id).desc())).first()
+    held = (last.signals.get("_verdict") or {}) if last is not None else {}
+    if held.get("found") != "drifted" or last.verdict == "drifted":
+        return None
+    return (f"the window drifted in {held['in_a_row']} of the {held['needs']} checks in a row "
+            f"that drift.consecutive needs (check {last.id})")
+
+
+def last_verdict(session: Session) -> str | None:
+    """The verdict of the newest check that had enough data (an alert fires when this changes)."""
+    return session.scalars(
+        select(DriftCheck.verdict).where(DriftCheck.verdict != "insufficient_data").order_by(col(DriftCheck.id).desc())
+    ).first()
+
+
+def list_checks(session: Session, *, limit: int = 20) -> list[DriftCheck]:
+    return list(session.scalars(select(DriftCheck).order_by(col(DriftCheck.id).desc()).limit(limit)))
