@@ -14,7 +14,6 @@ Stream tweets come from the corpus's ``stream`` split, which no training or test
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import signal
 import subprocess
@@ -40,8 +39,8 @@ from refitd.core.db import engine_for, session_scope
 from refitd.core.settings import Settings
 from refitd.core.tables import DriftCheck, RefitRun, utcnow
 from refitd.core.topics import SHIFT_TOPICS
-from refitd.demo import plots
 from refitd.demo.replay import Replay
+from refitd.demo.summary import estimate_error, report
 
 OTHER_TOPICS = SHIFT_TOPICS
 
@@ -321,74 +320,9 @@ class Demo:
                           for ph, cs in verdicts.items()},
                 "after_promotion": [c["verdict"] for c in checks if promotions and c["champion"] == promotions[0][1]
                                     and c["verdict"] != "insufficient_data"],
-                "estimate": _estimate_error(checks),
+                "estimate": estimate_error(checks),
                 "refit": refit, "errors": len(self.replay.errors) if self.replay else 0,
                 "labels_posted": self.replay.labels_posted if self.replay else 0, "checks": checks}
-
-    def report(self, summary: dict[str, Any], answers: pd.DataFrame) -> None:
-        self.console.rule("5. summary")
-        table = Table(title="live traffic per phase and served version (accuracy on the answers whose label was posted)")
-        for c in ("phase", "served by", "requests", "labelled", "accuracy"):
-            table.add_column(c)
-        for g in summary["groups"]:
-            table.add_row(str(g["phase"]), g["version"], str(g["requests"]), str(g["labelled"]),
-                          "-" if g["accuracy"] is None else f"{g['accuracy']:.3f}")
-        self.console.print(table)
-        for ph in ("1", "2"):
-            cs = summary["drift"][ph]
-            drifted = [c for c in cs if c["verdict"] == "drifted"]
-            self.console.print(f"phase {ph}: {len(cs)} drift checks, {len(drifted)} drifted"
-                               + (f"; first: {drifted[0]['reason']}" if drifted else ""))
-        if summary["after_promotion"]:
-            self.console.print(f"checks after the promotion: {', '.join(summary['after_promotion'])}")
-        e = summary["estimate"]
-        if e["checks"]:
-            self.console.print(f"label-free accuracy estimate vs measured, over {e['checks']} checks with labels: "
-                               f"mean absolute error {e['mae']:.3f} (largest {e['max']:.3f}, mean {e['bias']:+.3f}); an "
-                               f"exact estimate would still show about {e['label_noise']:.3f} from the labels' sampling "
-                               f"noise alone; the estimate's own RMS error, that noise taken out, {e['estimate_rms']:.3f}")
-        r = summary["refit"]
-        if r:
-            self.console.print(f"refit ({r['trigger']}) started at {r['started_at_s']:.0f} s, took "
-                               f"{r['duration_s'] or 0:.0f} s: {r['verdict'] or r['status']} — {r['reason']}")
-        else:
-            self.console.print("[yellow]no refit ran[/]")
-        if summary["promotions"]:
-            at, version = summary["promotions"][0]
-            self.console.print(f"from the shift to {version} serving: {at - summary['phase2_at_s']:.0f} s")
-        drifted_at = [c["at"] for c in summary["checks"] if c["verdict"] == "drifted"]
-        acc_png = plots.live_accuracy(answers, phase2_at=summary["phase2_at_s"], promotions=summary["promotions"],
-                                      drifted_at=drifted_at, path=self.out / "live_accuracy.png")
-        sig_png = plots.drift_signals(summary["checks"], phase2_at=summary["phase2_at_s"],
-                                      promotions=summary["promotions"], path=self.out / "drift_signals.png")
-        summary["plots"] = [str(acc_png), str(sig_png)]
-        summary["reports"] = [c["report"] for c in summary["checks"] if c["report"]]
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        answers.to_csv(self.out / "answers.csv", index=False)
-        self.console.print(f"plots: {acc_png}, {sig_png}")
-        if summary["reports"]:
-            self.console.print(f"{len(summary['reports'])} HTML drift reports, e.g. {summary['reports'][-1]}")
-        self.console.print(f"summary: {self.out / 'summary.json'}")
-
-
-def _estimate_error(checks: list[dict[str, Any]]) -> dict[str, Any]:
-    """How far the label-free estimate was from measured accuracy, over the checks that had enough labels:
-    mean absolute and largest error and the mean signed error (its bias); and how much of it the labels
-    make. Measured accuracy on n labelled rows is itself a sample: off from what those rows would score on
-    average by about sqrt(2 / pi) * sqrt(p (1 - p) / n) (normal approximation; an upper bound, since rows
-    differ in difficulty), so even an exact estimate would show that much (``label_noise``). Taking that
-    variance out of the mean squared error leaves the estimate's own RMS error (``estimate_rms``)."""
-    perf = [p for c in checks if (p := (c["signals"] or {}).get("_performance") or {}).get("estimate_error") is not None]
-    errors = [p["estimate_error"] for p in perf]
-    variances = [p["measured_accuracy"] * (1 - p["measured_accuracy"]) / p["labelled"]
-                 for p in perf if p.get("labelled") and p.get("measured_accuracy") is not None]
-    if not errors:
-        return {"checks": 0, "mae": None, "max": None, "bias": None, "label_noise": None, "estimate_rms": None}
-    mean_variance = sum(variances) / len(variances) if variances else 0.0
-    return {"checks": len(errors), "mae": sum(map(abs, errors)) / len(errors), "max": max(map(abs, errors)),
-            "bias": sum(errors) / len(errors),
-            "label_noise": sum(math.sqrt(2 / math.pi * v) for v in variances) / len(variances) if variances else 0.0,
-            "estimate_rms": math.sqrt(max(0.0, sum(e * e for e in errors) / len(errors) - mean_variance))}
 
 
 def run_demo(*, home: Path | None, quick: bool, keep: bool, console: Console) -> dict[str, Any]:
@@ -407,7 +341,7 @@ def run_demo(*, home: Path | None, quick: bool, keep: bool, console: Console) ->
         answers, phase2_at = demo.stream()
         summary = demo.summarise(answers, phase2_at, v1)
         summary["wall_s"] = round(time.perf_counter() - started, 1)
-        demo.report(summary, answers)
+        report(summary, answers, out=demo.out, console=console)
     finally:
         demo._stop.set()
         if demo.replay is not None:
