@@ -23,7 +23,9 @@ To re-import a rejected row, fix the line (the ``"rejected"`` entry may stay;
 it is ignored on read) and move it into a file named ``pending-<name>.jsonl``
 in the spool folder. The next flush replays it like any pending segment,
 skipping ids already stored; a line still refused lands in a new
-``rejected-*.jsonl``.
+``rejected-*.jsonl``. A line that is not a row at all (torn by a crash, or mis-edited) is copied to
+``unparsed-<segment>`` and skipped; a segment that cannot be read is renamed ``unreadable-<segment>``.
+Neither stops the rows behind it.
 """
 from __future__ import annotations
 
@@ -239,7 +241,11 @@ class PredictionLog:
 
     def _replay_pending(self) -> None:
         for segment in sorted(self.dir.glob("pending-*.jsonl")):
-            rows = _read_segment(segment)
+            try:
+                rows = _read_segment(segment)
+            except OSError as exc:  # unreadable (permissions, I/O): set aside, never a reason to stop the log
+                _set_aside(segment, f"unreadable-{segment.name}", f"could not be read ({exc})")
+                continue
             if rows and not self._insert(rows, skip_existing=True):
                 return  # still down: keep this and later segments for the next try
             segment.unlink()
@@ -264,7 +270,10 @@ def _reason(exc: SQLAlchemyError) -> str:
 
 
 def _read_segment(segment: Path) -> list[dict[str, Any]]:
-    rows = []
+    """The rows of a spool segment. A line that is not a row is kept, byte for byte, in
+    ``unparsed-<segment>`` beside it and skipped: a crash mid-write leaves a torn last line (that request
+    was never acknowledged), and a line edited by hand for re-import may be wrong; neither may stop the log."""
+    rows, unparsed = [], []
     # "\n" alone ends a line: texts are written as UTF-8, and str.splitlines would also cut at U+2028,
     # U+0085 and the other separators a text may hold. Each line is decoded on its own: a crash mid-write
     # can leave half a character at the end, and that must cost the torn line only, not the segment.
@@ -273,10 +282,24 @@ def _read_segment(segment: Path) -> list[dict[str, Any]]:
             continue
         try:
             rows.append(_from_json(json.loads(line)))  # UnicodeDecodeError is a ValueError
-        except (ValueError, KeyError):
-            # Only a crash mid-write leaves a torn line, and that request was never acknowledged.
-            log.warning("%s line %d is torn; skipped (its request was not acknowledged)", segment.name, n)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # torn, not an object, a field's type
+            log.warning("%s line %d is not a prediction row (%s: %s); kept in unparsed-%s and skipped",
+                        segment.name, n, type(exc).__name__, exc, segment.name)
+            unparsed.append(line)
+    if unparsed:
+        with (segment.parent / f"unparsed-{segment.name}").open("wb") as fh:  # a segment read again writes the same
+            fh.write(b"".join(line + b"\n" for line in unparsed))
+            fh.flush()
+            os.fsync(fh.fileno())
     return rows
+
+
+def _set_aside(segment: Path, name: str, why: str) -> None:
+    try:
+        segment.rename(segment.with_name(name))
+        log.error("spool segment %s %s; moved to %s, the log goes on", segment.name, why, name)
+    except OSError:
+        log.error("spool segment %s %s and could not be moved; skipped", segment.name, why)
 
 
 def _existing_ids(conn: Any, ids: list[str]) -> set[str]:

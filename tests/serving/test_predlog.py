@@ -144,6 +144,27 @@ def test_a_segment_torn_mid_character_loses_only_its_torn_line(sqlite_engine: En
     assert plog.spooled_segments == 0 and not list(spool.glob("pending-*"))
 
 
+def test_lines_that_are_not_rows_are_kept_aside_and_never_stop_the_log(sqlite_engine: Engine, open_log,
+                                                                       tmp_path: Path) -> None:
+    """A hand-edited line with a null timestamp, a JSON array and an unreadable segment: the good rows of
+    that segment, of the segment behind it and of the live flush are stored; the bad lines are kept."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    good, later, live = _row(), _row(), _row()
+    nulled = json.dumps({**_jsonable(_row()), "created_at": None})
+    (spool / "pending-1.jsonl").write_text(f"{json.dumps(_jsonable(good))}\n{nulled}\n[1, 2]\n", encoding="utf-8")
+    unreadable = spool / "pending-2.jsonl"
+    unreadable.mkdir()  # reading it raises an OSError (IsADirectoryError) on every platform
+    _write_segment(spool / "pending-3.jsonl", [later])
+    plog = open_log(sqlite_engine)
+    plog.add([live])
+    plog.flush()
+    plog.flush()  # a second pass over what was set aside changes nothing
+    assert set(_stored(sqlite_engine)) == {good["id"], later["id"], live["id"]}
+    assert (spool / "unparsed-pending-1.jsonl").read_text().splitlines() == [nulled, "[1, 2]"]
+    assert (spool / "unreadable-pending-2.jsonl").is_dir() and not list(spool.glob("pending-*"))
+
+
 def test_sqlite_unavailable_keeps_segments_until_back(tmp_path: Path, open_log) -> None:
     db_dir = tmp_path / "db"
     engine = make_engine(f"sqlite:///{db_dir / 'refitd.db'}", busy_timeout_s=1)
