@@ -19,7 +19,9 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import SecretStr
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from refitd.core import registry
 from refitd.core.errors import AdminDeniedError, NoChampionError, RefitdError, UnprocessableError
@@ -42,8 +44,14 @@ from refitd.serving.schemas import (
 log = logging.getLogger(__name__)
 
 
+#: The status counted for a request whose client went away before it was answered (nginx's convention).
+CLIENT_CLOSED = 499
+
+
 class RequestMetrics:
-    """Pure ASGI middleware: requests by route template and status code, and latency."""
+    """Pure ASGI middleware: requests by route template and status code, and latency. A request whose
+    client went away before its answer counts as 499, not as a server error: nobody is left to answer,
+    and a 500 in the metrics would page someone for a client's timeout."""
 
     def __init__(self, app, metrics) -> None:  # type: ignore[no-untyped-def]
         self.app, self.metrics = app, metrics
@@ -52,7 +60,7 @@ class RequestMetrics:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start, status = time.perf_counter(), [500]
+        start, status = time.perf_counter(), [0]
 
         async def send_wrapper(message) -> None:  # type: ignore[no-untyped-def]
             if message["type"] == "http.response.start":
@@ -61,6 +69,12 @@ class RequestMetrics:
 
         try:
             await self.app(scope, receive, send_wrapper)
+            status[0] = status[0] or CLIENT_CLOSED  # returned without answering: the client had gone
+        except ClientDisconnect:  # a FastAPI route reading the body of a client that left
+            status[0] = CLIENT_CLOSED
+        except BaseException:
+            status[0] = status[0] or 500
+            raise
         finally:
             self.metrics.request_done(getattr(scope.get("route"), "path", "unmatched"), status[0],
                                       time.perf_counter() - start)
@@ -161,6 +175,9 @@ def _lifespan(plane: DataPlane):  # type: ignore[no-untyped-def]
             log.warning("no champion yet; not ready until one is promoted")
         except RefitdError as exc:
             log.error("%s; not ready until a loadable champion is promoted", exc)
+        except SQLAlchemyError as exc:  # start anyway: predictions spool through an outage, the poll retries
+            log.error("database unavailable at start (%s); not ready until the registry poll loads the champion",
+                      type(exc).__name__)
         await plane.batcher.start()
         stop = asyncio.Event()
         watcher = asyncio.create_task(plane.watch_registry(stop), name="registry-watch")
@@ -168,7 +185,10 @@ def _lifespan(plane: DataPlane):  # type: ignore[no-untyped-def]
             yield
         finally:
             stop.set()
-            await watcher
+            try:
+                await watcher
+            except Exception:  # noqa: BLE001 - whatever ended the watcher, the queue and the log still drain
+                log.exception("the registry watcher had failed")
             await plane.batcher.stop()
             await asyncio.to_thread(plane.stop_shadow)
             await asyncio.to_thread(plane.predlog.close)

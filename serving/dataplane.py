@@ -68,35 +68,46 @@ class DataPlane:
         return champion.version
 
     def load_champion(self, *, retry_refused: bool = False) -> str | None:
-        """Serve the registry's champion if it is not served yet; returns the version served."""
-        version = self.champion_version()
-        if self.runtime is not None and self.runtime.version == version:
-            return version
-        if version in self.refused and not retry_refused:
-            return self.runtime.version if self.runtime else None
-        return self.load_version(version)
+        """Serve the registry's champion if it is not served yet; returns the version served.
 
-    def load_version(self, version: str) -> str:
-        """Verify ``version``'s files against their manifest, load it beside the current one, smoke-query it,
-        then swap; on failure keep serving the old one."""
+        The champion is read, compared and loaded under one lock: a rollback that lands while another
+        version loads waits for it, then reads the registry again and swaps back, so what it answers is
+        what serves (read outside the lock, it would see the old champion still serving, answer that, and
+        the other load would then swap in the version it rolled back from)."""
         with self._swap_lock:
-            try:
-                candidate = OnnxClassifier(version, self.store.verify(version),
-                                           provider=self.settings.serving.provider, threads=self.settings.serving.threads,
-                                           precision=self.settings.serving.precision, spin=self.settings.serving.spin)
-                candidate.load()
-            except RefitdError as exc:
-                self._refuse(version, str(exc))
-                raise ModelLoadError(version, str(exc)) from exc
-            previous = self.runtime
-            self.runtime = candidate  # one reference assignment: a batch runs wholly on old or new
-            self.refused.pop(version, None)
-            self.metrics.serving(version)
-            if previous is not None:
-                self.metrics.swaps.inc()
-                self._event("swapped", version, f"now serving {version} (was {previous.version})")
-            log.info("serving %s", version)
-            return version
+            version = self.champion_version()
+            if self.runtime is not None and self.runtime.version == version:
+                return version
+            if version in self.refused and not retry_refused:
+                return self.runtime.version if self.runtime else None
+            return self._load(version)
+
+    def _load(self, version: str) -> str:
+        """Verify ``version``'s files against their manifest, load it beside the current one, smoke-query it,
+        then swap; on failure keep serving the old one. A version whose files or graph are wrong is refused
+        (not retried until a reload asks); a file that cannot be read now (permissions, I/O) is retried at
+        the next poll."""
+        try:
+            candidate = OnnxClassifier(version, self.store.verify(version),
+                                       provider=self.settings.serving.provider, threads=self.settings.serving.threads,
+                                       precision=self.settings.serving.precision, spin=self.settings.serving.spin)
+            candidate.load()
+        except RefitdError as exc:
+            self._refuse(version, str(exc))
+            raise ModelLoadError(version, str(exc)) from exc
+        except OSError as exc:
+            log.error("cannot read %s's files (%s: %s); retrying at the next registry poll",
+                      version, type(exc).__name__, exc)
+            raise ModelLoadError(version, f"cannot read its files ({exc}); retrying at the next poll") from exc
+        previous = self.runtime
+        self.runtime = candidate  # one reference assignment: a batch runs wholly on old or new
+        self.refused.pop(version, None)
+        self.metrics.serving(version)
+        if previous is not None:
+            self.metrics.swaps.inc()
+            self._event("swapped", version, f"now serving {version} (was {previous.version})")
+        log.info("serving %s", version)
+        return version
 
     def load_shadow(self) -> str | None:
         """Score in shadow the version the registry has in shadow (one ONNX Runtime thread, beside the champion);
@@ -159,6 +170,8 @@ class DataPlane:
                 await asyncio.to_thread(self.load_champion)
             except (RefitdError, SQLAlchemyError) as exc:
                 log.debug("registry poll: %s", exc)
+            except Exception:  # noqa: BLE001 - the poll is how promotions arrive: it must outlive any one failure
+                log.exception("registry poll failed; polling again in %g s", self.settings.serving.poll_interval_s)
             try:
                 await asyncio.to_thread(self.load_shadow)
             except SQLAlchemyError as exc:
@@ -240,7 +253,7 @@ class DataPlane:
             champion: str | None = self.champion_version()
         except (RefitdError, SQLAlchemyError):
             champion = None
-        runtime = self.runtime
+        runtime, shadow = self.runtime, self.shadow  # the watcher may swap either meanwhile
         return {
             "champion": champion,
             "serving": runtime.version if runtime else None,
@@ -248,8 +261,8 @@ class DataPlane:
             "device": runtime.device if runtime else None,
             "labels": runtime.labels if runtime else [],
             "queue_depth": self.batcher.queued_texts,
-            "refused": self.refused, "shadow_refused": self.shadow_refused,
-            "shadow": self.shadow.status() if self.shadow is not None else None,
+            "refused": dict(self.refused), "shadow_refused": dict(self.shadow_refused),
+            "shadow": shadow.status() if shadow is not None else None,
             "prediction_log": {"pending": self.predlog.pending, "spooled_segments": self.predlog.spooled_segments,
                                "database_ok": self.predlog.db_ok, "rejected_rows": self.predlog.rejected},
             "uptime_s": round(time.time() - self.started, 1),

@@ -4,7 +4,10 @@ bodies are bounded while they are read, labels need a key when one is set."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 from pathlib import Path
 
 import httpx
@@ -165,3 +168,23 @@ def test_feedback_needs_its_token_and_is_rate_limited_per_source(start_server) -
     assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
     assert "source 'api'" in limited.json()["error"]
     assert httpx.post(url, json={**body, "source": "review"}, headers=key).status_code == 200  # its own bucket
+
+
+def test_a_client_gone_before_its_body_counts_499_not_500(running) -> None:
+    """A client that sends headers and half a body, then leaves: nobody is answered, no error is logged, and
+    /metrics counts it as 499 (client closed), on the fast route and on a route FastAPI serves."""
+    host, port = urlsplit(running.url).hostname, urlsplit(running.url).port
+    for path in ("/v1/predict", "/v1/feedback"):
+        with socket.create_connection((host, port)) as conn:
+            conn.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         "Content-Length: 100\r\n\r\n{\"texts\": [".encode())
+            time.sleep(0.2)
+    deadline, page = time.time() + 10, ""
+    while time.time() < deadline:
+        page = httpx.get(f"{running.url}/metrics").text
+        if all(f'refitd_requests_total{{code="499",route="{p}"}}' in page for p in ("/v1/predict", "/v1/feedback")):
+            break
+        time.sleep(0.1)
+    for path in ("/v1/predict", "/v1/feedback"):
+        assert f'refitd_requests_total{{code="499",route="{path}"}} 1.0' in page
+        assert f'code="500",route="{path}"' not in page

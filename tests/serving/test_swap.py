@@ -6,13 +6,16 @@ import threading
 import time
 
 import httpx
+from sqlalchemy.exc import OperationalError
 from sqlmodel import select
 
 from refitd.core import registry
-from refitd.core.db import make_engine, session_scope
+from refitd.core.db import make_engine, session_scope, upgrade
+from refitd.core.settings import Settings
 from refitd.core.tables import Event
-from tests.artifact_factory import build_artifact
-from tests.artifact_factory import publish_version
+from refitd.serving.server import build
+from tests.artifact_factory import build_artifact, publish_version
+from tests.serving.conftest import _start, _stop
 
 TOKEN = "test-admin-token"
 
@@ -103,3 +106,98 @@ def test_admin_token_required_and_rollback(start_server, tmp_path) -> None:
     with session_scope(make_engine(running.settings.database_url)) as session:
         actors = {(e.kind, e.actor) for e in session.exec(select(Event))}
     assert ("promoted", "alice") in actors and ("rolled_back", "alice") in actors
+
+
+def test_a_rollback_during_a_load_answers_what_serves(start_server, tmp_path, monkeypatch) -> None:
+    """v2 is loading (slowly) when the registry rolls back to v1: the rollback's load waits for v2's, reads
+    the registry again and swaps back, so it answers v1 and v1 serves, not the version it rolled back from."""
+    running = start_server(serving={"poll_interval_s": 60})
+    plane, engine = running.parts.plane, make_engine(running.settings.database_url)
+    v2 = publish_version(running.settings, build_artifact(tmp_path / "r2", seed=6), promote=False)
+    loading, release = threading.Event(), threading.Event()
+    real_load = type(plane.runtime).load
+
+    def slow_load(self) -> None:
+        if self.version == v2:
+            loading.set()
+            release.wait(30)
+        real_load(self)
+
+    monkeypatch.setattr(type(plane.runtime), "load", slow_load)
+    registry.promote(engine, v2, actor="test")
+    answers: dict[str, str | None] = {}
+    first = threading.Thread(target=lambda: answers.setdefault("promote", plane.load_champion()))
+    first.start()
+    assert loading.wait(30)
+    registry.rollback(engine, actor="test")
+    second = threading.Thread(target=lambda: answers.setdefault("rollback", plane.load_champion(retry_refused=True)))
+    second.start()
+    time.sleep(0.3)
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert answers == {"promote": v2, "rollback": "v1"}
+    assert plane.runtime.version == "v1"
+
+
+def test_the_registry_watch_outlives_an_unexpected_error(start_server, tmp_path, monkeypatch) -> None:
+    """A poll that fails with an error nobody planned for (here a RuntimeError reading the registry) is logged;
+    the next poll still picks up a promotion."""
+    running = start_server(serving={"poll_interval_s": 0.2})
+    plane, engine = running.parts.plane, make_engine(running.settings.database_url)
+    real, failures = plane.champion_version, []
+
+    def flaky() -> str:
+        if len(failures) < 3:
+            failures.append(1)
+            raise RuntimeError("something nobody planned for")
+        return real()
+
+    monkeypatch.setattr(plane, "champion_version", flaky)
+    v2 = publish_version(running.settings, build_artifact(tmp_path / "w2", seed=7), promote=False)
+    registry.promote(engine, v2, actor="test")
+    _wait_serving(running.url, v2)
+    assert len(failures) == 3
+
+
+def test_unreadable_model_files_are_retried_not_refused(start_server, tmp_path, monkeypatch) -> None:
+    """An OSError reading a version's files (permissions, I/O) is not a verdict on the version: it is not
+    refused, and the next poll loads it once the files can be read."""
+    running = start_server(serving={"poll_interval_s": 0.2})
+    plane, engine = running.parts.plane, make_engine(running.settings.database_url)
+    real, denied = plane.store.verify, []
+
+    def verify(version: str):
+        if len(denied) < 2:
+            denied.append(version)
+            raise PermissionError(13, "Permission denied", "model.onnx")
+        return real(version)
+
+    monkeypatch.setattr(plane.store, "verify", verify)
+    v2 = publish_version(running.settings, build_artifact(tmp_path / "p2", seed=8), promote=False)
+    registry.promote(engine, v2, actor="test")
+    _wait_serving(running.url, v2)
+    assert denied == [v2, v2] and v2 not in plane.refused
+
+
+def test_the_server_starts_while_the_database_is_down_and_loads_the_champion_once_back(tmp_path, untrained_artifact) -> None:
+    """The registry cannot be read at start (the database is down): the server starts anyway, not ready,
+    and the registry poll loads the champion once the database answers."""
+    settings = Settings.load(home=tmp_path, serving={"poll_interval_s": 0.2})
+    upgrade(make_engine(settings.database_url))
+    publish_version(settings, untrained_artifact)
+    parts = build(settings)
+    real, refused = parts.plane.champion_version, []
+
+    def down() -> str:
+        if len(refused) < 3:
+            refused.append(1)
+            raise OperationalError("SELECT", {}, Exception("connection refused"))
+        return real()
+
+    parts.plane.champion_version = down  # type: ignore[method-assign]
+    running = _start(settings, parts)  # waits until ready: the poll loaded v1 after the outage
+    try:
+        assert httpx.get(f"{running.url}/v1/status").json()["serving"] == "v1" and len(refused) == 3
+    finally:
+        _stop(running)
