@@ -20,6 +20,7 @@ from typing import Any
 from apscheduler.job import Job
 from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.util import datetime_to_utc_timestamp, utc_timestamp_to_datetime
 from sqlalchemy import and_, select
@@ -28,6 +29,30 @@ from sqlalchemy.exc import IntegrityError
 log = logging.getLogger(__name__)
 
 JOB_FUNCTION = "refitd.daemon.jobs:run_job"
+
+
+class StoreTolerantScheduler(BackgroundScheduler):
+    """APScheduler's background scheduler whose loop outlives a failed job-store write.
+
+    APScheduler 3 retries a failed read of due jobs, but an error writing a job's next run time back
+    (``update_job``: SQLite busy, a PostgreSQL connection reset) escapes its loop and ends the scheduler's
+    thread while ``running`` stays true: no job would run again, and nothing would say so. Here such a
+    pass is logged and retried after ``jobstore_retry_interval``; a job whose next run time was not
+    written may run once more (coalesced); no job stops for good. ``alive`` tells the watchdog whether
+    the loop still runs."""
+
+    def _process_jobs(self) -> float | None:
+        try:
+            return super()._process_jobs()
+        except Exception:  # noqa: BLE001 - the loop is the daemon's clock: it must outlive any one pass
+            log.exception("scheduler pass failed (job store unavailable?); retrying in %g s",
+                          self.jobstore_retry_interval)
+            return self.jobstore_retry_interval
+
+    @property
+    def alive(self) -> bool:
+        thread = getattr(self, "_thread", None)
+        return bool(self.running and thread is not None and thread.is_alive())
 
 
 class UnreadableJob(ValueError):

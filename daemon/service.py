@@ -18,7 +18,6 @@ from datetime import timezone
 
 import uvicorn
 from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.schedulers.background import BackgroundScheduler
 
 from refitd.core import registry
 from refitd.core.db import engine_for, session_scope, upgrade
@@ -27,7 +26,7 @@ from refitd.core.settings import Settings
 from refitd.core.tables import utcnow
 from refitd.daemon import jobs
 from refitd.daemon.jobs import JOB_TABLE
-from refitd.daemon.jobstore import SettingsJobStore
+from refitd.daemon.jobstore import SettingsJobStore, StoreTolerantScheduler
 from refitd.daemon.launcher import RefitLauncher
 from refitd.daemon.notify import Notifier
 from refitd.serving.server import GracefulServer, build, uvicorn_config
@@ -54,10 +53,10 @@ class DaemonServer(GracefulServer):
         return should_exit
 
 
-def make_scheduler(settings: Settings, engine) -> BackgroundScheduler:  # type: ignore[no-untyped-def]
+def make_scheduler(settings: Settings, engine) -> StoreTolerantScheduler:  # type: ignore[no-untyped-def]
     """APScheduler 3 with a job store in the refitd database that keeps next run times only (no pickle:
-    daemon/jobstore.py); coalescing and misfire grace set."""
-    return BackgroundScheduler(
+    daemon/jobstore.py) whose loop outlives a failed write; coalescing and misfire grace set."""
+    return StoreTolerantScheduler(
         jobstores={"default": SettingsJobStore(engine=engine, tablename=JOB_TABLE, triggers=lambda: jobs.wanted(settings),
                                                misfire_grace_time=settings.scheduler.misfire_grace_s)},
         executors={"default": ThreadPoolExecutor(max_workers=2)},
@@ -127,8 +126,8 @@ class Daemon:
                                             "started_at": utcnow().isoformat()}))
 
     def healthy(self) -> bool:
-        """Serving, the scheduler running, not stopping: worth a watchdog ping."""
-        return bool(self.server.started and not self.server.should_exit and self.scheduler.running)
+        """Serving, the scheduler's loop alive, not stopping: worth a watchdog ping."""
+        return bool(self.server.started and not self.server.should_exit and self.scheduler.alive)
 
     def _stopping(self, forced: bool) -> None:
         self._forced = self._forced or forced

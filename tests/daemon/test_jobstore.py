@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import pickle
+import time
 from pathlib import Path
 
+from apscheduler.events import EVENT_JOB_SUBMITTED
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from refitd.core.db import make_engine, upgrade
 from refitd.core.settings import Settings
@@ -90,3 +93,39 @@ def test_a_changed_schedule_replaces_the_stored_job(tmp_path: Path) -> None:
     assert actions["drift_check"] == "added" and str(scheduler.get_job("drift_check").trigger) == "interval[0:03:00]"
     assert actions["retention"] == "kept"
     scheduler.shutdown(wait=False)
+
+
+def test_a_failed_job_store_write_does_not_stop_the_scheduler(tmp_path: Path, monkeypatch) -> None:
+    """Writing a job's next run time fails once (the database is locked): the pass is logged and retried,
+    the loop stays alive, and every due job is run and rescheduled."""
+    settings = _settings(tmp_path)
+    scheduler, engine, _ = _started(settings)
+    store = scheduler._lookup_jobstore("default")
+    scheduler.jobstore_retry_interval = 0.2
+    past = time.time() - 5
+    with engine.begin() as conn:
+        for row in conn.execute(text(f"SELECT id, job_state FROM {JOB_TABLE}")).all():
+            state = json.dumps({**json.loads(row.job_state), "next_run_time": past}).encode()
+            conn.execute(text(f"UPDATE {JOB_TABLE} SET next_run_time = :t, job_state = :s WHERE id = :i"),
+                         {"t": past, "s": state, "i": row.id})
+    real, writes = store.update_job, []
+
+    def update_job(job) -> None:  # type: ignore[no-untyped-def]
+        writes.append(job.id)
+        if len(writes) == 1:
+            raise OperationalError("UPDATE", {}, Exception("database is locked"))
+        real(job)
+
+    monkeypatch.setattr(store, "update_job", update_job)
+    submitted: list[str] = []
+    scheduler.add_listener(lambda event: submitted.append(event.job_id), EVENT_JOB_SUBMITTED)
+    scheduler.resume()
+    deadline = time.time() + 10
+    while time.time() < deadline and min(r["next_run_time"] for r in _rows(engine).values()) <= time.time():
+        time.sleep(0.05)
+    try:
+        assert scheduler.alive
+        assert min(r["next_run_time"] for r in _rows(engine).values()) > time.time()  # all rescheduled
+        assert 1 <= submitted.count(writes[0]) <= 2  # the job whose write failed ran once more at most
+    finally:
+        scheduler.shutdown(wait=False)
