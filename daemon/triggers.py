@@ -24,7 +24,7 @@ from refitd.core.db import session_scope
 from refitd.core.labels import count_labels_since
 from refitd.core.settings import Settings
 from refitd.core.tables import Event, RefitRun, utcnow
-from refitd.daemon.drift.verdict import pending_drift
+from refitd.daemon.drift.verdict import drift_held_over, pending_drift
 from refitd.daemon.launcher import RefitLauncher
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ def decide(settings: Settings, engine: Engine, launcher: RefitLauncher, trigger:
         last = last_start(session)
         new_labels = count_labels_since(session, champion.created_at)
         waiting = pending_drift(session) if trigger == "drift" and drift_verdict != "drifted" else None
+        held_over = drift_held_over(session) if trigger == "drift" and drift_verdict == "drifted" else None
     cooldown = timedelta(minutes=settings.refit.cooldown_minutes)
     if last is not None and last + cooldown > utcnow():
         return Decision(False, f"{trigger}: skipped, cooldown — the last refit started {last:%H:%M:%S} "
@@ -74,6 +75,8 @@ def decide(settings: Settings, engine: Engine, launcher: RefitLauncher, trigger:
             return Decision(False, f"drift: skipped, {waiting}")
         if drift_verdict != "drifted":
             return Decision(False, f"drift: no refit, the last check was {drift_verdict}", routine=True)
+        if held_over is not None:
+            return Decision(False, f"drift: skipped, {held_over}")
         need = settings.refit.min_new_labels
         if new_labels < need:
             return Decision(False, f"drift: skipped, too few labels — {new_labels} new since {champion.version} "

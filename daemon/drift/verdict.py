@@ -47,6 +47,19 @@ def pending_drift(session: Session) -> str | None:
             f"that drift.consecutive needs (check {last.id})")
 
 
+def drift_held_over(session: Session) -> str | None:
+    """Why the newest check's "drifted" is held over from earlier checks and is not its own finding (its
+    window was not drifted: e.g. the first check of a champion just refit on the new traffic), or None.
+    A held-over verdict keeps the alert state steady; it is no reason to refit the model again."""
+    last = session.scalars(select(DriftCheck).where(DriftCheck.verdict != "insufficient_data")
+                           .order_by(col(DriftCheck.id).desc())).first()
+    held = (last.signals.get("_verdict") or {}) if last is not None else {}
+    if last is None or last.verdict != "drifted" or held.get("found", "drifted") == "drifted":
+        return None
+    return (f"check {last.id} of {last.model_version} found no drift; \"drifted\" is held until "
+            f"{held.get('needs')} checks in a row say not drifted (drift.consecutive)")
+
+
 def last_verdict(session: Session) -> str | None:
     """The verdict of the newest check that had enough data (an alert fires when this changes)."""
     return session.scalars(

@@ -89,3 +89,19 @@ def test_a_clean_check_after_a_pending_drift_starts_the_count_again(home: Settin
     routine = decide(home, engine, launcher, "drift", drift_verdict=clean.verdict)
     assert routine.routine and not routine.start
     assert [_check(home, found).verdict for found in (D, D, D, C, C, C)] == [C, C, D, D, D, C]
+
+
+def test_a_drifted_verdict_held_over_a_clean_check_starts_no_refit(home: Settings) -> None:
+    """After drift (the verdict "drifted"), a clean check keeps "drifted" by hysteresis; that held-over
+    verdict is no reason to refit again (e.g. the new champion's first check): skipped, with its event."""
+    engine = make_engine(home.database_url)
+    launcher = RefitLauncher(home, engine)
+    assert [_check(home, D).verdict for _ in range(3)] == [C, C, D]
+    clean = _check(home, C)
+    assert clean.verdict == D and clean.signals["_verdict"]["found"] == C
+    skipped = consider(home, engine, launcher, "drift", drift_verdict=clean.verdict)
+    assert not skipped.start and "found no drift; \"drifted\" is held until 3 checks in a row" in skipped.reason
+    with session_scope(engine) as s:
+        assert any("found no drift" in e.reason for e in s.exec(select(Event).where(Event.kind == "refit_skipped")))
+    again = _check(home, D)  # the window drifts again: the verdict's own finding, a refit may start
+    assert again.verdict == D and decide(home, engine, launcher, "drift", drift_verdict=again.verdict).start
