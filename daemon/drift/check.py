@@ -64,13 +64,19 @@ def reference_for(settings: Settings, champion: ModelVersion, engine: Engine) ->
     with where the rows came from in ``reference-<version>.json`` beside them."""
     cache = settings.home / "drift" / f"reference-{champion.version}.parquet"
     if cache.is_file():
-        frame = pd.read_parquet(cache)
-        return frame.drop(columns=["embedding"]), embeddings_of(frame)
+        try:
+            frame = pd.read_parquet(cache)
+            return frame.drop(columns=["embedding"]), embeddings_of(frame)
+        except Exception as exc:  # noqa: BLE001 - a damaged cache is rebuilt, never a check that fails for good
+            log.warning("drift reference cache %s unreadable (%s: %s); rebuilding it", cache.name, type(exc).__name__, exc)
     runtime = champion_runtime(settings, champion)
     rows, provenance = reference_rows(settings, champion, runtime.folder, engine)
     frame, emb = score(runtime, rows["text"].tolist())
     cache.parent.mkdir(parents=True, exist_ok=True)
-    frame.assign(embedding=[e.astype(np.float16).tobytes() for e in emb]).to_parquet(cache)
+    # Written aside and renamed: a check stopped mid-write (its timeout, a daemon stop) leaves no torn cache.
+    scratch = cache.with_name(f".{cache.name}.{os.getpid()}")
+    frame.assign(embedding=[e.astype(np.float16).tobytes() for e in emb]).to_parquet(scratch)
+    os.replace(scratch, cache)
     cache.with_suffix(".json").write_text(json.dumps(provenance | {"rows": len(frame)}, default=str))
     log.info("drift reference for %s: %d rows, %s", champion.version, len(frame), provenance["source"])
     return frame, emb

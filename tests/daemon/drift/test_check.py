@@ -87,6 +87,12 @@ def test_checks_over_logged_traffic(tmp_path: Path, untrained_artifact: Path) ->
     assert [m["verdict"] for m in receiver.received] == ["not_drifted", "drifted"]  # on each change of verdict only
     assert "not_drifted → drifted" in receiver.received[1]["text"]
 
+    cache = settings.home / "drift" / "reference-v1.parquet"
+    rows = len(pd.read_parquet(cache))
+    cache.write_bytes(cache.read_bytes()[:100])  # torn, as a check killed mid-write once left it
+    again = run_check(settings, engine)  # rebuilt, not a check that fails until someone deletes the file
+    assert again.verdict == "drifted" and len(pd.read_parquet(cache)) == rows
+
 
 def test_time_window_keeps_only_recent_predictions(tmp_path: Path) -> None:
     from refitd.daemon.drift.check import load_window
