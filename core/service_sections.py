@@ -220,7 +220,7 @@ class DriftSection(Section):
 class SchedulerSection(Section):
     drift_interval_minutes: float = Field(10.0, description="Minutes between drift checks.")
     refit_cron: str | None = Field(
-        None, description="Cron expression (5 fields, server time zone) for scheduled refits; unset = none."
+        None, description="Cron expression (5 fields, in UTC) for scheduled refits; unset = none."
     )
     label_trigger: int | None = Field(
         None, description="Refit once this many new labels arrived since the champion was trained; unset = off."

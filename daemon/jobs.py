@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import timedelta, timezone
 from typing import Any
 
 from apscheduler.triggers.base import BaseTrigger
@@ -169,7 +169,7 @@ def wanted(settings: Settings) -> dict[str, BaseTrigger]:
     if s.label_trigger is not None:
         jobs["label_check"] = IntervalTrigger(seconds=round(s.label_check_minutes * 60))
     if s.refit_cron is not None:
-        jobs["scheduled_refit"] = CronTrigger.from_crontab(s.refit_cron)
+        jobs["scheduled_refit"] = CronTrigger.from_crontab(s.refit_cron, timezone=timezone.utc)  # as the README says
     return jobs
 
 

@@ -129,3 +129,14 @@ def test_a_failed_job_store_write_does_not_stop_the_scheduler(tmp_path: Path, mo
         assert 1 <= submitted.count(writes[0]) <= 2  # the job whose write failed ran once more at most
     finally:
         scheduler.shutdown(wait=False)
+
+
+def test_the_refit_cron_is_read_in_utc_whatever_the_hosts_zone(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        trigger = jobs.wanted(_settings(tmp_path, refit_cron="0 3 * * 0"))["scheduled_refit"]
+        assert str(trigger.timezone) == "UTC"
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
