@@ -85,6 +85,16 @@ class RegistryError(RefitdError):
         super().__init__(message)
 
 
+class ChampionChangedError(RegistryError):
+    """The champion is no longer the one a decision was made against (a rollback or another promotion
+    landed meanwhile): acting on the decision now would replace a version it never compared with."""
+
+    def __init__(self, expected: str, current: str | None, action: str) -> None:
+        self.expected, self.current = expected, current
+        super().__init__(f"not {action}: the champion is now {current or 'none'}, not {expected} "
+                         f"as when the decision was made")
+
+
 class NoChampionError(RegistryError):
     """Nothing has been promoted yet."""
 

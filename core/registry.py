@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, func, select
 
 from refitd.core.db import session_scope
-from refitd.core.errors import NotFoundError, RegistryError
+from refitd.core.errors import ChampionChangedError, NotFoundError, RegistryError
 from refitd.core.tables import Event, ModelVersion, RegistryLock, VersionStatus, utcnow
 
 log = logging.getLogger(__name__)
@@ -118,10 +118,21 @@ def update_version(engine: Engine, version: str, **fields: Any) -> ModelVersion:
 
 
 @retrying
-def promote(engine: Engine, version: str, *, actor: str = "refitd", reason: str = "") -> ModelVersion:
-    """Make ``version`` the champion and archive the previous one, atomically."""
+def promote(engine: Engine, version: str, *, actor: str = "refitd", reason: str = "",
+            over: str | None = None) -> ModelVersion:
+    """Make ``version`` the champion and archive the previous one, atomically. With ``over``, only if the
+    champion is still ``over`` (the version the gate compared it with): ChampionChangedError otherwise."""
     with registry_transaction(engine) as session:
+        _expect_champion(session, over, f"promoting {version}")
         return _promote(session, _get(session, version), actor=actor, reason=reason)
+
+
+def _expect_champion(session: Session, expected: str | None, action: str) -> None:
+    if expected is None:
+        return
+    current = _champion(session)
+    if current is None or current.version != expected:
+        raise ChampionChangedError(expected, current.version if current else None, action)
 
 
 def _promote(session: Session, mv: ModelVersion, *, actor: str, reason: str) -> ModelVersion:
@@ -188,6 +199,12 @@ def end_shadow(engine: Engine, version: str, *, promote: bool, reason: str, figu
             return None
         mv.metrics = {**(mv.metrics or {}), "shadow": figures}
         mv.gate_reason = reason
+        current = _champion(session)
+        if promote and mv.parent is not None and (current is None or current.version != mv.parent):
+            # judged beside a champion that no longer serves (rolled back, or replaced by hand): not this one's place
+            promote, reason = False, (f"rejected: the champion is now {current.version if current else 'none'}, not "
+                                      f"{mv.parent} that {version} was gated and shadowed against; {reason}")
+            mv.gate_reason = reason
         if promote:
             mv.status = VersionStatus.candidate.value  # leaves the one-shadow index before it takes the champion's
             session.add(mv)
@@ -217,9 +234,11 @@ def reject(engine: Engine, version: str, *, reason: str, actor: str = "refitd") 
 
 
 @retrying
-def rollback(engine: Engine, *, actor: str = "refitd", reason: str = "") -> ModelVersion:
-    """Restore the previous champion; the current one is marked rejected so it is not restored again."""
+def rollback(engine: Engine, *, actor: str = "refitd", reason: str = "", only_from: str | None = None) -> ModelVersion:
+    """Restore the previous champion; the current one is marked rejected so it is not restored again. With
+    ``only_from``, only while the champion is still that version (the one measured): ChampionChangedError otherwise."""
     with registry_transaction(engine) as session:
+        _expect_champion(session, only_from, "rolling back")
         current = _champion(session)
         if current is None:
             raise RegistryError("there is no champion to roll back from")

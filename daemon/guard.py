@@ -21,6 +21,7 @@ from sqlalchemy import Engine, case, func, select
 from sqlmodel import Session, col
 
 from refitd.core import registry
+from refitd.core.errors import ChampionChangedError
 from refitd.core.db import session_scope
 from refitd.core.labels import predictions_with_labels
 from refitd.core.settings import Settings
@@ -102,7 +103,11 @@ def check(settings: Settings, engine: Engine) -> dict[str, Any] | None:
         figures["drop"] = drop
         if drop >= s.rollback_drop:
             reason = (f"live accuracy fell {drop:.3f} (≥ {s.rollback_drop:g}) after the promotion: {comparison}")
-            restored = registry.rollback(engine, actor="watch", reason=reason)
+            try:  # only from the version measured: a promotion may have replaced it since it was read
+                restored = registry.rollback(engine, actor="watch", reason=reason, only_from=new_version)
+            except ChampionChangedError as exc:
+                log.warning("no rollback of %s: %s", new_version, exc)
+                return {"action": "skipped", "reason": str(exc), **figures}
             log.warning("rolled back %s → %s: %s", new_version, restored.version, reason)
             return {"action": "rolled_back", "reason": reason, "to": restored.version, **figures}
     if over:

@@ -20,6 +20,7 @@ from prefect.runtime import flow_run
 from refitd.core import registry
 from refitd.core.artifacts import HF_DIR, ArtifactStore
 from refitd.core.db import engine_for, session_scope
+from refitd.core.errors import ChampionChangedError
 from refitd.core.runs import finish_run, record_progress, start_run
 from refitd.core.settings import Settings
 from refitd.core.tables import ModelVersion
@@ -155,7 +156,12 @@ def _refit_body(settings: Settings, engine, p: dict[str, Any], run_id: int) -> d
                                      f"min beside {champion.version} before promotion")
         registry.start_shadow(engine, version, actor=p["trigger"], reason=reason)
     elif promote_it:
-        registry.promote(engine, version, actor=p["trigger"], reason=reason)
+        try:  # only over the champion the gate compared it with: a rollback may have landed meanwhile
+            registry.promote(engine, version, actor=p["trigger"], reason=reason,
+                             over=champion.version if champion else None)
+        except ChampionChangedError as exc:
+            promote_it, reason = False, f"rejected: {exc} (the gate compared {version} with {exc.expected})"
+            registry.reject(engine, version, actor=p["trigger"], reason=reason)
     elif not held:
         registry.reject(engine, version, actor=p["trigger"], reason=reason)
     lap("gate")

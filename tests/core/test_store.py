@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from refitd.core import registry
 from refitd.core.db import current_revision, head_revision, make_engine, session_scope, upgrade
-from refitd.core.errors import NotFoundError, RegistryError
+from refitd.core.errors import ChampionChangedError, NotFoundError, RegistryError
 from refitd.core.tables import ModelVersion
 
 
@@ -67,6 +67,28 @@ def test_rollback_restores_previous_and_rejects_current(engine) -> None:
         assert bad.status == "rejected" and "live accuracy fell" in bad.gate_reason
     with pytest.raises(RegistryError, match="nothing to roll back to"):
         registry.rollback(engine)
+
+
+def test_promotions_and_rollbacks_act_only_on_the_champion_they_were_decided_against(engine) -> None:
+    """A refit gated against v2 does not promote over v1 that a rollback restored meanwhile; a watch that
+    measured v2 does not roll back v3 that replaced it; a shadow gated against v2 is rejected, not promoted."""
+    v1, v2, v3, v4 = _versions(engine, 4)
+    registry.promote(engine, v1)
+    registry.promote(engine, v2, over=v1)
+    registry.rollback(engine, only_from=v2)  # back to v1
+    with pytest.raises(ChampionChangedError, match=f"the champion is now {v1}, not {v2}"):
+        registry.promote(engine, v3, over=v2)
+    assert _champions(engine) == [v1]
+    registry.promote(engine, v3, over=v1)
+    with pytest.raises(ChampionChangedError):
+        registry.rollback(engine, only_from=v2)
+    assert _champions(engine) == [v3]
+    with session_scope(engine) as s:
+        s.exec(update(ModelVersion).where(ModelVersion.version == v4).values(parent=v2))
+    registry.start_shadow(engine, v4, reason="offline gate passed")
+    ended = registry.end_shadow(engine, v4, promote=True, reason="promoted: live accuracy better", figures={})
+    assert ended.status == "rejected" and f"the champion is now {v3}, not {v2}" in ended.gate_reason
+    assert _champions(engine) == [v3]
 
 
 def test_unknown_version_and_unpublished_artifact(engine) -> None:
