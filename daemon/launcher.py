@@ -56,13 +56,19 @@ class RefitLauncher:
         self._lock = threading.Lock()
         self._poll_lock = threading.Lock()
         self._stop = threading.Event()
+        self._closing = threading.Event()
         self._thread: threading.Thread | None = None
 
     # -- starting -------------------------------------------------------------------------
 
+    def refuse_new(self) -> None:
+        """From the start of a shutdown: no refit starts (a job still running may decide to start one), while
+        one already running is still followed until :meth:`stop`."""
+        self._closing.set()
+
     def busy(self) -> str | None:
         """Why a refit cannot start now (the daemon is stopping, another is running here or elsewhere), else None."""
-        if self._stop.is_set():
+        if self._stop.is_set() or self._closing.is_set():
             return "the daemon is shutting down"
         if self.launch is not None:
             return f"a refit started by {self.launch.trigger} is already running in this daemon"
@@ -129,12 +135,17 @@ class RefitLauncher:
     # -- following ------------------------------------------------------------------------
 
     def _ensure_follower(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._follow, name="refit-follower", daemon=True)
-            self._thread.start()
+        with self._lock:  # the follower leaves under this lock too: a launch never lands between its last look and its exit
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._follow, name="refit-follower", daemon=True)
+                self._thread.start()
 
     def _follow(self) -> None:
-        while not self._stop.is_set() and self.launch is not None:
+        while True:
+            with self._lock:
+                if self._stop.is_set() or self.launch is None:
+                    self._thread = None
+                    return
             try:
                 self.poll()
             except Exception:  # noqa: BLE001 - following must outlive a database hiccup

@@ -139,6 +139,7 @@ class Daemon:
     def _shutdown(self) -> None:
         self._stopping(self._forced or self.server.force_exit)
         self.context.stopping.set()  # a running drift check's child is stopped, not waited for
+        self.launcher.refuse_new()  # a job finishing while the scheduler stops starts no refit on the way out
         if self.scheduler.running:
             self.notifier.status("stopping the scheduler")
             self.scheduler.shutdown(wait=not self._forced)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -155,9 +156,9 @@ def test_schedule_survives_restart_and_a_failing_job_is_an_event(daemon_home: Pa
         wait_ready(url)
         first = wait_for(lambda: len(_jobs(settings)) == 6 and _jobs(settings), what="six stored jobs")
         cron_next = dict(first)["scheduled_refit"]
-        # A corrupt reference cache makes the drift job raise: an event, and the daemon keeps serving.
-        (daemon_home / "drift").mkdir(exist_ok=True)
-        (daemon_home / "drift" / "reference-v1.parquet").write_bytes(b"not parquet")
+        # A file where the drift folder belongs makes the drift job raise: an event, and the daemon keeps serving.
+        shutil.rmtree(daemon_home / "drift", ignore_errors=True)
+        (daemon_home / "drift").write_bytes(b"not a folder")
         r = httpx.post(f"{url}/v1/predict", json={"texts": [f"flight {i} delayed" for i in range(8)]}, timeout=30)
         for _ in range(4):
             httpx.post(f"{url}/v1/predict", json={"texts": [f"bags {i} lost" for i in range(8)]}, timeout=30)

@@ -223,3 +223,14 @@ def test_promotion_watch_passes_a_champion_that_holds_up(home: Settings, untrain
     with session_scope(engine) as s:
         assert registry.get_champion(s).version == "v2"
         assert s.exec(select(Event).where(Event.kind == "watch_passed")).one().subject == "v2"
+
+
+def test_a_closing_launcher_starts_no_refit_but_still_names_why(home: Settings) -> None:
+    """From the start of a shutdown (before the scheduler has stopped its jobs), no refit starts."""
+    engine = make_engine(home.database_url)
+    launcher = RefitLauncher(home, engine)
+    _labels(home, 10)
+    launcher.refuse_new()
+    decision = consider(home, engine, launcher, "drift", drift_verdict="drifted")
+    assert not decision.start and decision.reason == "drift: skipped, the daemon is shutting down"
+    assert launcher.launch is None
