@@ -151,6 +151,7 @@ class AdminDeniedError(RefitdError):
     def __init__(self, message: str, *, disabled: bool) -> None:
         # 404 when switched off: the route does not exist for this deployment.
         self.status_code = 404 if disabled else 401
+        self.challenge = None if disabled else "Bearer"  # a 401 names its scheme (RFC 9110 §15.5.2)
         super().__init__(message)
 
 

@@ -31,6 +31,9 @@ def new_prediction_id() -> str:
     return uuid.uuid4().hex
 
 
+#: The longest label a label column holds (``VARCHAR(64)``); requests with a longer one are refused as 422.
+LABEL_MAX_CHARS = 64
+
 class VersionStatus(str, enum.Enum):
     candidate = "candidate"
     champion = "champion"
@@ -102,7 +105,7 @@ class Prediction(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, index=True)
     model_version: str = Field(index=True, max_length=32)
     text: str
-    label: str = Field(max_length=64)
+    label: str = Field(max_length=LABEL_MAX_CHARS)
     scores: dict[str, float] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     confidence: float
     latency_ms: float
@@ -117,7 +120,7 @@ class Feedback(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     prediction_id: str | None = Field(default=None, index=True, unique=True, max_length=32)
     text: str | None = None
-    label: str = Field(max_length=64)
+    label: str = Field(max_length=LABEL_MAX_CHARS)
     source: str = Field(default="api", max_length=32)
     created_at: datetime = Field(default_factory=utcnow, index=True)
 
@@ -131,7 +134,7 @@ class ShadowScore(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, index=True)
     version: str = Field(index=True, max_length=32)
     prediction_id: str = Field(index=True, max_length=32)
-    label: str = Field(max_length=64)
+    label: str = Field(max_length=LABEL_MAX_CHARS)
     confidence: float
 
 

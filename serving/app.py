@@ -150,6 +150,7 @@ def create_app(plane: DataPlane) -> FastAPI:
 
 class FeedbackDeniedError(RefitdError):
     status_code = 401
+    challenge = "Bearer"  # a 401 names its scheme (RFC 9110 §15.5.2)
 
     def __init__(self) -> None:
         super().__init__("/v1/feedback needs 'Authorization: Bearer <serving.feedback_token>'")

@@ -28,9 +28,12 @@ JSON_HEADER = (b"content-type", b"application/json")
 
 
 def error_parts(exc: RefitdError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-    """Status, ``{"error": "…"}`` body and extra headers (``Retry-After`` when the error has one) for ``exc``."""
-    retry_after = getattr(exc, "retry_after", None)
+    """Status, ``{"error": "…"}`` body and extra headers for ``exc``: ``Retry-After`` when the error has one,
+    ``WWW-Authenticate`` when it challenges for credentials."""
+    retry_after, challenge = getattr(exc, "retry_after", None), getattr(exc, "challenge", None)
     headers = [(b"retry-after", str(retry_after).encode())] if retry_after is not None else []
+    if challenge is not None:
+        headers.append((b"www-authenticate", challenge.encode()))
     return exc.status_code, orjson.dumps({"error": str(exc)}), headers
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from refitd.core.tables import LABEL_MAX_CHARS
 from refitd.serving.limits import text_schema
 
 def _no_null(value: Any, info: Any) -> Any:
@@ -59,7 +60,7 @@ class FeedbackRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    label: str = Field(..., min_length=1, description="The true label.")
+    label: str = Field(..., min_length=1, max_length=LABEL_MAX_CHARS, description="The true label.")
     prediction_id: str | None = Field(None, description="Id returned by /v1/predict.")
     text: str | None = Field(None, description="A text never predicted, with its label.")
     source: str = Field("api", max_length=32, description="Where the label came from (serving.feedback_sources).")
@@ -94,7 +95,8 @@ def predict_schema(*, max_texts: int, max_chars: int) -> dict[str, Any]:
 
 
 def feedback_schema(*, max_chars: int, labels: list[str], sources: list[str]) -> dict[str, Any]:
-    label: dict[str, Any] = {"type": "string", "minLength": 1, "description": "The true label."}
+    label: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": LABEL_MAX_CHARS,
+                             "description": "The true label."}
     if labels:
         label["enum"] = list(labels)
     return {

@@ -160,9 +160,14 @@ def test_feedback_needs_its_token_and_is_rate_limited_per_source(start_server) -
                                     "feedback_rate_per_s": 0.2, "feedback_burst": 3})
     url = f"{running.url}/v1/feedback"
     body = {"text": "the crew was lovely", "label": "positive"}
-    assert httpx.post(url, json=body).status_code == 401
+    denied = httpx.post(url, json=body)
+    assert denied.status_code == 401 and denied.headers["www-authenticate"] == "Bearer"
     assert httpx.post(url, json=body, headers={"Authorization": "Bearer test-admin-token"}).status_code == 401
+    admin = httpx.post(f"{running.url}/v1/admin/reload")
+    assert admin.status_code == 401 and admin.headers["www-authenticate"] == "Bearer"
     key = {"Authorization": "Bearer label-key-123"}
+    too_long = httpx.post(url, json={**body, "label": "x" * 65}, headers=key)  # longer than a label column holds
+    assert too_long.status_code == 422 and "label" in too_long.json()["error"]
     assert [httpx.post(url, json=body, headers=key).status_code for _ in range(3)] == [200] * 3
     limited = httpx.post(url, json=body, headers=key)
     assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
