@@ -75,6 +75,30 @@ class RefitLauncher:
         held = leases.current(self.engine, LEASE)
         if held is not None:
             return f"a refit is already running (lease held by {held.holder} until {held.expires_at:%H:%M:%S})"
+        return self._unfollowed_flow_run()
+
+    def _unfollowed_flow_run(self) -> str | None:
+        """Why not, when a deployment run recorded as running still runs on its work pool with nobody following
+        it (the daemon that started it restarted, and its lease lapsed): a new refit would run beside it. One
+        whose flow run ended without recording an outcome (crashed) is marked failed here."""
+        if not self.settings.prefect.deployment:
+            return None
+        with session_scope(self.engine) as session:
+            run = running(session)
+            run_id, flow_run_id = (run.id, run.flow_run_id) if run is not None else (None, None)
+        if flow_run_id is None:
+            return None
+        from prefect.exceptions import ObjectNotFound
+
+        try:
+            state, message = self._flow_run_state(flow_run_id)
+        except ObjectNotFound:  # not a run of this API (a refit started by hand, with its own Prefect): not ours
+            return None
+        except Exception as exc:  # noqa: BLE001 - unknown is not free: wait for the next decision
+            return f"cannot read the state of flow run {flow_run_id} (refit run {run_id}) from Prefect: {exc}"
+        if state not in _TERMINAL:
+            return f"deployment flow run {flow_run_id} (refit run {run_id}) is still {state.lower()} on its work pool"
+        self._mark_failed(f"its flow run ended {state} without recording an outcome: {message}", flow_run_id)
         return None
 
     def start(self, trigger: str, reason: str) -> tuple[bool, str]:
@@ -168,7 +192,9 @@ class RefitLauncher:
             return self._close(launch, {"status": "failed", "reason": "timed out"})
         state = self._state(launch)
         if state is None:
-            leases.renew(self.engine, LEASE, holder=self.holder, ttl_s=self.settings.refit.lease_s)
+            if not leases.renew(self.engine, LEASE, holder=self.holder, ttl_s=self.settings.refit.lease_s):
+                log.error("the refit lease was lost (expired, or taken by %s); another refit may start beside this one",
+                          getattr(leases.current(self.engine, LEASE), "holder", "nobody"))
             return None
         return self._close(launch, state | {"seconds": round(elapsed, 1)})
 
@@ -184,17 +210,23 @@ class RefitLauncher:
                         "reason": summary["reason"]}
             return {"status": "failed", "reason": summary.get("error") or f"refit process exited with {code}",
                     "exit_code": code}
-        from prefect.client.orchestration import get_client
-
-        with self._prefect(), get_client(sync_client=True) as client:
-            flow_run = client.read_flow_run(launch.flow_run_id)
-        state = flow_run.state.type.value if flow_run.state else "PENDING"
+        state, message = self._flow_run_state(launch.flow_run_id)  # type: ignore[arg-type]
         if state not in _TERMINAL:
             return None
         row = self._row(flow_run_id=launch.flow_run_id)
         if state == "COMPLETED" and row is not None:
             return {"status": "completed", "verdict": row.verdict, "version": row.candidate_version, "reason": row.reason}
-        return {"status": "failed", "reason": f"Prefect state {state}: {flow_run.state.message if flow_run.state else ''}"}
+        return {"status": "failed", "reason": f"Prefect state {state}: {message}"}
+
+    def _flow_run_state(self, flow_run_id: str) -> tuple[str, str]:
+        """A deployment flow run's state type (PENDING, RUNNING, COMPLETED, …) and its message."""
+        from prefect.client.orchestration import get_client
+
+        with self._prefect(), get_client(sync_client=True) as client:
+            flow_run = client.read_flow_run(flow_run_id)
+        if flow_run.state is None:
+            return "PENDING", ""
+        return flow_run.state.type.value, flow_run.state.message or ""
 
     def _row(self, *, flow_run_id: str | None) -> RefitRun | None:
         from sqlmodel import col, select
@@ -212,7 +244,7 @@ class RefitLauncher:
             self._event("refit_finished", f"{outcome['version']} {outcome['verdict']}: {outcome['reason']}", outcome,
                         subject=outcome["version"])
         else:
-            self._mark_failed(outcome["reason"])
+            self._mark_failed(outcome["reason"], launch.flow_run_id)
             self._event("refit_failed", f"refit ({launch.trigger}) failed: {outcome['reason']}", outcome)
         with self._lock:
             self.finished.append(outcome)
@@ -244,16 +276,33 @@ class RefitLauncher:
             log.info("leaving deployment flow run %s to its worker", launch.flow_run_id)
 
     def _terminate(self, launch: Launch, why: str, timeout_s: float | None = None) -> None:
+        if launch.flow_run_id is not None:
+            self._cancel_flow_run(launch.flow_run_id, why)
         if launch.process is None:
             return
         if launch.process.returncode is None:
             log.warning("stopping refit process %s: %s", launch.process.pid, why)
         children.stop(launch.process, timeout_s or self.settings.refit.stop_timeout_s)  # sweeps its group either way
 
-    def _mark_failed(self, reason: str) -> None:
+    def _cancel_flow_run(self, flow_run_id: str, why: str) -> None:
+        """Ask Prefect to cancel a deployment run (its worker stops the flow's process): a run past its time
+        must not go on, and maybe promote, after its lease is freed for the next refit."""
+        from prefect.client.orchestration import get_client
+        from prefect.states import Cancelling
+
+        log.warning("cancelling deployment flow run %s: %s", flow_run_id, why)
+        try:
+            with self._prefect(), get_client(sync_client=True) as client:
+                client.set_flow_run_state(flow_run_id, Cancelling(message=why), force=True)
+        except Exception:  # noqa: BLE001 - recorded as failed either way; say it may still be running
+            log.exception("could not cancel flow run %s; it may still be running on its work pool", flow_run_id)
+
+    def _mark_failed(self, reason: str, flow_run_id: str | None = None) -> None:
+        """Finish the run row still marked running: the deployment run's own row when its id is known (another
+        refit's row must not take this one's failure), else the newest."""
         with session_scope(self.engine) as session:
-            run = running(session)
-            if run is not None:
+            run = self._row(flow_run_id=flow_run_id) if flow_run_id else running(session)
+            if run is not None and run.status == "running":
                 finish_run(session, run_id=run.id, status="failed", reason=reason)  # type: ignore[arg-type]
 
     def _event(self, kind: str, reason: str, data: dict[str, Any], subject: str | None = None) -> None:

@@ -14,10 +14,11 @@ import pytest
 import yaml
 from sqlmodel import select
 
+from refitd.core import leases
 from refitd.core.db import make_engine, session_scope, upgrade
 from refitd.core.settings import Settings
 from refitd.core.tables import Event, RefitRun
-from refitd.daemon.launcher import RefitLauncher
+from refitd.daemon.launcher import LEASE, RefitLauncher
 from tests.artifact_factory import publish_version
 from tests.conftest import free_port
 
@@ -89,6 +90,32 @@ def test_refit_runs_on_a_prefect_worker(tmp_path: Path, untrained_artifact: Path
             run = s.exec(select(RefitRun).where(RefitRun.candidate_version == "v2")).one()
             assert run.trigger == "deployment-test" and run.flow_run_id
             assert s.exec(select(Event).where(Event.kind == "refit_finished")).one().subject == "v2"
+
+        # A second run, then this daemon "restarts" while it runs: its lease lapses, and the new daemon's
+        # launcher still sees the flow run on the pool and starts nothing beside it.
+        started, where = launcher.start("deployment-test", "test: a run that outlives its daemon")
+        flow_run_id = launcher.launch.flow_run_id
+        engine = make_engine(settings.database_url)
+
+        def row() -> RefitRun | None:
+            with session_scope(engine) as s:
+                return s.exec(select(RefitRun).where(RefitRun.flow_run_id == flow_run_id)).first()
+
+        deadline = time.time() + 240
+        while row() is None and time.time() < deadline:
+            time.sleep(1)
+        assert row() is not None, (tmp_path / "worker.log").read_text()[-3000:]
+        leases.release(engine, LEASE, holder=launcher.holder)  # what its expiry does
+        restarted = RefitLauncher(launcher.settings, engine)
+        assert f"deployment flow run {flow_run_id} (refit run {row().id}) is still running" in restarted.busy()
+        # Past refit.timeout_minutes: the run is cancelled on the pool, not left to finish (and maybe promote)
+        launcher.launch.started -= launcher.settings.refit.timeout_minutes * 60 + 1
+        assert launcher.poll()["reason"] == "timed out"
+        assert row().status == "failed" and row().reason == "timed out"
+        deadline = time.time() + 120
+        while restarted._flow_run_state(flow_run_id)[0] != "CANCELLED" and time.time() < deadline:
+            time.sleep(2)
+        assert restarted._flow_run_state(flow_run_id)[0] == "CANCELLED" and restarted.busy() is None
     finally:
         for process in (worker, server):
             if process is not None and process.poll() is None:
