@@ -136,6 +136,16 @@ class PredictionLog:
     def spooled_segments(self) -> int:
         return sum(1 for _ in self.dir.glob("pending-*.jsonl"))
 
+    def may_hold(self, prediction_id: str) -> bool:
+        """Whether a row with this id may be on its way to the table: queued here, being inserted by a flush,
+        or in a spooled segment not yet replayed (not read: a flush replays it). False: wherever it was, it is
+        in the table by now, or it never was logged. Looked at in the order a row moves (queue → insert →
+        table or segment), so a row moving meanwhile is seen at its next stop."""
+        with self._lock:
+            if any(row["id"] == prediction_id for row in self._rows):
+                return True
+        return self._flush_lock.locked() or self.spooled_segments > 0
+
     # writer ---------------------------------------------------------------------------
 
     def flush(self) -> None:

@@ -199,3 +199,15 @@ def test_closed_port_keeps_segments_until_back(pg_engine: Engine, open_log, tmp_
     assert set(_stored(pg_engine)) == {rows[0]["id"]}
     assert plog.db_ok and plog.spooled_segments == 0 and plog.rejected == 1
     down.dispose()
+
+
+def test_may_hold_says_where_a_row_can_still_be(sqlite_engine: Engine, open_log, tmp_path: Path) -> None:
+    """Feedback flushes only for an id the log may still hold: queued, or behind a spooled segment."""
+    plog = open_log(sqlite_engine)
+    row = _row()
+    plog.add([row])
+    assert plog.may_hold(row["id"]) and not plog.may_hold("f" * 32)
+    plog.flush()
+    assert not plog.may_hold(row["id"]) and _stored(sqlite_engine)[row["id"]] == "fine text"
+    _write_segment(tmp_path / "spool" / "pending-9.jsonl", [_row()])
+    assert plog.may_hold("f" * 32)  # a replay may bring any id: flush first
