@@ -21,6 +21,7 @@ from refitd.core.artifacts import (CONFIG_FILE, FROZEN_LOGITS_FILE, HF_DIR, HIST
                                    METRICS_FILE, MODEL_FILE, OUTPUTS, TOKENIZER_FILE, TRAIN_ROWS_FILE, ArtifactMeta,
                                    ArtifactStore)
 from refitd.core import reference as refdata
+from refitd.core.datasets import text_digest
 from refitd.core.db import engine_for, session_scope
 from refitd.core.labels import labelled_rows
 from refitd.core.registration import register_candidate as register
@@ -200,26 +201,32 @@ def evaluate(staged: Path, champion_dir: Path | None, snapshot: snap.Snapshot, *
 
 def save_frozen_logits(staged: Path, snapshot: snap.Snapshot, logits: np.ndarray) -> None:
     """Keep the candidate's fp32 logits on the frozen set beside its files (and so in its manifest), keyed
-    by the set's digest: when it is the champion, a refit on the same frozen set reads them instead of
-    scoring it again."""
+    by the set's digest and each row's text digest: when it is the champion, a refit on the same frozen set
+    reads them instead of scoring it again, row by row whatever order the set now comes in."""
     np.savez(staged / FROZEN_LOGITS_FILE, logits=logits.astype(np.float32), digest=np.array(snapshot.frozen_digest),
-             labels=np.array(snapshot.labels))
+             labels=np.array(snapshot.labels), rows=np.array([text_digest(t) for t in snapshot.test["text"]]))
 
 
 def load_frozen_logits(folder: Path, snapshot: snap.Snapshot, labels: list[str]) -> np.ndarray | None:
-    """The version's stored frozen-set logits, when they were computed on this very set with these labels."""
+    """The version's stored frozen-set logits in this snapshot's row order, when they were computed on this very
+    set with these labels (the set's digest ignores order: another ``training.seed`` draws the same rows in
+    another order, and logits read in stored order would be another row's)."""
     path = folder / FROZEN_LOGITS_FILE
     if not path.is_file() or not snapshot.frozen_digest:
         return None
     try:
         with np.load(path, allow_pickle=False) as f:
-            if str(f["digest"]) != snapshot.frozen_digest or f["labels"].tolist() != labels:
+            if str(f["digest"]) != snapshot.frozen_digest or f["labels"].tolist() != labels or "rows" not in f:
                 return None
-            logits = f["logits"]
+            logits, rows = f["logits"], f["rows"].tolist()
     except (OSError, KeyError, ValueError) as exc:
         log.warning("ignoring %s: %s", path, exc)
         return None
-    return logits if logits.shape == (len(snapshot.test), len(labels)) else None
+    where = {digest: i for i, digest in enumerate(rows)}
+    order = [where.get(text_digest(t)) for t in snapshot.test["text"]]
+    if logits.shape != (len(rows), len(labels)) or None in order:
+        return None
+    return logits[order]
 
 
 @task(cache_policy=NONE)

@@ -119,3 +119,8 @@ def test_stored_frozen_logits_are_used_only_for_the_same_set_and_labels(tmp_path
     assert load_frozen_logits(tmp_path, snapshot(["one", "two", "four"]), ["a", "b", "c"]) is None  # other rows
     assert load_frozen_logits(tmp_path, first, ["a", "c", "b"]) is None  # other label order
     assert load_frozen_logits(tmp_path / "nothing", first, ["a", "b", "c"]) is None
+    # The same rows in another order (another training.seed): same digest, logits read back row by row.
+    shuffled = snap.Snapshot(train=first.train, validation=first.validation, test=first.test.iloc[[2, 0, 1]],
+                             recent_test=first.recent_test, labels=["a", "b", "c"]).seal()
+    assert shuffled.frozen_digest == first.frozen_digest
+    assert np.array_equal(load_frozen_logits(tmp_path, shuffled, ["a", "b", "c"]), logits[[2, 0, 1]])
