@@ -207,13 +207,16 @@ def feedback_import(
     source: Annotated[str, typer.Option(help="Recorded as the labels' source.")] = "import",
 ) -> None:
     """Add labelled texts in bulk (e.g. a labelling team's export); the next refit trains on them."""
+    from refitd.core import reference as refdata
     from refitd.core.datasets import load_table
     from refitd.core.db import engine_for, session_scope, upgrade
     from refitd.core.tables import Feedback, utcnow
 
     settings = _settings(ctx)
     t = settings.training
-    frame = load_table(path, text_column=t.text_column, label_column=t.label_column)
+    stored = refdata.info(settings)  # labels outside the model's label set are refused here, naming the row
+    frame = load_table(path, text_column=t.text_column, label_column=t.label_column,
+                       labels=sorted(stored.labels) if stored is not None else None)
     engine = engine_for(settings)
     upgrade(engine)
     now = utcnow()

@@ -7,11 +7,14 @@ its newest (:func:`refitd.core.datasets.dedupe`): later feedback over earlier, a
 feedback over the reference data, which is older than any of it; so no text is in
 two parts of a snapshot. New production labels (since the champion was trained)
 are split by a salted hash of the text into recent-test / validation / train;
-older rows are replayed beside them so the model does not forget.
+older rows are replayed beside them so the model does not forget. Feedback whose label is outside the
+model's label set is left out (counted in ``counts["unknown_labels"]``): a new class needs new reference
+data (``refitd data replace``), not a refit.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,6 +24,8 @@ import pandas as pd
 
 from refitd.core.datasets import dedupe, digest_frame, hashed_part, normalise, split_of, stratified_sample
 from refitd.core.errors import DataError
+
+log = logging.getLogger(__name__)
 
 RECENT_SALT = "refitd-recent-v1"
 NEW_VALIDATION_FRACTION = 0.1
@@ -78,6 +83,13 @@ def build(
     production = production.sort_values(["created_at", "text"], kind="stable") if len(production) else production
     prod = production.assign(source="feedback")[["text", "label", "created_at", "source"]] if len(production) else \
         pd.DataFrame(columns=["text", "label", "created_at", "source"])
+    # A label the model has no output for cannot be trained on: left out (and counted, and named in the refit's
+    # reason), not a failure of every refit until someone edits the feedback table.
+    unknown = prod.loc[~prod["label"].isin(labels), "label"].value_counts()
+    prod = prod.loc[prod["label"].isin(labels)]
+    if len(unknown):
+        log.warning("left out %d feedback rows whose labels are outside the label set %s: %s",
+                    int(unknown.sum()), labels, unknown.to_dict())
     frozen_texts = set(ref.loc[ref["split"] == "test", "text"].map(normalise))
     frozen = prod["text"].map(lambda t: normalise(t) in frozen_texts or split_of(
         t, validation_fraction=validation_fraction, test_fraction=test_fraction) == "test")
@@ -100,7 +112,9 @@ def build(
     test = stratified_sample(ref[ref["split"] == "test"], max_test_rows, seed=seed)
     recent = new[new["part"] == "recent_test"].reset_index(drop=True)
     cols = ["text", "label", "source"]
-    return Snapshot(train[cols], validation[cols], test[cols], recent[cols], labels).seal()
+    sealed = Snapshot(train[cols], validation[cols], test[cols], recent[cols], labels).seal()
+    sealed.counts["unknown_labels"] = {str(k): int(v) for k, v in unknown.items()}
+    return sealed
 
 
 def _training_mix(reference: pd.DataFrame, old: pd.DataFrame, new: pd.DataFrame, *, replay_ratio: float,

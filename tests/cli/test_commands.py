@@ -109,6 +109,9 @@ def test_every_command(home: Path, tmp_path: Path) -> None:
         for i in range(30):
             w.writerow([f"the crew on flight {i} was lovely", "positive"])
     assert "imported 30 labelled texts" in refitd(home, "feedback", "import", str(labels)).stdout
+    mislabelled = tmp_path / "mislabelled.csv"
+    mislabelled.write_text("text,label\nthe crew was lovely,positive\nthe seats were awful,Negative\n")
+    one_line_refusal(refitd(home, "feedback", "import", str(mislabelled), code=1), "row 3")  # named, none imported
 
     checked = refitd(home, "drift", "check").stdout
     assert "verdict" in checked.lower() or "drift" in checked.lower()

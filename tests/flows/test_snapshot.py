@@ -164,3 +164,15 @@ def test_the_floor_holds_with_old_feedback_and_never_breaks_the_cap(old_rows, ne
         assert len(s.train) <= cap + 1, len(s.train)
     assert sources.get("feedback_old", 0) > 0 and (new_rows == 0 or sources.get("feedback_new", 0) > 0)
     assert not s.train["text"].duplicated().any()
+
+
+def test_feedback_with_a_label_outside_the_label_set_is_left_out_and_counted() -> None:
+    """An imported 'Positive' (for 'positive') or a new class: left out and counted, not a failure of every refit."""
+    prod = _production(300, T0 + timedelta(days=1))
+    odd = pd.DataFrame({"text": [f"odd {i}" for i in range(12)], "label": ["Positive"] * 9 + ["furious"] * 3,
+                        "created_at": T0 + timedelta(days=1)})
+    s = snap.build(_reference(), pd.concat([prod, odd], ignore_index=True), since=T0, **KW)
+    snap.validate(s, min_rows=50, min_class_share=0.05)
+    assert s.counts["unknown_labels"] == {"Positive": 9, "furious": 3}
+    kept = set(s.train["text"]) | set(s.validation["text"]) | set(s.recent_test["text"])
+    assert not kept & set(odd["text"]) and set(s.train["label"]) | set(s.recent_test["label"]) <= set(s.labels)
