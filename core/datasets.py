@@ -197,11 +197,26 @@ def _read_any(path: Path) -> pd.DataFrame:
             return pd.read_parquet(path)
     except DataError:
         raise
-    except (UnicodeDecodeError, ValueError, OSError, pd.errors.ParserError) as exc:
+    except UnicodeDecodeError as exc:  # name the line: pandas only says where in its buffer
+        line = _first_non_utf8_line(path)
+        raise DataError(f"not UTF-8 (byte {exc.object[exc.start]:#04x}: {exc.reason}); save the file as UTF-8",
+                        path=str(path), row=line) from exc
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
         raise DataError(f"unreadable {suffix.lstrip('.')} file: {exc}", path=str(path)) from exc
     except Exception as exc:  # pyarrow raises its own types for corrupt Parquet
         raise DataError(f"unreadable {suffix.lstrip('.')} file: {exc}", path=str(path)) from exc
     raise DataError(f"unsupported file type {suffix!r}; use .csv, .tsv, .jsonl or .parquet", path=str(path))
+
+
+def _first_non_utf8_line(path: Path) -> int | None:
+    """The first line (1-based, the header being line 1) that is not valid UTF-8."""
+    with path.open("rb") as fh:
+        for n, line in enumerate(fh, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return n
+    return None
 
 
 def _read_jsonl(path: Path) -> pd.DataFrame:

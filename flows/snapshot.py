@@ -161,6 +161,9 @@ def validate(snap: Snapshot, *, min_rows: int, min_class_share: float) -> None:
         if unknown:
             raise DataError(f"{name} rows carry labels outside the label set {snap.labels}: {unknown}; "
                             "fix the feedback or retrain from data that has them")
+    if len(snap.labels) < 2:
+        raise DataError(f"the reference data has one label ({snap.labels[0] if snap.labels else 'none'}): a classifier "
+                        "needs at least two; replace it with data that has them (`refitd data replace FILE`)")
     shares = train["label"].value_counts(normalize=True)
     for label in snap.labels:
         share = float(shares.get(label, 0.0))

@@ -58,6 +58,16 @@ def test_bad_jsonl_line_named(tmp_path) -> None:
         load_table(path)
 
 
+@pytest.mark.parametrize(("name", "row"), [("latin1.csv", 3), ("latin1.jsonl", 2)])
+def test_a_file_not_in_utf8_names_its_first_bad_line(tmp_path, name, row) -> None:
+    path = tmp_path / name
+    body = ("text,label\nfine,positive\ncaf\u00e9 au lait,neutral\n" if name.endswith(".csv") else
+            '{"text": "fine", "label": "positive"}\n{"text": "caf\u00e9", "label": "neutral"}\n')
+    path.write_bytes(body.encode("latin-1"))
+    with pytest.raises(DataError, match=rf"{name}, row {row}: not UTF-8 \(byte 0xe9"):
+        load_table(path)
+
+
 @pytest.mark.parametrize("name", ["missing.csv", "garbage.parquet", "notes.txt"])
 def test_unreadable_files(tmp_path, name) -> None:
     path = tmp_path / name

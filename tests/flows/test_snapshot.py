@@ -107,6 +107,13 @@ def test_validation_reasons(mutate, match) -> None:
         snap.validate(s, min_rows=100, min_class_share=0.05)
 
 
+def test_a_reference_with_one_label_is_refused_before_training() -> None:
+    one = _reference().assign(label="positive")
+    s = snap.build(one, _production(0, T0), since=None, **KW)
+    with pytest.raises(DataError, match="one label \\(positive\\): a classifier needs at least two"):
+        snap.validate(s, min_rows=100, min_class_share=0.05)
+
+
 @pytest.mark.parametrize(("new_rows", "replay_ratio", "cap"), [(3000, 0.0, None), (3000, 1.0, 1000), (60, 0.0, None),
                                                                 (5000, 0.2, 2000)])
 def test_reference_rows_are_at_least_the_floor_of_every_training_mix(new_rows, replay_ratio, cap) -> None:
