@@ -174,6 +174,10 @@ class GateSection(Section):
         0.9, description="How sure the gate must be: a paired bootstrap's one-sided bound at this level must clear "
                          "min_delta on the recent set and -max_regression on the frozen set."
     )
+    min_recent_rows: int = Field(
+        30, ge=1, description="A recent test set smaller than this does not decide (a bootstrap over a handful of "
+                              "rows gives a bound far narrower than the truth): the frozen set must show the gain."
+    )
     shadow_minutes: float = Field(
         0.0, description="After the offline gate, score live traffic in shadow for this many minutes before promoting "
                          "(answers still from the champion); 0 = promote on the offline gate alone."

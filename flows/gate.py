@@ -23,6 +23,7 @@ class GateRules:
     baseline_margin: float = 0.05
     int8_tolerance: float = 0.005
     confidence: float = 0.9
+    min_recent_rows: int = 30
 
 
 @dataclass(frozen=True)
@@ -63,11 +64,14 @@ def decide(candidate: dict[str, Any], champion: dict[str, Any] | None, rules: Ga
     frozen_gap, recent_gap = _gap(paired.get("frozen"), cand_frozen, champ_frozen), \
         _gap(paired.get("recent"), cand_recent, champ_recent)
     frozen_says = f"frozen {cand_frozen:.3f} vs champion {champ_frozen:.3f}{_says(paired.get('frozen'))}"
-    if cand_recent is None or champ_recent is None:
-        # No new labelled data to test on: the frozen set must show the improvement itself.
+    recent_n = int((candidate.get("recent") or {}).get("n") or 0)
+    if cand_recent is None or champ_recent is None or recent_n < rules.min_recent_rows:
+        # No new labelled data to test on, or too little to tell: the frozen set must show the improvement itself.
+        why = "no recent test set" if cand_recent is None or champ_recent is None else \
+            f"the recent test set's {recent_n} rows are under gate.min_recent_rows {rules.min_recent_rows}"
         ok = frozen_gap + _EPS >= rules.min_delta
         word = "promoted" if ok else "rejected"
-        return Verdict(ok, f"{word}: {metric} on {frozen_says} (needs +{rules.min_delta:.3f}; no recent test set)",
+        return Verdict(ok, f"{word}: {metric} on {frozen_says} (needs +{rules.min_delta:.3f}; {why})",
                        int8_ok, int8_reason)
     recent_says = f"recent {cand_recent:.3f} vs champion {champ_recent:.3f}{_says(paired.get('recent'))}"
     if recent_gap + _EPS < rules.min_delta:

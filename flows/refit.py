@@ -119,7 +119,7 @@ def _refit_body(settings: Settings, engine, p: dict[str, Any], run_id: int) -> d
         g = settings.gate
         verdict = decide({**scores["candidate"], "int8_export": int8}, scores["champion"],
                          GateRules(g.primary_metric, g.min_delta, g.max_regression, g.baseline_margin, g.int8_tolerance,
-                                   g.confidence), paired=scores.get("paired"))
+                                   g.confidence, g.min_recent_rows), paired=scores.get("paired"))
         tasks.write_runtime_meta(staged, snapshot, config, fitted, calibration=calibration, serve_int8=verdict.serve_int8)
         trial = tasks.trial_load(staged)
         lap("evaluate")

@@ -32,6 +32,18 @@ def test_promotes_when_recent_improves_enough_and_frozen_holds() -> None:
     assert v.promote and v.reason.startswith("promoted: macro_f1 on recent 0.720 vs champion 0.600")
 
 
+def test_a_recent_set_of_a_few_rows_does_not_decide() -> None:
+    """Five recent rows where the models differ on two: a bootstrap bound of +0.2 would promote on two rows.
+    Under gate.min_recent_rows the frozen set must show the gain itself."""
+    tiny = cand(0.80, 0.90)
+    tiny["recent"] = rep(0.90, n=5)
+    paired = {"recent": {"n": 5, "delta": 0.4, "lower": 0.2, "upper": 0.6, "confidence": 0.9},
+              "frozen": {"n": 100, "delta": 0.0, "lower": -0.01, "upper": 0.01, "confidence": 0.9}}
+    v = decide(tiny, champ(0.80, 0.50), RULES, paired=paired)
+    assert not v.promote and "the recent test set's 5 rows are under gate.min_recent_rows 30" in v.reason
+    assert decide({**tiny, "recent": rep(0.90, n=30)}, champ(0.80, 0.50), RULES, paired=paired).promote
+
+
 def test_rejects_when_recent_gain_below_min_delta() -> None:
     v = decide(cand(0.80, 0.605), champ(0.80, 0.60), RULES)
     assert not v.promote
