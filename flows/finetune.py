@@ -31,7 +31,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from refitd.core.errors import ConfigError
+from refitd.core.errors import ConfigError, TrainingError
 from refitd.core.sections import TrainingSection
 from refitd.flows.evaluate import classification_report
 
@@ -295,6 +295,9 @@ def fit(
         history = [dict(h) for h in trainer.state.log_history]
         best = trainer.state.best_metric
     model = trainer.model.to("cpu").eval()
+    if not all(torch.isfinite(p).all() for p in model.parameters()):  # say so here, not as an export parity error
+        raise TrainingError(f"training diverged: the model's weights hold NaN or inf after {seconds:.0f} s "
+                            f"(learning rate {t.learning_rate:g}); lower training.learning_rate or check the data")
     samples = output.metrics.get("train_samples_per_second") or (len(train_ds) * t.epochs / seconds)
     return FitResult(model, tokenizer, seconds, float(samples), best, history, device_name())
 
