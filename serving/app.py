@@ -53,8 +53,9 @@ class RequestMetrics:
     client went away before its answer counts as 499, not as a server error: nobody is left to answer,
     and a 500 in the metrics would page someone for a client's timeout."""
 
-    def __init__(self, app, metrics) -> None:  # type: ignore[no-untyped-def]
-        self.app, self.metrics = app, metrics
+    def __init__(self, app, metrics, paths: frozenset[str] = frozenset()) -> None:  # type: ignore[no-untyped-def]
+        # ``paths``: the app's fixed route paths, to label a request answered before routing (BodyLimit's 413)
+        self.app, self.metrics, self.paths = app, metrics, paths
 
     async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
         if scope["type"] != "http":
@@ -76,8 +77,10 @@ class RequestMetrics:
             status[0] = status[0] or 500
             raise
         finally:
-            self.metrics.request_done(getattr(scope.get("route"), "path", "unmatched"), status[0],
-                                      time.perf_counter() - start)
+            route = getattr(scope.get("route"), "path", None)
+            if route is None:
+                route = scope["path"] if scope["path"] in self.paths else "unmatched"
+            self.metrics.request_done(route, status[0], time.perf_counter() - start)
 
 
 def bearer_matches(request: Request, token: SecretStr) -> bool:
@@ -144,7 +147,8 @@ def create_app(plane: DataPlane) -> FastAPI:
     route = next(r for r in app.routes if getattr(r, "path", None) == "/v1/predict")
     app.add_middleware(FastRoute, path="/v1/predict", route=route, answer=predict_json)
     app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
-    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts the 413s BodyLimit answers too
+    fixed = frozenset(r.path for r in app.routes if "{" not in getattr(r, "path", "{"))
+    app.add_middleware(RequestMetrics, metrics=metrics, paths=fixed)  # outermost: counts the 413s BodyLimit answers too
     return app
 
 

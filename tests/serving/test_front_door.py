@@ -146,6 +146,8 @@ def test_a_100_mb_body_is_refused_without_holding_it(running, declared: bool) ->
     assert "serving.max_body_bytes" in response.json()["error"]
     assert grown_mib < 50, f"the server's peak RSS grew {grown_mib:.0f} MiB"
     assert httpx.post(f"{running.url}/v1/predict", json={"text": "still fine"}, timeout=30).status_code == 200
+    # counted under its route, whether refused before routing (declared) or while reading (chunked)
+    assert 'refitd_requests_total{code="413",route="/v1/predict"} 1.0' in httpx.get(f"{running.url}/metrics").text
 
 
 def test_405_names_the_allowed_methods(running) -> None:
