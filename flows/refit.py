@@ -125,8 +125,8 @@ def _refit_body(settings: Settings, engine, p: dict[str, Any], run_id: int) -> d
         lap("evaluate")
         promote_it, reason = verdict.promote, verdict.reason + frozen_set_note(champion, snapshot,
                                                                               "frozen" in scores.get("champion_reused", ()))
-        if snapshot.counts.get("unknown_labels"):
-            reason += (f"; left out feedback with labels outside {snapshot.labels}: {snapshot.counts['unknown_labels']} "
+        if snapshot.unknown_labels:
+            reason += (f"; left out feedback with labels outside {snapshot.labels}: {snapshot.unknown_labels} "
                        "(a new class needs `refitd data replace`)")
         if not trial["ok"]:
             promote_it, reason = False, f"rejected: the candidate cannot be served: {trial['reason']}"

@@ -8,7 +8,7 @@ feedback over the reference data, which is older than any of it; so no text is i
 two parts of a snapshot. New production labels (since the champion was trained)
 are split by a salted hash of the text into recent-test / validation / train;
 older rows are replayed beside them so the model does not forget. Feedback whose label is outside the
-model's label set is left out (counted in ``counts["unknown_labels"]``): a new class needs new reference
+model's label set is left out (counted in ``unknown_labels``): a new class needs new reference
 data (``refitd data replace``), not a refit.
 """
 
@@ -41,6 +41,7 @@ class Snapshot:
     digest: str = ""
     frozen_digest: str = ""
     counts: dict[str, Any] = field(default_factory=dict)
+    unknown_labels: dict[str, int] = field(default_factory=dict)  # feedback rows left out, per label outside ``labels``
 
     def seal(self) -> Snapshot:
         self.digest = digest_frame(pd.concat([self.train[["text", "label"]], self.validation[["text", "label"]]]))
@@ -112,9 +113,8 @@ def build(
     test = stratified_sample(ref[ref["split"] == "test"], max_test_rows, seed=seed)
     recent = new[new["part"] == "recent_test"].reset_index(drop=True)
     cols = ["text", "label", "source"]
-    sealed = Snapshot(train[cols], validation[cols], test[cols], recent[cols], labels).seal()
-    sealed.counts["unknown_labels"] = {str(k): int(v) for k, v in unknown.items()}
-    return sealed
+    return Snapshot(train[cols], validation[cols], test[cols], recent[cols], labels,
+                    unknown_labels={str(k): int(v) for k, v in unknown.items()}).seal()
 
 
 def _training_mix(reference: pd.DataFrame, old: pd.DataFrame, new: pd.DataFrame, *, replay_ratio: float,

@@ -180,6 +180,7 @@ def test_feedback_with_a_label_outside_the_label_set_is_left_out_and_counted() -
                         "created_at": T0 + timedelta(days=1)})
     s = snap.build(_reference(), pd.concat([prod, odd], ignore_index=True), since=T0, **KW)
     snap.validate(s, min_rows=50, min_class_share=0.05)
-    assert s.counts["unknown_labels"] == {"Positive": 9, "furious": 3}
+    assert s.unknown_labels == {"Positive": 9, "furious": 3}
+    assert set(s.counts) == {"train", "validation", "test", "recent_test"}  # the parts' counts keep their shape
     kept = set(s.train["text"]) | set(s.validation["text"]) | set(s.recent_test["text"])
     assert not kept & set(odd["text"]) and set(s.train["label"]) | set(s.recent_test["label"]) <= set(s.labels)
