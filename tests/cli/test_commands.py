@@ -111,7 +111,7 @@ def test_every_command(home: Path, tmp_path: Path) -> None:
     assert "imported 30 labelled texts" in refitd(home, "feedback", "import", str(labels)).stdout
     mislabelled = tmp_path / "mislabelled.csv"
     mislabelled.write_text("text,label\nthe crew was lovely,positive\nthe seats were awful,Negative\n")
-    one_line_refusal(refitd(home, "feedback", "import", str(mislabelled), code=1), "row 3")  # named, none imported
+    one_line_refusal(refitd(home, "feedback", "import", str(mislabelled), code=2), "row 3")  # named, none imported
 
     checked = refitd(home, "drift", "check").stdout
     assert "verdict" in checked.lower() or "drift" in checked.lower()
