@@ -7,8 +7,11 @@ and no word is foreign to the data.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 
 import pandas as pd
+
+from refitd.core.datasets import normalise
 
 
 def _words(text: str) -> list[str]:
@@ -37,9 +40,13 @@ def random_insertion(words: list[str], n: int, vocabulary: list[str], rng: rando
     return words
 
 
-def augment_frame(frame: pd.DataFrame, *, copies: int, seed: int, p: float = 0.1) -> pd.DataFrame:
-    """The original rows plus ``copies`` augmented variants of each (labels kept, ``augmented`` marked)."""
+def augment_frame(frame: pd.DataFrame, *, copies: int, seed: int, p: float = 0.1,
+                  exclude: Iterable[str] = ()) -> pd.DataFrame:
+    """The original rows plus ``copies`` augmented variants of each (labels kept, ``augmented`` marked). A variant
+    that normalises to a text in ``exclude`` (the held-out sets: a deleted word can turn a training tweet into
+    a test one) or to a text already in training is dropped: it would train on a held-out row, or twice on one."""
     rng = random.Random(seed)
+    taken = {normalise(t) for t in frame["text"]} | {normalise(t) for t in exclude}
     vocabulary = sorted({w for t in frame["text"] for w in _words(t) if w.isalpha() and len(w) > 2}) or ["the"]
     extra = []
     for text, label in zip(frame["text"], frame["label"], strict=True):
@@ -51,7 +58,8 @@ def augment_frame(frame: pd.DataFrame, *, copies: int, seed: int, p: float = 0.1
             op = rng.choice((lambda w: random_deletion(w, p, rng), lambda w: random_swap(w, n, rng),
                              lambda w: random_insertion(w, n, vocabulary, rng)))
             variant = " ".join(op(words))
-            if variant != text:
+            if normalise(variant) not in taken:
+                taken.add(normalise(variant))
                 extra.append({"text": variant, "label": label, "augmented": True})
     out = frame.assign(augmented=False)
     return pd.concat([out, pd.DataFrame(extra, columns=["text", "label", "augmented"])], ignore_index=True)

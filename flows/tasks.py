@@ -78,7 +78,9 @@ def fine_tune(source: Path, snapshot: snap.Snapshot, config: FitConfig, settings
     if shuffle_labels:  # a gate drill: a model that learnt nothing must be rejected
         train = train.assign(label=random.Random(config.training.seed).sample(list(train["label"]), len(train)))
     if settings.training.augment:
-        train = augment_frame(train, copies=settings.training.augment_copies, seed=config.training.seed)
+        held_out = [*snapshot.validation["text"], *snapshot.test["text"], *snapshot.recent_test["text"]]
+        train = augment_frame(train, copies=settings.training.augment_copies, seed=config.training.seed,
+                              exclude=held_out)
     if settings.training.ensemble > 1:
         return fit_ensemble(source, train, snapshot.validation, config, min_delta=settings.gate.ensemble_min_delta,
                             search_trials=trials), None

@@ -29,6 +29,18 @@ def test_augmentation_adds_labelled_variants_from_own_vocabulary() -> None:
     assert augment_frame(frame, copies=3, seed=0).equals(out)  # seeded
 
 
+def test_augmentation_never_makes_a_held_out_text_or_a_duplicate() -> None:
+    """Deleting a word from a training tweet can give a test tweet: such variants, and repeats, are dropped."""
+    frame = pd.DataFrame({"text": ["the flight was late", "the flight was very late"], "label": ["negative"] * 2})
+    held_out = ["THE flight was", "flight was late", "the was late", "the flight late"]
+    out = augment_frame(frame, copies=20, seed=0, exclude=held_out)
+    keys = [" ".join(t.lower().split()) for t in out["text"]]
+    assert len(keys) == len(set(keys)), "a variant repeats a text"
+    assert not set(keys) & {" ".join(t.lower().split()) for t in held_out}
+    unfiltered = augment_frame(frame, copies=20, seed=0)
+    assert set(" ".join(t.lower().split()) for t in unfiltered["text"]) & {"flight was late", "the flight late"}
+
+
 def _probs(*rows: list[float]) -> np.ndarray:
     return np.asarray(rows, dtype=np.float32)
 
