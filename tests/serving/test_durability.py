@@ -47,7 +47,8 @@ def test_sqlite_locked_out_then_back(start_server) -> None:
     running = start_server(database={"timeout_s": 0.2})
     before = _hammer(running.url, 5)
     db_file = make_url(running.settings.database_url).database
-    blocker = sqlite3.connect(db_file, timeout=0, isolation_level=None)
+    # waits out a flush of `before` still writing (a busy timeout of 0 failed the test itself, once in CI)
+    blocker = sqlite3.connect(db_file, timeout=30, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")  # every other writer is refused while this is held
     try:
         during = _hammer(running.url, 20)
