@@ -38,8 +38,7 @@ def settle(session: Session, found: str, reason: str, *, needs: int) -> tuple[st
 
 def pending_drift(session: Session) -> str | None:
     """Why the newest check's drift is not yet the verdict (hysteresis), or None."""
-    last = session.scalars(select(DriftCheck).where(DriftCheck.verdict != "insufficient_data")
-                           .order_by(col(DriftCheck.id).desc())).first()
+    last = _newest(session)
     held = (last.signals.get("_verdict") or {}) if last is not None else {}
     if held.get("found") != "drifted" or last.verdict == "drifted":
         return None
@@ -51,8 +50,7 @@ def drift_held_over(session: Session) -> str | None:
     """Why the newest check's "drifted" is held over from earlier checks and is not its own finding (its
     window was not drifted: e.g. the first check of a champion just refit on the new traffic), or None.
     A held-over verdict keeps the alert state steady; it is no reason to refit the model again."""
-    last = session.scalars(select(DriftCheck).where(DriftCheck.verdict != "insufficient_data")
-                           .order_by(col(DriftCheck.id).desc())).first()
+    last = _newest(session)
     held = (last.signals.get("_verdict") or {}) if last is not None else {}
     if last is None or last.verdict != "drifted" or held.get("found", "drifted") == "drifted":
         return None
@@ -62,9 +60,14 @@ def drift_held_over(session: Session) -> str | None:
 
 def last_verdict(session: Session) -> str | None:
     """The verdict of the newest check that had enough data (an alert fires when this changes)."""
-    return session.scalars(
-        select(DriftCheck.verdict).where(DriftCheck.verdict != "insufficient_data").order_by(col(DriftCheck.id).desc())
-    ).first()
+    last = _newest(session)
+    return last.verdict if last is not None else None
+
+
+def _newest(session: Session) -> DriftCheck | None:
+    """The newest check that had enough data to judge (insufficient-data checks neither hold nor break a verdict)."""
+    return session.scalars(select(DriftCheck).where(DriftCheck.verdict != "insufficient_data")
+                           .order_by(col(DriftCheck.id).desc())).first()
 
 
 def list_checks(session: Session, *, limit: int = 20) -> list[DriftCheck]:
