@@ -14,8 +14,8 @@ before (``python -m refitd.bench hop``; README, Benchmarks).
 
 Requests are validated before they are queued (serving/limits.py: the texts the tokenizer and the
 database cannot take are refused there). If a batch still fails, it is split in halves and each is
-retried, down to single requests: a request that fails alone gets its error, its neighbours their
-answers.
+retried, down to single requests: a request that fails alone, and again on one more try while the model
+answers others, gets its error (422), its neighbours their answers.
 """
 
 from __future__ import annotations
@@ -267,6 +267,10 @@ class Batcher:
         # Failures beside answered neighbours, or while the model still answers its smoke texts, are the
         # request's own (422); a model that fails everything is the server's (503).
         own = len(failed) < len(group) or self._model_answers(runtime)
+        if own:
+            # Each of these failed alone while the model answers others: one more try each, so that a
+            # passing fault (memory, a device hiccup) is answered, not told it is the request's fault.
+            failed = [f for item, _ in failed for f in self._attempt(runtime, [item])]
         errors: list[Outcome] = []
         for item, exc in failed:
             if not isinstance(exc, RefitdError):

@@ -113,6 +113,39 @@ def test_a_failing_batch_is_split_until_only_the_culprit_fails(untrained_artifac
     assert all(isinstance(a, ModelFailedError) and a.status_code == 503 for a in answers)
 
 
+class _Hiccup(OnnxClassifier):
+    """The real model, except that the first call holding 'HICCUP' raises (a passing fault: memory, a device)."""
+
+    hiccups = 1
+
+    def predict(self, texts, *, _loading=False):  # type: ignore[no-untyped-def]
+        if "HICCUP" in texts and self.hiccups:
+            self.hiccups -= 1
+            raise RuntimeError("out of memory")
+        return super().predict(texts, _loading=_loading)
+
+
+def test_a_lone_request_hit_by_a_passing_fault_is_answered_on_its_second_try(untrained_artifact: Path) -> None:
+    runtime = _Hiccup("v1", untrained_artifact, provider="cpu", threads=1)
+    runtime.load()
+
+    async def run(texts: list[str]) -> object:
+        batcher = Batcher(lambda: runtime, max_batch_size=64, max_wait_ms=50, queue_size=1024, timeout_s=30)
+        await batcher.start()
+        try:
+            return (await asyncio.gather(batcher.submit(texts), return_exceptions=True))[0]
+        finally:
+            await batcher.stop()
+
+    answer = asyncio.run(run(["HICCUP"]))
+    assert not isinstance(answer, BaseException), answer
+    assert len(answer.labels) == 1 and runtime.hiccups == 0  # type: ignore[union-attr]
+
+    runtime.hiccups = 2  # fails its first try and its second: then it is the request's (422), as before
+    answer = asyncio.run(run(["HICCUP"]))
+    assert isinstance(answer, UnprocessableError) and "out of memory" in str(answer)
+
+
 def _rss_peak_kib() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
