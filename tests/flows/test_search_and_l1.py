@@ -70,3 +70,20 @@ def test_evolutionary_search_runs_generations(model_dir: Path, data) -> None:  #
     assert record["sampler"] == "evolutionary" and record["completed"] == 6
     assert {"learning_rate", "freeze_layers", "l1"} <= set(record["best_params"])
     assert result.best_metric == pytest.approx(record["best_value"])
+
+
+def test_training_that_leaves_nan_weights_is_a_training_error(model_dir: Path, data) -> None:  # type: ignore[no-untyped-def]
+    """Diverged weights are named for what they are (and the learning rate), not found later as an export
+    parity failure; the check reads the weights, so a NaN put there mid-training stands in for any cause."""
+    from transformers import TrainerCallback
+
+    from refitd.core.errors import TrainingError
+
+    class Poison(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):  # type: ignore[no-untyped-def]
+            with torch.no_grad():
+                model.classifier.out_proj.weight[0, 0] = float("nan")
+
+    train, validation = data
+    with pytest.raises(TrainingError, match=r"training diverged.*learning rate 0\.001"):
+        fit(model_dir, train.head(32), validation.head(16), _config(epochs=1.0), callbacks=[Poison()])
