@@ -23,7 +23,7 @@ from sqlalchemy import Engine
 from refitd.core import children, leases, registry
 from refitd.core.children import Child
 from refitd.core.db import session_scope
-from refitd.core.runs import finish_run, running
+from refitd.core.runs import close_gone, finish_run, running
 from refitd.core.settings import Settings
 from refitd.core.tables import RefitRun
 
@@ -72,10 +72,20 @@ class RefitLauncher:
             return "the daemon is shutting down"
         if self.launch is not None:
             return f"a refit started by {self.launch.trigger} is already running in this daemon"
+        self.close_gone()
         held = leases.current(self.engine, LEASE)
         if held is not None:
             return f"a refit is already running (lease held by {held.holder} until {held.expires_at:%H:%M:%S})"
         return self._unfollowed_flow_run()
+
+    def close_gone(self) -> None:
+        """Rows left "running" by refits whose process on this host ended without an outcome (killed with an
+        earlier daemon, a reboot) are marked failed, each with an event, so status stops showing them running."""
+        with session_scope(self.engine) as session:
+            closed = [(run.id, run.trigger, run.reason) for run in close_gone(session)]
+        for run_id, trigger, reason in closed:
+            self._event("refit_failed", f"refit run {run_id} ({trigger}) failed: {reason}",
+                        {"run_id": run_id, "trigger": trigger, "status": "failed", "reason": reason})
 
     def _unfollowed_flow_run(self) -> str | None:
         """Why not, when a deployment run recorded as running still runs on its work pool with nobody following

@@ -14,7 +14,7 @@ from sqlmodel import func, select
 
 from refitd.core import leases, registry
 from refitd.core.db import engine_for, session_scope
-from refitd.core.runs import running
+from refitd.core.runs import gone, running
 from refitd.core.settings import Settings
 from refitd.core.tables import DriftCheck, Feedback, ModelVersion, Prediction, RefitRun
 from refitd.daemon.jobs import JOB_TABLE
@@ -39,6 +39,7 @@ def gather_status(settings: Settings, *, events: int = 10, checks: int = 5) -> d
                   "estimate_error": ((c.signals or {}).get("_performance") or {}).get("estimate_error")}
                  for c in list_checks(session, limit=checks)]
         run = running(session)
+        run_gone = gone(run) if run is not None else None
         shadow = shadow_progress(session)
     champ = None
     if champion is not None:
@@ -51,7 +52,8 @@ def gather_status(settings: Settings, *, events: int = 10, checks: int = 5) -> d
     if run is not None or lease is not None:
         refit = {"holder": lease.holder if lease else None, "trigger": run.trigger if run else None,
                  "started_at": _when(run.created_at) if run else None,
-                 "progress": (run.metrics or {}).get("progress") if run else None}
+                 "progress": (run.metrics or {}).get("progress") if run else None,
+                 "gone": run_gone}  # its process has ended: the daemon marks it failed (core/runs.py)
     return {
         "home": str(settings.home),
         "champion": champ,
@@ -117,6 +119,9 @@ def render_status(info: dict[str, Any], console: Console) -> None:
         progress = refit["progress"] or {}
         console.print(f"refit running: trigger {refit['trigger']}, started {refit['started_at']} UTC, stage "
                       f"{progress.get('stage', 'data')} (done: {progress.get('timings', {})}), lease {refit['holder']}")
+        if refit.get("gone"):
+            console.print(f"[red]  but {refit['gone']}[/]: it will not finish (marked failed when the daemon "
+                          "starts or next decides on a refit)")
     else:
         console.print("refit: none running")
     _render_shadow(info.get("shadow"), (server.get("shadow") if server["up"] else None), console)

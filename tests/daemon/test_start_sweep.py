@@ -1,10 +1,18 @@
-"""`refitd run` sweeps the artifact store as it starts: what a crash left there is gone before it serves."""
+"""`refitd run` sweeps what a crash left as it starts: leftovers in the artifact store are gone before it serves,
+and a refit row whose process died with the old daemon is marked failed."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
+
+from refitd.core.db import make_engine, session_scope
+from refitd.core.runs import start_run
+from refitd.core.tables import RefitRun
 
 from refitd.core.artifacts import ArtifactStore
 from refitd.core.settings import Settings
@@ -20,6 +28,11 @@ def test_leftovers_are_swept_at_start(daemon_home: Path) -> None:  # noqa: F811
     fresh = store.staging("candidate")  # a refit exporting right now, in another process
     shutil.copytree(store.path("v1"), store.root / "v2")  # published, killed before its row was committed
     assert store.versions() == ["v1", "v2"]
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])  # a refit killed with the daemon that ran it
+    ended.wait()
+    engine = make_engine(Settings.load(home=daemon_home).database_url)
+    with session_scope(engine) as s:
+        run_id = start_run(s, trigger="drift", params={"process": f"{socket.gethostname()}:{ended.pid}"}).id
 
     port = free_port()
     daemon = start_daemon(daemon_home, port)
@@ -31,3 +44,6 @@ def test_leftovers_are_swept_at_start(daemon_home: Path) -> None:  # noqa: F811
     assert not stale.exists() and fresh.is_dir()
     assert [p.name[: len(".orphan-v2-")] for p in store.root.glob(".orphan-*")] == [".orphan-v2-"]
     assert "artifact store swept" in Path(daemon.log_path).read_text()  # type: ignore[attr-defined]
+    with session_scope(engine) as s:
+        run = s.get(RefitRun, run_id)
+        assert run.status == "failed" and "has ended without recording an outcome" in run.reason
