@@ -78,7 +78,8 @@ def decide(candidate: dict[str, Any], champion: dict[str, Any] | None, rules: Ga
         return Verdict(False, f"rejected: {metric} on {recent_says} (needs +{rules.min_delta:.3f})", int8_ok, int8_reason)
     if frozen_gap + _EPS < -rules.max_regression:
         return Verdict(False, f"rejected: {metric} on {frozen_says} may regress more than {rules.max_regression:.3f} "
-                              f"({recent_says} was better)", int8_ok, int8_reason)
+                              f"({recent_says} was better){_too_few(paired.get('frozen'), rules)}",
+                       int8_ok, int8_reason)
     return Verdict(True, f"promoted: {metric} on {recent_says} (≥ +{rules.min_delta:.3f}); {frozen_says} "
                          f"(regression limit {rules.max_regression:.3f})", int8_ok, int8_reason)
 
@@ -88,6 +89,16 @@ def _gap(paired: dict[str, Any] | None, candidate: float | None, champion: float
     if paired is not None:
         return float(paired["lower"])
     return (candidate or 0.0) - (champion or 0.0)
+
+
+def _too_few(paired: dict[str, Any] | None, rules: GateRules) -> str:
+    """When the point difference is within the regression limit and only the interval's width rejects: say that
+    the set is what decides, and what would let such a candidate through."""
+    if paired is None or paired["delta"] + _EPS < -rules.max_regression:
+        return ""
+    return (f"; the point difference is within the limit, but {paired['n']} frozen rows cannot rule the regression out "
+            f"at {rules.confidence:.0%}: a larger frozen test set (training.test_fraction, more data) or a lower "
+            "gate.confidence would decide such a candidate")
 
 
 def _says(paired: dict[str, Any] | None) -> str:

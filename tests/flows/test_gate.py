@@ -52,7 +52,7 @@ def test_rejects_when_recent_gain_below_min_delta() -> None:
 
 def test_rejects_when_frozen_regresses_too_far() -> None:
     v = decide(cand(0.77, 0.75), champ(0.80, 0.60), RULES)
-    assert not v.promote and "may regress more than 0.020" in v.reason
+    assert not v.promote and "may regress more than 0.020" in v.reason and "cannot rule" not in v.reason
 
 
 def test_regression_exactly_at_the_limit_is_allowed() -> None:
@@ -134,3 +134,5 @@ def test_the_frozen_regression_rule_reads_the_interval() -> None:
                paired={"frozen": frozen, "recent": {"delta": 0.15, "lower": 0.1, "upper": 0.2, "n": 500,
                                                     "confidence": 0.9}})
     assert not v.promote and "may regress more than 0.020" in v.reason
+    # the point is within the limit: the reason says the set's size decided, and what would change it
+    assert "300 frozen rows cannot rule the regression out at 90%" in v.reason and "training.test_fraction" in v.reason
