@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlmodel import select
 
 from refitd.core import registry
 from refitd.core.artifacts import ArtifactStore
@@ -234,6 +235,13 @@ class DataPlane:
                 with session_scope(self.engine) as session:
                     row = None
                     if prediction_id is not None:
+                        # In the label's own transaction, with the prediction's row locked against retention's
+                        # delete (PostgreSQL; SQLite's writers take turns): a label is never written for a
+                        # prediction deleted meanwhile, where no refit could read its text.
+                        locked = select(Prediction.id).where(Prediction.id == prediction_id) \
+                            .with_for_update(read=True, key_share=True)
+                        if session.exec(locked).first() is None:
+                            raise NotFoundError("prediction", prediction_id)
                         row = session.query(Feedback).filter(Feedback.prediction_id == prediction_id).one_or_none()
                     if row is not None and row.label == label:
                         return {"feedback_id": row.id, "status": "unchanged"}

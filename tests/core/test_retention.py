@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from types import SimpleNamespace
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import delete, func, insert, select
 
 from refitd.core.db import session_scope
+from refitd.core.errors import NotFoundError
 from refitd.core.retention import prune_predictions
 from refitd.core.tables import Feedback, Prediction, ShadowScore, new_prediction_id, utcnow
+from refitd.serving.dataplane import DataPlane
 
 
 def _rows(n: int, *, days_ago: float) -> list[dict]:
@@ -75,3 +78,70 @@ def test_shadow_scores_go_with_their_predictions_and_orphans_past_the_cutoff_go_
     with session_scope(engine) as session:
         left = list(session.execute(select(ShadowScore.prediction_id, ShadowScore.created_at)).all())
     assert sorted(pid for pid, _ in left) == sorted([old[0]["id"], unlogged[-1]])
+
+
+def _label(engine, prediction_id: str) -> object:  # type: ignore[no-untyped-def]
+    """The server's label write (the part that touches the store), its answer or its error."""
+    try:
+        return DataPlane._upsert_feedback(SimpleNamespace(engine=engine), label="b",  # type: ignore[arg-type]
+                                          prediction_id=prediction_id, text=None, source="api")
+    except Exception as exc:  # noqa: BLE001 - the test reads it
+        return exc
+
+
+def test_a_label_arriving_while_a_prune_deletes_its_prediction_is_refused_not_orphaned(engine) -> None:
+    """The prune has its batch (selected, locked on PostgreSQL; SQLite's writers take turns) when a label for one
+    of its rows arrives: the label waits for the batch, then finds no prediction (404), and no label is left
+    pointing at a deleted prediction, whose text no refit could read."""
+    (row,) = _rows(1, days_ago=40)
+    with engine.begin() as conn:
+        conn.execute(insert(Prediction), [row])
+    outcome: list[object] = []
+    with engine.begin() as conn:  # what a prune's batch does, held open
+        ids = list(conn.execute(select(Prediction.id).where(Prediction.id == row["id"])
+                                .with_for_update(skip_locked=True)).scalars())
+        assert ids == [row["id"]]
+        writer = threading.Thread(target=lambda: outcome.append(_label(engine, row["id"])))
+        writer.start()
+        writer.join(1.0)
+        assert writer.is_alive()  # the label waits for the batch
+        conn.execute(delete(Prediction).where(Prediction.id.in_(ids)))  # type: ignore[attr-defined]
+    writer.join(30)
+    assert isinstance(outcome[0], NotFoundError), outcome
+    with session_scope(engine) as session:
+        assert session.execute(select(func.count()).select_from(Feedback)).scalar() == 0
+
+
+def test_a_prune_keeps_a_prediction_whose_label_is_being_written(engine) -> None:
+    """A label being written for an old prediction (its row locked as the server locks it, the label inserted,
+    not yet committed): the prune passes over that row, and the prediction stays with its label."""
+    old = _rows(3, days_ago=40)
+    with engine.begin() as conn:
+        conn.execute(insert(Prediction), old)
+    pruned: list[int] = []
+    if engine.dialect.name == "sqlite":  # one writer at a time: the prune runs after the label's transaction
+        with engine.begin() as conn:
+            conn.execute(insert(Feedback), [{"prediction_id": old[0]["id"], "label": "b", "source": "api",
+                                             "created_at": utcnow()}])
+            pruner = threading.Thread(target=lambda: pruned.append(
+                prune_predictions(engine, utcnow() - timedelta(days=30), batch_rows=10)))
+            pruner.start()
+            pruner.join(1.0)
+            assert pruner.is_alive()
+    else:
+        with engine.begin() as conn:
+            conn.execute(select(Prediction.id).where(Prediction.id == old[0]["id"])
+                         .with_for_update(read=True, key_share=True))
+            conn.execute(insert(Feedback), [{"prediction_id": old[0]["id"], "label": "b", "source": "api",
+                                             "created_at": utcnow()}])
+            pruner = threading.Thread(target=lambda: pruned.append(
+                prune_predictions(engine, utcnow() - timedelta(days=30), batch_rows=10)))
+            pruner.start()
+            pruner.join(30)  # it skips the locked row: it does not wait for the label
+            assert not pruner.is_alive() and pruned == [2]
+    pruner.join(30)
+    assert pruned == [2]
+    with session_scope(engine) as session:
+        left = set(session.execute(select(Prediction.id)).scalars())
+        labelled = set(session.execute(select(Feedback.prediction_id)).scalars())
+    assert left == labelled == {old[0]["id"]}
