@@ -36,8 +36,12 @@ def prune_predictions(engine: Engine, cutoff: datetime, *, batch_rows: int = 500
                     .order_by(col(Prediction.created_at)).limit(batch_rows).with_for_update(skip_locked=True))
 
     def predictions(conn: Connection, ids: list[Any]) -> int:
-        gone = list(conn.execute(delete(Prediction).where(col(Prediction.id).in_(ids), ~labelled)
-                                 .returning(Prediction.id)).scalars())
+        unlabelled = delete(Prediction).where(col(Prediction.id).in_(ids), ~labelled)
+        if conn.dialect.delete_returning:
+            gone = list(conn.execute(unlabelled.returning(Prediction.id)).scalars())
+        else:  # SQLite before 3.35: its writers take turns (BEGIN IMMEDIATE), so what was selected is still unlabelled
+            conn.execute(unlabelled)
+            gone = ids
         if gone:
             conn.execute(delete(ShadowScore).where(col(ShadowScore.prediction_id).in_(gone)))
         return len(gone)

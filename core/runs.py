@@ -1,17 +1,21 @@
 """Refit-run rows: one per training flow run, from start to verdict.
 
-A run records the process that runs it (``params["process"]``, host and pid). A row still "running"
-whose process on this host is gone (killed with the daemon, the OOM killer, a reboot) would otherwise say
-"running" forever; :func:`gone` tells, and :func:`close_gone` marks such rows failed.
+A run records the process that runs it (``params["process"]``: machine, boot, pid namespace, pid and start
+time, :func:`process_identity`). A row still "running" whose process is gone (killed with the daemon, the OOM
+killer, a reboot) would otherwise say "running" forever; :func:`gone` tells from /proc — only for a process
+of this machine and pid namespace, and a pid taken since by another process is told by its start time — and
+:func:`close_gone` marks such rows failed.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
 from sqlmodel import Session, col, select
 
+from refitd.core import registry
 from refitd.core.errors import NotFoundError
 from refitd.core.tables import RefitRun, utcnow
 
@@ -60,43 +64,101 @@ def running(session: Session) -> RefitRun | None:
     return session.exec(select(RefitRun).where(RefitRun.status == "running").order_by(col(RefitRun.id).desc())).first()
 
 
-def gone(run: RefitRun) -> str | None:
-    """Why ``run``'s process is known to have ended, else None (it lives, or ran on another host, or an
-    older run recorded no process). A pid taken since by a newer process is not the run's."""
-    import psutil
-
-    host, _, pid = str((run.params or {}).get("process") or "").rpartition(":")
-    if not pid.isdigit() or host != socket.gethostname():
-        return None
+def process_identity() -> dict[str, Any] | None:
+    """This process as the kernel knows it, for :func:`gone`: the machine (hostname and machine id), its boot,
+    its pid namespace, the pid and its start time in clock ticks after boot (not a wall clock: immune to
+    clock steps). None where /proc cannot tell (not Linux)."""
     try:
-        process = psutil.Process(int(pid))
-        started, zombie = process.create_time(), process.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return f"its process {host}:{pid} has ended"
-    except psutil.Error:  # not ours to inspect (another user's pid): it lives
+        return {"host": socket.gethostname(), "machine": _machine_id(), "boot": _read(_BOOT_ID),
+                "pidns": os.stat("/proc/self/ns/pid").st_ino, "pid": os.getpid(), "start": _proc_stat("self")[1]}
+    except (OSError, ValueError, IndexError):
         return None
-    if zombie:  # ended, not yet reaped by its parent
-        return f"its process {host}:{pid} has ended"
-    if started > run.created_at.timestamp():
-        return f"its process {host}:{pid} has ended (the pid now belongs to a newer process)"
+
+
+def gone(run: RefitRun) -> str | None:
+    """Why ``run``'s process is known to have ended, else None: it lives, or it ran where this process cannot
+    see it (another machine, another container's pid namespace), or the row recorded no process."""
+    recorded, here = (run.params or {}).get("process"), process_identity()
+    if not isinstance(recorded, dict) or here is None:
+        return None
+    if any(recorded.get(key) != here[key] for key in ("host", "machine")) or not here["machine"]:
+        return None  # another machine, or one that cannot be told from another: not ours to judge
+    who = f"its process {recorded['host']}:{recorded.get('pid')}"
+    if recorded.get("boot") != here["boot"]:
+        return f"{who} has ended (the host restarted since)"
+    if recorded.get("pidns") != here["pidns"]:
+        return None  # another pid namespace (a container) on this machine: its pids are not ours
+    try:
+        state, start = _proc_stat(int(recorded["pid"]))
+    except FileNotFoundError:
+        return f"{who} has ended"
+    except (OSError, ValueError, IndexError, KeyError, TypeError):
+        return None
+    if state == "Z":  # ended, not yet reaped by its parent
+        return f"{who} has ended"
+    if start != recorded.get("start"):
+        return f"{who} has ended (the pid now belongs to another process)"
     return None
 
 
 def close_gone(session: Session) -> list[RefitRun]:
-    """Mark failed every run still "running" whose process on this host has ended without recording an
-    outcome; returns them."""
+    """Mark failed, each with a ``refit_failed`` event in the same transaction, every run still "running"
+    whose process has ended without recording an outcome; returns them."""
     closed = []
     for run in list(session.exec(select(RefitRun).where(RefitRun.status == "running"))):
         why = gone(run)
         if why is None:
             continue
-        session.refresh(run)  # read again once the process is known gone: it may have finished its row just before
-        if run.status == "running":
-            closed.append(finish_run(session, run_id=run.id, status="failed",  # type: ignore[arg-type]
-                                     reason=f"{why} without recording an outcome (killed, or the host restarted)"))
+        # read again, locked, once the process is known gone: it may have finished its row just before, or
+        # another caller closed it meanwhile (it waits here for that one's commit and then skips the row)
+        session.refresh(run, with_for_update=True)
+        if run.status != "running":
+            continue
+        reason = f"{why} without recording an outcome (killed, or the host restarted)"
+        closed.append(finish_run(session, run_id=run.id, status="failed", reason=reason))  # type: ignore[arg-type]
+        registry.record_event(session, kind="refit_failed", subject=None, actor="daemon",
+                              reason=f"refit run {run.id} ({run.trigger}) failed: {reason}",
+                              data={"run_id": run.id, "trigger": run.trigger, "status": "failed", "reason": reason})
     return closed
+
+
+def running_here(session: Session, pid: int) -> RefitRun | None:
+    """The newest run still marked running that process ``pid`` of this machine and boot recorded."""
+    here = process_identity()
+    if here is None:
+        return None
+    for run in session.exec(select(RefitRun).where(RefitRun.status == "running").order_by(col(RefitRun.id).desc())):
+        recorded = (run.params or {}).get("process")
+        if isinstance(recorded, dict) and recorded.get("pid") == pid and \
+                all(recorded.get(key) == here[key] for key in ("host", "machine", "boot", "pidns")):
+            return run
+    return None
 
 
 def list_runs(session: Session, *, limit: int = 20) -> list[RefitRun]:
     """Runs, newest first."""
     return list(session.exec(select(RefitRun).order_by(col(RefitRun.id).desc()).limit(limit)))
+
+
+_BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
+def _machine_id() -> str:
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            return _read(path)
+        except OSError:
+            continue
+    return ""
+
+
+def _proc_stat(pid: int | str) -> tuple[str, int]:
+    """A process's state letter and start time (clock ticks after boot) from /proc/PID/stat."""
+    raw = _read(f"/proc/{pid}/stat")
+    fields = raw[raw.rindex(")") + 2:].split()  # after "pid (comm) ": field 3 (state) on; comm may hold spaces
+    return fields[0], int(fields[19])  # field 22: starttime

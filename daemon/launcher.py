@@ -23,7 +23,7 @@ from sqlalchemy import Engine
 from refitd.core import children, leases, registry
 from refitd.core.children import Child
 from refitd.core.db import session_scope
-from refitd.core.runs import close_gone, finish_run, running
+from refitd.core.runs import close_gone, finish_run, running, running_here
 from refitd.core.settings import Settings
 from refitd.core.tables import RefitRun
 
@@ -79,13 +79,17 @@ class RefitLauncher:
         return self._unfollowed_flow_run()
 
     def close_gone(self) -> None:
-        """Rows left "running" by refits whose process on this host ended without an outcome (killed with an
-        earlier daemon, a reboot) are marked failed, each with an event, so status stops showing them running."""
-        with session_scope(self.engine) as session:
-            closed = [(run.id, run.trigger, run.reason) for run in close_gone(session)]
-        for run_id, trigger, reason in closed:
-            self._event("refit_failed", f"refit run {run_id} ({trigger}) failed: {reason}",
-                        {"run_id": run_id, "trigger": trigger, "status": "failed", "reason": reason})
+        """Rows left "running" by refits whose process ended without an outcome (killed with an earlier daemon,
+        a reboot) are marked failed, each with an event, so status stops showing them running. A failure here
+        is logged, never passed on: a stale row misleads status, and must not stop a refit decision."""
+        try:
+            with session_scope(self.engine) as session:
+                closed = [(run.id, run.reason) for run in close_gone(session)]
+        except Exception:  # noqa: BLE001 - see above
+            log.exception("could not close refit runs whose process has ended")
+            return
+        for run_id, reason in closed:
+            log.warning("refit run %s marked failed: %s", run_id, reason)
 
     def _unfollowed_flow_run(self) -> str | None:
         """Why not, when a deployment run recorded as running still runs on its work pool with nobody following
@@ -254,7 +258,8 @@ class RefitLauncher:
             self._event("refit_finished", f"{outcome['version']} {outcome['verdict']}: {outcome['reason']}", outcome,
                         subject=outcome["version"])
         else:
-            self._mark_failed(outcome["reason"], launch.flow_run_id)
+            self._mark_failed(outcome["reason"], launch.flow_run_id,
+                              launch.process.pid if launch.process is not None else None)
             self._event("refit_failed", f"refit ({launch.trigger}) failed: {outcome['reason']}", outcome)
         with self._lock:
             self.finished.append(outcome)
@@ -307,11 +312,16 @@ class RefitLauncher:
         except Exception:  # noqa: BLE001 - recorded as failed either way; say it may still be running
             log.exception("could not cancel flow run %s; it may still be running on its work pool", flow_run_id)
 
-    def _mark_failed(self, reason: str, flow_run_id: str | None = None) -> None:
-        """Finish the run row still marked running: the deployment run's own row when its id is known (another
-        refit's row must not take this one's failure), else the newest."""
+    def _mark_failed(self, reason: str, flow_run_id: str | None = None, pid: int | None = None) -> None:
+        """Finish the run row still marked running: the deployment run's own row when its id is known, the row
+        the local child ``pid`` recorded (another refit's row must not take this one's failure), else the newest."""
         with session_scope(self.engine) as session:
-            run = self._row(flow_run_id=flow_run_id) if flow_run_id else running(session)
+            if flow_run_id:
+                run = self._row(flow_run_id=flow_run_id)
+            elif pid is not None:
+                run = running_here(session, pid)
+            else:
+                run = running(session)
             if run is not None and run.status == "running":
                 finish_run(session, run_id=run.id, status="failed", reason=reason)  # type: ignore[arg-type]
 

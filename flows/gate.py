@@ -97,7 +97,7 @@ def _too_few(paired: dict[str, Any] | None, rules: GateRules) -> str:
     if paired is None or paired["delta"] + _EPS < -rules.max_regression:
         return ""
     return (f"; the point difference is within the limit, but {paired['n']} frozen rows cannot rule the regression out "
-            f"at {rules.confidence:.0%}: a larger frozen test set (training.test_fraction, more data) or a lower "
+            f"at {paired['confidence']:.0%}: a larger frozen test set (training.test_fraction, more data) or a lower "
             "gate.confidence would decide such a candidate")
 
 

@@ -17,11 +17,11 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
-from refitd.core import leases, registry
+from refitd.core import registry
 from refitd.core.artifacts import HF_DIR, ArtifactStore
 from refitd.core.db import engine_for, session_scope
 from refitd.core.errors import ChampionChangedError
-from refitd.core.runs import finish_run, record_progress, start_run
+from refitd.core.runs import finish_run, process_identity, record_progress, start_run
 from refitd.core.settings import Settings
 from refitd.core.tables import ModelVersion
 from refitd.flows import tasks
@@ -60,7 +60,7 @@ def refit(settings: Settings, trigger: str = "manual", warm_start: str | None = 
     engine = engine_for(settings)
     run_params = {"trigger": trigger, "warm_start": warm_start or settings.training.warm_start, "quick": quick,
                   "hpo_trials": hpo_trials, "promote": promote, "shuffle_labels": shuffle_labels,
-                  "process": leases.holder_name()}  # so a row left "running" by a crash can be told (core/runs.py)
+                  "process": process_identity()}  # so a row left "running" by a crash can be told (core/runs.py)
     with session_scope(engine) as session:
         # The root flow run: for a deployment it is the run the daemon launched and follows.
         root = flow_run.root_flow_run_id or flow_run.get_id()

@@ -269,8 +269,11 @@ class Batcher:
         own = len(failed) < len(group) or self._model_answers(runtime)
         if own:
             # Each of these failed alone while the model answers others: one more try each, so that a
-            # passing fault (memory, a device hiccup) is answered, not told it is the request's fault.
-            failed = [f for item, _ in failed for f in self._attempt(runtime, [item])]
+            # passing fault (memory, a device hiccup) is answered, not told it is the request's fault. Not
+            # for a request nobody waits for any more, nor for an error that already says whose it is.
+            again = {id(item) for item, exc in failed if not isinstance(exc, RefitdError) and not item.future.done()}
+            failed = [f for f in failed if id(f[0]) not in again] + \
+                [f for item, _ in failed if id(item) in again for f in self._attempt(runtime, [item])]
         errors: list[Outcome] = []
         for item, exc in failed:
             if not isinstance(exc, RefitdError):

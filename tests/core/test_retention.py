@@ -37,6 +37,21 @@ def test_old_unlabelled_rows_go_in_batches_and_labelled_ones_stay(engine) -> Non
     assert prune_predictions(engine, utcnow() - timedelta(days=30), batch_rows=500) == 0
 
 
+def test_a_store_without_delete_returning_prunes_the_same(engine, monkeypatch) -> None:
+    """SQLite before 3.35 (Debian 11, Ubuntu 20.04) has no DELETE … RETURNING."""
+    monkeypatch.setattr(engine.dialect, "delete_returning", False)
+    old = _rows(30, days_ago=40)
+    with engine.begin() as conn:
+        conn.execute(insert(Prediction), old)
+    with session_scope(engine) as session:
+        session.add(Feedback(prediction_id=old[0]["id"], label="b"))
+        session.add(ShadowScore(version="v2", prediction_id=old[1]["id"], label="a", confidence=0.8))
+    assert prune_predictions(engine, utcnow() - timedelta(days=30), batch_rows=7) == 29
+    with session_scope(engine) as session:
+        assert set(session.execute(select(Prediction.id)).scalars()) == {old[0]["id"]}
+        assert session.execute(select(func.count()).select_from(ShadowScore)).scalar() == 0
+
+
 def test_the_prediction_log_writes_while_a_prune_runs(engine) -> None:
     with engine.begin() as conn:
         conn.execute(insert(Prediction), _rows(6_000, days_ago=40))

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from refitd.core.db import make_engine, session_scope
-from refitd.core.runs import start_run
+from refitd.core.runs import process_identity, start_run
 from refitd.core.tables import RefitRun
 
 from refitd.core.artifacts import ArtifactStore
@@ -32,7 +31,7 @@ def test_leftovers_are_swept_at_start(daemon_home: Path) -> None:  # noqa: F811
     ended.wait()
     engine = make_engine(Settings.load(home=daemon_home).database_url)
     with session_scope(engine) as s:
-        run_id = start_run(s, trigger="drift", params={"process": f"{socket.gethostname()}:{ended.pid}"}).id
+        run_id = start_run(s, trigger="drift", params={"process": process_identity() | {"pid": ended.pid}}).id
 
     port = free_port()
     daemon = start_daemon(daemon_home, port)

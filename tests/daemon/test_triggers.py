@@ -238,42 +238,48 @@ def test_a_closing_launcher_starts_no_refit_but_still_names_why(home: Settings) 
 
 def test_a_run_whose_process_ended_without_an_outcome_is_closed_failed_at_the_next_decision(home: Settings) -> None:
     """A refit killed with its daemon (or a reboot) leaves its row "running"; the next refit decision marks
-    it failed, with an event, and only rows whose process on this host is known gone."""
-    import socket
-    from datetime import datetime, timezone
-
-    from refitd.core.runs import gone
-
-    engine = make_engine(home.database_url)
-    ended = subprocess.Popen([sys.executable, "-c", "pass"])
-    ended.wait()
-    host = socket.gethostname()
-    processes = {"ended": f"{host}:{ended.pid}", "alive": leases.holder_name(), "elsewhere": "other-host:1",
-                 "unrecorded": None, "reused": leases.holder_name()}
-    with session_scope(engine) as s:
-        ids = {name: start_run(s, trigger=name, params={"process": p} if p else {}).id for name, p in processes.items()}
-        s.get(RefitRun, ids["reused"]).created_at = datetime(2001, 1, 1, tzinfo=timezone.utc)  # before this pid began
-    with session_scope(engine) as s:
-        assert "has ended" in (gone(s.get(RefitRun, ids["ended"])) or "")
-        assert gone(s.get(RefitRun, ids["alive"])) is None
-
+    it failed, with an event, and only rows whose process of this machine and pid namespace is known gone."""
     import io
 
     from rich.console import Console
 
+    from refitd.core.runs import gone, process_identity
     from refitd.daemon.status import gather_status, render_status
 
-    info = gather_status(home)  # the newest running row ("reused") is shown as what it is
+    engine = make_engine(home.database_url)
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    me = process_identity()
+    assert me is not None
+    processes = {
+        "ended": me | {"pid": ended.pid},
+        "alive": me,
+        "elsewhere": me | {"machine": "another machine", "pid": ended.pid},
+        "container": me | {"pidns": me["pidns"] + 1, "pid": ended.pid},  # another pid namespace: not ours to judge
+        "unrecorded": None,
+        "reused": me | {"start": me["start"] - 1},  # this pid, but a process that started earlier: not this one
+        "rebooted": me | {"boot": "an earlier boot"},
+    }
+    with session_scope(engine) as s:
+        ids = {name: start_run(s, trigger=name, params={"process": p} if p else {}).id for name, p in processes.items()}
+    with session_scope(engine) as s:
+        assert "has ended" in (gone(s.get(RefitRun, ids["ended"])) or "")
+        assert gone(s.get(RefitRun, ids["alive"])) is None
+
+    info = gather_status(home)  # the newest running row ("rebooted") is shown as what it is
     screen = io.StringIO()
     render_status(info, Console(file=screen, width=300))
-    assert "newer process" in info["refit"]["gone"] and "it will not finish" in screen.getvalue()
+    assert "the host restarted since" in info["refit"]["gone"] and "it will not finish" in screen.getvalue()
 
     assert RefitLauncher(home, engine).busy() is None  # no lease held, nothing running: free, and swept
     with session_scope(engine) as s:
         status = {name: s.get(RefitRun, run_id).status for name, run_id in ids.items()}
         reason = s.get(RefitRun, ids["ended"]).reason
         events = [e.reason for e in s.exec(select(Event).where(Event.kind == "refit_failed"))]
-    assert status == {"ended": "failed", "alive": "running", "elsewhere": "running", "unrecorded": "running",
-                      "reused": "failed"}
-    assert f"its process {host}:{ended.pid} has ended without recording an outcome" in reason
-    assert len(events) == 2 and all("failed" in e for e in events)
+    assert status == {"ended": "failed", "alive": "running", "elsewhere": "running", "container": "running",
+                      "unrecorded": "running", "reused": "failed", "rebooted": "failed"}
+    assert f"its process {me['host']}:{ended.pid} has ended without recording an outcome" in reason
+    assert len(events) == 3 and all("failed" in e for e in events)
+    assert RefitLauncher(home, engine).busy() is None  # a second pass closes nothing twice
+    with session_scope(engine) as s:
+        assert len(s.exec(select(Event).where(Event.kind == "refit_failed")).all()) == 3
