@@ -2,18 +2,23 @@
 
 The one place that joins the two tables: training reads every label with its text
 (:func:`labelled_rows`), monitoring reads served predictions with their labels
-(:func:`predictions_with_labels`).
+(:func:`predictions_with_labels`), the promotion watch counts a version's right answers in the database
+(:func:`labelled_accuracy`). pandas is imported by the two that return frames, not here: the daemon
+process (triggers, the watch) counts without it.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-import pandas as pd
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlmodel import Session, col
 
 from refitd.core.tables import Feedback, Prediction
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def labelled_rows(session: Session, *, since: datetime | None = None) -> pd.DataFrame:
@@ -34,6 +39,8 @@ def labelled_rows(session: Session, *, since: datetime | None = None) -> pd.Data
     if since is not None:
         query = query.where(Feedback.created_at > since)
     rows = session.execute(query).all()
+    import pandas as pd
+
     frame = pd.DataFrame(rows, columns=["text", "label", "predicted", "model_version", "created_at", "source"])
     return frame[frame["text"].notna()].reset_index(drop=True)
 
@@ -57,8 +64,27 @@ def predictions_with_labels(
     if before is not None:
         query = query.where(col(Prediction.created_at) < before)
     rows = session.execute(query.order_by(col(Prediction.created_at).desc()).limit(latest)).all()
+    import pandas as pd
+
     return pd.DataFrame(rows, columns=["created_at", "model_version", "text", "label", "confidence", "embedding",
                                        "true_label"])
+
+
+def labelled_accuracy(session: Session, *, model_version: str, after: datetime | None = None,
+                      before: datetime | None = None, latest: int | None = None) -> tuple[int, float | None]:
+    """How many of ``model_version``'s answers (served at or after ``after``, before ``before``; the ``latest``
+    N labelled ones) have a label, and the share of them it got right (None without any), counted by the
+    database: the rows of :func:`predictions_with_labels` without reading them."""
+    right = case((col(Prediction.label) == col(Feedback.label), 1), else_=0)
+    query = (select(right.label("right")).join(Feedback, Feedback.prediction_id == Prediction.id)
+             .where(Prediction.model_version == model_version))
+    if after is not None:
+        query = query.where(col(Prediction.created_at) >= after)
+    if before is not None:
+        query = query.where(col(Prediction.created_at) < before)
+    rows = query.order_by(col(Prediction.created_at).desc()).limit(latest).subquery()
+    n, correct = session.execute(select(func.count(), func.sum(rows.c.right))).one()
+    return int(n), (int(correct) / n if n else None)
 
 
 def count_labels_since(session: Session, since: datetime | None) -> int:

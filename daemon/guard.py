@@ -23,7 +23,7 @@ from sqlmodel import Session, col
 from refitd.core import registry
 from refitd.core.errors import ChampionChangedError
 from refitd.core.db import session_scope
-from refitd.core.labels import predictions_with_labels
+from refitd.core.labels import labelled_accuracy
 from refitd.core.settings import Settings
 from refitd.core.tables import Event, ModelVersion, Prediction, utcnow
 
@@ -50,7 +50,7 @@ class Quality:
 
 def _quality(session: Session, version: str, *, after: datetime | None = None, before: datetime | None = None,
              latest: int | None = None) -> Quality:
-    labelled = predictions_with_labels(session, model_version=version, after=after, before=before, latest=latest)
+    labelled, acc = labelled_accuracy(session, model_version=version, after=after, before=before, latest=latest)
     mv = session.scalars(select(ModelVersion).where(ModelVersion.version == version)).first()
     threshold = None if mv is None else registry.atc_threshold(mv)
     if threshold is None:
@@ -62,9 +62,8 @@ def _quality(session: Session, version: str, *, after: datetime | None = None, b
     for cond in ([col(Prediction.created_at) >= after] if after else []) + (
             [col(Prediction.created_at) < before] if before else []):
         served = served.where(cond)
-    acc = float((labelled["label"] == labelled["true_label"]).mean()) if len(labelled) else None
     estimate = session.execute(served).scalar()
-    return Quality(version, len(labelled), acc, None if estimate is None else float(estimate), method)
+    return Quality(version, labelled, acc, None if estimate is None else float(estimate), method)
 
 
 def _watched_promotion(session: Session) -> Event | None:

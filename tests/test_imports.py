@@ -80,3 +80,14 @@ def test_serving_and_the_daemon_never_import_torch_or_transformers(statement: st
     code = f"{statement}; import sys; bad = [m for m in ('torch', 'transformers') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_serving_and_daemon_process_holds_no_pandas_scipy_or_evidently() -> None:
+    """What the long-lived process imports stays small: frames and drift statistics live in the drift check's
+    and the refit's own processes (the promotion watch and the triggers count in the database)."""
+    statement = ("import refitd.daemon.service, refitd.daemon.jobs, refitd.daemon.launcher, refitd.daemon.guard, "
+                 "refitd.daemon.triggers, refitd.daemon.status, refitd.serving.app")
+    code = (f"{statement}; import sys; bad = [m for m in ('pandas', 'scipy', 'evidently', 'sklearn') "
+            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr

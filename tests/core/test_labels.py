@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from refitd.core.db import session_scope
-from refitd.core.labels import labelled_rows, predictions_with_labels
+from refitd.core.labels import labelled_accuracy, labelled_rows, predictions_with_labels
 from refitd.core.tables import Feedback, Prediction, utcnow
 
 
@@ -29,3 +29,30 @@ def test_predictions_with_labels_filters_and_joins(engine) -> None:  # type: ign
         assert window["text"].tolist() == ["text 0"]  # after is inclusive, before exclusive
         assert predictions_with_labels(s, unlabelled=True, latest=2)["text"].tolist() == ["text 3", "text 2"]
         assert sorted(labelled_rows(s)["text"]) == ["a bare text", "text 0", "text 2", "text 3"]
+
+
+def test_labelled_accuracy_counts_in_the_database_what_the_frame_shows(engine) -> None:  # type: ignore[no-untyped-def]
+    """The promotion watch's figures without reading rows: the same counts as the labelled frame, for a version,
+    a time range and the latest N labelled answers."""
+    import random
+
+    rng, now = random.Random(5), utcnow()
+    with session_scope(engine) as s:
+        for i in range(120):
+            s.add(Prediction(id=f"q{i}", created_at=now - timedelta(seconds=1000 - i), model_version=rng.choice(["v1", "v2"]),
+                             text=f"t {i}", label=rng.choice(["a", "b"]), scores={}, confidence=0.5, latency_ms=1.0))
+            s.flush()
+            if rng.random() < 0.7:
+                s.add(Feedback(prediction_id=f"q{i}", label=rng.choice(["a", "b", "c"])))
+    cases = [{}, {"latest": 25}, {"after": now - timedelta(seconds=950), "before": now - timedelta(seconds=930)},
+             {"after": now}]
+    with session_scope(engine) as s:
+        for kw in cases:
+            frame = predictions_with_labels(s, model_version="v1", **kw)
+            n, acc = labelled_accuracy(s, model_version="v1", **kw)
+            assert n == len(frame), kw
+            if n:
+                assert acc == float((frame["label"] == frame["true_label"]).mean()), kw
+            else:
+                assert acc is None
+        assert labelled_accuracy(s, model_version="v1")[0] > 25
