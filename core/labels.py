@@ -82,7 +82,9 @@ def labelled_accuracy(session: Session, *, model_version: str, after: datetime |
         query = query.where(col(Prediction.created_at) >= after)
     if before is not None:
         query = query.where(col(Prediction.created_at) < before)
-    rows = query.order_by(col(Prediction.created_at).desc()).limit(latest).subquery()
+    if latest is not None:
+        query = query.order_by(col(Prediction.created_at).desc()).limit(latest)
+    rows = query.subquery()
     n, correct = session.execute(select(func.count(), func.sum(rows.c.right))).one()
     return int(n), (int(correct) / n if n else None)
 

@@ -39,12 +39,12 @@ def prune_predictions(engine: Engine, cutoff: datetime, *, batch_rows: int = 500
         unlabelled = delete(Prediction).where(col(Prediction.id).in_(ids), ~labelled)
         if conn.dialect.delete_returning:
             gone = list(conn.execute(unlabelled.returning(Prediction.id)).scalars())
+            deleted = len(gone)
         else:  # SQLite before 3.35: its writers take turns (BEGIN IMMEDIATE), so what was selected is still unlabelled
-            conn.execute(unlabelled)
-            gone = ids
+            gone, deleted = ids, conn.execute(unlabelled).rowcount
         if gone:
             conn.execute(delete(ShadowScore).where(col(ShadowScore.prediction_id).in_(gone)))
-        return len(gone)
+        return deleted
 
     deleted = _in_batches(engine, oldest_first, predictions, batch_rows, pause_s)
     logged = exists().where(col(Prediction.id) == col(ShadowScore.prediction_id))

@@ -77,21 +77,26 @@ def process_identity() -> dict[str, Any] | None:
 
 def gone(run: RefitRun) -> str | None:
     """Why ``run``'s process is known to have ended, else None: it lives, or it ran where this process cannot
-    see it (another machine, another container's pid namespace), or the row recorded no process."""
+    see it (another machine, another container's pid namespace), or the row recorded no process.
+
+    The same boot id is the same running kernel: the process is judged by pid namespace, pid and start time
+    (whatever the hostname says now). Another boot of this very machine (same hostname and a machine id) means
+    it ended with the reboot; another boot without a machine id to tell is another machine, not judged."""
     recorded, here = (run.params or {}).get("process"), process_identity()
     if not isinstance(recorded, dict) or here is None:
         return None
-    if any(recorded.get(key) != here[key] for key in ("host", "machine")) or not here["machine"]:
-        return None  # another machine, or one that cannot be told from another: not ours to judge
-    who = f"its process {recorded['host']}:{recorded.get('pid')}"
+    who = f"its process {recorded.get('host')}:{recorded.get('pid')}"
     if recorded.get("boot") != here["boot"]:
-        return f"{who} has ended (the host restarted since)"
+        same_machine = bool(here["machine"]) and recorded.get("machine") == here["machine"] \
+            and recorded.get("host") == here["host"]
+        return f"{who} has ended (the host restarted since)" if same_machine else None
     if recorded.get("pidns") != here["pidns"]:
-        return None  # another pid namespace (a container) on this machine: its pids are not ours
+        return None  # another pid namespace (a container) on this kernel: its pids are not ours
     try:
-        state, start = _proc_stat(int(recorded["pid"]))
+        pid = int(recorded["pid"])
+        state, start = _proc_stat(pid)
     except FileNotFoundError:
-        return f"{who} has ended"
+        return f"{who} has ended" if _no_such_process(pid) else None
     except (OSError, ValueError, IndexError, KeyError, TypeError):
         return None
     if state == "Z":  # ended, not yet reaped by its parent
@@ -101,11 +106,22 @@ def gone(run: RefitRun) -> str | None:
     return None
 
 
+def _no_such_process(pid: int) -> bool:
+    """No /proc entry can also mean hidden (``hidepid``, ``ProtectProc=invisible``): ask the kernel."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # PermissionError: it lives, as another user's
+        return False
+    return False
+
+
 def close_gone(session: Session) -> list[RefitRun]:
     """Mark failed, each with a ``refit_failed`` event in the same transaction, every run still "running"
     whose process has ended without recording an outcome; returns them."""
     closed = []
-    for run in list(session.exec(select(RefitRun).where(RefitRun.status == "running"))):
+    for run in list(session.exec(select(RefitRun).where(RefitRun.status == "running").order_by(col(RefitRun.id)))):
         why = gone(run)
         if why is None:
             continue
@@ -123,14 +139,15 @@ def close_gone(session: Session) -> list[RefitRun]:
 
 
 def running_here(session: Session, pid: int) -> RefitRun | None:
-    """The newest run still marked running that process ``pid`` of this machine and boot recorded."""
+    """The newest run still marked running that process ``pid`` of this kernel and pid namespace recorded;
+    where /proc cannot tell (not Linux: runs record no process), the newest run still marked running."""
     here = process_identity()
     if here is None:
-        return None
+        return running(session)
     for run in session.exec(select(RefitRun).where(RefitRun.status == "running").order_by(col(RefitRun.id).desc())):
         recorded = (run.params or {}).get("process")
         if isinstance(recorded, dict) and recorded.get("pid") == pid and \
-                all(recorded.get(key) == here[key] for key in ("host", "machine", "boot", "pidns")):
+                all(recorded.get(key) == here[key] for key in ("boot", "pidns")):
             return run
     return None
 

@@ -243,7 +243,9 @@ def test_a_run_whose_process_ended_without_an_outcome_is_closed_failed_at_the_ne
 
     from rich.console import Console
 
-    from refitd.core.runs import gone, process_identity
+    import os
+
+    from refitd.core.runs import _no_such_process, gone, process_identity, running_here
     from refitd.daemon.status import gather_status, render_status
 
     engine = make_engine(home.database_url)
@@ -254,10 +256,12 @@ def test_a_run_whose_process_ended_without_an_outcome_is_closed_failed_at_the_ne
     processes = {
         "ended": me | {"pid": ended.pid},
         "alive": me,
-        "elsewhere": me | {"machine": "another machine", "pid": ended.pid},
+        "elsewhere": me | {"machine": "another machine", "boot": "its own boot", "pid": ended.pid},
         "container": me | {"pidns": me["pidns"] + 1, "pid": ended.pid},  # another pid namespace: not ours to judge
         "unrecorded": None,
         "reused": me | {"start": me["start"] - 1},  # this pid, but a process that started earlier: not this one
+        "renamed": me | {"host": "its name before", "pid": ended.pid},  # same kernel: judged whatever the name
+        "unknown machine": me | {"boot": "another boot", "machine": "", "pid": ended.pid},  # cannot tell: not judged
         "rebooted": me | {"boot": "an earlier boot"},
     }
     with session_scope(engine) as s:
@@ -265,6 +269,10 @@ def test_a_run_whose_process_ended_without_an_outcome_is_closed_failed_at_the_ne
     with session_scope(engine) as s:
         assert "has ended" in (gone(s.get(RefitRun, ids["ended"])) or "")
         assert gone(s.get(RefitRun, ids["alive"])) is None
+        assert running_here(s, ended.pid).id == ids["renamed"]  # a local child's own row: its kernel, its pid
+        assert running_here(s, 0) is None  # a child that died before writing its row marks nobody else's
+    # a pid /proc does not show may be hidden (hidepid) rather than gone: the kernel is asked
+    assert _no_such_process(ended.pid) and not _no_such_process(os.getpid())
 
     info = gather_status(home)  # the newest running row ("rebooted") is shown as what it is
     screen = io.StringIO()
@@ -277,9 +285,10 @@ def test_a_run_whose_process_ended_without_an_outcome_is_closed_failed_at_the_ne
         reason = s.get(RefitRun, ids["ended"]).reason
         events = [e.reason for e in s.exec(select(Event).where(Event.kind == "refit_failed"))]
     assert status == {"ended": "failed", "alive": "running", "elsewhere": "running", "container": "running",
-                      "unrecorded": "running", "reused": "failed", "rebooted": "failed"}
+                      "unrecorded": "running", "reused": "failed", "renamed": "failed", "unknown machine": "running",
+                      "rebooted": "failed"}
     assert f"its process {me['host']}:{ended.pid} has ended without recording an outcome" in reason
-    assert len(events) == 3 and all("failed" in e for e in events)
+    assert len(events) == 4 and all("failed" in e for e in events)
     assert RefitLauncher(home, engine).busy() is None  # a second pass closes nothing twice
     with session_scope(engine) as s:
-        assert len(s.exec(select(Event).where(Event.kind == "refit_failed")).all()) == 3
+        assert len(s.exec(select(Event).where(Event.kind == "refit_failed")).all()) == 4
