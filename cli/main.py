@@ -113,23 +113,31 @@ def init(
         if reference.info(settings) is not None and champion is not None:
             reference.check_same(settings, frame, source)  # a trained home changes its data only by `data replace`
         reference.store(settings, frame, source=source, actor=getpass.getuser(), reason="refitd init --data")
-    result = run_flow(settings, ["init"] + (["--quick"] if quick else []))
+    result = run_flow(settings, ["init"] + (["--quick"] if quick else []), trigger="init")
     print_result(result)
     if not result.get("promoted"):
         raise typer.Exit(1)
 
 
-def run_flow(settings: Settings, args: list[str]) -> dict[str, Any]:
-    """Run a flow child (refitd.core.children) with these settings; return its JSON summary.
+def run_flow(settings: Settings, args: list[str], *, trigger: str) -> dict[str, Any]:
+    """Run a flow child (refitd.core.children) with these settings, holding the ``refit`` lease as the daemon's
+    refits do (one at a time, whoever starts it: a daemon's trigger waits, a second `refitd refit` is refused
+    with the holder's name and exit code 75); return its JSON summary.
 
     The child's log (Prefect's run logs, tracebacks) goes to ``<home>/flows.log``; an expected
     refusal reaches the terminal as its one-line reason.
     """
-    from refitd.core import children
+    from refitd.core import children, leases
+    from refitd.core.db import engine_for
 
     log_file = settings.home / "flows.log"
-    console.print(f"[dim]running flow: {' '.join(args)} (log: {log_file})[/]")
-    code, result = children.run(settings, args, log_file=log_file)
+    with leases.held(engine_for(settings), leases.REFIT, holder=f"{leases.holder_name()}:cli",
+                     ttl_s=settings.refit.lease_s, data={"trigger": trigger}) as lost:
+        console.print(f"[dim]running flow: {' '.join(args)} (log: {log_file})[/]")
+        code, result = children.run(settings, args, log_file=log_file)
+    if lost.is_set():
+        err.print("[yellow]the refit lease was lost while the flow ran (the store did not answer its renewals); "
+                  "another refit may have started beside it[/]")
     if not result:
         err.print(f"[red]the flow process exited with code {code} before reporting a result; see {log_file}[/]")
         raise typer.Exit(2)
@@ -194,7 +202,7 @@ def refit(
     args = ["refit", "--from", from_] + (["--hpo", str(hpo)] if hpo is not None else [])
     args += ["--no-promote"] * no_promote + ["--quick"] * quick + ["--drill-shuffle-labels"] * drill_shuffle_labels
     bagging = {"training": {"ensemble": ensemble}} if ensemble is not None else {}
-    result = run_flow(settings.updated({"hpo": search, **bagging}), args)
+    result = run_flow(settings.updated({"hpo": search, **bagging}), args, trigger="manual")
     print_result(result)
     if result["verdict"] == "rejected" and not drill_shuffle_labels:
         raise typer.Exit(1)

@@ -95,6 +95,18 @@ class ChampionChangedError(RegistryError):
                          f"as when the decision was made")
 
 
+class LeaseTakenError(RefitdError):
+    """Someone else holds a lease (e.g. a refit is already running, started by the daemon or by hand)."""
+
+    status_code = 409
+    exit_code = 75  # EX_TEMPFAIL: try again later
+
+    def __init__(self, name: str, holder: str | None, until: str | None) -> None:
+        self.name, self.holder = name, holder
+        held = f"held by {holder}" + (f" until {until} UTC unless renewed" if until else "")
+        super().__init__(f"the {name} lease is {held}: a {name} is already running; try again once it has finished")
+
+
 class NoChampionError(RegistryError):
     """Nothing has been promoted yet."""
 

@@ -7,8 +7,12 @@ was killed stops blocking everyone once its lease runs out.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -16,7 +20,12 @@ from sqlalchemy import Engine, or_, update
 from sqlmodel import col
 
 from refitd.core.db import session_scope
+from refitd.core.errors import LeaseTakenError
 from refitd.core.tables import Lease, utcnow
+
+log = logging.getLogger(__name__)
+
+REFIT = "refit"  # one refit at a time, whoever starts it: the daemon's launcher, `refitd refit`, `refitd init`
 
 
 def holder_name() -> str:
@@ -72,3 +81,38 @@ def current(engine: Engine, name: str) -> Lease | None:
             return None
         session.expunge(lease)
         return lease
+
+
+@contextmanager
+def held(engine: Engine, name: str, *, holder: str, ttl_s: float, data: dict[str, Any] | None = None
+         ) -> Iterator[threading.Event]:
+    """Hold the lease for the block: taken at once (:class:`LeaseTakenError` naming its holder when someone else
+    has it), renewed every third of ``ttl_s`` by a background thread, released at the end. The event it yields
+    is set if the lease was lost meanwhile (renewals failed until it expired and another process took it)."""
+    if not acquire(engine, name, holder=holder, ttl_s=ttl_s, data=data):
+        taken = current(engine, name)
+        raise LeaseTakenError(name, taken.holder if taken else "another process",
+                              f"{taken.expires_at:%H:%M:%S}" if taken and taken.expires_at else None)
+    lost, stop = threading.Event(), threading.Event()
+
+    def keep() -> None:
+        while not stop.wait(ttl_s / 3):
+            try:
+                if not renew(engine, name, holder=holder, ttl_s=ttl_s):
+                    log.error("the %s lease was lost (it expired and another process took it)", name)
+                    lost.set()
+                    return
+            except Exception:  # noqa: BLE001 - a store that is down now may answer at the next renewal
+                log.exception("could not renew the %s lease; it expires in at most %.0f s", name, ttl_s)
+
+    keeper = threading.Thread(target=keep, name=f"lease-{name}", daemon=True)
+    keeper.start()
+    try:
+        yield lost
+    finally:
+        stop.set()
+        keeper.join(timeout=10)
+        try:
+            release(engine, name, holder=holder)
+        except Exception:  # noqa: BLE001 - an unreleased lease expires on its own
+            log.exception("could not release the %s lease; it expires in %.0f s", name, ttl_s)

@@ -29,7 +29,7 @@ from refitd.core.tables import RefitRun
 
 log = logging.getLogger(__name__)
 
-LEASE = "refit"
+LEASE = leases.REFIT
 _TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 

@@ -292,3 +292,39 @@ def test_a_run_whose_process_ended_without_an_outcome_is_closed_failed_at_the_ne
     assert RefitLauncher(home, engine).busy() is None  # a second pass closes nothing twice
     with session_scope(engine) as s:
         assert len(s.exec(select(Event).where(Event.kind == "refit_failed")).all()) == 4
+
+
+def test_a_held_lease_is_renewed_for_the_block_refused_to_others_and_released(home: Settings) -> None:
+    from refitd.core.errors import LeaseTakenError
+
+    engine = make_engine(home.database_url)
+    with leases.held(engine, LEASE, holder="cli", ttl_s=0.6, data={"trigger": "manual"}) as lost:
+        time.sleep(1.5)  # past its first expiry: renewed meanwhile
+        held = leases.current(engine, LEASE)
+        assert held is not None and held.holder == "cli" and not lost.is_set()
+        with pytest.raises(LeaseTakenError, match="the refit lease is held by cli until") as refused:
+            with leases.held(engine, LEASE, holder="daemon", ttl_s=60):
+                pass  # never entered
+        assert refused.value.exit_code == 75
+        assert not RefitLauncher(home, engine).start("labels", "10 new labels")[0]  # the daemon waits too
+    assert leases.current(engine, LEASE) is None  # released at the end of the block
+
+    with leases.held(engine, LEASE, holder="cli", ttl_s=0.6) as lost:  # taken over after its expiry: lost, said so
+        assert leases.release(engine, LEASE, holder="cli") and leases.acquire(engine, LEASE, holder="other", ttl_s=60)
+        _poll(lost.is_set, guard_s=10)
+    assert leases.current(engine, LEASE).holder == "other"  # the block's end does not release someone else's
+
+
+def test_refitd_refit_is_refused_while_another_refit_holds_the_lease(home: Settings) -> None:
+    """`refitd refit` (and `init`) hold the refit lease as the daemon's refits do: while the daemon's refit
+    runs, a refit by hand is refused with one line naming the holder and exit code 75, and runs no flow."""
+    engine = make_engine(home.database_url)
+    assert leases.acquire(engine, LEASE, holder="scheduler-host:4242:refit", ttl_s=60)
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("REFITD_")}
+    result = subprocess.run([sys.executable, "-m", "refitd.cli", "--home", str(home.home), "refit"],
+                            env=env | {"REFITD_DATABASE__URL": home.database_url}, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 75, result.stdout + result.stderr
+    assert "held by scheduler-host:4242:refit" in result.stderr and "Traceback" not in result.stderr
+    assert "running flow" not in result.stdout
+    assert not (home.home / "flows.log").exists()
