@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import case, func, select
+from sqlalchemy import Select, case, func, select
 from sqlmodel import Session, col
 
 from refitd.core.tables import Feedback, Prediction
@@ -56,13 +56,8 @@ def predictions_with_labels(
     """
     query = select(Prediction.created_at, Prediction.model_version, Prediction.text, Prediction.label,
                    Prediction.confidence, Prediction.embedding, Feedback.label.label("true_label"))
-    query = query.join(Feedback, Feedback.prediction_id == Prediction.id, isouter=unlabelled)
-    if model_version is not None:
-        query = query.where(Prediction.model_version == model_version)
-    if after is not None:
-        query = query.where(col(Prediction.created_at) >= after)
-    if before is not None:
-        query = query.where(col(Prediction.created_at) < before)
+    query = _served(query.join(Feedback, Feedback.prediction_id == Prediction.id, isouter=unlabelled),
+                    model_version=model_version, after=after, before=before)
     rows = session.execute(query.order_by(col(Prediction.created_at).desc()).limit(latest)).all()
     import pandas as pd
 
@@ -76,17 +71,25 @@ def labelled_accuracy(session: Session, *, model_version: str, after: datetime |
     N labelled ones) have a label, and the share of them it got right (None without any), counted by the
     database: the rows of :func:`predictions_with_labels` without reading them."""
     right = case((col(Prediction.label) == col(Feedback.label), 1), else_=0)
-    query = (select(right.label("right")).join(Feedback, Feedback.prediction_id == Prediction.id)
-             .where(Prediction.model_version == model_version))
-    if after is not None:
-        query = query.where(col(Prediction.created_at) >= after)
-    if before is not None:
-        query = query.where(col(Prediction.created_at) < before)
+    query = _served(select(right.label("right")).join(Feedback, Feedback.prediction_id == Prediction.id),
+                    model_version=model_version, after=after, before=before)
     if latest is not None:
         query = query.order_by(col(Prediction.created_at).desc()).limit(latest)
     rows = query.subquery()
     n, correct = session.execute(select(func.count(), func.sum(rows.c.right))).one()
     return int(n), (int(correct) / n if n else None)
+
+
+def _served(query: Select, *, model_version: str | None, after: datetime | None, before: datetime | None) -> Select:
+    """``query`` narrowed to one version's predictions (when given), served at or after ``after`` and before
+    ``before``."""
+    if model_version is not None:
+        query = query.where(Prediction.model_version == model_version)
+    if after is not None:
+        query = query.where(col(Prediction.created_at) >= after)
+    if before is not None:
+        query = query.where(col(Prediction.created_at) < before)
+    return query
 
 
 def count_labels_since(session: Session, since: datetime | None) -> int:

@@ -83,10 +83,7 @@ class Daemon:
         """Serve and schedule until a stop signal; return the exit code."""
         upgrade(self.engine)
         self._sweep_artifacts()
-        try:
-            self.launcher.close_gone()  # rows a crash left "running": failed now, not at the first refit decision
-        except Exception:  # noqa: BLE001 - a stale row misleads status, nothing more: serve anyway
-            log.exception("could not close refit runs left running by a crash")
+        self.launcher.close_gone()  # rows a crash left "running": failed now, not at the first refit decision
         jobs.bind(self.context)
         threading.Thread(target=self._start_when_serving, name="daemon-start", daemon=True).start()
         try:

@@ -39,10 +39,7 @@ def gather_status(settings: Settings, *, events: int = 10, checks: int = 5) -> d
                   "estimate_error": ((c.signals or {}).get("_performance") or {}).get("estimate_error")}
                  for c in list_checks(session, limit=checks)]
         run = running(session)
-        try:
-            run_gone = gone(run) if run is not None else None
-        except Exception:  # noqa: BLE001 - whether its process lives is a detail; the screen comes first
-            run_gone = None
+        run_gone = gone(run) if run is not None else None
         shadow = shadow_progress(session)
     champ = None
     if champion is not None:

@@ -58,8 +58,9 @@ def augment_frame(frame: pd.DataFrame, *, copies: int, seed: int, p: float = 0.1
             op = rng.choice((lambda w: random_deletion(w, p, rng), lambda w: random_swap(w, n, rng),
                              lambda w: random_insertion(w, n, vocabulary, rng)))
             variant = " ".join(op(words))
-            if normalise(variant) not in taken:
-                taken.add(normalise(variant))
+            key = normalise(variant)
+            if key not in taken:
+                taken.add(key)
                 extra.append({"text": variant, "label": label, "augmented": True})
     out = frame.assign(augmented=False)
     return pd.concat([out, pd.DataFrame(extra, columns=["text", "label", "augmented"])], ignore_index=True)

@@ -271,9 +271,9 @@ class Batcher:
             # Each of these failed alone while the model answers others: one more try each, so that a
             # passing fault (memory, a device hiccup) is answered, not told it is the request's fault. Not
             # for a request nobody waits for any more, nor for an error that already says whose it is.
-            again = {id(item) for item, exc in failed if not isinstance(exc, RefitdError) and not item.future.done()}
-            failed = [f for f in failed if id(f[0]) not in again] + \
-                [f for item, _ in failed if id(item) in again for f in self._attempt(runtime, [item])]
+            failed = [outcome for item, exc in failed
+                      for outcome in ([(item, exc)] if isinstance(exc, RefitdError) or item.future.done()
+                                      else self._attempt(runtime, [item]))]
         errors: list[Outcome] = []
         for item, exc in failed:
             if not isinstance(exc, RefitdError):

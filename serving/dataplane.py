@@ -214,13 +214,11 @@ class DataPlane:
         if labels and label not in labels:
             raise UnprocessableError(f"unknown label {label!r}; expected one of {', '.join(labels)}")
         try:
-            if prediction_id is not None and not self._prediction_exists(prediction_id):
+            if prediction_id is not None and not self._prediction_exists(prediction_id) \
+                    and self.predlog.may_hold(prediction_id):
                 # Flush only when the row may still be on its way (it lands before its label); an id the log
-                # never held answers 404 at once, never waiting behind a flush.
-                if self.predlog.may_hold(prediction_id):
-                    self.predlog.flush()
-                if not self._prediction_exists(prediction_id):  # landed meanwhile, or never logged
-                    raise NotFoundError("prediction", prediction_id)
+                # never held answers 404 at once (from the label's write), never waiting behind a flush.
+                self.predlog.flush()
             return self._upsert_feedback(label=label, prediction_id=prediction_id, text=text, source=source)
         except SQLAlchemyError as exc:
             raise StoreUnavailable() from exc
