@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from refitd.core.errors import DataError
+from refitd.core.tables import LABEL_MAX_CHARS
 from refitd.core.topics import topic_of
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ def load_table(
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError("file does not exist", path=str(path))
-    frame = _read_any(path)
+    frame, rows = _read_any(path)
     for column in (text_column, label_column):
         if column not in frame.columns:
             raise DataError(
@@ -164,14 +165,18 @@ def load_table(
                 column=column,
             )
     out = pd.DataFrame({"text": frame[text_column], "label": frame[label_column]})
-    # Row numbers as a person counts them in the file: CSV has a header line, so data starts at 2.
-    first_row = 2 if path.suffix.lower() in {".csv", ".tsv"} else 1
-    for i, (text, label) in enumerate(zip(out["text"], out["label"], strict=True)):
-        row = i + first_row
+    for row, text, label in zip(rows, out["text"], out["label"], strict=True):
+        if text is not None and not isinstance(text, str) and not (isinstance(text, float) and pd.isna(text)):
+            raise DataError(f"text is not a string ({type(text).__name__} {text!r})", path=str(path), row=row,
+                            column=text_column)
         if not isinstance(text, str) or not text.strip():
             raise DataError("empty text", path=str(path), row=row, column=text_column)
         if label is None or (isinstance(label, float) and pd.isna(label)) or not str(label).strip():
             raise DataError("empty label", path=str(path), row=row, column=label_column)
+        if len(str(label).strip()) > LABEL_MAX_CHARS:
+            raise DataError(f"label longer than {LABEL_MAX_CHARS} characters ({str(label).strip()[:LABEL_MAX_CHARS]}…): "
+                            "the store and the API keep labels up to that length", path=str(path), row=row,
+                            column=label_column)
         if labels is not None and str(label).strip() not in labels:
             raise DataError(
                 f"unknown label {label!r} (expected one of {', '.join(labels)})",
@@ -186,15 +191,19 @@ def load_table(
     return _dedupe(out, str(path)).reset_index(drop=True)
 
 
-def _read_any(path: Path) -> pd.DataFrame:
+def _read_any(path: Path) -> tuple[pd.DataFrame, list[int]]:
+    """The file's rows, and each row's number as a person counts it in the file (CSV: its header is line 1;
+    JSONL: its line, blank lines counted; Parquet: from 1)."""
     suffix = path.suffix.lower()
     try:
         if suffix in {".csv", ".tsv"}:
-            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
+            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
+            return frame, list(range(2, len(frame) + 2))
         if suffix in {".jsonl", ".ndjson"}:
             return _read_jsonl(path)
         if suffix in {".parquet", ".pq"}:
-            return pd.read_parquet(path)
+            frame = pd.read_parquet(path)
+            return frame, list(range(1, len(frame) + 1))
     except DataError:
         raise
     except UnicodeDecodeError as exc:  # name the line: pandas only says where in its buffer
@@ -219,10 +228,12 @@ def _first_non_utf8_line(path: Path) -> int | None:
     return None
 
 
-def _read_jsonl(path: Path) -> pd.DataFrame:
+def _read_jsonl(path: Path) -> tuple[pd.DataFrame, list[int]]:
+    """The records (each column kept as the JSON values were: labels 1 and 2.0 stay "1" and "2.0", not both
+    floats) and their line numbers."""
     import json
 
-    records = []
+    records, lines = [], []
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
@@ -234,7 +245,9 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
             if not isinstance(record, dict):
                 raise DataError("each line must be a JSON object", path=str(path), row=lineno)
             records.append(record)
-    return pd.DataFrame.from_records(records)
+            lines.append(lineno)
+    columns = list(dict.fromkeys(key for record in records for key in record))
+    return pd.DataFrame({c: pd.Series([r.get(c) for r in records], dtype=object) for c in columns}), lines
 
 
 def stratified_sample(frame: pd.DataFrame, n: int | None, *, seed: int) -> pd.DataFrame:
