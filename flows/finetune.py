@@ -123,12 +123,21 @@ def align_head(model: PreTrainedModel, source_labels: list[str], labels: list[st
 
 
 def encoder_layers(model: PreTrainedModel) -> list[torch.nn.Module]:
+    """The encoder's blocks, lowest first: where BERT-like models keep them (``encoder.layer``, DistilBERT's
+    ``transformer.layer``, ``layers`` of ModernBERT-like ones), else the one list of ``num_hidden_layers``
+    modules in the base model."""
     base = model.base_model
-    encoder = getattr(base, "encoder", None) or getattr(base, "transformer", None)
-    layers = getattr(encoder, "layer", None) or getattr(encoder, "layers", None)
-    if layers is None:
-        raise ConfigError(f"cannot find encoder layers in {type(model).__name__} to freeze; set training.freeze_layers = 0")
-    return list(layers)
+    for owner in (getattr(base, "encoder", None), getattr(base, "transformer", None), base):
+        for name in ("layer", "layers"):
+            layers = getattr(owner, name, None)
+            if isinstance(layers, torch.nn.ModuleList) and len(layers):
+                return list(layers)
+    depth = getattr(model.config, "num_hidden_layers", None)
+    found = [m for m in base.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == depth]
+    if len(found) == 1:
+        return list(found[0])
+    raise ConfigError(f"cannot find the encoder layers of {type(model).__name__} to freeze; set "
+                      "training.freeze_layers = 0 and training.unfreeze_every_epochs = 0")
 
 
 def apply_freezing(model: PreTrainedModel, *, freeze_embeddings: bool, freeze_layers: int) -> dict[str, int]:
@@ -137,7 +146,9 @@ def apply_freezing(model: PreTrainedModel, *, freeze_embeddings: bool, freeze_la
     if freeze_embeddings and embeddings is not None:
         for p in embeddings.parameters():
             p.requires_grad = False
-    for layer in encoder_layers(model)[:freeze_layers]:
+    for layer in encoder_layers(model)[:freeze_layers] if freeze_layers else []:
+
+
         for p in layer.parameters():
             p.requires_grad = False
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -245,7 +256,7 @@ def fit(
     eval_steps = max(1, steps_per_epoch // max(1, config.evals_per_epoch))
     optim, optim_args = _OPTIMIZERS[t.optimizer]
     extra_callbacks = list(callbacks or [])
-    if t.unfreeze_every_epochs:
+    if t.unfreeze_every_epochs and t.freeze_layers:  # nothing frozen, nothing to unfreeze
         extra_callbacks.append(GradualUnfreezing(model, t.unfreeze_every_epochs))
     with tempfile.TemporaryDirectory(prefix="refitd-train-") as out:
         args = TrainingArguments(

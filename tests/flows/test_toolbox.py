@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from scipy.special import log_softmax, softmax
 
+from refitd.core.errors import ConfigError
 from refitd.flows.augment import augment_frame
 from refitd.flows.calibrate import atc_threshold, expected_calibration_error, fit_temperature
 from refitd.flows.finetune import GradualUnfreezing, apply_freezing, encoder_layers, load_model
@@ -195,6 +196,30 @@ def test_freezing_and_gradual_unfreezing_top_down() -> None:
     callback.on_epoch_begin(None, State(), None)
     frozen = [not any(p.requires_grad for p in layer.parameters()) for layer in layers]
     assert frozen == [True] * 3 + [False] * 3  # the highest frozen layer went first
+
+
+@pytest.mark.parametrize(("model_type", "extra", "found"), [
+    ("modernbert", {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2, "cls_token_id": 2, "sep_token_id": 1}, 3),
+    ("deberta-v2", {}, 3),
+    ("albert", {"embedding_size": 16}, None),  # one shared layer group: no per-layer list to freeze
+])
+def test_freezing_finds_the_layers_of_other_architectures_and_is_not_needed_to_train(model_type, extra, found) -> None:
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.for_model(model_type, num_labels=2, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                  num_attention_heads=2, vocab_size=100, **extra)
+    model = AutoModelForSequenceClassification.from_config(config)
+    if found is None:
+        with pytest.raises(ConfigError, match="training.freeze_layers = 0"):
+            apply_freezing(model, freeze_embeddings=False, freeze_layers=1)
+    else:
+        apply_freezing(model, freeze_embeddings=False, freeze_layers=2)
+        layers = encoder_layers(model)
+        assert len(layers) == found
+        assert [any(p.requires_grad for p in layer.parameters()) for layer in layers] == [False, False, True]
+    model = AutoModelForSequenceClassification.from_config(config)
+    counts = apply_freezing(model, freeze_embeddings=True, freeze_layers=0)  # what the error asks for: it works
+    assert 0 < counts["trainable_params"] < counts["total_params"]
 
 
 def test_a_warm_start_keeps_each_labels_output_row_when_the_label_set_changes(tmp_path: Path) -> None:
