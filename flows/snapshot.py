@@ -42,6 +42,7 @@ class Snapshot:
     frozen_digest: str = ""
     counts: dict[str, Any] = field(default_factory=dict)
     unknown_labels: dict[str, int] = field(default_factory=dict)  # feedback rows left out, per label outside ``labels``
+    labels_until: datetime | None = None  # the newest production label read (``since`` when none was)
 
     def seal(self) -> Snapshot:
         self.digest = digest_frame(pd.concat([self.train[["text", "label"]], self.validation[["text", "label"]]]))
@@ -113,8 +114,10 @@ def build(
     test = stratified_sample(ref[ref["split"] == "test"], max_test_rows, seed=seed)
     recent = new[new["part"] == "recent_test"].reset_index(drop=True)
     cols = ["text", "label", "source"]
+    newest = production["created_at"].max() if len(production) else None
     return Snapshot(train[cols], validation[cols], test[cols], recent[cols], labels,
-                    unknown_labels={str(k): int(v) for k, v in unknown.items()}).seal()
+                    unknown_labels={str(k): int(v) for k, v in unknown.items()},
+                    labels_until=since if newest is None else pd.Timestamp(newest).to_pydatetime()).seal()
 
 
 def _training_mix(reference: pd.DataFrame, old: pd.DataFrame, new: pd.DataFrame, *, replay_ratio: float,

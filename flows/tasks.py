@@ -21,6 +21,7 @@ from refitd.core.artifacts import (CONFIG_FILE, FROZEN_LOGITS_FILE, HF_DIR, HIST
                                    METRICS_FILE, MODEL_FILE, OUTPUTS, TOKENIZER_FILE, TRAIN_ROWS_FILE, ArtifactMeta,
                                    ArtifactStore)
 from refitd.core import reference as refdata
+from refitd.core import registry
 from refitd.core.datasets import text_digest
 from refitd.core.db import engine_for, session_scope
 from refitd.core.labels import labelled_rows
@@ -49,7 +50,7 @@ def snapshot_data(settings: Settings, champion: ModelVersion | None) -> snap.Sna
     reference = refdata.load(settings)
     with session_scope(engine_for(settings)) as session:
         production = labelled_rows(session)
-    return snap.build(reference, production, since=champion.created_at if champion else None,
+    return snap.build(reference, production, since=registry.labels_until(champion) if champion else None,
                       validation_fraction=t.validation_fraction, test_fraction=t.test_fraction,
                       recent_fraction=t.recent_test_fraction, replay_ratio=t.replay_ratio,
                       max_train_rows=t.max_train_rows, max_test_rows=t.max_test_rows,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -128,6 +129,18 @@ def test_every_command(home: Path, tmp_path: Path) -> None:
     # an expected refusal from the training child: one line, no Prefect tracebacks on the terminal
     refused = refitd(home, "refit", "--quick", code=2, REFITD_TRAINING__MIN_ROWS="1000000")
     one_line_refusal(refused, "training.min_rows")
+
+    # a label set other than the champion's only on purpose; a refit without the home's reference is refused
+    # (copies: the module's home stays as it is)
+    copy = tmp_path / "copy"
+    shutil.copytree(home, copy)
+    two = tmp_path / "two.csv"
+    two.write_text("text,label\n" + "".join(f"ticket {i} about {('billing', 'bug')[i % 2]}\n" for i in range(80)))
+    one_line_refusal(refitd(copy, "data", "replace", str(two), "--reason", "t", code=2), "add --new-label-set")
+    replaced = refitd(copy, "data", "replace", str(two), "--reason", "two classes now", "--new-label-set").stdout
+    assert "reference replaced" in replaced
+    shutil.rmtree(copy / "data")
+    one_line_refusal(refitd(copy, "refit", "--quick", code=2), "has no reference dataset")
 
     # the service: ready, then a clean stop on SIGTERM
     daemon, url = _serve(home, "run")

