@@ -67,7 +67,8 @@ def data_replace(
         raise ConfigError(f"{source} has labels {labels} but the champion {champion.version} answers "
                           f"{sorted(champion_labels)}; if that is meant, add --new-label-set")
     who = actor or getpass.getuser()
-    stored = reference.store(settings, frame, source=source, actor=who, reason=reason, new_label_set=changed)
+    stored = reference.store(settings, frame, source=source, actor=who, reason=reason,
+                             new_label_set_for=champion.version if changed else None)
     with session_scope(engine) as session:
         registry.record_event(session, kind="reference_replaced", subject=None, actor=who, reason=reason,
                               data={"source": source, "digest": stored.digest, "rows": stored.rows,

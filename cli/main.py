@@ -110,9 +110,11 @@ def init(
         from refitd.core import reference
 
         frame, source = reference.from_settings(settings)
-        if reference.info(settings) is not None and champion is not None:
+        stored = reference.info(settings)
+        if stored is not None and champion is not None:
             reference.check_same(settings, frame, source)  # a trained home changes its data only by `data replace`
-        reference.store(settings, frame, source=source, actor=getpass.getuser(), reason="refitd init --data")
+        else:  # a trained home's same data is already stored, as `data replace` left it (--new-label-set kept)
+            reference.store(settings, frame, source=source, actor=getpass.getuser(), reason="refitd init --data")
     result = run_flow(settings, ["init"] + (["--quick"] if quick else []), trigger="init")
     print_result(result)
     if not result.get("promoted"):

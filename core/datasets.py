@@ -166,7 +166,7 @@ def load_table(
             )
     out = pd.DataFrame({"text": frame[text_column], "label": frame[label_column]})
     for row, text, label in zip(rows, out["text"], out["label"], strict=True):
-        if text is not None and not isinstance(text, str) and not (isinstance(text, float) and pd.isna(text)):
+        if not isinstance(text, str) and not (text is None or pd.api.types.is_scalar(text) and pd.isna(text)):
             raise DataError(f"text is not a string ({type(text).__name__} {text!r})", path=str(path), row=row,
                             column=text_column)
         if not isinstance(text, str) or not text.strip():

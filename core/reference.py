@@ -40,8 +40,8 @@ class ReferenceInfo(BaseModel):
     stored_at: datetime
     actor: str
     reason: str
-    new_label_set: bool = Field(default=False, description="Stored by `data replace --new-label-set`: the next refit "
-                                "may train labels the champion does not answer.")
+    new_label_set_for: str | None = Field(default=None, description="Stored by `data replace --new-label-set` while "
+                                          "this version was champion: its refits may train a label set it does not answer.")
 
 
 def folder(settings: Settings) -> Path:
@@ -67,7 +67,7 @@ def from_settings(settings: Settings) -> tuple[pd.DataFrame, str]:
 
 
 def store(settings: Settings, frame: pd.DataFrame, *, source: str, actor: str, reason: str,
-          new_label_set: bool = False) -> ReferenceInfo:
+          new_label_set_for: str | None = None) -> ReferenceInfo:
     """Write the rows under a name of their own digest, then the description that points at them: its
     atomic replace is the one switch, so a reader sees the old set or the new one, never a mix."""
     out = folder(settings)
@@ -77,7 +77,7 @@ def store(settings: Settings, frame: pd.DataFrame, *, source: str, actor: str, r
     meta = ReferenceInfo(source=source, file=f"reference-{digest[:16]}.parquet", digest=digest, rows=len(frame),
                          labels={str(k): int(v) for k, v in frame["label"].value_counts().sort_index().items()},
                          splits={str(k): int(v) for k, v in frame["split"].value_counts().sort_index().items()},
-                         stored_at=utcnow(), actor=actor, reason=reason, new_label_set=new_label_set)
+                         stored_at=utcnow(), actor=actor, reason=reason, new_label_set_for=new_label_set_for)
     previous = info(settings)
     _atomic_write(out / meta.file, lambda p: frame.to_parquet(p, index=False))
     _atomic_write(out / META_FILE, lambda p: p.write_text(meta.model_dump_json(indent=2)))
@@ -109,8 +109,9 @@ def check_belongs(settings: Settings, champion: ModelVersion) -> None:
     """Refuse a refit whose reference is not the champion's: none stored beside a champion (a home other than
     the one that ran `refitd init`, or a lost data folder: the configured file or the bundled corpus would stand
     in for the data the champion was trained on), or one whose label set differs from what the champion answers
-    without `data replace --new-label-set` having said so (a candidate scored on another label set's frozen set
-    beats a champion that cannot answer it)."""
+    without `data replace --new-label-set` having said so while this champion served (a candidate scored on
+    another label set's frozen set beats a champion that cannot answer it; a rollback to a champion of the old
+    set asks again)."""
     stored = info(settings)
     if stored is None:
         t = settings.training
@@ -120,7 +121,7 @@ def check_belongs(settings: Settings, champion: ModelVersion) -> None:
                           f"the data {champion.version} was trained on. Run it with the home that ran `refitd init` "
                           "(REFITD_HOME), restore that folder, or store the data with `refitd data replace FILE`")
     served = sorted((champion.params or {}).get("labels") or [])
-    if served and served != sorted(stored.labels) and not stored.new_label_set:
+    if served and served != sorted(stored.labels) and stored.new_label_set_for != champion.version:
         raise ConfigError(f"the reference dataset ({stored.source}) has labels {sorted(stored.labels)} but the champion "
                           f"{champion.version} answers {served}; `refitd data replace FILE --new-label-set` stores data "
                           "with a new label set on purpose")

@@ -43,7 +43,7 @@ class ModelSection(Section):
                 f"model.base_model must be a local Hugging Face model folder with a config.json; "
                 f"{v} has none"
             )
-        return None if v is None else Path(v).expanduser()
+        return None if v is None else Path(v).expanduser().resolve()  # recorded with each version: absolute
 
 
 class TrainingSection(Section):

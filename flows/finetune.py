@@ -95,12 +95,12 @@ def load_model(source: Path, labels: list[str], *, dropout: float | None) -> tup
         ignore_mismatched_sizes=True,
         **extra,
     )
-    if source_labels != labels and set(source_labels) & set(labels):
-        if len(source_labels) == len(labels):
-            trained = _head(model, len(labels))  # loaded as it was: row i is the source's i-th label
-        else:  # the loader gave a new layer of the new size: the trained rows are read from the source
-            trained = _head(AutoModelForSequenceClassification.from_pretrained(str(source)), len(source_labels))
-        align_head(model, source_labels, labels, trained)
+    if source_labels != labels and len(source_labels) == len(labels):
+        align_head(model, source_labels, labels, _head(model, len(labels)))  # loaded as it was: row i, label i
+    elif source_labels != labels and set(source_labels) & set(labels):
+        # the loader gave a new layer of the new size: the rows of the labels kept are read from the source
+        align_head(model, source_labels, labels,
+                   _head(AutoModelForSequenceClassification.from_pretrained(str(source)), len(source_labels)))
     tokenizer = AutoTokenizer.from_pretrained(str(source))
     return model, tokenizer
 

@@ -39,7 +39,7 @@ def _m(report: dict[str, Any] | None, metric: str) -> float | None:
 
 
 def decide(candidate: dict[str, Any], champion: dict[str, Any] | None, rules: GateRules,
-           paired: dict[str, Any] | None = None) -> Verdict:
+           paired: dict[str, Any] | None = None, label_change: str | None = None) -> Verdict:
     """``candidate`` / ``champion``: {"frozen": report, "recent": report|None, "baseline": report, "frozen_int8",
     "recent_int8", "int8_export": the export's INT8 choice (optional; see :func:`choose_int8`)};
     ``paired``: {"frozen", "recent"} → :func:`paired_bootstrap` of candidate minus champion on those rows.
@@ -47,6 +47,12 @@ def decide(candidate: dict[str, Any], champion: dict[str, Any] | None, rules: Ga
     With intervals, a difference counts only at ``rules.confidence``: promotion needs the recent
     difference's lower bound to reach ``min_delta``, and the frozen difference's lower bound must not
     pass ``-max_regression`` (non-inferiority). Without them (older callers), the point estimates decide.
+
+    ``label_change`` (the label sets, in words) when the candidate answers another label set than the champion
+    on purpose (`refitd data replace --new-label-set`): the champion cannot answer the new frozen set, and the
+    recent labels were given in its labels, so "better than the champion" means nothing on either. The candidate
+    is judged as a first model is, against the majority baseline on the frozen set, and on the recent set (the
+    classes both answer) it must not fall more than ``max_regression`` below the champion.
     """
     metric = rules.primary_metric
     int8_ok, int8_reason = int8_verdict(candidate, rules.int8_tolerance)
@@ -59,6 +65,8 @@ def decide(candidate: dict[str, Any], champion: dict[str, Any] | None, rules: Ga
         return Verdict(ok, f"{word}: {metric} on frozen {cand_frozen:.3f} vs majority baseline {base:.3f} "
                            f"(needs +{rules.baseline_margin:.3f}; no champion yet)", int8_ok, int8_reason)
     paired = paired or {}
+    if label_change is not None:
+        return _new_label_set(candidate, champion, rules, paired, label_change, int8_ok, int8_reason)
     champ_frozen = _m(champion["frozen"], metric)
     cand_recent, champ_recent = _m(candidate.get("recent"), metric), _m(champion.get("recent"), metric)
     frozen_gap, recent_gap = _gap(paired.get("frozen"), cand_frozen, champ_frozen), \
@@ -82,6 +90,29 @@ def decide(candidate: dict[str, Any], champion: dict[str, Any] | None, rules: Ga
                        int8_ok, int8_reason)
     return Verdict(True, f"promoted: {metric} on {recent_says} (≥ +{rules.min_delta:.3f}); {frozen_says} "
                          f"(regression limit {rules.max_regression:.3f})", int8_ok, int8_reason)
+
+
+def _new_label_set(candidate: dict[str, Any], champion: dict[str, Any], rules: GateRules, paired: dict[str, Any],
+                   label_change: str, int8_ok: bool, int8_reason: str) -> Verdict:
+    metric = rules.primary_metric
+    cand_frozen, base = _m(candidate["frozen"], metric), _m(candidate["baseline"], metric)
+    needed = (base or 0.0) + rules.baseline_margin
+    frozen_says = (f"{metric} on frozen {cand_frozen:.3f} vs majority baseline {base:.3f} (needs "
+                   f"+{rules.baseline_margin:.3f}, as a first model does)")
+    if cand_frozen is None or cand_frozen + _EPS < needed:
+        return Verdict(False, f"rejected: a new label set ({label_change}): {frozen_says}", int8_ok, int8_reason)
+    cand_recent, champ_recent = _m(candidate.get("recent"), metric), _m(champion.get("recent"), metric)
+    recent_n = int((candidate.get("recent") or {}).get("n") or 0)
+    if cand_recent is None or champ_recent is None or recent_n < rules.min_recent_rows:
+        recent_says = "no recent test set large enough to compare on"
+    else:
+        recent_says = f"recent {cand_recent:.3f} vs champion {champ_recent:.3f}{_says(paired.get('recent'))}"
+        if _gap(paired.get("recent"), cand_recent, champ_recent) + _EPS < -rules.max_regression:
+            return Verdict(False, f"rejected: a new label set ({label_change}): {metric} on {recent_says} may regress "
+                                  f"more than {rules.max_regression:.3f} on the classes both answer", int8_ok, int8_reason)
+        recent_says += f" (regression limit {rules.max_regression:.3f}, the classes both answer)"
+    return Verdict(True, f"promoted: a new label set ({label_change}): {frozen_says}; {recent_says}", int8_ok,
+                   int8_reason)
 
 
 def _gap(paired: dict[str, Any] | None, candidate: float | None, champion: float | None) -> float:

