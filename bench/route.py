@@ -7,6 +7,13 @@ matching costs the least it can), beside ``/v1/predict``, which refitd's pure-AS
 sends every text to both routes in turn, on one keep-alive connection, the order alternating, so a shared
 machine's changing load falls on both alike. Reported: each route's p50, and the median of the per-text
 differences (FastAPI-routed minus fast), per precision.
+
+Beside them, the same text goes to a raw ONNX Runtime session (the served graph, one intra-op thread, the same
+tokenizer; a helper process pinned to the server's core, timing its own encode and run) in the same turn, so
+"what the server adds to a lone request" — served p50 at concurrency 1 minus raw single-text p50 — is read
+per text too: the median of (served − raw) pairs. ``bench serve`` measures the same with raw and served in
+separate rounds of hundreds of requests, minutes apart, where a shared host's speed drifts by more than the
+difference (its INT8 raw single-text p50 moved 5.1 → 6.5 ms within a minute in one process).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import http.client
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,9 +49,34 @@ def serve(port: int) -> None:
     GracefulServer(uvicorn_config(settings, app, host="127.0.0.1", port=port)).run()
 
 
-def _paired(port: int, bodies: list[bytes]) -> dict[str, Any]:
+def raw(artifact: Path, model_file: str) -> None:
+    """The raw side (a child process on the server's core): for each text read from stdin (a JSON line), the
+    milliseconds of one encode and session run, as ``bench serve``'s raw single-text figure takes them."""
+    import onnxruntime as ort
+
+    from refitd.core.artifacts import ArtifactMeta
+    from refitd.core.encoding import encode, load_tokenizer
+
+    meta = ArtifactMeta.read(artifact)
+    tokenizer = load_tokenizer(artifact / meta.tokenizer_file, max_length=meta.max_length)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
+    session = ort.InferenceSession(str(artifact / model_file), options, providers=["CPUExecutionProvider"])
+    for line in sys.stdin:
+        start = time.perf_counter()
+        session.run(["logits", "embedding"], encode(tokenizer, [json.loads(line)]))
+        print(f"{(time.perf_counter() - start) * 1000:.6f}", flush=True)
+
+
+def _paired(port: int, bodies: list[bytes], texts: list[str], helper: Any) -> dict[str, Any]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    lat: dict[str, list[float]] = {TWIN: [], FAST: []}
+    lat: dict[str, list[float]] = {TWIN: [], FAST: [], "raw": []}
+
+    def alone(text: str) -> float:
+        helper.stdin.write(json.dumps(text) + "\n")
+        helper.stdin.flush()
+        return float(helper.stdout.readline())
 
     def one(path: str, body: bytes) -> float:
         start = time.perf_counter()
@@ -54,15 +87,18 @@ def _paired(port: int, bodies: list[bytes]) -> dict[str, Any]:
             raise RuntimeError(f"{path} answered {response.status}")
         return (time.perf_counter() - start) * 1000
 
-    for body in bodies[:50]:  # warm-up
+    for body, text in zip(bodies[:50], texts[:50], strict=False):  # warm-up
         one(TWIN, body)
         one(FAST, body)
-    for i, body in enumerate(bodies):
-        for path in (TWIN, FAST) if i % 2 else (FAST, TWIN):
-            lat[path].append(one(path, body))
+        alone(text)
+    for i, (body, text) in enumerate(zip(bodies, texts, strict=True)):
+        for turn in ((TWIN, FAST, "raw"), (FAST, "raw", TWIN), ("raw", TWIN, FAST))[i % 3]:
+            lat[turn].append(alone(text) if turn == "raw" else one(turn, body))
     conn.close()
     return {"fastapi_p50_ms": statistics.median(lat[TWIN]), "fast_p50_ms": statistics.median(lat[FAST]),
-            "saved_ms": statistics.median(a - b for a, b in zip(lat[TWIN], lat[FAST], strict=True))}
+            "saved_ms": statistics.median(a - b for a, b in zip(lat[TWIN], lat[FAST], strict=True)),
+            "raw_p50_ms": statistics.median(lat["raw"]),
+            "added_ms": statistics.median(a - b for a, b in zip(lat[FAST], lat["raw"], strict=True))}
 
 
 def run(home: Path, *, texts: int) -> dict[str, Any]:
@@ -85,10 +121,15 @@ def run(home: Path, *, texts: int) -> dict[str, Any]:
         proc = _run_server([sys.executable, "-m", "refitd.bench.route", "--serve", str(port)],
                            {**env, "REFITD_SERVING__PRECISION": precision}, f"http://127.0.0.1:{port}/v2/health/ready",
                            cores=server)
+        helper = subprocess.Popen([sys.executable, "-m", "refitd.bench.route", "--raw", str(artifact),
+                                   meta.model_for(precision)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                  env=env, preexec_fn=lambda: os.sched_setaffinity(0, server))
         try:
             with pinned(client):
-                out["precisions"][precision] = _paired(port, bodies)
+                out["precisions"][precision] = _paired(port, bodies, sample, helper)
         finally:
+            helper.stdin.close()  # type: ignore[union-attr]
+            helper.wait(timeout=30)
             _stop(proc)
     return out
 
@@ -96,17 +137,23 @@ def run(home: Path, *, texts: int) -> dict[str, Any]:
 def render(r: dict[str, Any]) -> str:
     lines = [f"bench route: {r['version']}, {r['texts']} texts, each to both routes in turn; server on CPU "
              f"{r['server_cpu']} (1 inference thread), client on CPU {r['client_cpu']}",
-             "| precision | FastAPI-routed p50 ms | FastRoute p50 ms | saved per request (median of pairs) |",
-             "|---|---:|---:|---:|"]
+             "| precision | raw ORT p50 ms | FastRoute p50 ms | FastAPI-routed p50 ms | served − raw (median of pairs) "
+             "| saved by FastRoute (median of pairs) |",
+             "|---|---:|---:|---:|---:|---:|"]
     for precision, p in r["precisions"].items():
-        lines.append(f"| {precision} | {p['fastapi_p50_ms']:.3f} | {p['fast_p50_ms']:.3f} | {p['saved_ms']:+.3f} ms |")
+        lines.append(f"| {precision} | {p['raw_p50_ms']:.3f} | {p['fast_p50_ms']:.3f} | {p['fastapi_p50_ms']:.3f} | "
+                     f"{p['added_ms']:+.3f} ms | {p['saved_ms']:+.3f} ms |")
     return "\n".join(lines)
 
 
 def ratios(r: dict[str, Any]) -> list[tuple[str, str, str]]:
-    return [(f"{precision}: FastRoute p50 / FastAPI-routed p50 (saved per request)",
-             f"{p['fast_p50_ms'] / p['fastapi_p50_ms']:.3f}× ({p['saved_ms']:+.3f} ms)", "< 1×")
-            for precision, p in r["precisions"].items()]
+    out = []
+    for precision, p in r["precisions"].items():
+        out.append((f"{precision}: FastRoute p50 / FastAPI-routed p50 (saved per request)",
+                    f"{p['fast_p50_ms'] / p['fastapi_p50_ms']:.3f}× ({p['saved_ms']:+.3f} ms)", "< 1×"))
+        out.append((f"{precision}: served − raw single text, median of per-text pairs (client and server on own cores)",
+                    f"{p['added_ms']:+.3f} ms", "≤ 1.0 ms"))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,9 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--home", type=Path, default=None, help="a state dir with a champion (default: train a quick one)")
     p.add_argument("--texts", type=int, default=800, help="texts, each sent to both routes")
     p.add_argument("--serve", type=int, default=None, metavar="PORT", help=argparse.SUPPRESS)
+    p.add_argument("--raw", nargs=2, default=None, metavar=("ARTIFACT", "MODEL_FILE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve is not None:
         serve(args.serve)
+        return 0
+    if args.raw is not None:
+        raw(Path(args.raw[0]), args.raw[1])
         return 0
     from refitd.bench.drift import champion_home
     from refitd.bench.report import save
