@@ -135,7 +135,7 @@ def test_every_command(home: Path, tmp_path: Path) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(home, copy)
     two = tmp_path / "two.csv"
-    two.write_text("text,label\n" + "".join(f"ticket {i} about {('billing', 'bug')[i % 2]}\n" for i in range(80)))
+    two.write_text("text,label\n" + "".join(f"ticket {i} about {('billing', 'bug')[i % 2]},{('billing', 'bug')[i % 2]}\n" for i in range(80)))
     one_line_refusal(refitd(copy, "data", "replace", str(two), "--reason", "t", code=2), "add --new-label-set")
     replaced = refitd(copy, "data", "replace", str(two), "--reason", "two classes now", "--new-label-set").stdout
     assert "reference replaced" in replaced
