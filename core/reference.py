@@ -106,21 +106,32 @@ def load(settings: Settings) -> pd.DataFrame:
 
 
 def check_belongs(settings: Settings, champion: ModelVersion) -> None:
-    """Refuse a refit whose reference is not the champion's: none stored beside a champion (a home other than
-    the one that ran `refitd init`, or a lost data folder: the configured file or the bundled corpus would stand
-    in for the data the champion was trained on), or one whose label set differs from what the champion answers
-    without `data replace --new-label-set` having said so while this champion served (a candidate scored on
-    another label set's frozen set beats a champion that cannot answer it; a rollback to a champion of the old
-    set asks again)."""
+    """Refuse a refit whose reference is not the champion's; on a host without one (a Prefect worker's own home),
+    store the configured data first if it is the data the champion was trained on.
+
+    The champion's refit recorded its reference's digest (``params.reference_digest``): a home with no stored
+    reference reads the configured file or the bundled corpus and keeps it only when its digest is that one
+    (or, for a champion recorded before digests, when its label set is the champion's); anything else would
+    stand in for the champion's data. A stored reference whose label set differs from what the champion answers
+    is refused unless `data replace --new-label-set` stored it while this champion served (a candidate scored
+    on another label set's frozen set beats a champion that cannot answer it; a rollback to a champion of the
+    old set asks again)."""
+    served = sorted((champion.params or {}).get("labels") or [])
     stored = info(settings)
     if stored is None:
-        t = settings.training
-        instead = str(t.data) if t.data is not None else "the bundled corpus"
-        raise ConfigError(f"{champion.version} is the champion but this home has no reference dataset "
-                          f"({folder(settings) / META_FILE} is missing): a refit would train on {instead} instead of "
-                          f"the data {champion.version} was trained on. Run it with the home that ran `refitd init` "
-                          "(REFITD_HOME), restore that folder, or store the data with `refitd data replace FILE`")
-    served = sorted((champion.params or {}).get("labels") or [])
+        frame, source = from_settings(settings)
+        recorded = (champion.params or {}).get("reference_digest")
+        digest, labels = digest_frame(frame), sorted(frame["label"].unique().tolist())
+        if (recorded is not None and digest != recorded) or (served and labels != served):
+            raise ConfigError(f"this home has no reference dataset ({folder(settings) / META_FILE} is missing) and "
+                              f"the configured data, {source} (digest {digest[:12]}, labels {labels}), is not what "
+                              f"the champion {champion.version} was trained on"
+                              f"{f' (digest {str(recorded)[:12]})' if recorded else f' (labels {served})'}: run it with "
+                              "the home that ran `refitd init` (REFITD_HOME), restore that folder, configure the same "
+                              "training.data, or store the data with `refitd data replace FILE`")
+        store(settings, frame, source=source, actor="refitd",
+              reason=f"first use on this host: the data {champion.version} was trained on")
+        return
     if served and served != sorted(stored.labels) and stored.new_label_set_for != champion.version:
         raise ConfigError(f"the reference dataset ({stored.source}) has labels {sorted(stored.labels)} but the champion "
                           f"{champion.version} answers {served}; `refitd data replace FILE --new-label-set` stores data "

@@ -139,8 +139,9 @@ def test_every_command(home: Path, tmp_path: Path) -> None:
     one_line_refusal(refitd(copy, "data", "replace", str(two), "--reason", "t", code=2), "add --new-label-set")
     replaced = refitd(copy, "data", "replace", str(two), "--reason", "two classes now", "--new-label-set").stdout
     assert "reference replaced" in replaced
-    shutil.rmtree(copy / "data")
-    one_line_refusal(refitd(copy, "refit", "--quick", code=2), "has no reference dataset")
+    shutil.rmtree(copy / "data")  # other data configured where the home's reference is missing: not v1's data
+    one_line_refusal(refitd(copy, "refit", "--quick", code=2, REFITD_TRAINING__DATA=str(two)),
+                     "is not what the champion v1 was trained on")
 
     # the service: ready, then a clean stop on SIGTERM
     daemon, url = _serve(home, "run")

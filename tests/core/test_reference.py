@@ -72,22 +72,33 @@ def test_rows_that_do_not_match_their_digest_are_refused(tmp_path: Path) -> None
 
 
 def test_a_refit_needs_the_champions_reference_and_label_set(tmp_path: Path) -> None:
+    from refitd.core.datasets import digest_frame
     from refitd.core.tables import ModelVersion
 
-    settings = Settings.load(home=tmp_path / "home", training={"data": _file(tmp_path / "a.csv", 200),
-                                                               "text_column": "body", "label_column": "tag"})
-    champion = ModelVersion(version="v3", status="champion", params={"labels": ["billing", "bug", "other", "praise"]})
-    # no reference stored beside a champion: another home (a worker's REFITD_HOME) or a lost data folder; the
-    # configured file or the bundled corpus must not stand in for what the champion was trained on
-    with pytest.raises(ConfigError, match=r"v3 is the champion but this home has no reference dataset .* would train "
-                                          r"on .*a\.csv instead"):
-        reference.check_belongs(settings, champion)
-    with pytest.raises(ConfigError, match="would train on the bundled corpus instead"):
+    columns = {"text_column": "body", "label_column": "tag"}
+    settings = Settings.load(home=tmp_path / "home", training={"data": _file(tmp_path / "a.csv", 200), **columns})
+    labels = ["billing", "bug", "other", "praise"]
+    trained_on = digest_frame(reference.from_settings(settings)[0])
+    champion = ModelVersion(version="v3", status="champion", params={"labels": labels, "reference_digest": trained_on})
+    # a home with no stored reference (a worker's own REFITD_HOME, a lost data folder): other data configured there,
+    # or none (the bundled corpus), must not stand in for what the champion was trained on
+    other = settings.updated({"training": {"data": _file(tmp_path / "b.csv", 300)}})
+    with pytest.raises(ConfigError, match=r"no reference dataset .* the configured data, .*b\.csv .* is not what the "
+                                          r"champion v3 was trained on \(digest " + trained_on[:12]):
+        reference.check_belongs(other, champion)
+    with pytest.raises(ConfigError, match="the configured data, bundled corpus"):
         reference.check_belongs(Settings.load(home=tmp_path / "home"), champion)
-    reference.load(settings)
-    reference.check_belongs(settings, champion)  # its own data: fine
+    assert reference.info(settings) is None
+    reference.check_belongs(settings, champion)  # the same data configured: stored on first use, the refit goes on
+    stored = reference.info(settings)
+    assert stored is not None and stored.digest == trained_on and "first use on this host" in stored.reason
+    # a champion recorded before digests: its label set is what can be checked
+    older = ModelVersion(version="v2", status="champion", params={"labels": ["negative", "neutral", "positive"]})
+    with pytest.raises(ConfigError, match=r"\(labels \['negative', 'neutral', 'positive'\]\)"):
+        reference.check_belongs(Settings.load(home=tmp_path / "elsewhere", training={"data": tmp_path / "a.csv",
+                                                                                     **columns}), older)
 
-    frame, source = reference.from_settings(settings.updated({"training": {"data": _file(tmp_path / "b.csv", 200,
+    frame, source = reference.from_settings(settings.updated({"training": {"data": _file(tmp_path / "c.csv", 200,
                                                                                         labels=("billing", "bug"))}}))
     reference.store(settings, frame, source=source, actor="ops", reason="fewer classes")
     with pytest.raises(ConfigError, match=r"has labels \['billing', 'bug'\] but the champion v3 answers .*--new-label-set"):
