@@ -61,11 +61,11 @@ def data_replace(
     with session_scope(engine) as session:
         champion = registry.get_champion(session)
     labels = sorted(frame["label"].unique().tolist())
-    champion_labels = (champion.params or {}).get("labels") if champion else None
-    changed = bool(champion_labels) and sorted(champion_labels) != labels
+    champion_labels = registry.served_labels(champion)
+    changed = bool(champion_labels) and champion_labels != labels
     if changed and not new_label_set:
         raise ConfigError(f"{source} has labels {labels} but the champion {champion.version} answers "
-                          f"{sorted(champion_labels)}; if that is meant, add --new-label-set")
+                          f"{champion_labels}; if that is meant, add --new-label-set")
     who = actor or getpass.getuser()
     stored = reference.store(settings, frame, source=source, actor=who, reason=reason,
                              new_label_set_for=champion.version if changed else None)
@@ -73,6 +73,6 @@ def data_replace(
         registry.record_event(session, kind="reference_replaced", subject=None, actor=who, reason=reason,
                               data={"source": source, "digest": stored.digest, "rows": stored.rows,
                                     "previous": before.digest if before else None,
-                                    **({"labels": labels, "champion_labels": sorted(champion_labels)} if changed else {})})
+                                    **({"labels": labels, "champion_labels": champion_labels} if changed else {})})
     console.print(f"reference replaced: {source}, {stored.rows} rows, digest {stored.digest[:12]} "
                   f"(was {before.digest[:12] if before else 'none'})")

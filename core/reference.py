@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from refitd.core.datasets import digest_frame, load_configured
 from refitd.core.errors import ConfigError
+from refitd.core.registry import served_labels
 from refitd.core.settings import Settings
 from refitd.core.tables import ModelVersion, utcnow
 
@@ -116,7 +117,7 @@ def check_belongs(settings: Settings, champion: ModelVersion) -> None:
     is refused unless `data replace --new-label-set` stored it while this champion served (a candidate scored
     on another label set's frozen set beats a champion that cannot answer it; a rollback to a champion of the
     old set asks again)."""
-    served = sorted((champion.params or {}).get("labels") or [])
+    served = served_labels(champion)
     stored = info(settings)
     if stored is None:
         frame, source = from_settings(settings)

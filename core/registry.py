@@ -14,8 +14,8 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import Engine, update
@@ -298,6 +298,11 @@ def atc_threshold(mv: ModelVersion) -> float | None:
     flows/calibrate.py), or None for a version trained before the threshold was stored."""
     value = ((mv.metrics or {}).get("calibration") or {}).get("atc_threshold")
     return None if value is None else float(value)
+
+
+def served_labels(mv: ModelVersion | None) -> list[str]:
+    """The labels this version answers, sorted; empty for none, or a version recorded without them."""
+    return sorted((mv.params or {}).get("labels") or []) if mv is not None else []
 
 
 def labels_until(mv: ModelVersion) -> datetime:

@@ -155,8 +155,6 @@ def apply_freezing(model: PreTrainedModel, *, freeze_embeddings: bool, freeze_la
         for p in embeddings.parameters():
             p.requires_grad = False
     for layer in encoder_layers(model)[:freeze_layers] if freeze_layers else []:
-
-
         for p in layer.parameters():
             p.requires_grad = False
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -58,7 +58,7 @@ def base_model_path(settings: Settings, champion: ModelVersion | None = None) ->
 def label_change(champion: ModelVersion | None, labels: list[str]) -> str | None:
     """The champion's and the candidate's label sets in words when they differ (the reference was replaced with
     `--new-label-set`), else None."""
-    served = sorted((champion.params or {}).get("labels") or []) if champion is not None else []
+    served = registry.served_labels(champion)
     return None if not served or served == sorted(labels) else f"{', '.join(served)} → {', '.join(sorted(labels))}"
 
 
@@ -144,10 +144,11 @@ def _refit_body(settings: Settings, engine, p: dict[str, Any], run_id: int) -> d
                                         primary_metric=settings.gate.primary_metric, confidence=settings.gate.confidence)
         calibration = tasks.calibrate(validation, snapshot, scored["recent"])
         g = settings.gate
+        changed_labels = label_change(champion, snapshot.labels)
         verdict = decide({**scores["candidate"], "int8_export": int8}, scores["champion"],
                          GateRules(g.primary_metric, g.min_delta, g.max_regression, g.baseline_margin, g.int8_tolerance,
                                    g.confidence, g.min_recent_rows), paired=scores.get("paired"),
-                         label_change=label_change(champion, snapshot.labels))
+                         label_change=changed_labels)
         tasks.write_runtime_meta(staged, snapshot, config, fitted, calibration=calibration, serve_int8=verdict.serve_int8)
         trial = tasks.trial_load(staged)
         lap("evaluate")
@@ -185,7 +186,7 @@ def _refit_body(settings: Settings, engine, p: dict[str, Any], run_id: int) -> d
         tasks.discard(staged)
     # live labels are given in the champion's label set: a new label set cannot be compared in shadow
     shadow = promote_it and champion is not None and settings.gate.shadow_minutes > 0 \
-        and label_change(champion, snapshot.labels) is None
+        and changed_labels is None
     if shadow:  # the live check: serving scores traffic with it; the daemon's shadow watch promotes or rejects
         passed = reason.replace("promoted:", "offline gate passed:", 1)
         promote_it, reason = False, (f"{passed}; scoring live traffic in shadow for {settings.gate.shadow_minutes:g} "
