@@ -25,10 +25,10 @@ from starlette.requests import ClientDisconnect
 
 from refitd.core import registry
 from refitd.core.errors import AdminDeniedError, NoChampionError, RefitdError, UnprocessableError
-from refitd.serving.body import JSON, BodyLimit, decode_body, errors_message, parse_body
+from refitd.serving.body import JSON, BodyLimit, errors_message, parse_body, parse_json, validate
 from refitd.serving.dataplane import DataPlane
 from refitd.serving.fastpath import FastRoute, error_parts
-from refitd.serving.limits import check_texts, text_problem
+from refitd.serving.limits import check_texts, text_problem, too_many_texts
 from refitd.serving.oip import add_v2_routes
 from refitd.serving.ratelimit import RateLimiter
 from refitd.serving.schemas import (
@@ -111,7 +111,11 @@ def create_app(plane: DataPlane) -> FastAPI:
         return Response(await predict_json(await request.body()), media_type=JSON)
 
     async def predict_json(raw: bytes) -> bytes:
-        texts = (await decode_body(raw, PredictRequest)).as_list()
+        data = await parse_json(raw)
+        if isinstance(data, dict) and isinstance(data.get("texts"), list) \
+                and len(data["texts"]) > limits.max_texts_per_request:  # before each of them is validated
+            raise too_many_texts(len(data["texts"]), limits.max_texts_per_request)
+        texts = (await validate(data, PredictRequest, size=len(raw))).as_list()
         check_texts(texts, max_texts=limits.max_texts_per_request, max_chars=limits.max_text_chars)
         # Built by the data plane to the PredictResponse schema; serialised directly (no re-validation).
         return orjson.dumps({"predictions": await plane.predict(texts)})

@@ -104,8 +104,12 @@ async def parse_json(raw: bytes) -> Any:
 
 
 def json_problem(exc: orjson.JSONDecodeError) -> str:
-    """orjson's message, which names the position; a lone surrogate escape says what it is."""
+    """orjson's message, which names the position; a lone surrogate escape and a body that is not UTF-8 say
+    what they are (orjson words both as surrogates)."""
     message = str(exc)
+    if message.startswith("str is not valid UTF-8"):
+        _, found, position = message.partition(": line ")
+        return "the body is not valid UTF-8 (send JSON encoded as UTF-8)" + (f": line {position}" if found else "")
     if "surrogate" in message:
         message += " (a \\uD800–\\uDFFF escape must be half of a surrogate pair: texts must be valid Unicode)"
     return message
@@ -118,17 +122,34 @@ async def parse_body(request: Any, model: type[Body]) -> Body:
 
 async def decode_body(raw: bytes, model: type[Body]) -> Body:
     """Decode and validate a JSON request body into ``model``; 400/422 say exactly what is wrong."""
-    data = await parse_json(raw)
+    return await validate(await parse_json(raw), model, size=len(raw))
+
+
+async def validate(data: Any, model: type[Body], *, size: int) -> Body:
+    """``data`` validated into ``model`` (422 naming the first problems); on a worker thread when the body was
+    large: a body of many wrong items is as many errors, and their message would hold the event loop."""
+    if size <= _INLINE_PARSE_BYTES:
+        return _validated(data, model)
+    return await asyncio.to_thread(_validated, data, model)
+
+
+def _validated(data: Any, model: type[Body]) -> Body:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise UnprocessableError(errors_message(exc.errors())) from None
+        raise UnprocessableError(errors_message(exc.errors(include_url=False, include_context=False,
+                                                            include_input=False), total=exc.error_count())) from None
 
 
-def errors_message(errors: list) -> str:
+MAX_ERRORS_SHOWN = 10
+
+
+def errors_message(errors: list, *, total: int | None = None) -> str:
+    """The first :data:`MAX_ERRORS_SHOWN` problems, each with where it is, and how many more there were."""
     parts = []
-    for err in errors:
+    for err in errors[:MAX_ERRORS_SHOWN]:
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         parts.append(f"{where}: {msg}" if where else msg)
-    return "; ".join(parts) or "invalid request"
+    more = (total if total is not None else len(errors)) - len(parts)
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 and parts else "") or "invalid request"

@@ -26,12 +26,16 @@ def text_problem(text: str) -> str | None:
     return None
 
 
+def too_many_texts(count: int, max_texts: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(f"too many texts: {count} > {max_texts} (serving.max_texts_per_request)")
+
+
 def check_texts(texts: list[str], *, max_texts: int, max_chars: int) -> None:
     """422 for empty or invalid input, 413 for too much of it; the message names the text and the setting."""
     if not texts:
         raise UnprocessableError('"texts" is empty: send at least one text')
     if len(texts) > max_texts:
-        raise PayloadTooLargeError(f"too many texts: {len(texts)} > {max_texts} (serving.max_texts_per_request)")
+        raise too_many_texts(len(texts), max_texts)
     for i, text in enumerate(texts):
         if len(text) > max_chars:
             raise PayloadTooLargeError(f"text {i} has {len(text)} characters > {max_chars} (serving.max_text_chars)")

@@ -55,7 +55,8 @@ def add_v2_routes(app: FastAPI, plane: DataPlane) -> None:
         check(model, version)
         plane.require_ready()
         head, binary = v2.split_body(await request.body(), request.headers.get(v2.HEADER))
-        parsed = v2.parse_infer(await parse_json(head), binary, {"label", "scores"})
+        parsed = v2.parse_infer(await parse_json(head), binary, {"label", "scores"},
+                                max_texts=limits.max_texts_per_request)
         check_texts(parsed.texts, max_texts=limits.max_texts_per_request, max_chars=limits.max_text_chars)
         answer, _ = await plane.predict_answer(parsed.texts)
         body, headers = v2.build_response(parsed, model_name=name, model_version=answer.runtime.version,

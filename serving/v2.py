@@ -15,6 +15,7 @@ import numpy as np
 import orjson
 
 from refitd.core.errors import BadRequestError, UnprocessableError
+from refitd.serving.limits import too_many_texts
 
 HEADER = "Inference-Header-Content-Length"
 
@@ -31,9 +32,14 @@ def _bad(message: str) -> BadRequestError:
     return BadRequestError(message)
 
 
-def decode_bytes_tensor(raw: bytes) -> list[bytes]:
-    items, offset = [], 0
+def decode_bytes_tensor(raw: bytes, *, elements: int | None = None) -> list[bytes]:
+    """The elements of a binary BYTES tensor (each a 4-byte little-endian length, then its bytes); 400 as soon
+    as there are more than the ``elements`` its shape declares (a body of zero lengths is a million elements)."""
+    items: list[bytes] = []
+    offset = 0
     while offset < len(raw):
+        if elements is not None and len(items) == elements:
+            raise _bad(f"the binary BYTES tensor holds more than the {elements} element(s) its shape declares")
         if offset + 4 > len(raw):
             raise _bad("binary BYTES tensor is truncated (an element length is cut off)")
         (n,) = struct.unpack_from("<I", raw, offset)
@@ -53,7 +59,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     """The JSON header and the binary tensor bytes of a request body (all JSON without the header)."""
     if header_length is None:
         return body, b""
-    if not header_length.isdigit() or len(header_length) > 18:
+    if not (header_length.isascii() and header_length.isdigit()) or len(header_length) > 18:  # "²".isdigit()
         raise _bad(f"{HEADER} must be a non-negative integer; got {header_length[:40]!r}")
     split = int(header_length)
     if not 0 < split <= len(body):
@@ -61,8 +67,9 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return body[:split], body[split:]
 
 
-def parse_infer(request: Any, binary: bytes, outputs_known: set[str]) -> InferRequest:
-    """Read a decoded infer request (and its binary tensor bytes) into texts and the outputs asked for."""
+def parse_infer(request: Any, binary: bytes, outputs_known: set[str], *, max_texts: int | None = None) -> InferRequest:
+    """Read a decoded infer request (and its binary tensor bytes) into texts and the outputs asked for; a shape
+    of more than ``max_texts`` texts is refused (413) before any element is read."""
     if not isinstance(request, dict):
         raise UnprocessableError("an inference request must be a JSON object")
     _only(request, {"id", "parameters", "inputs", "outputs"}, "the inference request")
@@ -75,7 +82,7 @@ def parse_infer(request: Any, binary: bytes, outputs_known: set[str]) -> InferRe
     binary_default = params.get("binary_data_output", False)
     if not isinstance(binary_default, bool):
         raise UnprocessableError('parameters.binary_data_output must be true or false')
-    texts = _read_text_input(request["inputs"], binary)
+    texts = _read_text_input(request["inputs"], binary, max_texts)
     names, flags = _outputs(request.get("outputs"), outputs_known, binary_default)
     return InferRequest(texts=texts, id=request_id, outputs=names, binary=flags)
 
@@ -109,7 +116,7 @@ def _outputs(asked: Any, known: set[str], binary_default: bool) -> tuple[list[st
     return names, flags
 
 
-def _read_text_input(inputs: list[Any], binary: bytes) -> list[str]:
+def _read_text_input(inputs: list[Any], binary: bytes, max_texts: int | None) -> list[str]:
     if len(inputs) != 1:
         raise UnprocessableError(f'this model takes exactly one input, "text"; got {len(inputs)}')
     tensor = inputs[0]
@@ -125,12 +132,14 @@ def _read_text_input(inputs: list[Any], binary: bytes) -> list[str]:
             or (len(shape) == 2 and shape[1] != 1)):
         raise UnprocessableError(f'input "text" must have shape [N] or [N, 1] (non-negative integers); got {str(shape)[:60]}')
     shape = [int(d) for d in shape]
+    if max_texts is not None and shape[0] > max_texts:
+        raise too_many_texts(shape[0], max_texts)
     size = _parameters(tensor, 'input "text"').get("binary_data_size")
     if size is not None:
         if not _is_count(size) or size != len(binary):
             raise _bad(f'parameters.binary_data_size of input "text" must be the {len(binary)} bytes after the '
                        f'JSON header; got {str(size)[:40]}')
-        raw: Any = decode_bytes_tensor(binary)
+        raw: Any = decode_bytes_tensor(binary, elements=shape[0])
     else:
         if binary:
             raise _bad(f'{len(binary)} bytes follow the JSON header but no input declares binary_data_size')

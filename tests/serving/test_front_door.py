@@ -47,6 +47,15 @@ HOSTILE = [
          b'"outputs": [{"name": "label", "parameters": {"binary_data": "yes"}}]}', {}, 422, "true or false"),
     (V2, b'{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a"]}]}',
      {"Inference-Header-Content-Length": "99999999999999999999999"}, 400, "Inference-Header-Content-Length"),
+    (V2, b'{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a"]}]}',
+     {"Inference-Header-Content-Length": "\u00b2".encode("latin-1")}, 400, "must be a non-negative integer"),
+    (V2, b'{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [9], "data": ["a"]}]}', {}, 413,
+     "too many texts: 9 > 8"),
+    ("/v1/predict", b'{"texts": ' + b"[" + b",".join([b"1"] * 40) + b"]}", {}, 413, "too many texts: 40 > 8"),
+    ("/v1/predict", b'{"text": "a", ' + b", ".join(b'"k%d": 1' % i for i in range(20)) + b"}", {}, 422,
+     "k9: Extra inputs are not permitted; and 10 more"),
+    ("/v1/predict", b'{"text": "caf\xe9"}', {}, 400, "not valid UTF-8"),
+    ("/v1/feedback", b'{"prediction_id": "a\u0000b", "label": "positive"}', {}, 404, "not found"),
     ("/v1/admin/reload", b"", {"Authorization": "Bearer caf\u00e9 \u2603".encode()}, 401, "admin routes need"),
     ("/v1/feedback", b'{"text": "good", "label": "positive", "source": "mallory"}', {}, 422, "serving.feedback_sources"),
     ("/v1/feedback", b'{"text": "good", "label": "posi\\u0000tive"}', {}, 422, "label contains a NUL"),
@@ -228,3 +237,25 @@ def test_a_client_gone_before_its_body_counts_499_not_500(running) -> None:
     for path in ("/v1/predict", "/v1/feedback"):
         assert f'refitd_requests_total{{code="499",route="{path}"}} 1.0' in page
         assert f'code="500",route="{path}"' not in page
+
+
+def test_a_body_of_many_wrong_items_neither_stalls_the_loop_nor_answers_megabytes(start_server) -> None:
+    """Two million numbers where texts go are refused by their count before each is validated, and a body of
+    many unknown fields is answered with its first problems: while it is refused, another client is answered."""
+    running = start_server(serving={"max_body_bytes": 8 * 1024 * 1024})
+    numbers = b'{"texts": [' + b",".join([b"1"] * 2_000_000) + b"]}"
+    fields = b'{"text": "a", ' + b", ".join(b'"k%d": 1' % i for i in range(200_000)) + b"}"
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(httpx.post, f"{running.url}/v1/predict", content=body, timeout=60)
+                   for body in (numbers, fields)]
+        slowest = 0.0
+        while not all(f.done() for f in futures):  # meanwhile, good requests are answered as usual
+            start = time.perf_counter()
+            answer = httpx.post(f"{running.url}/v1/predict", json={"text": "the flight was on time"}, timeout=30)
+            slowest = max(slowest, time.perf_counter() - start)
+            assert answer.status_code == 200
+        too_many, unknown = (f.result() for f in futures)
+    assert slowest < 5.0  # refused on the event loop, the numbers alone held it for tens of seconds
+    assert too_many.status_code == 413 and "too many texts: 2000000 > 8" in too_many.json()["error"]
+    assert unknown.status_code == 422 and len(unknown.content) < 2_000, unknown.content[:300]
+    assert unknown.json()["error"].endswith("and 199990 more")
