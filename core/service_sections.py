@@ -108,10 +108,10 @@ class ServingSection(Section):
         if self.feedback_rate_per_s <= 0 or self.feedback_burst < 1:
             raise ValueError("serving.feedback_rate_per_s must be > 0 and serving.feedback_burst ≥ 1; "
                              f"got {self.feedback_rate_per_s} and {self.feedback_burst}")
-        if self.queue_size < self.max_batch_size:
-            raise ValueError(
-                f"serving.queue_size must be ≥ serving.max_batch_size ({self.max_batch_size}); got {self.queue_size}"
-            )
+        least = max(self.max_batch_size, self.max_texts_per_request)  # else a request within every limit never fits
+        if self.queue_size < least:
+            raise ValueError(f"serving.queue_size must be ≥ serving.max_batch_size ({self.max_batch_size}) and "
+                             f"serving.max_texts_per_request ({self.max_texts_per_request}); got {self.queue_size}")
         return self
 
 

@@ -38,6 +38,8 @@ def test_sources_toml_then_env_then_arguments(monkeypatch, tmp_path) -> None:
         ("[training]\nbatch_size = 0\n", r"training.batch_size must be ≥ 1; got 0"),
         ("[database]\nurl = 'mysql://x'\n", r"database.url must start with sqlite:/// or postgresql\+psycopg://"),
         ("[serving]\nprot = 1\n", r"serving.prot: Extra inputs are not permitted"),
+        ("[serving]\nqueue_size = 64\n", r"serving.queue_size must be ≥ serving.max_batch_size \(32\) and "
+                                         r"serving.max_texts_per_request \(256\); got 64"),
         ("[training]\ntopics = ['airline', 'self-driving']\n",
          r"unknown topic\(s\) 'self-driving'; the bundled corpus's topics are airline, apple, self_driving"),
     ],
