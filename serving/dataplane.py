@@ -26,6 +26,7 @@ from refitd.core.errors import ModelLoadError, NoChampionError, NotFoundError, N
 from refitd.core.settings import Settings
 from refitd.core.tables import Feedback, Prediction, utcnow
 from refitd.serving.batcher import Answer, Batcher
+from refitd.serving.limits import text_problem
 from refitd.serving.metrics import ServingMetrics
 from refitd.serving.predlog import PredictionLog, log_rows
 from refitd.serving.runtime import OnnxClassifier
@@ -213,13 +214,23 @@ class DataPlane:
         labels = self.runtime.labels if self.runtime else []
         if labels and label not in labels:
             raise UnprocessableError(f"unknown label {label!r}; expected one of {', '.join(labels)}")
+        if prediction_id is not None and text_problem(prediction_id) is not None:
+            raise NotFoundError("prediction", prediction_id)  # no id has a NUL (PostgreSQL would refuse to look)
         try:
-            if prediction_id is not None and not self._prediction_exists(prediction_id) \
-                    and self.predlog.may_hold(prediction_id):
+            coming = prediction_id is not None and not self._prediction_exists(prediction_id) \
+                and self.predlog.may_hold(prediction_id)
+            if coming:
                 # Flush only when the row may still be on its way (it lands before its label); an id the log
                 # never held answers 404 at once (from the label's write), never waiting behind a flush.
                 self.predlog.flush()
-            return self._upsert_feedback(label=label, prediction_id=prediction_id, text=text, source=source)
+            try:
+                return self._upsert_feedback(label=label, prediction_id=prediction_id, text=text, source=source)
+            except NotFoundError:
+                if coming and self.predlog.may_hold(prediction_id):  # type: ignore[arg-type]
+                    # the flush could not land it (the database takes reads, not writes): it is spooled, not
+                    # unknown, and a 404 would tell the client to drop the label
+                    raise StoreUnavailable() from None
+                raise
         except SQLAlchemyError as exc:
             raise StoreUnavailable() from exc
 

@@ -12,8 +12,12 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
+from refitd.core.artifacts import ArtifactStore
 from refitd.core.db import make_engine, upgrade
+from refitd.core.errors import NotFoundError
+from refitd.core.settings import Settings
 from refitd.core.tables import Prediction
+from refitd.serving.dataplane import DataPlane, StoreUnavailable
 from refitd.serving.predlog import PredictionLog, _jsonable
 from tests.conftest import free_port
 
@@ -211,3 +215,20 @@ def test_may_hold_says_where_a_row_can_still_be(sqlite_engine: Engine, open_log,
     assert not plog.may_hold(row["id"]) and _stored(sqlite_engine)[row["id"]] == "fine text"
     _write_segment(tmp_path / "spool" / "pending-9.jsonl", [_row()])
     assert plog.may_hold("f" * 32)  # a replay may bring any id: flush first
+
+
+def test_a_label_for_a_prediction_the_log_could_not_land_is_retried_not_dropped(sqlite_engine: Engine, open_log,
+                                                                                   tmp_path: Path) -> None:
+    """The database answers reads but not the log's writes: the prediction waits in the spool, and its label is
+    503 (retry) — a 404 would tell the client the id is unknown, and the label would be dropped."""
+    plog = open_log(make_engine(f"sqlite:///{tmp_path / 'gone' / 'refitd.db'}", busy_timeout_s=1))
+    plane = DataPlane(Settings.load(home=tmp_path / "home"), sqlite_engine, ArtifactStore(tmp_path / "models"), plog)
+    row = _row()
+    plog.add([row])
+    with pytest.raises(StoreUnavailable):
+        plane.feedback(label="pos", prediction_id=row["id"], text=None, source="api")
+    assert plog.spooled_segments == 1 and not _stored(sqlite_engine)
+    plog.engine = sqlite_engine  # writes land again: the retry flushes the row, then records its label
+    assert plane.feedback(label="pos", prediction_id=row["id"], text=None, source="api")["status"] == "recorded"
+    with pytest.raises(NotFoundError):  # and an id nobody logged is unknown at once
+        plane.feedback(label="pos", prediction_id="f" * 32, text=None, source="api")
