@@ -33,6 +33,8 @@ from refitd.serving.server import GracefulServer, build, uvicorn_config
 
 log = logging.getLogger(__name__)
 
+RECONCILE_RETRY_S = 1.0  # the first wait before setting up the scheduler's jobs again (doubling, up to 30 s)
+
 
 
 class DaemonServer(GracefulServer):
@@ -108,17 +110,37 @@ class Daemon:
         if self.server.should_exit:
             return
         self.scheduler.start(paused=True)
-        actions = jobs.reconcile(self.scheduler, self.settings)
+        actions = self._reconcile_until_done()
+        if actions is None:
+            return
         self.scheduler.resume()
         log.info("scheduler started: %s", ", ".join(f"{k} {v}" for k, v in sorted(actions.items())))
-        with session_scope(self.engine) as session:
-            champion = registry.get_champion(session)
-        ready = f"serving {champion.version if champion else 'no model yet'} on {self.server.config.host}:" \
-                f"{self.server.config.port}; {len(actions)} jobs scheduled"
+        try:
+            with session_scope(self.engine) as session:
+                champion = registry.get_champion(session)
+            serving = champion.version if champion else "no model yet"
+        except Exception:  # noqa: BLE001 - a line of the ready message is not worth a daemon that never says ready
+            log.exception("could not read the champion for the ready message")
+            serving = "the champion (not read)"
+        ready = f"serving {serving} on {self.server.config.host}:{self.server.config.port}; {len(actions)} jobs scheduled"
         self._write_runfile()
         self.notifier.ready(ready)
         self.notifier.start_watchdog(self.healthy)
         log.info("refitd ready: %s", ready)
+
+    def _reconcile_until_done(self) -> dict[str, str] | None:
+        """The scheduler's jobs made to match the settings, retried while the store fails (a locked SQLite file,
+        a PostgreSQL failover): given up, the scheduler would stay paused for good — no checks, refits or
+        retention — under a daemon that serves and looks alive. None when a stop came first."""
+        delay = RECONCILE_RETRY_S
+        while not self.server.should_exit:
+            try:
+                return jobs.reconcile(self.scheduler, self.settings)
+            except Exception:  # noqa: BLE001 - see above: retry, never leave the scheduler paused
+                log.exception("could not set up the scheduler's jobs; retrying in %g s", delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        return None
 
     def _write_runfile(self) -> None:
         """Where this daemon listens, for `refitd status` and tools (removed on a clean stop)."""

@@ -140,3 +140,34 @@ def test_the_refit_cron_is_read_in_utc_whatever_the_hosts_zone(tmp_path: Path, m
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
+
+
+def test_a_store_that_fails_while_the_daemon_starts_delays_its_scheduler_never_leaves_it_paused(
+        tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The jobs are set up again until the store answers (a locked SQLite file, a failover): given up, the
+    scheduler would stay paused for good under a daemon that serves and looks healthy."""
+    from apscheduler.schedulers.base import STATE_RUNNING
+
+    from refitd.daemon import service
+
+    settings = _settings(tmp_path)
+    upgrade(make_engine(settings.database_url))
+    daemon = service.Daemon(settings)
+    real, calls = jobs.reconcile, []
+
+    def flaky(scheduler, settings):  # type: ignore[no-untyped-def]
+        calls.append(time.monotonic())
+        if len(calls) < 3:
+            raise OperationalError("INSERT INTO apscheduler_jobs", {}, Exception("database is locked"))
+        return real(scheduler, settings)
+
+    monkeypatch.setattr(jobs, "reconcile", flaky)
+    monkeypatch.setattr(service, "RECONCILE_RETRY_S", 0.01)
+    daemon.server.started = True
+    try:
+        daemon._start_when_serving()
+        assert len(calls) == 3 and daemon.scheduler.state == STATE_RUNNING
+        assert {job.id for job in daemon.scheduler.get_jobs()} >= {"drift_check", "retention"}
+        assert daemon.healthy()
+    finally:
+        daemon.scheduler.shutdown(wait=False)
