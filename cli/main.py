@@ -130,9 +130,15 @@ def run_flow(settings: Settings, args: list[str], *, trigger: str) -> dict[str, 
     refusal reaches the terminal as its one-line reason.
     """
     from refitd.core import children, leases
-    from refitd.core.db import engine_for
+    from refitd.core.db import engine_for, session_scope
+    from refitd.core.errors import RefitStillRunningError
+    from refitd.core.runs import orphan_here
 
     log_file = settings.home / "flows.log"
+    with session_scope(engine_for(settings)) as session:
+        orphan = orphan_here(session)
+    if orphan is not None:
+        raise RefitStillRunningError(orphan)
     with leases.held(engine_for(settings), leases.REFIT, holder=f"{leases.holder_name()}:cli",
                      ttl_s=settings.refit.lease_s, data={"trigger": trigger}) as lost:
         console.print(f"[dim]running flow: {' '.join(args)} (log: {log_file})[/]")

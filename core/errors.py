@@ -107,6 +107,13 @@ class LeaseTakenError(RefitdError):
         super().__init__(f"the {name} lease is {held}: a {name} is already running; try again once it has finished")
 
 
+class RefitStillRunningError(RefitdError):
+    """A refit recorded as running still runs on this host, with nobody holding its lease."""
+
+    status_code = 409
+    exit_code = 75  # EX_TEMPFAIL: try again later
+
+
 class NoChampionError(RegistryError):
     """Nothing has been promoted yet."""
 

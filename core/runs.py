@@ -106,6 +106,36 @@ def gone(run: RefitRun) -> str | None:
     return None
 
 
+def alive_here(run: RefitRun) -> int | None:
+    """The pid of ``run``'s process when it is known to be running on this kernel and in this pid namespace
+    (the same pid with the same start time); None when it has ended, or runs where this process cannot see."""
+    recorded, here = (run.params or {}).get("process"), process_identity()
+    if not isinstance(recorded, dict) or here is None:
+        return None
+    if recorded.get("boot") != here["boot"] or recorded.get("pidns") != here["pidns"]:
+        return None
+    try:
+        pid = int(recorded["pid"])
+        state, start = _proc_stat(pid)
+    except (OSError, ValueError, IndexError, KeyError, TypeError):
+        return None
+    return pid if state != "Z" and start == recorded.get("start") else None
+
+
+def orphan_here(session: Session) -> str | None:
+    """Why no refit may start, when one recorded as running still runs on this host though nothing holds the
+    refit lease: a refit child lives on in its own session when what started it (`refitd refit`, a daemon
+    outside the unit's KillMode) was killed or lost its lease, and a new refit would train beside it."""
+    alive = [(run.id, pid) for run in session.exec(select(RefitRun).where(RefitRun.status == "running")
+                                                   .order_by(col(RefitRun.id)))
+             if (pid := alive_here(run)) is not None]
+    if not alive:
+        return None
+    run_id, pid = alive[-1]
+    return (f"refit run {run_id} is still running on this host (pid {pid}) though nothing holds the refit lease "
+            "(what started it has ended); `kill` it to refit sooner")
+
+
 def _no_such_process(pid: int) -> bool:
     """No /proc entry can also mean hidden (``hidepid``, ``ProtectProc=invisible``): ask the kernel."""
     try:

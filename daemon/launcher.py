@@ -16,16 +16,18 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlmodel import Session, col, select
 
 from refitd.core import children, leases, registry
 from refitd.core.children import Child
 from refitd.core.db import session_scope
-from refitd.core.runs import close_gone, finish_run, running, running_here
+from refitd.core.runs import close_gone, finish_run, orphan_here, running, running_here
 from refitd.core.settings import Settings
-from refitd.core.tables import RefitRun
+from refitd.core.tables import Event, RefitRun, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,20 @@ class Launch:
     process: subprocess.Popen | None = None
     child: Child | None = None
     flow_run_id: str | None = None
+
+
+def _deployment_run(session: Session) -> tuple[str, int | None, datetime] | None:
+    """The deployment run a refit decision must wait for: the flow run of the newest row still marked running,
+    else the newest launch whose flow run wrote no row yet; its id, its row's id and when it was started."""
+    run = running(session)
+    if run is not None and run.flow_run_id:
+        return run.flow_run_id, run.id, run.created_at
+    launched = session.exec(select(Event).where(Event.kind == "refit_started")
+                            .order_by(col(Event.id).desc())).first()
+    flow_run_id = ((launched.data or {}).get("flow_run_id") if launched is not None else None)
+    if not flow_run_id or session.exec(select(RefitRun.id).where(RefitRun.flow_run_id == flow_run_id)).first():
+        return None
+    return str(flow_run_id), None, launched.created_at  # type: ignore[union-attr]
 
 
 class RefitLauncher:
@@ -76,7 +92,11 @@ class RefitLauncher:
         held = leases.current(self.engine, LEASE)
         if held is not None:
             return f"a refit is already running (lease held by {held.holder} until {held.expires_at:%H:%M:%S})"
-        return self._unfollowed_flow_run()
+        return self._unfollowed_flow_run() or self._orphan_here()
+
+    def _orphan_here(self) -> str | None:
+        with session_scope(self.engine) as session:
+            return orphan_here(session)
 
     def close_gone(self) -> None:
         """Rows left "running" by refits whose process ended without an outcome (killed with an earlier daemon,
@@ -92,16 +112,19 @@ class RefitLauncher:
             log.warning("refit run %s marked failed: %s", run_id, reason)
 
     def _unfollowed_flow_run(self) -> str | None:
-        """Why not, when a deployment run recorded as running still runs on its work pool with nobody following
-        it (the daemon that started it restarted, and its lease lapsed): a new refit would run beside it. One
-        whose flow run ended without recording an outcome (crashed) is marked failed here."""
+        """Why not, when a deployment run still runs, or waits, on its work pool with nobody following it (the
+        daemon that started it restarted, and its lease lapsed): a new refit would run beside it. The run is the
+        one recorded as running, else the newest launch whose run has not written its row yet (pending while no
+        worker takes it). One whose flow run ended without recording an outcome (crashed) is marked failed; one
+        past ``refit.timeout_minutes`` is cancelled on the pool, as the daemon that started it would have."""
         if not self.settings.prefect.deployment:
             return None
         with session_scope(self.engine) as session:
-            run = running(session)
-            run_id, flow_run_id = (run.id, run.flow_run_id) if run is not None else (None, None)
-        if flow_run_id is None:
+            found = _deployment_run(session)
+        if found is None:
             return None
+        flow_run_id, run_id, since = found
+        what = f"deployment flow run {flow_run_id} ({f'refit run {run_id}' if run_id else 'no refit run row yet'})"
         from prefect.exceptions import ObjectNotFound
 
         try:
@@ -109,10 +132,19 @@ class RefitLauncher:
         except ObjectNotFound:  # not a run of this API (a refit started by hand, with its own Prefect): not ours
             return None
         except Exception as exc:  # noqa: BLE001 - unknown is not free: wait for the next decision
-            return f"cannot read the state of flow run {flow_run_id} (refit run {run_id}) from Prefect: {exc}"
-        if state not in _TERMINAL:
-            return f"deployment flow run {flow_run_id} (refit run {run_id}) is still {state.lower()} on its work pool"
-        self._mark_failed(f"its flow run ended {state} without recording an outcome: {message}", flow_run_id)
+            return f"cannot read the state of {what} from Prefect: {exc}"
+        if state in _TERMINAL:
+            if run_id is not None:
+                self._mark_failed(f"its flow run ended {state} without recording an outcome: {message}", flow_run_id)
+            return None
+        limit = self.settings.refit.timeout_minutes
+        if utcnow() - since <= timedelta(minutes=limit):
+            return f"{what} is still {state.lower()} on its work pool"
+        why = f"timed out: {state.lower()} {limit:g} minutes after it was started, with nobody following it"
+        self._cancel_flow_run(flow_run_id, why)
+        self._mark_failed(why, flow_run_id)
+        self._event("refit_failed", f"{what} {why}; cancelled on its work pool",
+                    {"flow_run_id": flow_run_id, "status": "failed", "reason": why})
         return None
 
     def start(self, trigger: str, reason: str) -> tuple[bool, str]:
@@ -137,7 +169,8 @@ class RefitLauncher:
         where = f"deployment {self.settings.prefect.deployment}, flow run {launch.flow_run_id}" \
             if launch.flow_run_id else f"local process {launch.process.pid}"  # type: ignore[union-attr]
         self._ensure_follower()  # first: a failed event row must not leave a refit nobody follows
-        self._event("refit_started", f"{reason}; running as {where}", {"trigger": trigger})
+        self._event("refit_started", f"{reason}; running as {where}", {"trigger": trigger,
+                                                                      "flow_run_id": launch.flow_run_id})
         return True, where
 
     def _spawn(self, trigger: str) -> tuple[subprocess.Popen, Child]:
@@ -243,8 +276,6 @@ class RefitLauncher:
         return flow_run.state.type.value, flow_run.state.message or ""
 
     def _row(self, *, flow_run_id: str | None) -> RefitRun | None:
-        from sqlmodel import col, select
-
         with session_scope(self.engine) as session:
             query = select(RefitRun).order_by(col(RefitRun.id).desc())
             return session.exec(query.where(RefitRun.flow_run_id == flow_run_id) if flow_run_id else query).first()

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -71,11 +72,31 @@ def test_refit_runs_on_a_prefect_worker(tmp_path: Path, untrained_artifact: Path
         deployed = _prefect("--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file), env=env)
         assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
 
+        deployed_settings = settings.model_copy(update={"prefect": settings.prefect.model_copy(update={
+            "api_url": api, "deployment": "refitd-refit-deployed/refitd-refit", "poll_s": 2.0})})
+        engine = make_engine(settings.database_url)
+
+        # No worker yet: a launched run waits on the pool without a refit run row. Its daemon "restarts" (the
+        # lease lapses): the next daemon still waits for it, and cancels it once it is past refit.timeout_minutes.
+        early = RefitLauncher(deployed_settings, engine)
+        started, where = early.start("deployment-test", "test: a run no worker has taken yet")
+        assert started, where
+        waiting_id = early.launch.flow_run_id
+        early.stop()  # a daemon stopping leaves a deployment run to its pool
+        leases.release(engine, LEASE, holder=early.holder)  # what its expiry does
+        restarted = RefitLauncher(deployed_settings, engine)
+        assert f"deployment flow run {waiting_id} (no refit run row yet) is still" in (restarted.busy() or "")
+        with session_scope(engine) as s:
+            s.exec(select(Event).where(Event.kind == "refit_started")).one().created_at -= \
+                timedelta(minutes=deployed_settings.refit.timeout_minutes + 1)
+        assert restarted.busy() is None
+        assert restarted._flow_run_state(waiting_id)[0] in {"CANCELLING", "CANCELLED"}
+        with session_scope(engine) as s:
+            assert "cancelled on its work pool" in s.exec(select(Event).where(Event.kind == "refit_failed")).one().reason
+
         worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "refitd"], env=env,
                                   cwd=ROOT, stdout=open(tmp_path / "worker.log", "wb"), stderr=subprocess.STDOUT)
-        launcher = RefitLauncher(settings.model_copy(update={"prefect": settings.prefect.model_copy(update={
-            "api_url": api, "deployment": "refitd-refit-deployed/refitd-refit", "poll_s": 2.0})}),
-            make_engine(settings.database_url))
+        launcher = RefitLauncher(deployed_settings, engine)
         started, where = launcher.start("deployment-test", "test: refit on a worker")
         assert started and "flow run" in where
         deadline = time.time() + 480
@@ -95,7 +116,6 @@ def test_refit_runs_on_a_prefect_worker(tmp_path: Path, untrained_artifact: Path
         # launcher still sees the flow run on the pool and starts nothing beside it.
         started, where = launcher.start("deployment-test", "test: a run that outlives its daemon")
         flow_run_id = launcher.launch.flow_run_id
-        engine = make_engine(settings.database_url)
 
         def row() -> RefitRun | None:
             with session_scope(engine) as s:
