@@ -272,6 +272,10 @@ class RefitSection(Section):
         200, description="A drift verdict starts a refit only once this many labels arrived since the champion was trained."
     )
     cooldown_minutes: float = Field(60.0, description="Minimum minutes between the starts of two refits.")
+    retry_new_labels: int = Field(
+        100, ge=0, description="After a refit whose candidate is not serving (rejected by the gate, or promoted and "
+        "rolled back), a drift or label refit waits for this many labels newer than that candidate's: the same data "
+        "trains the same model, to be refused, or promoted and rolled back, again.")
     nice: int = Field(10, description="CPU niceness of a local refit process (0-19), so serving stays responsive.")
     threads: int = Field(1, description="CPU threads a local refit may use (torch, OpenMP, tokenizers).")
     quick: bool = Field(False, description="Refit on a small sample with short texts (demos, tests).")

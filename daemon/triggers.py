@@ -6,6 +6,10 @@
 - ``labels``: ``scheduler.label_trigger`` labels arrived since the champion was trained;
 - ``cron``: ``scheduler.refit_cron`` fired.
 
+A drift or label refit after one whose candidate does not serve (the gate rejected it, or it was rolled
+back) also waits for ``refit.retry_new_labels`` labels newer than that candidate's snapshot: a refit is
+deterministic, and on the same data it would be refused, or promoted and rolled back, again.
+
 All three respect the cooldown between refit starts and the one-refit-at-a-time lease, and wait while a
 candidate is scored in shadow (``gate.shadow_minutes``): its verdict comes first.
 """
@@ -23,7 +27,7 @@ from refitd.core import registry
 from refitd.core.db import session_scope
 from refitd.core.labels import count_labels_since
 from refitd.core.settings import Settings
-from refitd.core.tables import Event, RefitRun, utcnow
+from refitd.core.tables import Event, ModelVersion, RefitRun, VersionStatus, utcnow
 from refitd.daemon.drift.verdict import drift_held_over, pending_drift
 from refitd.daemon.launcher import RefitLauncher
 
@@ -48,6 +52,38 @@ def last_start(session: Session) -> datetime | None:
     return max((t for t in (run, launched) if t is not None), default=None)
 
 
+@dataclass(frozen=True)
+class Unserved:
+    """The newest version, when it is not serving: what its refit read, and how many labels came after."""
+
+    version: str
+    why: str
+    labels_after: int
+
+
+def not_serving(session: Session) -> Unserved | None:
+    """The newest registered version when the gate rejected it, it was rolled back, or an older version was
+    promoted over it, with the labels that arrived after the newest its refit read; else None."""
+    newest = session.exec(select(ModelVersion).order_by(col(ModelVersion.id).desc())).first()
+    if newest is None or newest.status not in (VersionStatus.rejected.value, VersionStatus.archived.value):
+        return None
+    if newest.status == VersionStatus.archived.value:
+        why = "replaced by an older version"
+    else:
+        why = "rolled back" if (newest.gate_reason or "").startswith("rolled back") else "rejected by the gate"
+    return Unserved(newest.version, why, count_labels_since(session, registry.labels_until(newest)))
+
+
+def _same_data(settings: Settings, unserved: Unserved | None, trigger: str) -> Decision | None:
+    """Why not yet, when the last candidate does not serve and too few labels arrived after its snapshot."""
+    need = settings.refit.retry_new_labels
+    if unserved is None or unserved.labels_after >= need:
+        return None
+    return Decision(False, f"{trigger}: skipped, {unserved.version} was {unserved.why} and {unserved.labels_after} "
+                           f"labels arrived after the newest its refit read (refit.retry_new_labels: {need}); the same "
+                           "data would train the same model")
+
+
 def decide(settings: Settings, engine: Engine, launcher: RefitLauncher, trigger: str, *,
            drift_verdict: str | None = None) -> Decision:
     """Whether a refit should start now for ``trigger``, and why (or why not)."""
@@ -64,6 +100,7 @@ def decide(settings: Settings, engine: Engine, launcher: RefitLauncher, trigger:
                                    "comes first")
         last = last_start(session)
         new_labels = count_labels_since(session, registry.labels_until(champion))
+        unserved = not_serving(session)
         waiting = pending_drift(session) if trigger == "drift" and drift_verdict != "drifted" else None
         held_over = drift_held_over(session) if trigger == "drift" and drift_verdict == "drifted" else None
     cooldown = timedelta(minutes=settings.refit.cooldown_minutes)
@@ -81,12 +118,16 @@ def decide(settings: Settings, engine: Engine, launcher: RefitLauncher, trigger:
         if new_labels < need:
             return Decision(False, f"drift: skipped, too few labels — {new_labels} new since {champion.version} "
                                    f"was trained, needs {need}")
+        if (retry := _same_data(settings, unserved, trigger)) is not None:
+            return retry
         return Decision(True, f"drift: the window drifted and {new_labels} new labels arrived (needs {need})")
     if trigger == "labels":
         need = settings.scheduler.label_trigger
         if need is None or new_labels < need:
             return Decision(False, f"labels: {new_labels} new labels since {champion.version}, needs {need}",
                             routine=True)
+        if (retry := _same_data(settings, unserved, trigger)) is not None:
+            return retry
         return Decision(True, f"labels: {new_labels} new labels since {champion.version} (trigger at {need})")
     if trigger == "cron":
         return Decision(True, f"cron: scheduled refit ({settings.scheduler.refit_cron}); {new_labels} new labels")

@@ -76,6 +76,37 @@ def test_labels_count_as_new_from_the_newest_label_the_champions_refit_read(home
     assert decision.start and "8 new" in decision.reason, decision.reason
 
 
+def test_after_a_candidate_that_does_not_serve_a_refit_waits_for_labels_it_did_not_read(home: Settings,
+                                                                                         untrained_artifact: Path) -> None:
+    """A refit is deterministic: on the labels the rejected (or rolled-back) candidate read, the next one would
+    train the same model and be refused, or promoted and rolled back, again — so it waits for new labels."""
+    engine = make_engine(home.database_url)
+    launcher = RefitLauncher(home, engine)
+    home = home.model_copy(update={"refit": home.refit.model_copy(update={"retry_new_labels": 4})})
+    _labels(home, 10)
+    v2 = publish_version(home, untrained_artifact, promote=False)
+    with session_scope(engine) as s:
+        read = max(f.created_at for f in s.exec(select(Feedback)))
+        candidate = registry.get_version(s, version=v2)
+        candidate.params = {**(candidate.params or {}), "labels_until": read.isoformat()}
+        candidate.status, candidate.gate_reason = "rejected", "rejected: macro_f1 on recent +0.004, needs +0.010"
+    for trigger, verdict in (("drift", "drifted"), ("labels", None)):
+        waiting = consider(home, engine, launcher, trigger, drift_verdict=verdict)
+        assert not waiting.start and (f"{v2} was rejected by the gate and 0 labels arrived after the newest its "
+                                      "refit read (refit.retry_new_labels: 4)") in waiting.reason, waiting.reason
+    assert decide(home, engine, launcher, "cron").start  # a schedule is the operator's: it runs
+    _labels(home, 4)
+    assert decide(home, engine, launcher, "drift", drift_verdict="drifted").start
+    registry.promote(engine, v2, actor="test")  # promoted, then rolled back: the same wait again
+    registry.rollback(engine, actor="watch", reason="live accuracy fell")
+    with session_scope(engine) as s:
+        read = max(f.created_at for f in s.exec(select(Feedback)))
+        rolled = registry.get_version(s, version=v2)
+        rolled.params = {**(rolled.params or {}), "labels_until": read.isoformat()}
+    waiting = decide(home, engine, launcher, "labels")
+    assert not waiting.start and f"{v2} was rolled back and 0 labels arrived" in waiting.reason, waiting.reason
+
+
 def test_a_launch_that_never_wrote_its_run_row_still_starts_the_cooldown(home: Settings) -> None:
     engine = make_engine(home.database_url)
     launcher = RefitLauncher(home, engine)
@@ -293,7 +324,10 @@ def test_a_run_whose_process_ended_without_an_outcome_is_closed_failed_at_the_ne
     render_status(info, Console(file=screen, width=300))
     assert "the host restarted since" in info["refit"]["gone"] and "it will not finish" in screen.getvalue()
 
-    assert RefitLauncher(home, engine).busy() is None  # no lease held, nothing running: free, and swept
+    # no lease held: swept, and only the row whose process runs here (this test's own) keeps refits waiting
+    assert RefitLauncher(home, engine).busy() == (f"refit run {ids['alive']} is still running on this host (pid "
+                                                  f"{os.getpid()}) though nothing holds the refit lease (what "
+                                                  "started it has ended); `kill` it to refit sooner")
     with session_scope(engine) as s:
         status = {name: s.get(RefitRun, run_id).status for name, run_id in ids.items()}
         reason = s.get(RefitRun, ids["ended"]).reason
@@ -303,9 +337,38 @@ def test_a_run_whose_process_ended_without_an_outcome_is_closed_failed_at_the_ne
                       "rebooted": "failed"}
     assert f"its process {me['host']}:{ended.pid} has ended without recording an outcome" in reason
     assert len(events) == 4 and all("failed" in e for e in events)
-    assert RefitLauncher(home, engine).busy() is None  # a second pass closes nothing twice
+    assert "still running on this host" in (RefitLauncher(home, engine).busy() or "")  # and closes nothing twice
     with session_scope(engine) as s:
         assert len(s.exec(select(Event).where(Event.kind == "refit_failed")).all()) == 4
+
+
+def test_a_refit_that_outlived_what_started_it_keeps_the_next_one_waiting(home: Settings) -> None:
+    """`refitd refit` killed (or its lease lapsed) while its child trains on in its own session: no lease is held,
+    but a refit started now would train beside it; once the child ends, its row is closed and refits are free."""
+    from refitd.core.runs import _proc_stat, process_identity
+
+    engine = make_engine(home.database_url)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    try:
+        identity = (process_identity() or {}) | {"pid": child.pid, "start": _proc_stat(child.pid)[1]}
+        with session_scope(engine) as s:
+            run_id = start_run(s, trigger="manual", params={"process": identity}).id
+        launcher = RefitLauncher(home, engine)
+        assert f"refit run {run_id} is still running on this host (pid {child.pid})" in (launcher.busy() or "")
+        started, why = launcher.start("labels", "enough new labels")
+        assert not started and "still running on this host" in why
+        env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("REFITD_")}
+        by_hand = subprocess.run([sys.executable, "-m", "refitd.cli", "--home", str(home.home), "refit"],
+                                 env=env | {"REFITD_DATABASE__URL": home.database_url}, capture_output=True,
+                                 text=True, timeout=120)  # and so is a refit by hand: one line, exit code 75
+        assert by_hand.returncode == 75 and f"refit run {run_id} is still running" in by_hand.stderr, by_hand.stderr
+        assert "Traceback" not in by_hand.stderr and not (home.home / "flows.log").exists()
+    finally:
+        child.kill()
+        child.wait()
+    assert RefitLauncher(home, engine).busy() is None
+    with session_scope(engine) as s:
+        assert s.get(RefitRun, run_id).status == "failed"
 
 
 def test_a_held_lease_is_renewed_for_the_block_refused_to_others_and_released(home: Settings) -> None:
