@@ -135,12 +135,12 @@ def run_flow(settings: Settings, args: list[str], *, trigger: str) -> dict[str, 
     from refitd.core.runs import orphan_here
 
     log_file = settings.home / "flows.log"
-    with session_scope(engine_for(settings)) as session:
-        orphan = orphan_here(session)
-    if orphan is not None:
-        raise RefitStillRunningError(orphan)
     with leases.held(engine_for(settings), leases.REFIT, holder=f"{leases.holder_name()}:cli",
                      ttl_s=settings.refit.lease_s, data={"trigger": trigger}) as lost:
+        with session_scope(engine_for(settings)) as session:  # the lease is ours: a refit running here is nobody's
+            orphan = orphan_here(session)
+        if orphan is not None:
+            raise RefitStillRunningError(orphan)
         console.print(f"[dim]running flow: {' '.join(args)} (log: {log_file})[/]")
         code, result = children.run(settings, args, log_file=log_file)
     if lost.is_set():

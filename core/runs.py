@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import datetime
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -122,16 +123,21 @@ def alive_here(run: RefitRun) -> int | None:
     return pid if state != "Z" and start == recorded.get("start") else None
 
 
+def orphans_here(session: Session) -> list[tuple[int, int, datetime]]:
+    """Refits recorded as running whose process runs on this host, oldest first: (run id, pid, started). Asked
+    by whoever holds, or found free, the refit lease, each is a refit nobody follows: a child lives on in its own
+    session when what started it (`refitd refit`, a daemon outside the unit's KillMode) was killed or lost its
+    lease, and a new refit would train beside it."""
+    runs = session.exec(select(RefitRun).where(RefitRun.status == "running").order_by(col(RefitRun.id)))
+    return [(run.id, pid, run.created_at) for run in runs if (pid := alive_here(run)) is not None]  # type: ignore[misc]
+
+
 def orphan_here(session: Session) -> str | None:
-    """Why no refit may start, when one recorded as running still runs on this host though nothing holds the
-    refit lease: a refit child lives on in its own session when what started it (`refitd refit`, a daemon
-    outside the unit's KillMode) was killed or lost its lease, and a new refit would train beside it."""
-    alive = [(run.id, pid) for run in session.exec(select(RefitRun).where(RefitRun.status == "running")
-                                                   .order_by(col(RefitRun.id)))
-             if (pid := alive_here(run)) is not None]
-    if not alive:
+    """Why no refit may start while one nobody follows runs on this host (:func:`orphans_here`), else None."""
+    found = orphans_here(session)
+    if not found:
         return None
-    run_id, pid = alive[-1]
+    run_id, pid, _ = found[-1]
     return (f"refit run {run_id} is still running on this host (pid {pid}) though nothing holds the refit lease "
             "(what started it has ended); `kill` it to refit sooner")
 

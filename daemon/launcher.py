@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -25,7 +27,7 @@ from sqlmodel import Session, col, select
 from refitd.core import children, leases, registry
 from refitd.core.children import Child
 from refitd.core.db import session_scope
-from refitd.core.runs import close_gone, finish_run, orphan_here, running, running_here
+from refitd.core.runs import close_gone, finish_run, orphan_here, orphans_here, running, running_here
 from refitd.core.settings import Settings
 from refitd.core.tables import Event, RefitRun, utcnow
 
@@ -95,6 +97,26 @@ class RefitLauncher:
         return self._unfollowed_flow_run() or self._orphan_here()
 
     def _orphan_here(self) -> str | None:
+        """Why not, while a refit nobody follows runs on this host; one past ``refit.timeout_minutes`` is stopped
+        (its process group, as the daemon stops its own child), and a later decision closes its row."""
+        limit = timedelta(minutes=self.settings.refit.timeout_minutes)
+        with session_scope(self.engine) as session:
+            found = orphans_here(session)
+        waiting = []
+        for run_id, pid, started in found:
+            if utcnow() - started <= limit:
+                waiting.append((run_id, pid))
+                continue
+            reason = f"refit run {run_id} (pid {pid}) timed out: running {limit} with nobody following it; stopped"
+            try:
+                os.killpg(pid, signal.SIGTERM)  # a refit child leads its own session: its group is its pid
+            except OSError as exc:
+                log.warning("could not stop %s: %s", reason, exc)
+                waiting.append((run_id, pid))
+                continue
+            self._event("refit_failed", reason, {"run_id": run_id, "status": "failed", "reason": reason})
+        if not waiting:
+            return None
         with session_scope(self.engine) as session:
             return orphan_here(session)
 
@@ -133,8 +155,8 @@ class RefitLauncher:
             return None
         except Exception as exc:  # noqa: BLE001 - unknown is not free: wait for the next decision
             return f"cannot read the state of {what} from Prefect: {exc}"
-        if state in _TERMINAL:
-            if run_id is not None:
+        if state in _TERMINAL or state == "CANCELLING":  # cancelling: asked already, by this decision or its daemon
+            if run_id is not None and state != "CANCELLING":
                 self._mark_failed(f"its flow run ended {state} without recording an outcome: {message}", flow_run_id)
             return None
         limit = self.settings.refit.timeout_minutes

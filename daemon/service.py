@@ -109,7 +109,6 @@ class Daemon:
             time.sleep(0.05)
         if self.server.should_exit:
             return
-        self.scheduler.start(paused=True)
         actions = self._reconcile_until_done()
         if actions is None:
             return
@@ -135,6 +134,8 @@ class Daemon:
         delay = RECONCILE_RETRY_S
         while not self.server.should_exit:
             try:
+                if not self.scheduler.running:  # its job store's start reads the store too
+                    self.scheduler.start(paused=True)
                 return jobs.reconcile(self.scheduler, self.settings)
             except Exception:  # noqa: BLE001 - see above: retry, never leave the scheduler paused
                 log.exception("could not set up the scheduler's jobs; retrying in %g s", delay)

@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
+from refitd.core import reference as refdata
 from refitd.core import registry
 from refitd.core.db import session_scope
 from refitd.core.labels import count_labels_since
@@ -61,12 +62,22 @@ class Unserved:
     labels_after: int
 
 
-def not_serving(session: Session) -> Unserved | None:
-    """The newest registered version when the gate rejected it, it was rolled back, or an older version was
-    promoted over it, with the labels that arrived after the newest its refit read; else None."""
+def not_serving(settings: Settings, session: Session, champion: ModelVersion) -> Unserved | None:
+    """The newest registered version when a refit on the same inputs would make it again — the gate rejected it,
+    it was rolled back, or an older version was promoted over it, and it was refit from the champion serving now
+    on the reference stored now (not a gate drill's shuffled labels) — with the labels that arrived after the
+    newest its refit read; else None."""
     newest = session.exec(select(ModelVersion).order_by(col(ModelVersion.id).desc())).first()
     if newest is None or newest.status not in (VersionStatus.rejected.value, VersionStatus.archived.value):
         return None
+    params = newest.params or {}
+    stored = refdata.info(settings)
+    if newest.parent != champion.version or (stored is not None and params.get("reference_digest") not in
+                                             (None, stored.digest)):
+        return None  # compared with another champion, or trained on data since replaced: not the same refit
+    run = session.exec(select(RefitRun).where(RefitRun.candidate_version == newest.version)).first()
+    if run is not None and (run.params or {}).get("shuffle_labels"):
+        return None  # a gate drill's candidate is rejected on purpose
     if newest.status == VersionStatus.archived.value:
         why = "replaced by an older version"
     else:
@@ -100,7 +111,7 @@ def decide(settings: Settings, engine: Engine, launcher: RefitLauncher, trigger:
                                    "comes first")
         last = last_start(session)
         new_labels = count_labels_since(session, registry.labels_until(champion))
-        unserved = not_serving(session)
+        unserved = not_serving(settings, session, champion)
         waiting = pending_drift(session) if trigger == "drift" and drift_verdict != "drifted" else None
         held_over = drift_held_over(session) if trigger == "drift" and drift_verdict == "drifted" else None
     cooldown = timedelta(minutes=settings.refit.cooldown_minutes)

@@ -226,9 +226,9 @@ class DataPlane:
             try:
                 return self._upsert_feedback(label=label, prediction_id=prediction_id, text=text, source=source)
             except NotFoundError:
-                if coming and self.predlog.may_hold(prediction_id):  # type: ignore[arg-type]
-                    # the flush could not land it (the database takes reads, not writes): it is spooled, not
-                    # unknown, and a 404 would tell the client to drop the label
+                if coming and self.predlog.spooled_segments:
+                    # the flush could not land it (the database takes reads, not writes): it waits in a spooled
+                    # segment, not unknown, and a 404 would tell the client to drop the label
                     raise StoreUnavailable() from None
                 raise
         except SQLAlchemyError as exc:

@@ -34,12 +34,13 @@ def _bad(message: str) -> BadRequestError:
 
 def decode_bytes_tensor(raw: bytes, *, elements: int | None = None) -> list[bytes]:
     """The elements of a binary BYTES tensor (each a 4-byte little-endian length, then its bytes); 400 as soon
-    as there are more than the ``elements`` its shape declares (a body of zero lengths is a million elements)."""
+    (422) as soon as there are more than the ``elements`` its shape declares (a body of zero lengths is a million
+    elements)."""
     items: list[bytes] = []
     offset = 0
     while offset < len(raw):
         if elements is not None and len(items) == elements:
-            raise _bad(f"the binary BYTES tensor holds more than the {elements} element(s) its shape declares")
+            raise UnprocessableError(f'input "text" has shape [{elements}] but more elements in its binary data')
         if offset + 4 > len(raw):
             raise _bad("binary BYTES tensor is truncated (an element length is cut off)")
         (n,) = struct.unpack_from("<I", raw, offset)

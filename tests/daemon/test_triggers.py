@@ -90,11 +90,19 @@ def test_after_a_candidate_that_does_not_serve_a_refit_waits_for_labels_it_did_n
         candidate = registry.get_version(s, version=v2)
         candidate.params = {**(candidate.params or {}), "labels_until": read.isoformat()}
         candidate.status, candidate.gate_reason = "rejected", "rejected: macro_f1 on recent +0.004, needs +0.010"
+        candidate.parent = "v1"  # refit from the champion, as a refit records it
     for trigger, verdict in (("drift", "drifted"), ("labels", None)):
         waiting = consider(home, engine, launcher, trigger, drift_verdict=verdict)
         assert not waiting.start and (f"{v2} was rejected by the gate and 0 labels arrived after the newest its "
                                       "refit read (refit.retry_new_labels: 4)") in waiting.reason, waiting.reason
     assert decide(home, engine, launcher, "cron").start  # a schedule is the operator's: it runs
+    with session_scope(engine) as s:  # a gate drill's candidate (shuffled labels) is rejected on purpose
+        drill = start_run(s, trigger="manual", params={"shuffle_labels": True})
+        drill.candidate_version, drill.created_at = v2, utcnow() - timedelta(hours=2)  # cooldown over
+    assert decide(home, engine, launcher, "labels").start
+    with session_scope(engine) as s:
+        s.get(RefitRun, drill.id).params = {"shuffle_labels": False}
+    assert not decide(home, engine, launcher, "labels").start
     _labels(home, 4)
     assert decide(home, engine, launcher, "drift", drift_verdict="drifted").start
     registry.promote(engine, v2, actor="test")  # promoted, then rolled back: the same wait again
@@ -105,6 +113,9 @@ def test_after_a_candidate_that_does_not_serve_a_refit_waits_for_labels_it_did_n
         rolled.params = {**(rolled.params or {}), "labels_until": read.isoformat()}
     waiting = decide(home, engine, launcher, "labels")
     assert not waiting.start and f"{v2} was rolled back and 0 labels arrived" in waiting.reason, waiting.reason
+    with session_scope(engine) as s:  # refit from another champion (a rollback landed during its refit): no wait
+        s.exec(select(type(candidate)).where(type(candidate).version == v2)).one().parent = "v0"
+    assert decide(home, engine, launcher, "labels").start
 
 
 def test_a_launch_that_never_wrote_its_run_row_still_starts_the_cooldown(home: Settings) -> None:
@@ -363,9 +374,15 @@ def test_a_refit_that_outlived_what_started_it_keeps_the_next_one_waiting(home: 
                                  text=True, timeout=120)  # and so is a refit by hand: one line, exit code 75
         assert by_hand.returncode == 75 and f"refit run {run_id} is still running" in by_hand.stderr, by_hand.stderr
         assert "Traceback" not in by_hand.stderr and not (home.home / "flows.log").exists()
+        with session_scope(engine) as s:  # past refit.timeout_minutes it is stopped, as a followed one would be
+            s.get(RefitRun, run_id).created_at = utcnow() - timedelta(minutes=home.refit.timeout_minutes + 1)
+        assert launcher.busy() is None
+        assert child.wait(30) == -15  # SIGTERM to its process group
     finally:
         child.kill()
         child.wait()
+    with session_scope(engine) as s:
+        assert "timed out" in s.exec(select(Event).where(Event.kind == "refit_failed")).one().reason
     assert RefitLauncher(home, engine).busy() is None
     with session_scope(engine) as s:
         assert s.get(RefitRun, run_id).status == "failed"

@@ -20,6 +20,8 @@ from refitd.serving.runtime import OnnxClassifier
 V2 = "/v2/models/refitd/infer"
 TEXT_INPUT = {"name": "text", "datatype": "BYTES", "shape": [1], "data": ["hello"]}
 
+_BINARY_HEAD = b'{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": 10}}]}'
+
 HOSTILE = [
     # (route, raw body, extra headers, status, words in the message)
     ("/v1/predict", b'{"text": "\\ud800 hello"}', {}, 400, "surrogate"),
@@ -52,6 +54,8 @@ HOSTILE = [
     (V2, b'{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [9], "data": ["a"]}]}', {}, 413,
      "too many texts: 9 > 8"),
     ("/v1/predict", b'{"texts": ' + b"[" + b",".join([b"1"] * 40) + b"]}", {}, 413, "too many texts: 40 > 8"),
+    (V2, _BINARY_HEAD + b"\x01\x00\x00\x00a\x01\x00\x00\x00b", {"Inference-Header-Content-Length": str(len(_BINARY_HEAD))},
+     422, 'input "text" has shape [1] but more elements in its binary data'),
     ("/v1/predict", b'{"text": "a", ' + b", ".join(b'"k%d": 1' % i for i in range(20)) + b"}", {}, 422,
      "k9: Extra inputs are not permitted; and 10 more"),
     ("/v1/predict", b'{"text": "caf\xe9"}', {}, 400, "not valid UTF-8"),
