@@ -23,10 +23,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from refitd.core import reference as refdata
 from refitd.core import registry
 from refitd.core.db import session_scope
 from refitd.core.labels import count_labels_since
+from refitd.core.reference_info import info as reference_info
 from refitd.core.settings import Settings
 from refitd.core.tables import Event, ModelVersion, RefitRun, VersionStatus, utcnow
 from refitd.daemon.drift.verdict import drift_held_over, pending_drift
@@ -71,7 +71,7 @@ def not_serving(settings: Settings, session: Session, champion: ModelVersion) ->
     if newest is None or newest.status not in (VersionStatus.rejected.value, VersionStatus.archived.value):
         return None
     params = newest.params or {}
-    stored = refdata.info(settings)
+    stored = reference_info(settings)
     if newest.parent != champion.version or (stored is not None and params.get("reference_digest") not in
                                              (None, stored.digest)):
         return None  # compared with another champion, or trained on data since replaced: not the same refit
