@@ -17,13 +17,15 @@ data_app = typer.Typer(help="The reference dataset (stored in the home at init).
 
 @data_app.command("show")
 def data_show(ctx: typer.Context) -> None:
-    """Source, digest, rows per label and split sizes of the stored reference."""
+    """Source, digest, rows per label and split sizes of the reference every host refits from (the one published
+    beside the models; this home takes it, or publishes its own when none is)."""
     from refitd.core import reference
 
     settings = _settings(ctx)
-    stored = reference.info(settings)
+    stored = reference.sync(settings)
     if stored is None:
-        console.print(f"no reference dataset stored in {settings.home} yet: `refitd init [--data FILE]` stores one")
+        console.print(f"no reference dataset stored in {settings.home} or published beside the models yet: "
+                      "`refitd init [--data FILE]` stores one")
         raise typer.Exit(1)
     console.print(f"[bold]{stored.source}[/]: {stored.rows} rows, digest {stored.digest}")
     console.print(f"stored {stored.stored_at:%Y-%m-%d %H:%M} UTC by {stored.actor} ({stored.reason})")
@@ -34,6 +36,17 @@ def data_show(ctx: typer.Context) -> None:
         table.add_row(label, str(n), f"{n / max(1, stored.rows):.1%}")
     console.print(table)
     console.print("splits: " + ", ".join(f"{k} {v}" for k, v in stored.splits.items()) + " (test is the frozen set)")
+
+
+@data_app.command("publish")
+def data_publish(ctx: typer.Context) -> None:
+    """Publish this home's reference beside the models, where none is yet (a home stored before references were
+    published): from then on every host refits from it."""
+    from refitd.core import reference
+
+    settings = _settings(ctx)
+    stored = reference.publish_home(settings)
+    console.print(f"published {stored.source}: {stored.rows} rows, digest {stored.digest[:12]}")
 
 
 @data_app.command("replace")
@@ -51,11 +64,12 @@ def data_replace(
     from refitd.core import reference, registry
     from refitd.core.db import engine_for, session_scope, upgrade
     from refitd.core.errors import ConfigError
+    from refitd.core.reference_info import current as current_reference
 
     settings = _settings(ctx)
     path = path.expanduser().resolve()
     frame, source = reference.from_settings(settings.updated({"training": {"data": path}}))
-    before = reference.info(settings)
+    before = current_reference(settings)
     engine = engine_for(settings)
     upgrade(engine)
     with session_scope(engine) as session:

@@ -110,7 +110,7 @@ def init(
         from refitd.core import reference
 
         frame, source = reference.from_settings(settings)
-        stored = reference.info(settings)
+        stored = reference.sync(settings)  # this home's, or the one published beside the models by another host
         if stored is not None and champion is not None:
             reference.check_same(settings, frame, source)  # a trained home changes its data only by `data replace`
         else:  # a trained home's same data is already stored, as `data replace` left it (--new-label-set kept)
@@ -223,14 +223,14 @@ def feedback_import(
     source: Annotated[str, typer.Option(help="Recorded as the labels' source.")] = "import",
 ) -> None:
     """Add labelled texts in bulk (e.g. a labelling team's export); the next refit trains on them."""
-    from refitd.core import reference as refdata
     from refitd.core.datasets import load_table
+    from refitd.core.reference_info import current as current_reference
     from refitd.core.db import engine_for, session_scope, upgrade
     from refitd.core.tables import Feedback, utcnow
 
     settings = _settings(ctx)
     t = settings.training
-    stored = refdata.info(settings)  # labels outside the model's label set are refused here, naming the row
+    stored = current_reference(settings)  # labels outside the model's label set are refused here, naming the row
     frame = load_table(path, text_column=t.text_column, label_column=t.label_column,
                        labels=sorted(stored.labels) if stored is not None else None)
     engine = engine_for(settings)

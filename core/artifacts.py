@@ -54,6 +54,8 @@ HISTORY_FILE = "train_history.json"
 TRAIN_ROWS_FILE = "train_rows.parquet"  # exactly the rows trained on (the drift reference)
 FROZEN_LOGITS_FILE = "frozen_logits.npz"  # fp32 logits on the frozen test set, keyed by its digest (a later refit reuses them)
 
+SHARED_DIR = "reference"  # beside the versions, never one: the reference dataset every host refits from (core/reference.py)
+
 FORMAT = 1  # the version of ArtifactMeta this refitd writes and reads
 OUTPUTS = ("logits", "embedding")  # the graph outputs a runtime reads, in this order
 KEEP_S = 24 * 3600  # scratch and set-aside folders untouched this long are removed by a sweep
@@ -162,7 +164,7 @@ def _resolved_inside(folder: Path, name: str) -> bool:
     return (folder / name).resolve().is_relative_to(folder.resolve())
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -198,7 +200,7 @@ def check_files(folder: Path, version: str, files: dict[str, dict]) -> None:
         f = folder / name
         if not _resolved_inside(folder, name) or not f.is_file():
             raise ArtifactError(version, f"{name} is listed in the manifest but missing")
-        if f.stat().st_size != expected["bytes"] or _sha256(f) != expected["sha256"]:
+        if f.stat().st_size != expected["bytes"] or sha256_file(f) != expected["sha256"]:
             raise ArtifactError(version, f"{name} does not match its manifest checksum")
 
 
@@ -268,7 +270,7 @@ class ArtifactStore:
         for f in sorted(p for p in staged.rglob("*") if p.is_file() and p != manifest):
             with f.open("rb") as fh:
                 os.fsync(fh.fileno())
-            files[f.relative_to(staged).as_posix()] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+            files[f.relative_to(staged).as_posix()] = {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
         manifest.write_text(json.dumps({"files": files}, indent=2))
         with manifest.open("rb") as fh:
             os.fsync(fh.fileno())
@@ -342,6 +344,39 @@ class ArtifactStore:
             shutil.rmtree(p, ignore_errors=True)
             log.warning("removed unfinished artifact folder %s", p)
         return list(removed)
+
+    # Files beside the versions (``SHARED_DIR/<name>``): the reference dataset every host reads, so a refit on
+    # any host trains on the data the last `refitd init` or `data replace` stored, wherever that ran.
+
+    def shared_read(self, name: str) -> bytes | None:
+        """A shared file's bytes, or None when it was never put."""
+        path = self.root / SHARED_DIR / name
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ArtifactError(SHARED_DIR, f"cannot read {path}: {exc}") from exc
+
+    def shared_put(self, path: Path, name: str) -> None:
+        """Publish a local file under ``name`` (atomic: readers see the old bytes or the new, never a part)."""
+        folder = self.root / SHARED_DIR
+        scratch = folder / f"{_SCRATCH}{name}-{uuid.uuid4().hex[:8]}"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, scratch)
+            with scratch.open("rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(scratch, folder / name)
+            _fsync_dir(folder)
+        except OSError as exc:
+            raise ArtifactError(SHARED_DIR, f"cannot write {folder / name}: {exc}") from exc
+        finally:
+            scratch.unlink(missing_ok=True)
+
+    def shared_get(self, name: str, dest: Path) -> None:
+        """Copy a shared file to ``dest`` (FileNotFoundError when it is not there)."""
+        shutil.copyfile(self.root / SHARED_DIR / name, dest)
 
     def _scratch_name(self, label: str) -> Path:
         """A fresh hidden name a sweep removes once it is stale."""

@@ -27,7 +27,7 @@ from typing import TypeVar
 
 import fsspec
 
-from refitd.core.artifacts import KEEP_S, MANIFEST, ArtifactStore, check_files, manifest_files
+from refitd.core.artifacts import KEEP_S, MANIFEST, SHARED_DIR, ArtifactStore, check_files, manifest_files
 from refitd.core.errors import ArtifactError
 
 log = logging.getLogger(__name__)
@@ -159,6 +159,25 @@ class ObjectStoreArtifacts(ArtifactStore):
         cutoff = time.time() - older_than_s
         return super().sweep(older_than_s=older_than_s) + self._call("-", lambda r: self._sweep_remote(r, cutoff))
 
+    def shared_read(self, name: str) -> bytes | None:
+        try:
+            return self._call(SHARED_DIR, lambda r: r.read(f"{SHARED_DIR}/{name}"))
+        except ArtifactError as exc:
+            if isinstance(exc.__cause__, FileNotFoundError):
+                return None
+            raise
+
+    def shared_put(self, path: Path, name: str) -> None:
+        self._call(SHARED_DIR, lambda r: r.upload(path, f"{SHARED_DIR}/{name}"))  # one PUT: whole or not at all
+
+    def shared_get(self, name: str, dest: Path) -> None:
+        try:
+            self._call(SHARED_DIR, lambda r: r.download(f"{SHARED_DIR}/{name}", dest))
+        except ArtifactError as exc:
+            if isinstance(exc.__cause__, FileNotFoundError):
+                raise FileNotFoundError(f"{self.remote.uri(f'{SHARED_DIR}/{name}')} is missing") from None
+            raise
+
     def _upload(self, version: str, staged: Path) -> None:
         def upload(remote: ObjectStore) -> None:
             remote.remove(version)  # what an upload killed before its manifest left under this name
@@ -239,7 +258,8 @@ class ObjectStoreArtifacts(ArtifactStore):
 
     @staticmethod
     def _sweep_remote(remote: ObjectStore, cutoff: float) -> list[PurePath]:
-        """Top-level folders without a manifest (or hidden: set aside) whose newest object is older than ``cutoff``."""
+        """Top-level folders without a manifest (or hidden: set aside) whose newest object is older than ``cutoff``;
+        never the shared files' folder."""
         newest: dict[str, float] = {}
         sealed: set[str] = set()
         for name, modified in remote.objects().items():
@@ -248,7 +268,7 @@ class ObjectStoreArtifacts(ArtifactStore):
             newest[folder] = max(newest.get(folder, 0.0), stamp)
             if rest == MANIFEST and not folder.startswith("."):
                 sealed.add(folder)
-        stale = sorted(f for f, t in newest.items() if f not in sealed and t < cutoff)
+        stale = sorted(f for f, t in newest.items() if f not in sealed and f != SHARED_DIR and t < cutoff)
         for folder in stale:
             remote.remove(folder)
         return [PurePosixPath(remote.key(f)) for f in stale]

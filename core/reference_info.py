@@ -1,17 +1,25 @@
-"""Where the home's reference dataset lives and what describes it, without reading its rows.
+"""Where the reference dataset lives and what describes it, without reading its rows.
 
-Kept apart from :mod:`refitd.core.reference` so the long-lived daemon process (the refit triggers compare
-a candidate's reference digest with the stored one) reads ``reference.json`` without importing pandas.
+The rows are published beside the model versions (``<storage.models_url>/reference/``: the
+``reference-<hash>.parquet`` file and this ``reference.json``, put last) so every host that reads the
+models reads the same reference; each home keeps a copy in ``<home>/data``. Kept apart from
+:mod:`refitd.core.reference` so the long-lived daemon process (the refit triggers compare a candidate's
+reference digest with the current one) reads ``reference.json`` without importing pandas.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
+from refitd.core.artifacts import SHARED_DIR, ArtifactStore
+from refitd.core.errors import ArtifactError
 from refitd.core.settings import Settings
+
+log = logging.getLogger(__name__)
 
 DATA_DIR = "data"
 META_FILE = "reference.json"
@@ -23,6 +31,8 @@ class ReferenceInfo(BaseModel):
     source: str = Field(description="The file it was read from, or 'bundled corpus (topics …)'.")
     file: str = Field(description="The rows' Parquet file in <home>/data, named by its digest.")
     digest: str = Field(description="SHA-256 over its (text, label) rows, independent of order.")
+    sha256: str | None = Field(default=None, description="SHA-256 of the rows file's bytes (splits included); "
+                               "the file's name carries its first 16 digits. None for a reference stored before.")
     rows: int
     labels: dict[str, int] = Field(description="Rows per label.")
     splits: dict[str, int] = Field(description="Rows per split: train, validation, test (the frozen set).")
@@ -43,3 +53,28 @@ def info(settings: Settings) -> ReferenceInfo | None:
     if not path.is_file():
         return None
     return ReferenceInfo.model_validate_json(path.read_text())
+
+
+def published(settings: Settings) -> ReferenceInfo | None:
+    """The reference published beside the models, or None when none was; ArtifactError when the store cannot
+    be read."""
+    store = ArtifactStore.from_settings(settings)
+    text = store.shared_read(META_FILE)
+    if text is None:
+        return None
+    try:
+        return ReferenceInfo.model_validate_json(text)
+    except ValidationError as exc:
+        raise ArtifactError(SHARED_DIR, f"{store.uri(SHARED_DIR)}/{META_FILE} is not a reference description: "
+                                         f"{exc.errors()[0]['msg']}") from None
+
+
+def current(settings: Settings) -> ReferenceInfo | None:
+    """The reference the next refit reads: the published one, else this home's (the store cannot be reached,
+    or nothing was published yet)."""
+    try:
+        shared = published(settings)
+    except ArtifactError as exc:
+        log.warning("cannot read the published reference (%s); using this home's", exc.problem)
+        shared = None
+    return shared if shared is not None else info(settings)

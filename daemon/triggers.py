@@ -26,7 +26,7 @@ from sqlmodel import Session, col, select
 from refitd.core import registry
 from refitd.core.db import session_scope
 from refitd.core.labels import count_labels_since
-from refitd.core.reference_info import info as reference_info
+from refitd.core.reference_info import current as current_reference
 from refitd.core.settings import Settings
 from refitd.core.tables import Event, ModelVersion, RefitRun, VersionStatus, utcnow
 from refitd.daemon.drift.verdict import drift_held_over, pending_drift
@@ -62,18 +62,17 @@ class Unserved:
     labels_after: int
 
 
-def not_serving(settings: Settings, session: Session, champion: ModelVersion) -> Unserved | None:
+def not_serving(session: Session, champion: ModelVersion, reference_digest: str | None) -> Unserved | None:
     """The newest registered version when a refit on the same inputs would make it again — the gate rejected it,
     it was rolled back, or an older version was promoted over it, and it was refit from the champion serving now
     on the reference stored now (not a gate drill's shuffled labels) — with the labels that arrived after the
-    newest its refit read; else None."""
+    newest its refit read; else None. ``reference_digest``: the current reference's, when it is known."""
     newest = session.exec(select(ModelVersion).order_by(col(ModelVersion.id).desc())).first()
     if newest is None or newest.status not in (VersionStatus.rejected.value, VersionStatus.archived.value):
         return None
     params = newest.params or {}
-    stored = reference_info(settings)
-    if newest.parent != champion.version or (stored is not None and params.get("reference_digest") not in
-                                             (None, stored.digest)):
+    recorded = params.get("reference_digest")
+    if newest.parent != champion.version or (reference_digest is not None and recorded not in (None, reference_digest)):
         return None  # compared with another champion, or trained on data since replaced: not the same refit
     run = session.exec(select(RefitRun).where(RefitRun.candidate_version == newest.version)).first()
     if run is not None and (run.params or {}).get("shuffle_labels"):
@@ -101,6 +100,7 @@ def decide(settings: Settings, engine: Engine, launcher: RefitLauncher, trigger:
     busy = launcher.busy()
     if busy is not None:
         return Decision(False, f"{trigger}: skipped, {busy}")
+    stored = current_reference(settings)  # read before the session: with object storage it is a request
     with session_scope(engine) as session:
         champion = registry.get_champion(session)
         if champion is None:
@@ -111,7 +111,7 @@ def decide(settings: Settings, engine: Engine, launcher: RefitLauncher, trigger:
                                    "comes first")
         last = last_start(session)
         new_labels = count_labels_since(session, registry.labels_until(champion))
-        unserved = not_serving(settings, session, champion)
+        unserved = not_serving(session, champion, stored.digest if stored is not None else None)
         waiting = pending_drift(session) if trigger == "drift" and drift_verdict != "drifted" else None
         held_over = drift_held_over(session) if trigger == "drift" and drift_verdict == "drifted" else None
     cooldown = timedelta(minutes=settings.refit.cooldown_minutes)

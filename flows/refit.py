@@ -174,7 +174,7 @@ def _refit_body(settings: Settings, engine, p: dict[str, Any], run_id: int) -> d
             metrics["ensemble"] = fitted.ensemble
         params = {**config.record(), "source": str(source), "warm_start": "champion" if from_champion else "base",
                   "base_model": None if base is None else str(base),
-                  "reference_digest": refdata.info(settings).digest,  # type: ignore[union-attr]
+                  "reference_digest": snapshot.reference_digest,
                   "labels_until": None if snapshot.labels_until is None else snapshot.labels_until.isoformat(),
                   "hpo_best": hpo_record["best_params"] if hpo_record else None, "run": p}
         lineage = {"parent": champion.version if champion else None, "params": params, "data_digest": snapshot.digest,

@@ -43,6 +43,7 @@ class Snapshot:
     counts: dict[str, Any] = field(default_factory=dict)
     unknown_labels: dict[str, int] = field(default_factory=dict)  # feedback rows left out, per label outside ``labels``
     labels_until: datetime | None = None  # the newest production label read (``since`` when none was)
+    reference_digest: str | None = None  # the reference rows it read (core/reference.py), set by the caller
 
     def seal(self) -> Snapshot:
         self.digest = digest_frame(pd.concat([self.train[["text", "label"]], self.validation[["text", "label"]]]))

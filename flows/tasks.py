@@ -47,14 +47,16 @@ log = logging.getLogger(__name__)
 def snapshot_data(settings: Settings, champion: ModelVersion | None) -> snap.Snapshot:
     """Reference data + production labels since the champion was trained + replay, deduplicated."""
     t = settings.training
-    reference = refdata.load(settings)
+    reference, described = refdata.load_with_info(settings)
     with session_scope(engine_for(settings)) as session:
         production = labelled_rows(session)
-    return snap.build(reference, production, since=registry.labels_until(champion) if champion else None,
-                      validation_fraction=t.validation_fraction, test_fraction=t.test_fraction,
-                      recent_fraction=t.recent_test_fraction, replay_ratio=t.replay_ratio,
-                      max_train_rows=t.max_train_rows, max_test_rows=t.max_test_rows,
-                      min_reference_share=t.min_reference_share, seed=t.seed)
+    snapshot = snap.build(reference, production, since=registry.labels_until(champion) if champion else None,
+                          validation_fraction=t.validation_fraction, test_fraction=t.test_fraction,
+                          recent_fraction=t.recent_test_fraction, replay_ratio=t.replay_ratio,
+                          max_train_rows=t.max_train_rows, max_test_rows=t.max_test_rows,
+                          min_reference_share=t.min_reference_share, seed=t.seed)
+    snapshot.reference_digest = described.digest if described is not None else None
+    return snapshot
 
 
 @task(cache_policy=NONE)

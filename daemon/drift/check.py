@@ -105,7 +105,7 @@ def reference_rows(settings: Settings, champion: ModelVersion, folder: Path, eng
     if (folder / TRAIN_ROWS_FILE).is_file():
         trained = pd.read_parquet(folder / TRAIN_ROWS_FILE)
     else:  # an artifact from before training rows were stored: the reference dataset's training split
-        data = refdata.load(settings)
+        data = refdata.load(settings, first_use=False)  # a check never stores (or publishes) what it read
         trained = data[data["split"] == "train"]
     d = settings.drift
     new_labels = int((trained["source"] == "feedback_new").sum()) if "source" in trained else 0

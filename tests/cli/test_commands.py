@@ -139,7 +139,10 @@ def test_every_command(home: Path, tmp_path: Path) -> None:
     one_line_refusal(refitd(copy, "data", "replace", str(two), "--reason", "t", code=2), "add --new-label-set")
     replaced = refitd(copy, "data", "replace", str(two), "--reason", "two classes now", "--new-label-set").stdout
     assert "reference replaced" in replaced
-    shutil.rmtree(copy / "data")  # other data configured where the home's reference is missing: not v1's data
+    shutil.rmtree(copy / "data")  # the home's copy lost: the one published beside the models stands in
+    assert ": 80 rows" in refitd(copy, "data", "show").stdout and (copy / "data").is_dir()
+    shutil.rmtree(copy / "data")  # and nothing published: other data configured there is not v1's data
+    shutil.rmtree(copy / "models" / "reference")
     one_line_refusal(refitd(copy, "refit", "--quick", code=2, REFITD_TRAINING__DATA=str(two)),
                      "is not what the champion v1 was trained on")
 

@@ -46,6 +46,10 @@ def test_refit_produces_a_complete_gated_candidate(home, prefect_harness) -> Non
     mv = _versions(settings)[version]
     assert mv.parent == "v1" and mv.data_digest and mv.flow_run_id and mv.gate_reason == result["reason"]
     assert mv.params["base_model"] is None and mv.params["labels_until"]  # the bundled base; the newest label read
+    from refitd.core import reference
+
+    published = reference.published(settings)  # the rows it read, published beside the models for every host
+    assert published is not None and mv.params["reference_digest"] == published.digest == reference.info(settings).digest
     assert mv.data_counts["train"]["sources"]["feedback_new"] > 0 and mv.data_counts["recent_test"]["rows"] > 0
     m = mv.metrics
     for set_name in ("frozen", "recent", "frozen_int8", "recent_int8"):
