@@ -18,7 +18,7 @@ data_app = typer.Typer(help="The reference dataset (stored in the home at init).
 @data_app.command("show")
 def data_show(ctx: typer.Context) -> None:
     """Source, digest, rows per label and split sizes of the reference every host refits from (the one published
-    beside the models; this home takes it, or publishes its own when none is)."""
+    beside the models, which this home takes first; else this home's)."""
     from refitd.core import reference
 
     settings = _settings(ctx)

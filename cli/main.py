@@ -110,8 +110,9 @@ def init(
         from refitd.core import reference
 
         frame, source = reference.from_settings(settings)
-        stored = reference.sync(settings)  # this home's, or the one published beside the models by another host
-        if stored is not None and champion is not None:
+        # a trained home's reference: this home's, or the one published beside the models by another host
+        stored = reference.sync(settings) if champion is not None else None
+        if stored is not None:
             reference.check_same(settings, frame, source)  # a trained home changes its data only by `data replace`
         else:  # a trained home's same data is already stored, as `data replace` left it (--new-label-set kept)
             reference.store(settings, frame, source=source, actor=getpass.getuser(), reason="refitd init --data")

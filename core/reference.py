@@ -31,6 +31,7 @@ from refitd.core.settings import Settings
 from refitd.core.tables import ModelVersion, utcnow
 
 COLUMNS = ["text", "label", "split"]
+FIRST_USE_HERE = "first use on this host"  # a home-only copy of configured data (check_belongs), never published
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def store(settings: Settings, frame: pd.DataFrame, *, source: str, actor: str, r
     out = folder(settings)
     out.mkdir(parents=True, exist_ok=True)
     frame = frame[COLUMNS].reset_index(drop=True)
-    previous = info(settings)
+    previous = _readable(settings)
     fd, tmp = tempfile.mkstemp(prefix=".reference-", suffix=".parquet", dir=out)
     os.close(fd)
     try:
@@ -82,10 +83,15 @@ def store(settings: Settings, frame: pd.DataFrame, *, source: str, actor: str, r
 
 
 def publish_home(settings: Settings) -> ReferenceInfo:
-    """Publish this home's reference where nothing is published yet (a home stored before publishing)."""
+    """Publish this home's reference where nothing is published yet (a home stored before publishing); a
+    description from before files were hashed gets its file's hash first."""
     local = info(settings)
     if local is None:
         raise ConfigError(f"this home has no reference dataset to publish ({folder(settings) / META_FILE} is missing)")
+    if local.reason.startswith(FIRST_USE_HERE):
+        raise ConfigError(f"this home's reference was taken from its own configured data ({local.source}) with this "
+                          "host's split fractions: publish from the home that ran `refitd init`, or store the data "
+                          "for every host with `refitd data replace FILE`")
     try:
         shared = published(settings)
     except ArtifactError as exc:
@@ -100,6 +106,10 @@ def publish_home(settings: Settings) -> ReferenceInfo:
     if not _intact(settings, local):
         raise ConfigError(f"{folder(settings) / local.file} does not match its digest in {META_FILE}; restore it or "
                           "run `refitd data replace FILE`")
+    if local.sha256 is None:
+        hashed = local.model_copy(update={"sha256": sha256_file(folder(settings) / local.file)})
+        _keep(settings, hashed, local)
+        local = hashed
     try:
         _publish(settings, local)
     except ArtifactError as exc:
@@ -136,17 +146,25 @@ def sync(settings: Settings) -> ReferenceInfo | None:
     """This home's reference once it is the published one: a published reference this home lacks, or describes
     otherwise, is downloaded and checked first. While the store cannot be read, this home's copy stands; with no
     copy that is an error (a first use then would publish data over what it cannot see). With nothing published,
-    this home's copy (stored before publishing: `refitd data publish`) or None."""
-    local = info(settings)
+    this home's copy (stored before publishing: `refitd data publish`) or None. An unreadable description in
+    this home is replaced by the published one, and is an error without one."""
+    try:
+        local, unreadable = info(settings), None
+    except ConfigError as exc:
+        local, unreadable = None, exc
     try:
         shared = published(settings)
     except ArtifactError as exc:
+        if unreadable is not None:
+            raise unreadable from None
         if local is None:
             raise ConfigError(f"cannot read the reference dataset published beside the models ({exc.problem}), and "
                               f"this home has none ({folder(settings) / META_FILE})") from None
         log.warning("cannot read the published reference (%s); using this home's", exc.problem)
         return local
     if shared is None:
+        if unreadable is not None:
+            raise unreadable
         return local
     if local == shared and _intact(settings, local):
         return local
@@ -155,6 +173,14 @@ def sync(settings: Settings) -> ReferenceInfo | None:
     log.info("took the published reference dataset %s (%s, %d rows) into %s", shared.digest[:12], shared.source,
              shared.rows, folder(settings))
     return shared
+
+
+def _readable(settings: Settings) -> ReferenceInfo | None:
+    """This home's description, or None when it has none or it cannot be read (a store replaces it)."""
+    try:
+        return info(settings)
+    except ConfigError:
+        return None
 
 
 def _shared_uri(settings: Settings) -> str:
@@ -170,7 +196,7 @@ def _intact(settings: Settings, meta: ReferenceInfo, path: Path | None = None) -
         if meta.sha256 is not None:
             return sha256_file(path) == meta.sha256
         return digest_frame(pd.read_parquet(path)) == meta.digest
-    except (OSError, ValueError):
+    except (OSError, ValueError, KeyError):  # unreadable, not Parquet, or without the text / label columns
         return False
 
 
@@ -211,15 +237,16 @@ def load_with_info(settings: Settings, *, first_use: bool = True) -> tuple[pd.Da
         path = folder(settings) / stored.file
         try:
             frame = pd.read_parquet(path)
+            intact = digest_frame(frame) == stored.digest and stored.sha256 in (None, sha256_file(path))
         except FileNotFoundError:
             if attempt == 1:
                 continue  # another process in this home took a newer published reference meanwhile
             raise ConfigError(f"the reference dataset {path} is missing; restore it or run `refitd data replace "
                               "FILE`") from None
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read the reference dataset {path}: {exc}; restore it or run "
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigError(f"cannot read the reference dataset {path}: {exc!r}; restore it or run "
                               "`refitd data replace FILE`") from None
-        if digest_frame(frame) != stored.digest:
+        if not intact:
             raise ConfigError(f"{path} does not match its digest in {META_FILE} ({stored.digest[:12]}); restore it "
                               "or run `refitd data replace FILE`")
         return frame, stored
@@ -245,13 +272,14 @@ def check_belongs(settings: Settings, champion: ModelVersion) -> None:
         digest, labels = digest_frame(frame), sorted(frame["label"].unique().tolist())
         if (recorded is not None and digest != recorded) or (served and labels != served):
             raise ConfigError(f"this home has no reference dataset ({folder(settings) / META_FILE} is missing), "
-                              f"none is published beside the models ({_shared_uri(settings)}), and the configured data, {source} (digest {digest[:12]}, labels {labels}), is not what "
-                              f"the champion {champion.version} was trained on"
+                              f"none is published beside the models ({_shared_uri(settings)}), and the configured "
+                              f"data, {source} (digest {digest[:12]}, labels {labels}), is not what the champion "
+                              f"{champion.version} was trained on"
                               f"{f' (digest {str(recorded)[:12]})' if recorded else f' (labels {served})'}: run "
                               "`refitd data publish` with the home that ran `refitd init`, configure the same "
                               "training.data, or store the data with `refitd data replace FILE`")
         store(settings, frame, source=source, actor="refitd", publish=False,  # this host's split of the same rows
-              reason=f"first use on this host: the data {champion.version} was trained on")
+              reason=f"{FIRST_USE_HERE}: the data {champion.version} was trained on")
         return
     if served and served != sorted(stored.labels) and stored.new_label_set_for != champion.version:
         raise ConfigError(f"the reference dataset ({stored.source}) has labels {sorted(stored.labels)} but the champion "

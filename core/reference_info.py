@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, ValidationError
 
 from refitd.core.artifacts import SHARED_DIR, ArtifactStore
-from refitd.core.errors import ArtifactError
+from refitd.core.errors import ArtifactError, ConfigError
 from refitd.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,9 @@ class ReferenceInfo(BaseModel):
     """What ``refitd data show`` prints, stored beside the rows."""
 
     source: str = Field(description="The file it was read from, or 'bundled corpus (topics …)'.")
-    file: str = Field(description="The rows' Parquet file in <home>/data, named by its digest.")
+    file: str = Field(pattern=r"^reference-[0-9a-f]{16}\.parquet$",
+                      description="The rows' Parquet file in <home>/data (and in the store's reference/), named by "
+                                  "its hash (by its digest for a reference stored before files were hashed).")
     digest: str = Field(description="SHA-256 over its (text, label) rows, independent of order.")
     sha256: str | None = Field(default=None, description="SHA-256 of the rows file's bytes (splits included); "
                                "the file's name carries its first 16 digits. None for a reference stored before.")
@@ -48,11 +50,16 @@ def folder(settings: Settings) -> Path:
 
 
 def info(settings: Settings) -> ReferenceInfo | None:
-    """The stored reference's description, or None before the first use."""
+    """This home's reference description, or None before the first use; ConfigError when it cannot be read."""
     path = folder(settings) / META_FILE
-    if not path.is_file():
+    try:
+        return ReferenceInfo.model_validate_json(path.read_text())
+    except FileNotFoundError:
         return None
-    return ReferenceInfo.model_validate_json(path.read_text())
+    except (OSError, ValidationError) as exc:
+        problem = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+        raise ConfigError(f"{path} is not a reference description ({problem}): restore it, or run `refitd data "
+                          "replace FILE`") from None
 
 
 def published(settings: Settings) -> ReferenceInfo | None:
@@ -77,4 +84,10 @@ def current(settings: Settings) -> ReferenceInfo | None:
     except ArtifactError as exc:
         log.warning("cannot read the published reference (%s); using this home's", exc.problem)
         shared = None
-    return shared if shared is not None else info(settings)
+    if shared is not None:
+        return shared
+    try:
+        return info(settings)
+    except ConfigError as exc:
+        log.warning("%s", exc)
+        return None

@@ -60,20 +60,19 @@ class Unserved:
     version: str
     why: str
     labels_after: int
+    reference_digest: str | None = None  # the reference rows its refit read, when recorded
 
 
-def not_serving(session: Session, champion: ModelVersion, reference_digest: str | None) -> Unserved | None:
+def not_serving(session: Session, champion: ModelVersion) -> Unserved | None:
     """The newest registered version when a refit on the same inputs would make it again — the gate rejected it,
     it was rolled back, or an older version was promoted over it, and it was refit from the champion serving now
-    on the reference stored now (not a gate drill's shuffled labels) — with the labels that arrived after the
-    newest its refit read; else None. ``reference_digest``: the current reference's, when it is known."""
+    (not a gate drill's shuffled labels) — with the labels that arrived after the newest its refit read; else
+    None. Whether the reference is still the one it read is :func:`same_reference`'s to say."""
     newest = session.exec(select(ModelVersion).order_by(col(ModelVersion.id).desc())).first()
     if newest is None or newest.status not in (VersionStatus.rejected.value, VersionStatus.archived.value):
         return None
-    params = newest.params or {}
-    recorded = params.get("reference_digest")
-    if newest.parent != champion.version or (reference_digest is not None and recorded not in (None, reference_digest)):
-        return None  # compared with another champion, or trained on data since replaced: not the same refit
+    if newest.parent != champion.version:
+        return None  # compared with another champion: not the same refit
     run = session.exec(select(RefitRun).where(RefitRun.candidate_version == newest.version)).first()
     if run is not None and (run.params or {}).get("shuffle_labels"):
         return None  # a gate drill's candidate is rejected on purpose
@@ -81,14 +80,24 @@ def not_serving(session: Session, champion: ModelVersion, reference_digest: str 
         why = "replaced by an older version"
     else:
         why = "rolled back" if (newest.gate_reason or "").startswith("rolled back") else "rejected by the gate"
-    return Unserved(newest.version, why, count_labels_since(session, registry.labels_until(newest)))
+    return Unserved(newest.version, why, count_labels_since(session, registry.labels_until(newest)),
+                    (newest.params or {}).get("reference_digest"))
+
+
+def same_reference(settings: Settings, unserved: Unserved | None) -> Unserved | None:
+    """``unserved`` while the current reference is the one its refit read (or either is unknown); None once the
+    reference was replaced since. Read outside any database session: with object storage it is a request."""
+    if unserved is None or unserved.reference_digest is None:
+        return unserved
+    stored = current_reference(settings)
+    return None if stored is not None and stored.digest != unserved.reference_digest else unserved
 
 
 def _same_data(settings: Settings, unserved: Unserved | None, trigger: str) -> Decision | None:
     """Why not yet, when the last candidate does not serve and too few labels arrived after its snapshot."""
     need = settings.refit.retry_new_labels
-    if unserved is None or unserved.labels_after >= need:
-        return None
+    if unserved is None or unserved.labels_after >= need or same_reference(settings, unserved) is None:
+        return None  # the reference is read only when it decides
     return Decision(False, f"{trigger}: skipped, {unserved.version} was {unserved.why} and {unserved.labels_after} "
                            f"labels arrived after the newest its refit read (refit.retry_new_labels: {need}); the same "
                            "data would train the same model")
@@ -100,7 +109,6 @@ def decide(settings: Settings, engine: Engine, launcher: RefitLauncher, trigger:
     busy = launcher.busy()
     if busy is not None:
         return Decision(False, f"{trigger}: skipped, {busy}")
-    stored = current_reference(settings)  # read before the session: with object storage it is a request
     with session_scope(engine) as session:
         champion = registry.get_champion(session)
         if champion is None:
@@ -111,7 +119,7 @@ def decide(settings: Settings, engine: Engine, launcher: RefitLauncher, trigger:
                                    "comes first")
         last = last_start(session)
         new_labels = count_labels_since(session, registry.labels_until(champion))
-        unserved = not_serving(session, champion, stored.digest if stored is not None else None)
+        unserved = not_serving(session, champion)
         waiting = pending_drift(session) if trigger == "drift" and drift_verdict != "drifted" else None
         held_over = drift_held_over(session) if trigger == "drift" and drift_verdict == "drifted" else None
     cooldown = timedelta(minutes=settings.refit.cooldown_minutes)

@@ -148,7 +148,7 @@ def test_the_published_reference_is_the_one_every_home_refits_from(tmp_path: Pat
 
     again = reference.store(trainer, reference.load(trainer), source=source, actor="ops", reason="new label set",
                             new_label_set_for="v2")  # the same rows: only the description changes
-    assert again.file == replaced.file and reference.load(worker) is not None
+    assert again.file == replaced.file and len(reference.load(worker)) == 240
     assert reference.info(worker).new_label_set_for == "v2"  # and it reaches the other home too
     replaced = again
 
@@ -204,7 +204,7 @@ def test_the_reference_in_an_object_store(models_url: str, tmp_path: Path, monke
     worker = _home(tmp_path, "worker", models_url)  # the bundled corpus configured: not what is published
     pd.testing.assert_frame_equal(reference.load(worker), first)
     store = ArtifactStore.from_settings(worker)
-    assert isinstance(store, ObjectStoreArtifacts) and store.versions() == []
+    assert isinstance(store, ObjectStoreArtifacts)
     assert store._sweep_remote(store.remote, time.time() + 60) == []  # older than any cutoff, and kept
     assert reference.published(worker).digest == reference.info(worker).digest
 
@@ -214,3 +214,57 @@ def test_the_reference_in_an_object_store(models_url: str, tmp_path: Path, monke
     with pytest.raises(ConfigError, match="cannot publish the reference dataset beside the models"):
         reference.store(worker, first.head(100), source="smaller", actor="ops", reason="store down")
     assert reference.info(worker).rows == 200  # nothing changed
+
+
+def test_a_reference_stored_before_files_were_hashed(tmp_path: Path) -> None:
+    """A home whose reference.json has no file hash (its rows file named by the text/label digest) refits as
+    before, is published on request with its file's hash, and another home takes it checked by that hash."""
+    import json
+
+    from refitd.core.datasets import digest_frame
+
+    shared = str(tmp_path / "shared-models")
+    old = _home(tmp_path, "old", shared, _file(tmp_path / "a.csv", 200))
+    frame = reference.from_settings(old)[0]
+    digest = digest_frame(frame)
+    out = reference.folder(old)
+    out.mkdir(parents=True)
+    frame.to_parquet(out / f"reference-{digest[:16]}.parquet", index=False)
+    (out / "reference.json").write_text(json.dumps({
+        "source": "a.csv", "file": f"reference-{digest[:16]}.parquet", "digest": digest, "rows": 200,
+        "labels": {}, "splits": {}, "stored_at": "2026-01-02T03:04:05Z", "actor": "ops", "reason": "refitd init"}))
+    assert reference.info(old).sha256 is None
+    pd.testing.assert_frame_equal(reference.load(old), frame)  # nothing published: its own copy, checked by digest
+    upgraded = reference.publish_home(old)
+    assert upgraded.sha256 is not None and reference.info(old) == upgraded == reference.published(old)
+    fresh = _home(tmp_path, "fresh", shared)
+    pd.testing.assert_frame_equal(reference.load(fresh), frame)
+
+
+def test_what_cannot_be_read_is_named_and_nothing_is_guessed(tmp_path: Path) -> None:
+    from refitd.core.errors import ArtifactError
+
+    shared = tmp_path / "shared-models"
+    trainer = _home(tmp_path, "trainer", str(shared), _file(tmp_path / "a.csv", 200))
+    first = reference.load(trainer)
+    worker = _home(tmp_path, "worker", str(shared))
+
+    (reference.folder(trainer) / "reference.json").write_text("{not json")  # a home's description damaged:
+    pd.testing.assert_frame_equal(reference.load(trainer), first)  # the published one replaces it
+
+    described = shared / "reference" / "reference.json"
+    good = described.read_bytes()
+    described.write_text('{"source": "x"}')  # the published description damaged
+    with pytest.raises(ArtifactError, match="is not a reference description"):
+        reference.published(trainer)
+    pd.testing.assert_frame_equal(reference.load(trainer), first)  # this home's copy stands
+    with pytest.raises(ConfigError, match="cannot read the reference dataset published .* and this home has none"):
+        reference.load(worker)  # no copy: a first use would store the bundled corpus over what it cannot see
+    assert reference.info(worker) is None
+    described.write_bytes(good)
+
+    worker_rows = _home(tmp_path, "w2", str(tmp_path / "its-own-models"), _file(tmp_path / "b.csv", 150))
+    reference.store(worker_rows, reference.from_settings(worker_rows)[0], source="b.csv", actor="refitd",
+                    reason=f"{reference.FIRST_USE_HERE}: the data v1 was trained on", publish=False)
+    with pytest.raises(ConfigError, match="taken from its own configured data"):
+        reference.publish_home(worker_rows)  # a worker's home-only copy is never everyone's

@@ -113,6 +113,18 @@ def test_after_a_candidate_that_does_not_serve_a_refit_waits_for_labels_it_did_n
         rolled.params = {**(rolled.params or {}), "labels_until": read.isoformat()}
     waiting = decide(home, engine, launcher, "labels")
     assert not waiting.start and f"{v2} was rolled back and 0 labels arrived" in waiting.reason, waiting.reason
+    import pandas as pd
+
+    from refitd.core import reference
+
+    rows = pd.DataFrame({"text": [f"ticket {i}" for i in range(12)], "label": ["a", "b"] * 6,
+                         "split": ["train"] * 8 + ["validation", "validation", "test", "test"]})
+    current = reference.store(home, rows, source="t.csv", actor="ops", reason="t")  # published beside the models
+    for recorded, waits in ((current.digest, True), ("0" * 64, False)):  # the same reference; one replaced since
+        with session_scope(engine) as s:
+            rolled = registry.get_version(s, version=v2)
+            rolled.params = {**(rolled.params or {}), "reference_digest": recorded}
+        assert decide(home, engine, launcher, "labels").start is not waits
     with session_scope(engine) as s:  # refit from another champion (a rollback landed during its refit): no wait
         s.exec(select(type(candidate)).where(type(candidate).version == v2)).one().parent = "v0"
     assert decide(home, engine, launcher, "labels").start
