@@ -25,6 +25,7 @@ import yaml
 from sqlalchemy import Engine
 from sqlmodel import col, select
 
+from refitd.core import reference
 from refitd.core.datasets import load_configured
 from refitd.core.db import make_engine, session_scope, upgrade
 from refitd.core.sections import TrainingSection
@@ -244,6 +245,7 @@ def test_two_replicas_without_a_shared_disk_swap_to_a_refit_promoted_on_a_prefec
     engine = make_engine(postgres_url)
     upgrade(engine)
     v1 = publish_version(first, untrained_artifact)
+    published = reference.load_with_info(first)[1]  # and the reference data it stored, published beside the models
 
     base = {k: v for k, v in os.environ.items() if not k.startswith(("REFITD_", "PREFECT_", "AWS_"))}
     base |= {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -293,6 +295,8 @@ def test_two_replicas_without_a_shared_disk_swap_to_a_refit_promoted_on_a_prefec
     for name, version in (("scheduler", v2), ("replica", v2), ("worker", v1)):
         assert (hosts[name].home / "cache" / "models" / version / "MANIFEST.json").is_file(), name
         assert not (hosts[name].home / "models").exists(), name
+    # The worker refit from the reference the init host published (not a first use of its own configured data).
+    assert reference.info(Settings.load(home=hosts["worker"].home)) == published, "the worker's reference"
 
     promoted_at = promoted.promoted_at.timestamp()
     figures = _figures(traffic.answers, promoted_at, v2)
