@@ -225,8 +225,8 @@ def feedback_import(
 ) -> None:
     """Add labelled texts in bulk (e.g. a labelling team's export); the next refit trains on them."""
     from refitd.core.datasets import load_table
-    from refitd.core.reference_info import current as current_reference
     from refitd.core.db import engine_for, session_scope, upgrade
+    from refitd.core.reference_info import current as current_reference
     from refitd.core.tables import Feedback, utcnow
 
     settings = _settings(ctx)

@@ -345,11 +345,8 @@ class ArtifactStore:
             log.warning("removed unfinished artifact folder %s", p)
         return list(removed)
 
-    # Files beside the versions (``SHARED_DIR/<name>``): the reference dataset every host reads, so a refit on
-    # any host trains on the data the last `refitd init` or `data replace` stored, wherever that ran.
-
     def shared_read(self, name: str) -> bytes | None:
-        """A shared file's bytes, or None when it was never put."""
+        """The bytes of ``SHARED_DIR/<name>`` beside the versions (the reference dataset), or None if never put."""
         path = self.root / SHARED_DIR / name
         try:
             return path.read_bytes()
@@ -375,7 +372,7 @@ class ArtifactStore:
             scratch.unlink(missing_ok=True)
 
     def shared_get(self, name: str, dest: Path) -> None:
-        """Copy a shared file to ``dest`` (FileNotFoundError when it is not there)."""
+        """Copy a shared file to ``dest`` (an OSError or ArtifactError when it cannot)."""
         shutil.copyfile(self.root / SHARED_DIR / name, dest)
 
     def _scratch_name(self, label: str) -> Path:

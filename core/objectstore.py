@@ -160,23 +160,19 @@ class ObjectStoreArtifacts(ArtifactStore):
         return super().sweep(older_than_s=older_than_s) + self._call("-", lambda r: self._sweep_remote(r, cutoff))
 
     def shared_read(self, name: str) -> bytes | None:
-        try:
-            return self._call(SHARED_DIR, lambda r: r.read(f"{SHARED_DIR}/{name}"))
-        except ArtifactError as exc:
-            if isinstance(exc.__cause__, FileNotFoundError):
+        def read(remote: ObjectStore) -> bytes | None:
+            try:
+                return remote.read(f"{SHARED_DIR}/{name}")
+            except FileNotFoundError:
                 return None
-            raise
+
+        return self._call(SHARED_DIR, read)
 
     def shared_put(self, path: Path, name: str) -> None:
         self._call(SHARED_DIR, lambda r: r.upload(path, f"{SHARED_DIR}/{name}"))  # one PUT: whole or not at all
 
     def shared_get(self, name: str, dest: Path) -> None:
-        try:
-            self._call(SHARED_DIR, lambda r: r.download(f"{SHARED_DIR}/{name}", dest))
-        except ArtifactError as exc:
-            if isinstance(exc.__cause__, FileNotFoundError):
-                raise FileNotFoundError(f"{self.remote.uri(f'{SHARED_DIR}/{name}')} is missing") from None
-            raise
+        self._call(SHARED_DIR, lambda r: r.download(f"{SHARED_DIR}/{name}", dest))
 
     def _upload(self, version: str, staged: Path) -> None:
         def upload(remote: ObjectStore) -> None:

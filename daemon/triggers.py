@@ -67,7 +67,7 @@ def not_serving(session: Session, champion: ModelVersion) -> Unserved | None:
     """The newest registered version when a refit on the same inputs would make it again — the gate rejected it,
     it was rolled back, or an older version was promoted over it, and it was refit from the champion serving now
     (not a gate drill's shuffled labels) — with the labels that arrived after the newest its refit read; else
-    None. Whether the reference is still the one it read is :func:`same_reference`'s to say."""
+    None. Whether the reference is still the one it read is :func:`reference_replaced`'s to say."""
     newest = session.exec(select(ModelVersion).order_by(col(ModelVersion.id).desc())).first()
     if newest is None or newest.status not in (VersionStatus.rejected.value, VersionStatus.archived.value):
         return None
@@ -84,19 +84,19 @@ def not_serving(session: Session, champion: ModelVersion) -> Unserved | None:
                     (newest.params or {}).get("reference_digest"))
 
 
-def same_reference(settings: Settings, unserved: Unserved | None) -> Unserved | None:
-    """``unserved`` while the current reference is the one its refit read (or either is unknown); None once the
-    reference was replaced since. Read outside any database session: with object storage it is a request."""
-    if unserved is None or unserved.reference_digest is None:
-        return unserved
+def reference_replaced(settings: Settings, unserved: Unserved) -> bool:
+    """Whether the current reference is not the one the candidate's refit read (False when either is unknown).
+    Read outside any database session: with object storage it is a request."""
+    if unserved.reference_digest is None:
+        return False
     stored = current_reference(settings)
-    return None if stored is not None and stored.digest != unserved.reference_digest else unserved
+    return stored is not None and stored.digest != unserved.reference_digest
 
 
 def _same_data(settings: Settings, unserved: Unserved | None, trigger: str) -> Decision | None:
     """Why not yet, when the last candidate does not serve and too few labels arrived after its snapshot."""
     need = settings.refit.retry_new_labels
-    if unserved is None or unserved.labels_after >= need or same_reference(settings, unserved) is None:
+    if unserved is None or unserved.labels_after >= need or reference_replaced(settings, unserved):
         return None  # the reference is read only when it decides
     return Decision(False, f"{trigger}: skipped, {unserved.version} was {unserved.why} and {unserved.labels_after} "
                            f"labels arrived after the newest its refit read (refit.retry_new_labels: {need}); the same "
