@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
@@ -235,9 +235,11 @@ def reject(engine: Engine, version: str, *, reason: str, actor: str = "refitd") 
 
 
 @retrying
-def rollback(engine: Engine, *, actor: str = "refitd", reason: str = "", only_from: str | None = None) -> ModelVersion:
+def rollback(engine: Engine, *, actor: str = "refitd", reason: str = "", only_from: str | None = None,
+             also: Callable[[Session, ModelVersion, ModelVersion], object] | None = None) -> ModelVersion:
     """Restore the previous champion; the current one is marked rejected so it is not restored again. With
-    ``only_from``, only while the champion is still that version (the one measured): ChampionChangedError otherwise."""
+    ``only_from``, only while the champion is still that version (the one measured): ChampionChangedError otherwise.
+    ``also(session, rolled_back, restored)`` runs in the same transaction (an alert that must not be lost)."""
     with registry_transaction(engine) as session:
         _expect_champion(session, only_from, "rolling back")
         current = _champion(session)
@@ -264,6 +266,8 @@ def rollback(engine: Engine, *, actor: str = "refitd", reason: str = "", only_fr
             reason=f"rolled back from {current.version} to {previous.version}: {why}",
             data={"from": current.version, "to": previous.version},
         )
+        if also is not None:
+            also(session, current, previous)
         session.flush()
         session.refresh(previous)
         return previous

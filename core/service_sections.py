@@ -153,11 +153,17 @@ class DriftSection(Section):
                           "when a one-sided test also puts its p-value at or below `false_alarm_rate`."
     )
     webhook_url: SecretStr | None = Field(
-        None, description="POST a JSON alert (Slack-compatible `text`) here when the verdict changes; unset = off. "
+        None, description="POST a JSON alert (Slack-compatible `text`) here when the verdict changes or a promotion "
+                          "is rolled back; unset = off. "
                           "A secret (a Slack URL is its own key): never printed; may come from a file.",
     )
     webhook_timeout_s: float = Field(5.0, description="Timeout of one webhook attempt.")
-    webhook_retries: int = Field(3, description="Webhook attempts before the failure is recorded as an event.")
+    webhook_retries: int = Field(3, ge=1, description="Webhook attempts per delivery round (seconds apart); a failed "
+                                                      "round is an event and the alert waits in the outbox for the next.")
+    webhook_give_up_hours: float = Field(
+        24.0, gt=0, description="An alert that has not got through this long after it was raised is given up (an "
+                                "`alert_failed` event); until then it is retried, 30 s after a failed round, doubling to "
+                                "15 min, oldest first.")
     keep_reports: int = Field(
         144, description="Full reports (HTML and workspace snapshot) kept for the newest N checks; older ones only "
                          "for checks that found drift or changed the verdict, until scheduler.retention_days. The "

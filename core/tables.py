@@ -208,3 +208,25 @@ class Lease(SQLModel, table=True):
     acquired_at: datetime | None = None
     expires_at: datetime | None = None
     data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class Alert(SQLModel, table=True):
+    """A webhook alert waiting to be delivered, or delivered, or given up: the outbox.
+
+    Added in the transaction that records what it reports (a drift check's row, a rollback), so a page is never
+    lost to a crash or a receiver that is down; a sender claims it (``claimed_by`` until ``claimed_until``)."""
+
+    __tablename__ = "alerts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    kind: str = Field(max_length=32)
+    subject: str | None = Field(default=None, max_length=128)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    status: str = Field(default="pending", max_length=16, index=True)  # pending, delivered, given_up
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=utcnow)
+    claimed_by: str | None = Field(default=None, max_length=128)
+    claimed_until: datetime | None = None
+    delivered_at: datetime | None = None
+    last_error: str | None = None

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, case, func, select
 from sqlmodel import Session, col
 
-from refitd.core import registry
+from refitd.core import alerts, registry
 from refitd.core.errors import ChampionChangedError
 from refitd.core.db import session_scope
 from refitd.core.labels import labelled_accuracy
@@ -80,6 +81,12 @@ def _watched_promotion(session: Session) -> Event | None:
     return None if ended is not None else promoted
 
 
+def _alert(session: Session, rolled_back: ModelVersion, restored: ModelVersion, *, why: str) -> None:
+    """The rollback's page, stored in the rollback's transaction."""
+    alerts.enqueue(session, kind="rolled_back", subject=restored.version,
+                   payload=alerts.rollback_payload(rolled_back.version, restored.version, why))
+
+
 def check(settings: Settings, engine: Engine) -> dict[str, Any] | None:
     """Compare the new champion with the previous one; roll back on a drop. None when nothing is watched."""
     s = settings.scheduler
@@ -103,7 +110,8 @@ def check(settings: Settings, engine: Engine) -> dict[str, Any] | None:
         if drop >= s.rollback_drop:
             reason = (f"live accuracy fell {drop:.3f} (≥ {s.rollback_drop:g}) after the promotion: {comparison}")
             try:  # only from the version measured: a promotion may have replaced it since it was read
-                restored = registry.rollback(engine, actor="watch", reason=reason, only_from=new_version)
+                restored = registry.rollback(engine, actor="watch", reason=reason, only_from=new_version,
+                                             also=partial(_alert, why=reason) if settings.drift.webhook_url else None)
             except ChampionChangedError as exc:
                 log.warning("no rollback of %s: %s", new_version, exc)
                 return {"action": "skipped", "reason": str(exc), **figures}

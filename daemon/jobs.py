@@ -21,19 +21,20 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 
-from refitd.core import children, registry
+from refitd.core import alerts, children, registry
 from refitd.core.db import session_scope
 from refitd.core.settings import Settings
 from refitd.core.retention import prune_predictions
 from refitd.core.tables import utcnow
 from refitd.daemon import guard, shadow, triggers
+from refitd.daemon.alerts import Sender
 from refitd.daemon.checker import CheckProcess
-from refitd.daemon.drift.alerts import Webhook
 from refitd.daemon.launcher import RefitLauncher
 
 log = logging.getLogger(__name__)
 
 JOB_TABLE = "apscheduler_jobs"  # APScheduler's job store table in the refitd database
+ALERT_DELIVERY_S = 30  # how often the outbox is looked at for alerts that did not go out at once
 
 
 @dataclass
@@ -125,11 +126,13 @@ def promotion_watch(ctx: Context) -> dict[str, Any] | None:
     """Compare a freshly promoted champion with its predecessor; roll back on a drop."""
     outcome = guard.check(ctx.settings, ctx.engine)
     if outcome is not None and outcome["action"] == "rolled_back" and ctx.settings.drift.webhook_url:
-        d = ctx.settings.drift
-        Webhook(d.webhook_url, ctx.engine, timeout_s=d.webhook_timeout_s, retries=d.webhook_retries).send(
-            {"text": f":rewind: refitd rolled back to {outcome['to']}: {outcome['reason']}", "event": "rolled_back",
-             **{k: outcome[k] for k in ("to", "reason")}})
+        Sender(ctx.settings, ctx.engine).send_soon()  # the alert is in the outbox already, with the rollback
     return outcome
+
+
+def alert_delivery(ctx: Context) -> dict[str, int] | None:
+    """Send what waits in the alert outbox (a receiver that was down, a process that died before sending)."""
+    return Sender(ctx.settings, ctx.engine).deliver() if ctx.settings.drift.webhook_url else None
 
 
 def shadow_watch(ctx: Context) -> dict[str, Any] | None:
@@ -141,19 +144,22 @@ def retention(ctx: Context) -> dict[str, Any]:
     """Prune predictions without feedback (in batches) and HTML reports older than scheduler.retention_days."""
     cutoff = utcnow() - timedelta(days=ctx.settings.scheduler.retention_days)
     pruned = prune_predictions(ctx.engine, cutoff, pause_s=0.05)  # in batches: no long writer lock
+    sent = alerts.prune(ctx.engine, cutoff)  # delivered or given up; a pending alert stays whatever its age
     reports = 0
     for path in ctx.settings.reports_dir.glob("*.html") if ctx.settings.reports_dir.is_dir() else []:
         if path.stat().st_mtime < cutoff.timestamp():
             path.unlink(missing_ok=True)
             reports += 1
-    if pruned or reports:
-        log.info("retention: pruned %s predictions and %s reports older than %s", pruned, reports, cutoff)
-    return {"predictions": pruned, "reports": reports}
+    if pruned or reports or sent:
+        log.info("retention: pruned %s predictions, %s reports and %s sent alerts older than %s",
+                 pruned, reports, sent, cutoff)
+    return {"predictions": pruned, "reports": reports, "alerts": sent}
 
 
 JOBS: dict[str, Callable[[Context], Any]] = {
     "drift_check": drift_check, "label_check": label_check, "scheduled_refit": scheduled_refit,
     "promotion_watch": promotion_watch, "shadow_watch": shadow_watch, "retention": retention,
+    "alert_delivery": alert_delivery,
 }
 
 
@@ -166,6 +172,8 @@ def wanted(settings: Settings) -> dict[str, BaseTrigger]:
         "shadow_watch": IntervalTrigger(seconds=round(s.watch_interval_minutes * 60)),
         "retention": IntervalTrigger(hours=6),
     }
+    if settings.drift.webhook_url is not None:
+        jobs["alert_delivery"] = IntervalTrigger(seconds=ALERT_DELIVERY_S)
     if s.label_trigger is not None:
         jobs["label_check"] = IntervalTrigger(seconds=round(s.label_check_minutes * 60))
     if s.refit_cron is not None:

@@ -12,7 +12,7 @@ from rich.table import Table
 from sqlalchemy import inspect, text
 from sqlmodel import func, select
 
-from refitd.core import leases, registry
+from refitd.core import alerts, leases, registry
 from refitd.core.db import engine_for, session_scope
 from refitd.core.runs import gone, running
 from refitd.core.settings import Settings
@@ -41,6 +41,7 @@ def gather_status(settings: Settings, *, events: int = 10, checks: int = 5) -> d
         run = running(session)
         run_gone = gone(run) if run is not None else None
         shadow = shadow_progress(session)
+        waiting = alerts.waiting(session)
     champ = None
     if champion is not None:
         test = champion.frozen_scores
@@ -62,6 +63,8 @@ def gather_status(settings: Settings, *, events: int = 10, checks: int = 5) -> d
         "schedule": _schedule(engine),
         "refit": refit,
         "shadow": shadow,
+        "alerts": waiting and {**waiting, "oldest": _when(waiting["oldest"]),
+                               "next_attempt_at": _when(waiting["next_attempt_at"])},
         "counts": counts,
         "events": [{"created_at": _when(e.created_at), "kind": e.kind, "subject": e.subject, "reason": e.reason}
                    for e in recent],
@@ -125,6 +128,11 @@ def render_status(info: dict[str, Any], console: Console) -> None:
     else:
         console.print("refit: none running")
     _render_shadow(info.get("shadow"), (server.get("shadow") if server["up"] else None), console)
+    waiting = info.get("alerts")
+    if waiting:
+        console.print(f"[red]alerts not delivered: {waiting['count']}[/], the oldest raised {waiting['oldest']} UTC, "
+                      f"{waiting['attempts']} tries, last error {waiting['last_error'] or '-'}; next try "
+                      f"{waiting['next_attempt_at']} UTC")
     _table(console, "drift checks", ("id", "when (UTC)", "verdict", "window", "estimate error", "reason"),
            [(str(d["id"]), d["created_at"], d["verdict"], str(d["window"]),
              "-" if d["estimate_error"] is None else f"{d['estimate_error']:+.3f}", d["reason"]) for d in info["drift"]])

@@ -29,7 +29,7 @@ import pandas as pd
 from sqlalchemy import Engine, select
 from sqlmodel import Session, col
 
-from refitd.core import registry
+from refitd.core import alerts, registry
 from refitd.core.artifacts import TRAIN_ROWS_FILE, ArtifactStore
 from refitd.core import reference as refdata
 from refitd.core.db import session_scope
@@ -37,8 +37,9 @@ from refitd.core.errors import NoChampionError
 from refitd.core.labels import predictions_with_labels
 from refitd.core.settings import Settings
 from refitd.core.tables import DriftCheck, ModelVersion, RefitRun, utcnow
+from refitd.daemon.alerts import Sender
 from refitd.daemon.drift import report
-from refitd.daemon.drift.alerts import Webhook, drift_payload
+from refitd.daemon.drift.alerts import drift_payload
 from refitd.daemon.drift.calibration import METHODS, VERSION, Calibration, Reference, calibrate, judge, scores
 from refitd.daemon.drift.performance import performance
 from refitd.daemon.drift.signals import (Signal, add_descriptors, calibrated_verdict, embedding_signal, specs_from,
@@ -312,18 +313,21 @@ def run_check(settings: Settings, engine: Engine) -> DriftCheck:
                                                "_reference": reference_provenance(settings, champion.version)}
         report.save(settings, row, outcome.snapshot)  # sets report_path and signals["_report"]
     row.duration_s = round(time.perf_counter() - start, 2)
+    alert = False
     with session_scope(engine) as session:
         previous = last_verdict(session)
         session.add(row)
         session.flush()
         session.refresh(row)
+        if d.webhook_url and row.verdict != "insufficient_data" and row.verdict != previous:
+            alert = True  # stored with the check: the page goes out even if this process or the receiver dies
+            alerts.enqueue(session, kind="drift", subject=str(row.id), payload=drift_payload(row, previous))
     log.info("drift check %s: %s — %s", row.id, row.verdict, row.reason)
     if row.report_path:
         try:
             report.prune(settings, engine)
         except Exception:  # noqa: BLE001 - housekeeping: the check and its report are written
             log.exception("could not prune old drift reports")
-    if d.webhook_url and row.verdict != "insufficient_data" and row.verdict != previous:
-        Webhook(d.webhook_url, engine, timeout_s=d.webhook_timeout_s, retries=d.webhook_retries).send(
-            drift_payload(row, previous))
+    if alert:
+        Sender(settings, engine).send_soon()
     return row

@@ -16,11 +16,14 @@ from refitd.core import leases, registry
 from refitd.core.db import make_engine, session_scope, upgrade
 from refitd.core.runs import start_run
 from refitd.core.settings import Settings
-from refitd.core.tables import Event, Feedback, Prediction, RefitRun, new_prediction_id, utcnow
+from refitd.core.tables import Alert, Event, Feedback, Prediction, RefitRun, new_prediction_id, utcnow
 from refitd.daemon import guard
 from refitd.daemon.launcher import LEASE, RefitLauncher
 from refitd.daemon.triggers import consider, decide
 from tests.artifact_factory import publish_version
+
+
+DEAD_HOOK = "http://127.0.0.1:9/hook"  # the discard port: nothing answers
 
 
 @pytest.fixture
@@ -260,8 +263,14 @@ def test_promotion_watch_rolls_back_on_a_live_drop(home: Settings, untrained_art
     publish_version(home, untrained_artifact)  # v2 promoted now
     assert guard.check(home, engine)["action"] == "watching"  # no labels for v2 yet
     _served(home, "v2", right=16, wrong=14, at=utcnow() + timedelta(seconds=1))  # 0.53 after
-    outcome = guard.check(home, engine)
+    hooked = Settings.load(home=home.home, database={"url": home.database_url}, drift={"webhook_url": DEAD_HOOK},
+                           scheduler={"watch_min_labels": 20, "rollback_drop": 0.1})
+    outcome = guard.check(hooked, engine)
     assert outcome["action"] == "rolled_back" and outcome["to"] == "v1"
+    with session_scope(engine) as s:  # its page was stored with the rollback, before anything tried to send it
+        (alert,) = s.exec(select(Alert)).all()
+    assert (alert.kind, alert.status, alert.payload["from"], alert.payload["to"]) == ("rolled_back", "pending", "v2", "v1")
+    assert alert.payload["text"].startswith(":rewind: refitd rolled back from v2 to v1: live accuracy fell 0.367")
     assert outcome["drop"] == pytest.approx(0.9 - 16 / 30)
     with session_scope(engine) as s:
         assert registry.get_champion(s).version == "v1"

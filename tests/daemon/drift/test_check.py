@@ -23,7 +23,7 @@ from refitd.daemon.drift.performance import performance
 from refitd.daemon.drift.report import workspace_project
 from refitd.serving.runtime import OnnxClassifier
 from tests.artifact_factory import copy_artifact
-from tests.daemon.drift.test_alerts import Receiver
+from tests.daemon.test_alerts import Receiver
 
 
 def _log(settings: Settings, runtime: OnnxClassifier, texts: list[str], start) -> None:  # type: ignore[no-untyped-def]
