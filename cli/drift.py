@@ -52,10 +52,42 @@ def drift_check(ctx: typer.Context) -> None:
     from refitd.core.db import engine_for, upgrade
     from refitd.daemon.drift.check import run_check
 
+    from refitd.daemon.alerts import wait_for_senders
+
     settings = _settings(ctx)
     engine = engine_for(settings)
     upgrade(engine)
     _print_check(run_check(settings, engine))
+    wait_for_senders(settings)  # a verdict change's alert: sent before the command returns, or left to the daemon
+
+
+@drift_app.command("alerts")
+def drift_alerts(ctx: typer.Context, limit: Annotated[int, typer.Option(help="Most rows.")] = 20,
+                 send: Annotated[bool, typer.Option("--send", help="Send the waiting alerts now (after fixing "
+                                                    "the receiver), oldest first.")] = False) -> None:
+    """Webhook alerts, newest first: delivered, waiting (tries, last error) or given up."""
+    from sqlmodel import col, select
+
+    from refitd.core.db import engine_for, session_scope, upgrade
+    from refitd.core.tables import Alert
+    from refitd.daemon.alerts import Sender
+
+    settings = _settings(ctx)
+    engine = engine_for(settings)
+    if send:
+        upgrade(engine)
+        counts = Sender(settings, engine).deliver(now_due=True)
+        console.print(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()))
+    with session_scope(engine) as session:
+        rows = session.exec(select(Alert).order_by(col(Alert.id).desc()).limit(limit)).all()
+    table = Table(title="alerts")
+    for name in ("id", "raised (UTC)", "kind", "subject", "status", "tries", "delivered (UTC)", "last error"):
+        table.add_column(name)
+    for a in rows:
+        table.add_row(str(a.id), f"{a.created_at:%Y-%m-%d %H:%M:%S}", a.kind, a.subject or "-", a.status,
+                      str(a.attempts), f"{a.delivered_at:%Y-%m-%d %H:%M:%S}" if a.delivered_at else "-",
+                      a.last_error or "-")
+    console.print(table)
 
 
 @drift_app.command("list")

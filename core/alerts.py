@@ -47,13 +47,33 @@ def claim_head(engine: Engine, *, holder: str, hold_s: float, now_due: bool = Fa
             return None
         taken = session.execute(
             update(Alert).where(col(Alert.id) == head.id, col(Alert.status) == PENDING,
-                                or_(col(Alert.claimed_until).is_(None), col(Alert.claimed_until) < now,
-                                    col(Alert.claimed_by) == holder))
+                                or_(col(Alert.claimed_until).is_(None), col(Alert.claimed_until) < now))
             .values(claimed_by=holder, claimed_until=now + timedelta(seconds=hold_s)))
         if taken.rowcount != 1:
             return None
         session.refresh(head)
         return head
+
+
+def give_up_expired(engine: Engine, give_up_after: timedelta) -> int:
+    """Give up the waiting alerts raised longer than ``give_up_after`` ago that no sender holds (each an
+    ``alert_failed`` event): a page days late misleads more than it helps. Runs without a receiver too (retention)."""
+    now = utcnow()
+    cutoff = now - give_up_after
+    gone = 0
+    with session_scope(engine) as session:
+        expired = session.exec(select(Alert).where(Alert.status == PENDING, col(Alert.created_at) < cutoff,
+                                                   or_(col(Alert.claimed_until).is_(None),
+                                                       col(Alert.claimed_until) < now))).all()
+        for alert in expired:
+            if session.execute(update(Alert).where(col(Alert.id) == alert.id, col(Alert.status) == PENDING)
+                               .values(status=GIVEN_UP, claimed_by=None, claimed_until=None)).rowcount == 1:
+                gone += 1
+                registry.record_event(session, kind="alert_failed", subject=str(alert.id), actor="alerts",
+                                      reason=f"alert {alert.id} ({alert.kind}) given up: not delivered within "
+                                             f"{_hours(give_up_after)} ({alert.attempts} tries; last error: "
+                                             f"{alert.last_error or 'none, never sent'})", data={"alert": alert.payload})
+    return gone
 
 
 def mark_delivered(engine: Engine, alert: Alert, *, holder: str, tries: int, shown: str) -> bool:
@@ -74,23 +94,25 @@ def mark_delivered(engine: Engine, alert: Alert, *, holder: str, tries: int, sho
 
 
 def mark_failed(engine: Engine, alert: Alert, *, holder: str, tries: int, error: str, shown: str,
-                retry_s: float, give_up_after: timedelta) -> str:
-    """A delivery round failed: the alert waits ``retry_s`` for its next round, or is given up once it is older than
-    ``give_up_after``. The first failure and the giving up are events. Returns the alert's status."""
+                retry_s: float, give_up_after: timedelta, permanent: bool = False) -> str | None:
+    """A delivery round failed: the alert waits ``retry_s`` for its next round, or is given up — at once when the
+    receiver refused it for good (``permanent``), else once it is older than ``give_up_after``. The first failure
+    and the giving up are events. Returns the alert's status, or None when the claim was lost (nothing written)."""
     now = utcnow()
     attempts = alert.attempts + tries
-    given_up = now - alert.created_at >= give_up_after
+    given_up = permanent or now - alert.created_at >= give_up_after
     status = GIVEN_UP if given_up else PENDING
     with session_scope(engine) as session:
-        session.execute(
-            update(Alert).where(col(Alert.id) == alert.id, col(Alert.claimed_by) == holder)
-            .values(status=status, attempts=attempts, last_error=error, claimed_by=None, claimed_until=None,
-                    next_attempt_at=now + timedelta(seconds=retry_s)))
+        if session.execute(
+                update(Alert).where(col(Alert.id) == alert.id, col(Alert.claimed_by) == holder)
+                .values(status=status, attempts=attempts, last_error=error, claimed_by=None, claimed_until=None,
+                        next_attempt_at=now + timedelta(seconds=retry_s))).rowcount != 1:
+            return None
         what = f"alert {alert.id} ({alert.kind}) to {shown}"
         if given_up:
+            why = "refused for good" if permanent else f"given up after {attempts} tries over {_hours(now - alert.created_at)}"
             registry.record_event(session, kind="alert_failed", subject=str(alert.id), actor="alerts",
-                                  reason=f"{what} given up after {attempts} tries over "
-                                         f"{_hours(now - alert.created_at)}: {error}", data={"alert": alert.payload})
+                                  reason=f"{what} {why}: {error}", data={"alert": alert.payload})
         elif not alert.attempts:
             registry.record_event(session, kind="alert_delayed", subject=str(alert.id), actor="alerts",
                                   reason=f"{what} failed after {tries} tries: {error}; retried until "
@@ -118,5 +140,6 @@ def prune(engine: Engine, cutoff: datetime) -> int:
 
 
 def _hours(span: timedelta) -> str:
-    hours = span.total_seconds() / 3600
-    return f"{hours:.1f} h" if hours >= 1 else f"{span.total_seconds() / 60:.0f} min"
+    seconds = span.total_seconds()
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min" if seconds >= 60 else \
+        f"{seconds:.0f} s"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal, get_args
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -218,8 +219,9 @@ class DriftSection(Section):
             raise ValueError("drift.min_drifted_signals applies only with drift.calibrated = false; calibrated "
                              "signals are combined into one test at drift.false_alarm_rate — remove it, or set "
                              "drift.calibrated = false to keep the fixed-threshold rule")
-        if self.webhook_url is not None and not self.webhook_url.get_secret_value().startswith(("http://", "https://")):
-            raise ValueError(f"drift.webhook_url must be an http:// or https:// URL; got {redact_url(self.webhook_url)}")
+        if self.webhook_url is not None and not _http_url(self.webhook_url.get_secret_value()):
+            raise ValueError(f"drift.webhook_url must be an http:// or https:// URL with a host (and a numeric "
+                             f"port, if any); got {redact_url(self.webhook_url)}")
         return self
 
 
@@ -346,3 +348,13 @@ def ort_spin_entries(spin: str) -> dict[str, str]:
         raise ValueError(f"serving.spin must be off, run or on; got {spin!r}")
     return {"session.intra_op.allow_spinning": "0" if spin == "off" else "1",
             "session.force_spinning_stop": "1" if spin == "run" else "0"}
+
+
+def _http_url(url: str) -> bool:
+    """An http(s) URL a client can send to: scheme, host, and a port that is a number when given."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)

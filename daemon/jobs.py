@@ -144,7 +144,8 @@ def retention(ctx: Context) -> dict[str, Any]:
     """Prune predictions without feedback (in batches) and HTML reports older than scheduler.retention_days."""
     cutoff = utcnow() - timedelta(days=ctx.settings.scheduler.retention_days)
     pruned = prune_predictions(ctx.engine, cutoff, pause_s=0.05)  # in batches: no long writer lock
-    sent = alerts.prune(ctx.engine, cutoff)  # delivered or given up; a pending alert stays whatever its age
+    alerts.give_up_expired(ctx.engine, timedelta(hours=ctx.settings.drift.webhook_give_up_hours))  # URL or not
+    sent = alerts.prune(ctx.engine, cutoff)  # delivered or given up; a pending alert stays until it is given up
     reports = 0
     for path in ctx.settings.reports_dir.glob("*.html") if ctx.settings.reports_dir.is_dir() else []:
         if path.stat().st_mtime < cutoff.timestamp():

@@ -21,7 +21,6 @@ import logging
 import os
 import resource
 import sys
-import threading
 from typing import Any
 
 from refitd.core.children import child_parser, read_settings, write_result
@@ -83,10 +82,11 @@ def main(argv: list[str] | None = None) -> int:
 def check_once(settings: Settings, engine: Any) -> tuple[dict[str, Any], int]:
     """One check: its summary and exit code (0, a RefitdError's code, or 1 for anything else)."""
     try:
+        from refitd.daemon.alerts import wait_for_senders
         from refitd.daemon.drift.check import run_check  # after the niceness and the log set-up
 
         row = run_check(settings, engine)
-        _wait_for_alerts(settings.drift.webhook_retries * (settings.drift.webhook_timeout_s + 5.0))
+        wait_for_senders(settings)
         return {"check": row.id, "verdict": row.verdict, "reason": row.reason, "model_version": row.model_version,
                 "report": row.report_path, "seconds": row.duration_s,
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}, 0
@@ -96,13 +96,6 @@ def check_once(settings: Settings, engine: Any) -> tuple[dict[str, Any], int]:
     except Exception as exc:  # noqa: BLE001 - the parent records it as a failed check
         log.exception("drift check failed")
         return {"error": f"{type(exc).__name__}: {exc}"}, 1
-
-
-def _wait_for_alerts(timeout_s: float) -> None:
-    """A verdict change's webhook goes out on a background thread: let it finish (or give up) before exiting."""
-    for thread in threading.enumerate():
-        if thread.name == "webhook":
-            thread.join(timeout_s)
 
 
 if __name__ == "__main__":

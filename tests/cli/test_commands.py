@@ -121,6 +121,7 @@ def test_every_command(home: Path, tmp_path: Path) -> None:
     opened = subprocess.run([*REFITD, "drift", "open", "1"], env=_env(home), capture_output=True, text=True, timeout=120)
     assert opened.returncode in (0, 1) and "Traceback" not in opened.stderr
     one_line_refusal(refitd(home, "drift", "show", "999", code=2), "drift check 999 not found")
+    assert "alerts" in refitd(home, "drift", "alerts").stdout  # none: no webhook configured
 
     status = json.loads(refitd(home, "status", "--json").stdout)
     assert status["champion"]["version"] == "v1" if isinstance(status.get("champion"), dict) else "v1" in json.dumps(status)

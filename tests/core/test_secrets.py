@@ -143,6 +143,9 @@ def test_errors_about_a_secret_url_show_no_more_than_its_scheme_and_host(tmp_pat
     with pytest.raises(ConfigError) as info:
         Settings.load(home=tmp_path, drift={"webhook_url": "ftp://user:pw@files.example/hook-s3cret"})
     assert "ftp://files.example/…" in str(info.value) and "s3cret" not in str(info.value)
+    with pytest.raises(ConfigError, match="with a host") as info:  # a port no client could send to
+        Settings.load(home=tmp_path, drift={"webhook_url": "https://hooks.example:44x/hook-s3cret"})
+    assert "s3cret" not in str(info.value)
     with pytest.raises(ConfigError) as info:
         Settings.load(home=tmp_path, database={"url": "pa55word-without-scheme"})
     assert "pa55word" not in str(info.value)

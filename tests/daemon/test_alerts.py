@@ -8,9 +8,13 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
@@ -19,6 +23,7 @@ from sqlmodel import select
 
 from refitd.core import alerts
 from refitd.core.db import engine_for, session_scope, upgrade
+from refitd.core.errors import ConfigError
 from refitd.core.settings import Settings
 from refitd.core.tables import Alert, Event, utcnow
 from refitd.daemon import alerts as delivery
@@ -99,7 +104,7 @@ def test_an_alert_reaches_a_real_receiver_with_its_id(tmp_path) -> None:
 
 
 def test_a_receiver_that_was_down_gets_every_alert_in_order_when_it_is_back(tmp_path, db_url, monkeypatch) -> None:
-    monkeypatch.setattr(delivery, "FIRST_RETRY_S", 0.5)
+    monkeypatch.setattr(delivery, "FIRST_RETRY_S", 3.0)
     monkeypatch.setattr(delivery, "LATE_S", 0.0)
     port = free_port()
     settings = _settings(tmp_path, f"http://127.0.0.1:{port}/hook", db_url)
@@ -119,7 +124,7 @@ def test_a_receiver_that_was_down_gets_every_alert_in_order_when_it_is_back(tmp_
     receiver = Receiver(port=port)
     try:
         assert sender.deliver() == {"delivered": 0, "failed": 0, "given_up": 0}  # its next round is not due yet
-        time.sleep(0.6)
+        time.sleep(max(0.0, (head.next_attempt_at - utcnow()).total_seconds()) + 0.1)
         # The daemon's job finds it due; a fresh process (the job builds its own sender) sends both, oldest first.
         assert jobs.alert_delivery(SimpleNamespace(settings=settings, engine=engine)) == {
             "delivered": 2, "failed": 0, "given_up": 0}
@@ -147,28 +152,87 @@ def test_an_alert_nobody_takes_is_given_up_and_the_next_one_goes_out(tmp_path, m
     finally:
         receiver.close()
     first, second = _outbox(settings)
-    assert first.status == "given_up" and first.attempts == 4 and first.last_error == "HTTP 503"
+    assert first.status == "given_up" and first.attempts == 2 and first.last_error == "HTTP 503"  # not tried again
     assert second.status == "pending" and second.attempts == 2  # tried once the first was given up
     (failed,) = _events(settings, "alert_failed")
-    assert failed.subject == str(first.id) and "given up after 4 tries" in failed.reason and "HTTP 503" in failed.reason
+    assert failed.subject == str(first.id)
+    assert "given up: not delivered within 3 s (2 tries; last error: HTTP 503)" in failed.reason
     assert failed.data["alert"]["text"] == "first"  # what the page said is kept with the event
     assert alerts.prune(engine, utcnow()) == 1
     assert [a.status for a in _outbox(settings)] == ["pending"]  # a pending alert is never pruned
+
+    # Past its deadline an alert is given up, not sent days late, even once the receiver answers; and the
+    # daemon's retention gives it up with no receiver configured at all.
+    time.sleep(3.1)
+    late = Receiver()
+    try:
+        hooked = _settings(tmp_path, late.url, webhook_give_up_hours=3 / 3600)
+        _raise(hooked, "third")
+        assert Sender(hooked, engine).deliver(now_due=True) == {"delivered": 1, "failed": 0, "given_up": 1}
+    finally:
+        late.close()
+    assert [b["text"] for b in late.received] == ["third"]
+    assert [a.status for a in _outbox(settings)] == ["given_up", "delivered"]
+    expired = [e for e in _events(settings, "alert_failed") if e.subject == str(second.id)]
+    assert len(expired) == 1 and "given up: not delivered within 3 s (2 tries; last error: HTTP 503)" in expired[0].reason
+    _raise(settings, "fourth")
+    time.sleep(3.1)
+    unhooked = Settings.load(home=tmp_path, drift={"webhook_give_up_hours": 3 / 3600})
+    jobs.retention(SimpleNamespace(settings=unhooked, engine=engine))
+    assert _outbox(settings)[-1].status == "given_up"
+
+
+def test_a_receiver_that_refuses_for_good_is_not_asked_again(tmp_path) -> None:
+    receiver = Receiver(status=404)
+    try:
+        settings = _settings(tmp_path, receiver.url)
+        _raise(settings, "first", "second")
+        assert Sender(settings, engine_for(settings)).deliver(now_due=True) == {"delivered": 0, "failed": 0,
+                                                                                "given_up": 2}
+    finally:
+        receiver.close()
+    assert len(receiver.received) == 2  # one try each: a 404 is not retried for a day
+    assert [(a.status, a.attempts) for a in _outbox(settings)] == [("given_up", 1), ("given_up", 1)]
+    assert all("refused for good: HTTP 404" in e.reason for e in _events(settings, "alert_failed"))
+
+
+def test_any_failure_is_a_failed_try_and_names_no_url(tmp_path, monkeypatch) -> None:
+    secret = "http://127.0.0.1:9/services/XXXXs3cretXXXX"
+    settings = _settings(tmp_path, secret)
+    _raise(settings, "drifted")
+
+    def broken(url, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError(f"nothing sensible at {url}")
+
+    monkeypatch.setattr(delivery.httpx, "post", broken)
+    assert Sender(settings, engine_for(settings)).deliver(now_due=True)["failed"] == 1  # not an escaped exception
+    (alert,) = _outbox(settings)
+    assert alert.status == "pending" and alert.attempts == 2 and alert.last_error.startswith("RuntimeError: nothing")
+    (event,) = _events(settings, "alert_delayed")
+    for shown in (alert.last_error, event.reason):
+        assert "s3cret" not in shown and "http://127.0.0.1:9/…" in shown
 
 
 def test_two_senders_never_hold_one_alert_at_once(tmp_path, db_url) -> None:
     settings = _settings(tmp_path, f"http://127.0.0.1:{free_port()}/hook", db_url)
     engine = engine_for(settings)
     _raise(settings, "only one")
-    mine = alerts.claim_head(engine, holder="host-a:1", hold_s=0.5)
-    assert mine is not None and mine.claimed_by == "host-a:1"
-    assert alerts.claim_head(engine, holder="host-b:2", hold_s=30) is None  # held: the other sender waits
+    one, other = Sender(settings, engine), Sender(settings, engine)  # built on one thread, as a job's would be
+    assert one.holder != other.holder
+    mine = alerts.claim_head(engine, holder=one.holder, hold_s=0.5)
+    assert mine is not None and mine.claimed_by == one.holder
+    assert alerts.claim_head(engine, holder=other.holder, hold_s=30) is None  # held: it waits
+    assert alerts.claim_head(engine, holder=one.holder, hold_s=30, now_due=True) is None  # once
     time.sleep(0.6)
-    theirs = alerts.claim_head(engine, holder="host-b:2", hold_s=30)  # host-a died mid-delivery: its claim lapsed
-    assert theirs is not None and theirs.id == mine.id and theirs.claimed_by == "host-b:2"
-    assert not alerts.mark_delivered(engine, mine, holder="host-a:1", tries=1, shown="x")  # a lost claim writes nothing
-    assert alerts.mark_delivered(engine, theirs, holder="host-b:2", tries=1, shown="x")
-    assert alerts.claim_head(engine, holder="host-a:1", hold_s=30, now_due=True) is None
+    theirs = alerts.claim_head(engine, holder=other.holder, hold_s=30)  # the first died: lapsed
+    assert theirs is not None and theirs.id == mine.id and theirs.claimed_by == other.holder
+    # A lost claim writes nothing: no status, no events (a false "given up" for an alert the other one delivers).
+    assert not alerts.mark_delivered(engine, mine, holder=one.holder, tries=1, shown="x")
+    assert alerts.mark_failed(engine, mine, holder=one.holder, tries=2, error="HTTP 500", shown="x", retry_s=1,
+                              give_up_after=timedelta(0)) is None
+    assert _events(settings, "alert_failed") == [] and _events(settings, "alert_delayed") == []
+    assert alerts.mark_delivered(engine, theirs, holder=other.holder, tries=1, shown="x")
+    assert alerts.claim_head(engine, holder=one.holder, hold_s=30, now_due=True) is None
 
 
 def test_a_failing_webhook_never_shows_its_url(tmp_path, caplog) -> None:
@@ -196,7 +260,31 @@ def test_a_failing_webhook_never_shows_its_url(tmp_path, caplog) -> None:
 
 def test_no_sender_without_a_url(tmp_path) -> None:
     settings = Settings.load(home=tmp_path)
-    with pytest.raises(ValueError, match="drift.webhook_url is not set"):
+    with pytest.raises(ConfigError, match="drift.webhook_url is not set"):
         Sender(settings, engine_for(settings))
     assert "alert_delivery" not in jobs.wanted(settings)
     assert "alert_delivery" in jobs.wanted(Settings.load(home=tmp_path, drift={"webhook_url": "https://h.example/x"}))
+
+
+def test_an_operator_sends_the_waiting_alerts_once_the_receiver_is_fixed(tmp_path, monkeypatch) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/hook"
+    settings = _settings(tmp_path, url)
+    _raise(settings, "drifted")
+    assert Sender(settings, engine_for(settings)).deliver(now_due=True)["failed"] == 1  # next round in 30 s
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REFITD_")} | {
+        "REFITD_HOME": str(tmp_path), "REFITD_DRIFT__WEBHOOK_URL": url, "COLUMNS": "200"}
+    receiver = Receiver(port=port)
+    try:
+        sent = subprocess.run([sys.executable, "-m", "refitd.cli", "drift", "alerts", "--send"], env=env,
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        receiver.close()
+    assert sent.returncode == 0, sent.stderr
+    assert "delivered 1, failed 0, given up 0" in sent.stdout and "delivered" in sent.stdout.split("alerts")[-1]
+    assert [b["text"] for b in receiver.received] == ["drifted"]
+    assert str(port) not in sent.stdout + sent.stderr  # the URL is not printed
+    unset = subprocess.run([sys.executable, "-m", "refitd.cli", "drift", "alerts", "--send"],
+                           env={k: v for k, v in env.items() if k != "REFITD_DRIFT__WEBHOOK_URL"},
+                           capture_output=True, text=True, timeout=120)
+    assert unset.returncode != 0 and "drift.webhook_url is not set" in unset.stdout + unset.stderr
