@@ -335,15 +335,23 @@ class ArtifactStore:
         return ArtifactMeta.read(self.path(version), version=version)
 
     def sweep(self, *, older_than_s: float = KEEP_S) -> list[PurePath]:
-        """Remove scratch folders left by a crash and set-aside folders, untouched for ``older_than_s``."""
+        """Remove scratch folders left by a crash and set-aside folders, and unfinished copies of the shared
+        reference files, untouched for ``older_than_s``."""
         if not self.root.is_dir():
             return []
         cutoff = time.time() - older_than_s
-        removed = [p for p in self.root.iterdir() if p.name.startswith((_SCRATCH, _ORPHAN)) and _older(p, cutoff)]
+        removed = [p for p in self.root.iterdir()
+                   if p.name.startswith((_SCRATCH, _ORPHAN)) and untouched_since(p, cutoff)]
         for p in removed:
             shutil.rmtree(p, ignore_errors=True)
             log.warning("removed unfinished artifact folder %s", p)
-        return list(removed)
+        shared = self.root / SHARED_DIR  # a publish of the reference killed mid-copy
+        copies = [p for p in shared.iterdir()
+                  if p.name.startswith(_SCRATCH) and untouched_since(p, cutoff, folder=False)] if shared.is_dir() else []
+        for p in copies:
+            p.unlink(missing_ok=True)
+            log.warning("removed unfinished copy %s", p)
+        return removed + copies
 
     def shared_read(self, name: str) -> bytes | None:
         """The bytes of ``SHARED_DIR/<name>`` beside the versions (the reference dataset), or None if never put."""
@@ -390,11 +398,11 @@ class ArtifactStore:
         """Undo :meth:`_upload`."""
 
 
-def _older(path: Path, cutoff: float) -> bool:
-    """A folder last touched before ``cutoff``; False for one gone since it was listed (another process's
-    scratch folder renamed into place as a version between the listing and this look)."""
+def untouched_since(path: Path, cutoff: float, *, folder: bool = True) -> bool:
+    """A folder (a file with ``folder=False``) last touched before ``cutoff``; False for one gone since it was
+    listed (another process's scratch renamed into place between the listing and this look)."""
     try:
         st = path.stat()
     except FileNotFoundError:
         return False
-    return stat.S_ISDIR(st.st_mode) and st.st_mtime < cutoff
+    return (stat.S_ISDIR(st.st_mode) if folder else stat.S_ISREG(st.st_mode)) and st.st_mtime < cutoff

@@ -10,12 +10,13 @@ reference digest with the current one) reads ``reference.json`` without importin
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime
 from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError
 
-from refitd.core.artifacts import SHARED_DIR, ArtifactStore
+from refitd.core.artifacts import KEEP_S, SHARED_DIR, ArtifactStore, untouched_since
 from refitd.core.errors import ArtifactError, ConfigError
 from refitd.core.settings import Settings
 
@@ -47,6 +48,19 @@ class ReferenceInfo(BaseModel):
 
 def folder(settings: Settings) -> Path:
     return settings.home / DATA_DIR
+
+
+def sweep(settings: Settings, *, older_than_s: float = KEEP_S) -> list[Path]:
+    """Remove what a process killed mid-write left in this home's reference folder: hidden scratch files (every
+    write goes to one and is renamed into place) untouched for ``older_than_s``."""
+    out = folder(settings)
+    cutoff = time.time() - older_than_s
+    stale = [p for p in out.iterdir() if p.name.startswith(".") and untouched_since(p, cutoff, folder=False)] \
+        if out.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+        log.warning("removed unfinished reference file %s", p)
+    return stale
 
 
 def info(settings: Settings) -> ReferenceInfo | None:

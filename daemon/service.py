@@ -19,7 +19,7 @@ from datetime import timezone
 import uvicorn
 from apscheduler.executors.pool import ThreadPoolExecutor
 
-from refitd.core import registry
+from refitd.core import reference_info, registry
 from refitd.core.db import engine_for, session_scope, upgrade
 from refitd.core.registration import sweep
 from refitd.core.settings import Settings
@@ -97,7 +97,7 @@ class Daemon:
     def _sweep_artifacts(self) -> None:
         """Clear what a crash left in the artifact store: stale scratch folders, folders no registry row names."""
         try:
-            swept = sweep(self.engine, self.serving.plane.store)
+            swept = sweep(self.engine, self.serving.plane.store) + reference_info.sweep(self.settings)
         except Exception:  # noqa: BLE001 - leftovers cost disk space, not correctness: serve anyway
             log.exception("could not sweep the artifact store")
             return

@@ -81,6 +81,30 @@ def test_sweep_removes_only_stale_scratch(tmp_path) -> None:
     assert fresh.exists() and not old.exists()
 
 
+def test_sweep_removes_unfinished_reference_copies(tmp_path) -> None:
+    from refitd.core import reference_info
+    from refitd.core.artifacts import SHARED_DIR
+    from refitd.core.settings import Settings
+
+    settings = Settings.load(home=tmp_path / "home", storage={"models_url": str(tmp_path / "models")})
+    shared, data = tmp_path / "models" / SHARED_DIR, reference_info.folder(settings)
+    shared.mkdir(parents=True)
+    data.mkdir(parents=True)
+    past = time.time() - 3 * 24 * 3600
+    # What a publish or a fetch killed mid-copy leaves, beside files that must stay: published rows, a home's
+    # description, and scratch still being written by a live process (fresh).
+    stale = [shared / ".tmp-reference.json-1a2b3c4d", data / ".reference-x1y2.parquet",
+             data / ".reference-0123456789abcdef.parquet.k9"]
+    kept = [shared / "reference-0123456789abcdef.parquet", data / "reference.json", data / ".reference-fresh.parquet"]
+    for p in stale + kept:
+        p.write_bytes(b"x")
+    for p in stale + kept[:2]:
+        os.utime(p, (past, past))
+    assert ArtifactStore(tmp_path / "models").sweep() == stale[:1]
+    assert sorted(reference_info.sweep(settings)) == sorted(stale[1:])
+    assert all(p.exists() for p in kept) and not any(p.exists() for p in stale)
+
+
 def test_meta_round_trips_and_picks_the_served_graph(tmp_path) -> None:
     meta = ArtifactMeta(labels=["neg", "pos"], max_length=64, int8_file=INT8_FILE, serve_file=INT8_FILE,
                         embedding_dim=384, calibration={"temperature": 0.8, "ece_after": float("nan")})
