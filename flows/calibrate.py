@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+from refitd.core import estimate
 from refitd.core.encoding import softmax
 
 
@@ -26,18 +27,8 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 10)
 
 
 def atc_threshold(probs: np.ndarray, y: np.ndarray) -> float:
-    """The confidence above which as many validation rows lie as the model got right (Garg et al., 2022,
-    "Leveraging Unlabeled Data to Predict Out-of-Distribution Performance"): on new traffic, the share of
-    answers above it estimates accuracy. Mean confidence stays high on topics a model never saw; the
-    share above this threshold falls further with accuracy."""
-    conf = probs.max(axis=1)
-    accuracy = float((probs.argmax(axis=1) == y).mean())
-    return float(np.quantile(conf, 1.0 - accuracy))
-
-
-# Fewest held-out rows of new traffic to set the ATC threshold on them rather than on validation: at
-# 200 the threshold's quantile moves the estimate by about ±0.03 (binomial spread at accuracy 0.7).
-ATC_MIN_TARGET_ROWS = 200
+    """The ATC threshold (``core/estimate``) of class probabilities ``probs`` for true classes ``y``."""
+    return estimate.atc_threshold(probs.max(axis=1), probs.argmax(axis=1) == y)
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray, *, target: tuple[np.ndarray, np.ndarray] | None = None,
@@ -47,7 +38,7 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray, *, target: tuple[np.ndarr
 
     The threshold is set where the model will be watched: on ``target`` (logits and labels of held-out rows
     of the traffic a refit adapted to: its recent test set) when it has at least
-    :data:`ATC_MIN_TARGET_ROWS` rows, else on validation. A refit's validation set is mostly replayed
+    :data:`estimate.ATC_MIN_ROWS` rows, else on validation. A refit's validation set is mostly replayed
     reference rows, on which the model is surer and more often right than on the new traffic it will serve;
     a threshold set there under-estimates its accuracy on that traffic (a default demo's v2: estimates 0.51-0.58
     against 0.70-0.79 measured)."""
@@ -65,7 +56,7 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray, *, target: tuple[np.ndarr
         "atc_rows": int(len(y)),
         "n": int(len(y)),
     }
-    if target is not None and len(target[1]) >= ATC_MIN_TARGET_ROWS:
+    if target is not None and len(target[1]) >= estimate.ATC_MIN_ROWS:
         out |= {"atc_threshold": atc_threshold(softmax(target[0], t), target[1]),
                 "atc_set": target_name or "target", "atc_rows": int(len(target[1]))}
     return out

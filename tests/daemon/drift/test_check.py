@@ -172,6 +172,32 @@ def test_the_label_free_estimate_counts_confidences_above_the_champions_atc_thre
     assert perf["estimated_accuracy"] == pytest.approx(0.75) and perf["estimate_method"] == "mean confidence"
 
 
+def test_the_label_free_estimate_is_set_again_on_the_champions_labelled_answers_before_the_window() -> None:
+    """After a shift the stored threshold counts the new traffic's confident mistakes as right; set on the
+    champion's own labelled answers to that traffic (before the window, never the window's own labels), the
+    estimate follows. Too few answers: the stored threshold stands."""
+    from refitd.core.tables import ModelVersion
+    from refitd.daemon.drift.performance import performance
+
+    rng = np.random.default_rng(7)
+
+    def traffic(n: int) -> pd.DataFrame:  # sure of everything, right only above 0.8: accuracy 0.4
+        confidence = rng.uniform(0.5, 1.0, n)
+        return pd.DataFrame({"label": ["a"] * n, "confidence": confidence,
+                             "true_label": np.where(confidence > 0.8, "a", "b")})
+
+    champion = ModelVersion(version="v1", metrics={"calibration": {"temperature": 1.0, "atc_threshold": 0.6}})
+    window = traffic(200)
+    stored, _ = performance(window, champion, min_labels=30)
+    assert stored["estimate_error"] > 0.3 and "set on the" not in stored["estimate_method"]
+    again, _ = performance(window, champion, min_labels=30, history=traffic(300))
+    assert abs(again["estimate_error"]) < 0.06, again
+    assert "set on the 300 latest labelled answers before the window" in again["estimate_method"]
+    assert again["measured_accuracy"] == stored["measured_accuracy"]  # the window's labels are only measured
+    few, _ = performance(window, champion, min_labels=30, history=traffic(199))
+    assert few["estimate_error"] == stored["estimate_error"]
+
+
 def test_the_window_is_seen_as_the_champion_sees_it(tmp_path: Path, untrained_artifact: Path) -> None:
     """Embeddings stored or computed in the champion's space; another version's answers replaced by the
     champion's (prediction and confidence drift compare one model with itself); measured accuracy only
