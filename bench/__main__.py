@@ -1,4 +1,4 @@
-"""``python -m refitd.bench [serve|hop|route|spin|shadow|train|drift|cotenancy|store|ensemble|recovery|defaults] [options]``; with no suite, all of them and one table of ratios.
+"""``python -m refitd.bench [serve|hop|route|spin|shadow|train|drift|cotenancy|store|ensemble|recovery|defaults|estimate] [options]``; with no suite, all of them and one table of ratios.
 
 Every suite runs its baseline in the same run and prints ratios; results go to
 ``bench/results/<suite>-latest.json`` (and a timestamped copy). ``python -m refitd.bench --home DIR``
@@ -24,8 +24,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 SUITES = {"serve": "refitd.bench.serve", "hop": "refitd.bench.hop", "route": "refitd.bench.route", "spin": "refitd.bench.spin", "shadow": "refitd.bench.shadow", "train": "refitd.bench.train", "drift": "refitd.bench.drift",
           "cotenancy": "refitd.bench.cotenancy", "store": "refitd.bench.store", "ensemble": "refitd.bench.ensemble",
-          "recovery": "refitd.bench.recovery", "defaults": "refitd.bench.defaults"}
-ON_DEMAND = {"defaults"}  # a search that sets defaults, run by hand (an hour on 2 cores), not a benchmark
+          "recovery": "refitd.bench.recovery", "defaults": "refitd.bench.defaults", "estimate": "refitd.bench.estimate"}
+# Run by hand: a search that sets defaults (an hour on 2 cores), not a benchmark; a replay over the drift checks a
+# home's daemon recorded (a kept demo's), which a freshly trained home has none of.
+ON_DEMAND = {"defaults", "estimate"}
 NEEDS_HOME = {"serve", "hop", "route", "spin", "shadow", "drift", "cotenancy"}
 
 

@@ -171,6 +171,7 @@ BENCH = {
               "--postgres", os.environ.get("REFITD_TEST_DATABASE_URL") or "none"],
     "recovery": ["--labels", "150", "--holdout", "150", "--oracle-labels", "300", "--quick"],  # trains its own v1
     "defaults": ["--steps", "confirm", "--rows", "150", "--epochs", "0.5", "--seeds", "42"],
+    "estimate": ["--history", "200", "1000"],  # this home's checks, if any: none with labels is a result too
 }
 
 
