@@ -25,7 +25,7 @@ import pandas as pd
 from refitd.core.datasets import digest_frame, load_configured
 from refitd.core.artifacts import SHARED_DIR, ArtifactStore, sha256_file
 from refitd.core.errors import ArtifactError, ConfigError
-from refitd.core.reference_info import META_FILE, ReferenceInfo, folder, info, published
+from refitd.core.reference_info import META_FILE, SCRATCH_PREFIX, ReferenceInfo, folder, info, published
 from refitd.core.registry import served_labels
 from refitd.core.settings import Settings
 from refitd.core.tables import ModelVersion, utcnow
@@ -56,7 +56,7 @@ def store(settings: Settings, frame: pd.DataFrame, *, source: str, actor: str, r
     out.mkdir(parents=True, exist_ok=True)
     frame = frame[COLUMNS].reset_index(drop=True)
     previous = _readable(settings)
-    fd, tmp = tempfile.mkstemp(prefix=".reference-", suffix=".parquet", dir=out)
+    fd, tmp = tempfile.mkstemp(prefix=f"{SCRATCH_PREFIX}-", suffix=".parquet", dir=out)
     os.close(fd)
     try:
         frame.to_parquet(tmp, index=False)
@@ -121,10 +121,13 @@ def _publish(settings: Settings, meta: ReferenceInfo) -> None:
     """Put this home's rows file, then the description naming it, beside the models."""
     store = ArtifactStore.from_settings(settings)
     store.shared_put(folder(settings) / meta.file, meta.file)
-    with tempfile.TemporaryDirectory(dir=folder(settings)) as tmp:
-        described = Path(tmp) / META_FILE
-        described.write_text(meta.model_dump_json(indent=2))
-        store.shared_put(described, META_FILE)
+    fd, tmp = tempfile.mkstemp(prefix=f"{SCRATCH_PREFIX}-publish-", suffix=".json", dir=folder(settings))
+    os.close(fd)
+    try:
+        Path(tmp).write_text(meta.model_dump_json(indent=2))
+        store.shared_put(Path(tmp), META_FILE)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _published_as(settings: Settings, meta: ReferenceInfo) -> bool:

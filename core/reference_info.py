@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 DATA_DIR = "data"
 META_FILE = "reference.json"
+SCRATCH_PREFIX = ".reference"  # every scratch file a write in the home's data folder makes starts so
 
 
 class ReferenceInfo(BaseModel):
@@ -51,11 +52,12 @@ def folder(settings: Settings) -> Path:
 
 
 def sweep(settings: Settings, *, older_than_s: float = KEEP_S) -> list[Path]:
-    """Remove what a process killed mid-write left in this home's reference folder: hidden scratch files (every
-    write goes to one and is renamed into place) untouched for ``older_than_s``."""
+    """Remove what a process killed mid-write left in this home's reference folder: its scratch files (every write
+    goes to a hidden ``.reference…`` file and is renamed into place), untouched for ``older_than_s``. Nothing else
+    there is touched (another hidden file may be a user's, or an NFS client's ``.nfs…`` for a file still open)."""
     out = folder(settings)
     cutoff = time.time() - older_than_s
-    stale = [p for p in out.iterdir() if p.name.startswith(".") and untouched_since(p, cutoff, folder=False)] \
+    stale = [p for p in out.iterdir() if p.name.startswith(SCRATCH_PREFIX) and untouched_since(p, cutoff, folder=False)] \
         if out.is_dir() else []
     for p in stale:
         p.unlink(missing_ok=True)

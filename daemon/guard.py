@@ -6,8 +6,10 @@ on as many of its last labelled predictions before the promotion (recent traffic
 have ``scheduler.watch_min_labels`` labels, a drop of ``scheduler.rollback_drop`` or more rolls
 back, records why and alerts; a watch that ends without one records that it passed. The
 label-free accuracy estimate of both is reported beside them: the share of each version's answers
-whose calibrated confidence is above that version's ATC threshold (as the drift check estimates),
-or their mean confidence for a version that has no threshold stored.
+whose calibrated confidence is above the ATC threshold its refit stored, or their mean confidence for a
+version that has no threshold stored. (The drift check sets the threshold again on the champion's labelled
+answers before its window once it has enough; here, where the labels themselves are compared, the stored one
+is kept: two versions are read by one rule each, counted in the database.)
 """
 
 from __future__ import annotations

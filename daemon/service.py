@@ -95,14 +95,17 @@ class Daemon:
         return 0
 
     def _sweep_artifacts(self) -> None:
-        """Clear what a crash left in the artifact store: stale scratch folders, folders no registry row names."""
-        try:
-            swept = sweep(self.engine, self.serving.plane.store) + reference_info.sweep(self.settings)
-        except Exception:  # noqa: BLE001 - leftovers cost disk space, not correctness: serve anyway
-            log.exception("could not sweep the artifact store")
-            return
+        """Clear what a crash left: stale scratch folders and folders no registry row names in the artifact store,
+        unfinished copies of the reference dataset there and in the home; each sweep on its own."""
+        swept: list = []
+        for what, clear in (("the artifact store", lambda: sweep(self.engine, self.serving.plane.store)),
+                            ("the home's reference folder", lambda: reference_info.sweep(self.settings))):
+            try:
+                swept += clear()
+            except Exception:  # noqa: BLE001 - leftovers cost disk space, not correctness: serve anyway
+                log.exception("could not sweep %s", what)
         if swept:
-            log.info("artifact store swept: %s", ", ".join(p.name for p in swept))
+            log.info("swept: %s", ", ".join(p.name for p in swept))
 
     def _start_when_serving(self) -> None:
         while not self.server.started and not self.server.should_exit:

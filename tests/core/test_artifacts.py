@@ -94,11 +94,14 @@ def test_sweep_removes_unfinished_reference_copies(tmp_path) -> None:
     # What a publish or a fetch killed mid-copy leaves, beside files that must stay: published rows, a home's
     # description, and scratch still being written by a live process (fresh).
     stale = [shared / ".tmp-reference.json-1a2b3c4d", data / ".reference-x1y2.parquet",
-             data / ".reference-0123456789abcdef.parquet.k9"]
-    kept = [shared / "reference-0123456789abcdef.parquet", data / "reference.json", data / ".reference-fresh.parquet"]
+             data / ".reference-0123456789abcdef.parquet.k9", data / ".reference.json.q7",
+             data / ".reference-publish-z3.json"]
+    # ... and what is not this code's: a user's hidden file, an NFS client's name for a removed file still open
+    kept = [shared / "reference-0123456789abcdef.parquet", data / "reference.json", data / ".gitkeep",
+            data / ".nfs000000000123", data / ".reference-fresh.parquet"]
     for p in stale + kept:
         p.write_bytes(b"x")
-    for p in stale + kept[:2]:
+    for p in stale + kept[:-1]:
         os.utime(p, (past, past))
     assert ArtifactStore(tmp_path / "models").sweep() == stale[:1]
     assert sorted(reference_info.sweep(settings)) == sorted(stale[1:])
