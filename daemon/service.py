@@ -105,7 +105,7 @@ class Daemon:
             except Exception:  # noqa: BLE001 - leftovers cost disk space, not correctness: serve anyway
                 log.exception("could not sweep %s", what)
         if swept:
-            log.info("swept: %s", ", ".join(p.name for p in swept))
+            log.info("artifact store swept: %s", ", ".join(p.name for p in swept))
 
     def _start_when_serving(self) -> None:
         while not self.server.started and not self.server.should_exit:
