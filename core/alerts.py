@@ -17,8 +17,8 @@ from sqlalchemy import Engine, delete, func, or_, update
 from sqlmodel import Session, col, select
 
 from refitd.core import registry
-from refitd.core.db import session_scope
-from refitd.core.tables import Alert, utcnow
+from refitd.core.db import db_now, session_scope
+from refitd.core.tables import Alert
 
 PENDING, DELIVERED, GIVEN_UP = "pending", "delivered", "given_up"
 
@@ -39,9 +39,10 @@ def rollback_payload(previous: str, restored: str, why: str) -> dict[str, Any]:
 
 def claim_head(engine: Engine, *, holder: str, hold_s: float, now_due: bool = False) -> Alert | None:
     """The oldest undelivered alert, claimed by ``holder`` for ``hold_s`` seconds; None when there is none, another
-    sender holds it, or its next attempt is not due yet (``now_due``: try it now anyway — a new alert came)."""
-    now = utcnow()
+    sender holds it, or its next attempt is not due yet (``now_due``: try it now anyway — a new alert came).
+    Claims are timed by the database's clock (``db_now``), so hosts whose clocks differ agree on who holds one."""
     with session_scope(engine) as session:
+        now = db_now(session)
         head = session.exec(select(Alert).where(Alert.status == PENDING).order_by(col(Alert.id))).first()
         if head is None or (not now_due and head.next_attempt_at > now):
             return None
@@ -58,10 +59,10 @@ def claim_head(engine: Engine, *, holder: str, hold_s: float, now_due: bool = Fa
 def give_up_expired(engine: Engine, give_up_after: timedelta) -> int:
     """Give up the waiting alerts raised longer than ``give_up_after`` ago that no sender holds (each an
     ``alert_failed`` event): a page days late misleads more than it helps. Runs without a receiver too (retention)."""
-    now = utcnow()
-    cutoff = now - give_up_after
     gone = 0
     with session_scope(engine) as session:
+        now = db_now(session)
+        cutoff = now - give_up_after
         expired = session.exec(select(Alert).where(Alert.status == PENDING, col(Alert.created_at) < cutoff,
                                                    or_(col(Alert.claimed_until).is_(None),
                                                        col(Alert.claimed_until) < now))).all()
@@ -79,8 +80,8 @@ def give_up_expired(engine: Engine, give_up_after: timedelta) -> int:
 def mark_delivered(engine: Engine, alert: Alert, *, holder: str, tries: int, shown: str) -> bool:
     """The alert got through; an alert that had failed before says so in an event. False when the claim was lost
     (it lapsed and another sender took the alert: it may be delivered twice, never lost)."""
-    now = utcnow()
     with session_scope(engine) as session:
+        now = db_now(session)
         done = session.execute(
             update(Alert).where(col(Alert.id) == alert.id, col(Alert.claimed_by) == holder)
             .values(status=DELIVERED, delivered_at=now, attempts=alert.attempts + tries, claimed_by=None,
@@ -98,11 +99,11 @@ def mark_failed(engine: Engine, alert: Alert, *, holder: str, tries: int, error:
     """A delivery round failed: the alert waits ``retry_s`` for its next round, or is given up — at once when the
     receiver refused it for good (``permanent``), else once it is older than ``give_up_after``. The first failure
     and the giving up are events. Returns the alert's status, or None when the claim was lost (nothing written)."""
-    now = utcnow()
     attempts = alert.attempts + tries
-    given_up = permanent or now - alert.created_at >= give_up_after
-    status = GIVEN_UP if given_up else PENDING
     with session_scope(engine) as session:
+        now = db_now(session)
+        given_up = permanent or now - alert.created_at >= give_up_after
+        status = GIVEN_UP if given_up else PENDING
         if session.execute(
                 update(Alert).where(col(Alert.id) == alert.id, col(Alert.claimed_by) == holder)
                 .values(status=status, attempts=attempts, last_error=error, claimed_by=None, claimed_until=None,

@@ -10,13 +10,14 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
@@ -87,6 +88,15 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+def db_now(session: Session) -> datetime:
+    """Now by the database's clock on PostgreSQL, the one clock every host that shares it reads; this host's on
+    SQLite, which serves one host. Leases and alert claims compare times that different hosts wrote: by their
+    own clocks, a host a minute fast would take a lease or a claim another host still holds."""
+    if session.get_bind().dialect.name == "postgresql":
+        return session.execute(text("SELECT now()")).scalar_one().astimezone(timezone.utc)
+    return datetime.now(timezone.utc)
 
 
 def _alembic_config(engine: Engine) -> Config:

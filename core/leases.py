@@ -19,9 +19,9 @@ from typing import Any
 from sqlalchemy import Engine, or_, update
 from sqlmodel import col
 
-from refitd.core.db import session_scope
+from refitd.core.db import db_now, session_scope
 from refitd.core.errors import LeaseTakenError
-from refitd.core.tables import Lease, utcnow
+from refitd.core.tables import Lease
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,8 @@ def holder_name() -> str:
 
 def acquire(engine: Engine, name: str, *, holder: str, ttl_s: float, data: dict[str, Any] | None = None) -> bool:
     """Take the lease if it is free, expired or already ours; True when we hold it now."""
-    now = utcnow()
     with session_scope(engine) as session:
+        now = db_now(session)
         if session.get(Lease, name) is None:  # a lease name without its row yet
             session.add(Lease(name=name))
             session.flush()
@@ -51,10 +51,10 @@ def acquire(engine: Engine, name: str, *, holder: str, ttl_s: float, data: dict[
 
 def renew(engine: Engine, name: str, *, holder: str, ttl_s: float, data: dict[str, Any] | None = None) -> bool:
     """Push our lease's expiry out; False when it is no longer ours (it expired and someone took it)."""
-    values: dict[str, Any] = {"expires_at": utcnow() + timedelta(seconds=ttl_s)}
-    if data is not None:
-        values["data"] = data
     with session_scope(engine) as session:
+        values: dict[str, Any] = {"expires_at": db_now(session) + timedelta(seconds=ttl_s)}
+        if data is not None:
+            values["data"] = data
         result = session.execute(
             update(Lease).where(col(Lease.name) == name, col(Lease.holder) == holder).values(**values)
         )
@@ -77,7 +77,7 @@ def current(engine: Engine, name: str) -> Lease | None:
         lease = session.get(Lease, name)
         if lease is None or lease.holder is None or lease.expires_at is None:
             return None
-        if lease.expires_at < utcnow():
+        if lease.expires_at < db_now(session):
             return None
         session.expunge(lease)
         return lease

@@ -1,0 +1,42 @@
+"""Hosts that share PostgreSQL take leases and alert claims by the database's clock, not their own: a host whose
+clock runs ten minutes fast must not see another host's live lease or claim as expired."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from refitd.core import alerts, db, leases
+from refitd.core.db import make_engine, session_scope, upgrade
+
+
+class FastClock(datetime):
+    """This host's clock, ten minutes ahead of the database's."""
+
+    @classmethod
+    def now(cls, tz=None):  # type: ignore[no-untyped-def, override]
+        return datetime.now(tz) + timedelta(minutes=10)
+
+
+def test_a_host_with_a_fast_clock_does_not_take_what_another_holds(postgres_url, monkeypatch) -> None:
+    engine = make_engine(postgres_url)
+    upgrade(engine)
+    assert leases.acquire(engine, "refit", holder="host-a:1", ttl_s=60)
+    with session_scope(engine) as session:
+        alerts.enqueue(session, kind="drift", subject="1", payload={"text": "drifted"})
+    assert alerts.claim_head(engine, holder="host-a:1", hold_s=60) is not None
+
+    monkeypatch.setattr(db, "datetime", FastClock)  # from here on, this process is the fast host
+    with session_scope(engine) as session:
+        assert abs((db.db_now(session) - datetime.now(timezone.utc)).total_seconds()) < 5  # the database's time
+    assert not leases.acquire(engine, "refit", holder="host-b:2", ttl_s=60)
+    held = leases.current(engine, "refit")
+    assert held is not None and held.holder == "host-a:1"
+    assert alerts.claim_head(engine, holder="host-b:2", hold_s=60, now_due=True) is None
+
+
+def test_sqlite_serves_one_host_and_reads_its_clock(sqlite_url, monkeypatch) -> None:
+    engine = make_engine(sqlite_url)
+    upgrade(engine)
+    monkeypatch.setattr(db, "datetime", FastClock)
+    with session_scope(engine) as session:
+        assert (db.db_now(session) - datetime.now(timezone.utc)).total_seconds() > 500
