@@ -159,8 +159,9 @@ class DriftSection(Section):
                           "A secret (a Slack URL is its own key): never printed; may come from a file.",
     )
     webhook_timeout_s: float = Field(5.0, description="Timeout of one webhook attempt.")
-    webhook_retries: int = Field(3, ge=1, description="Webhook attempts per delivery round (seconds apart); a failed "
-                                                      "round is an event and the alert waits in the outbox for the next.")
+    webhook_retries: int = Field(3, ge=1, description="Webhook attempts per delivery round (seconds apart); after a "
+                                                      "failed round the alert waits in the outbox for the next (the "
+                                                      "first failed round is an `alert_delayed` event).")
     webhook_give_up_hours: float = Field(
         24.0, gt=0, description="An alert that has not got through this long after it was raised is given up (an "
                                 "`alert_failed` event); until then it is retried, 30 s after a failed round, doubling to "
