@@ -24,8 +24,10 @@ PENDING, DELIVERED, GIVEN_UP = "pending", "delivered", "given_up"
 
 
 def enqueue(session: Session, *, kind: str, subject: str | None, payload: dict[str, Any]) -> Alert:
-    """Add an alert to the outbox, committed with the caller's transaction."""
-    alert = Alert(kind=kind, subject=subject, payload=payload)
+    """Add an alert to the outbox, committed with the caller's transaction; due now by the database's clock (a host
+    whose clock ran fast would otherwise hold every alert behind this one back for as long as it is off)."""
+    now = db_now(session)
+    alert = Alert(kind=kind, subject=subject, payload=payload, created_at=now, next_attempt_at=now)
     session.add(alert)
     session.flush()
     return alert

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from refitd.core import alerts, db, leases
+from sqlalchemy import text
+
+from refitd.core import alerts, db, leases, tables
 from refitd.core.db import make_engine, session_scope, upgrade
 
 
@@ -25,13 +27,27 @@ def test_a_host_with_a_fast_clock_does_not_take_what_another_holds(postgres_url,
         alerts.enqueue(session, kind="drift", subject="1", payload={"text": "drifted"})
     assert alerts.claim_head(engine, holder="host-a:1", hold_s=60) is not None
 
-    monkeypatch.setattr(db, "datetime", FastClock)  # from here on, this process is the fast host
+    # From here on, this process is the fast host: every clock it reads (tables.utcnow, db_now's fallback) is ahead.
+    monkeypatch.setattr(db, "datetime", FastClock)
+    monkeypatch.setattr(tables, "datetime", FastClock)
+    assert (tables.utcnow() - datetime.now(timezone.utc)).total_seconds() > 500
     with session_scope(engine) as session:
         assert abs((db.db_now(session) - datetime.now(timezone.utc)).total_seconds()) < 5  # the database's time
     assert not leases.acquire(engine, "refit", holder="host-b:2", ttl_s=60)
     held = leases.current(engine, "refit")
     assert held is not None and held.holder == "host-a:1"
     assert alerts.claim_head(engine, holder="host-b:2", hold_s=60, now_due=True) is None
+
+    # An alert the fast host raises is due at once for a host with the right time, not ten minutes from now.
+    with session_scope(engine) as session:
+        raised = alerts.enqueue(session, kind="drift", subject="2", payload={"text": "not drifted"})
+    assert abs((raised.next_attempt_at - datetime.now(timezone.utc)).total_seconds()) < 5
+    monkeypatch.setattr(tables, "datetime", datetime)
+    monkeypatch.setattr(db, "datetime", datetime)
+    with session_scope(engine) as session:
+        session.execute(text("UPDATE alerts SET status = 'delivered' WHERE subject = '1'"))
+    claimed = alerts.claim_head(engine, holder="host-c:3", hold_s=60)
+    assert claimed is not None and claimed.subject == "2"
 
 
 def test_sqlite_serves_one_host_and_reads_its_clock(sqlite_url, monkeypatch) -> None:
