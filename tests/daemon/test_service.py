@@ -46,14 +46,18 @@ def stop(process: subprocess.Popen, timeout: float = 60) -> int:
     return process.wait(timeout)
 
 
-def wait_for(predicate, timeout: float = 60, what: str = "condition"):  # type: ignore[no-untyped-def]
+def wait_for(predicate, timeout: float = 60, what: str = "condition", process: subprocess.Popen | None = None):  # type: ignore[no-untyped-def]
+    """Poll until ``predicate`` is truthy; a timeout shows the tail of ``process``'s log (what it was doing)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.2)
-    raise AssertionError(f"{what} not met within {timeout} s")
+    tail = ""
+    if process is not None:
+        tail = "\n--- daemon log (tail) ---\n" + Path(process.log_path).read_text(errors="replace")[-6000:]  # type: ignore[attr-defined]
+    raise AssertionError(f"{what} not met within {timeout} s{tail}")
 
 
 def test_sigterm_under_load_fails_no_request_and_loses_no_prediction(daemon_home: Path) -> None:
@@ -148,7 +152,7 @@ def test_schedule_survives_restart_and_a_failing_job_is_an_event(daemon_home: Pa
     settings = Settings.load(home=daemon_home)
     env = {"REFITD_SCHEDULER__DRIFT_INTERVAL_MINUTES": "0.05", "REFITD_SCHEDULER__LABEL_TRIGGER": "1000",
            "REFITD_SCHEDULER__REFIT_CRON": "0 3 * * *", "REFITD_DRIFT__MIN_WINDOW": "30",
-           "REFITD_DRIFT__WINDOW_SIZE": "50"}
+           "REFITD_DRIFT__WINDOW_SIZE": "50", "REFITD_DRIFT__REFERENCE_SIZE": "200"}  # a small reference: fails sooner
     port = free_port()
     daemon = start_daemon(daemon_home, port, **env)
     url = f"http://127.0.0.1:{port}"
@@ -168,7 +172,8 @@ def test_schedule_survives_restart_and_a_failing_job_is_an_event(daemon_home: Pa
             with session_scope(engine) as s:
                 return s.exec(select(Event).where(Event.kind == "job_failed")).first()
 
-        failed = wait_for(job_failed, what="a job_failed event")
+        # The first full check starts the check process and scores the reference first: minutes on a slow, busy host.
+        failed = wait_for(job_failed, timeout=240, what="a job_failed event", process=daemon)
         assert failed.subject == "drift_check" and failed.reason.startswith("drift_check failed: ")
         r = httpx.post(f"{url}/v1/predict", json={"text": "still serving?"}, timeout=30)
         assert r.status_code == 200 and daemon.poll() is None
