@@ -343,7 +343,7 @@ def run(
 @app.command()
 def demo(
     ctx: typer.Context,
-    quick: Annotated[bool, typer.Option(help="A smaller, faster loop (about 5 minutes).")] = False,
+    quick: Annotated[bool, typer.Option(help="A smaller, faster loop (about 10 minutes on two cores).")] = False,
     home: Annotated[Path | None, typer.Option(help="State directory for the demo (default: a fresh temporary one).")] = None,
     keep: Annotated[bool, typer.Option(help="Keep the whole temporary state directory (database, models).")] = False,
 ) -> None:

@@ -48,21 +48,26 @@ def labelled_rows(session: Session, *, since: datetime | None = None) -> pd.Data
 def predictions_with_labels(
     session: Session, *, unlabelled: bool = False, model_version: str | None = None,
     after: datetime | None = None, before: datetime | None = None, latest: int | None = None,
+    content: bool = True,
 ) -> pd.DataFrame:
     """Served predictions, newest first, each with the feedback label given for it as ``true_label``.
 
     Only labelled ones unless ``unlabelled`` (then ``true_label`` is None where nobody labelled it);
     optionally one model version's, served at or after ``after`` and before ``before``, the ``latest`` N.
+    Without ``content`` the text and embedding columns are not read (answers and labels only: a tenth of the bytes).
     """
-    query = select(Prediction.created_at, Prediction.model_version, Prediction.text, Prediction.label,
-                   Prediction.confidence, Prediction.embedding, Feedback.label.label("true_label"))
+    fields = {"created_at": Prediction.created_at, "model_version": Prediction.model_version,
+              "text": Prediction.text, "label": Prediction.label, "confidence": Prediction.confidence,
+              "embedding": Prediction.embedding, "true_label": Feedback.label.label("true_label")}
+    if not content:
+        del fields["text"], fields["embedding"]
+    query = select(*fields.values())
     query = _served(query.join(Feedback, Feedback.prediction_id == Prediction.id, isouter=unlabelled),
                     model_version=model_version, after=after, before=before)
     rows = session.execute(query.order_by(col(Prediction.created_at).desc()).limit(latest)).all()
     import pandas as pd
 
-    return pd.DataFrame(rows, columns=["created_at", "model_version", "text", "label", "confidence", "embedding",
-                                       "true_label"])
+    return pd.DataFrame(rows, columns=list(fields))
 
 
 def labelled_accuracy(session: Session, *, model_version: str, after: datetime | None = None,

@@ -304,7 +304,8 @@ def run_check(settings: Settings, engine: Engine) -> DriftCheck:
             raise NoChampionError()
         window = load_window(session, size=d.window_size, minutes=d.window_minutes)
         history = predictions_with_labels(session, model_version=champion.version,
-                                          before=window["created_at"].min(), latest=ESTIMATE_HISTORY_ROWS) \
+                                          before=window["created_at"].min(), latest=ESTIMATE_HISTORY_ROWS,
+                                          content=False) \
             if len(window) >= d.min_window else None
     row = DriftCheck(model_version=champion.version, window_size=len(window), verdict="insufficient_data",
                      window_start=window["created_at"].min() if len(window) else None,

@@ -28,6 +28,9 @@ def test_predictions_with_labels_filters_and_joins(engine) -> None:  # type: ign
         window = predictions_with_labels(s, model_version="v1", after=now - timedelta(minutes=10), before=now - timedelta(minutes=7))
         assert window["text"].tolist() == ["text 0"]  # after is inclusive, before exclusive
         assert predictions_with_labels(s, unlabelled=True, latest=2)["text"].tolist() == ["text 3", "text 2"]
+        bare = predictions_with_labels(s, model_version="v1", content=False)  # answers and labels, no text read
+        assert list(bare.columns) == ["created_at", "model_version", "label", "confidence", "true_label"]
+        assert bare["true_label"].tolist() == ["neutral", "negative"]
         assert sorted(labelled_rows(s)["text"]) == ["a bare text", "text 0", "text 2", "text 3"]
 
 
