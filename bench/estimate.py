@@ -3,8 +3,9 @@ error over the checks a home recorded, replayed with each way of setting its ATC
 
 For every stored check with labels: the champion's answers in its window that had a label by the time of the check
 (the rows the check measured), and the champion's labelled answers served before the window, labelled by then too.
-The baseline is the threshold the champion's refit stored; the alternatives set it again on the latest N of those
-earlier answers, N = ``--history`` (the check's rule with its default N, ``ESTIMATE_HISTORY_ROWS``, among them),
+Only checks that made an estimate count (not those short of ``drift.min_window`` rows). The baseline is the
+threshold the champion's refit stored (the mean confidence for a version trained before it was stored); the
+alternatives set it again on the latest N of those earlier answers, N = ``--history`` (the check's rule with its default N, ``ESTIMATE_HISTORY_ROWS``, among them),
 falling back to the stored one below ``ATC_MIN_ROWS``. Reported per way: the mean absolute error against measured
 accuracy, its mean (bias) and its largest, and the labels' own share of the error (an exact estimate would still be
 off by about √(2/π)·√(p(1−p)/n) on n labelled rows). Reads the database only; nothing is scored again.
@@ -35,8 +36,8 @@ def _answers(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, 
     with session_scope(engine) as session:
         checks = pd.DataFrame(session.execute(select(
             DriftCheck.id, DriftCheck.created_at, DriftCheck.model_version, DriftCheck.window_start,
-            DriftCheck.window_end).order_by(DriftCheck.id)).all(),
-            columns=["id", "at", "version", "start", "end"])
+            DriftCheck.window_end).where(DriftCheck.verdict != "insufficient_data")  # no estimate was made
+            .order_by(DriftCheck.id)).all(), columns=["id", "at", "version", "start", "end"])
         answers = pd.DataFrame(session.execute(select(
             Prediction.created_at, Prediction.model_version, Prediction.label, Prediction.confidence,
             Feedback.label, Feedback.created_at).join(Feedback, Feedback.prediction_id == Prediction.id)).all(),
@@ -52,7 +53,7 @@ def run(home: Path, *, history: list[int]) -> dict[str, Any]:
     errors: dict[str, list[float]] = {way: [] for way in ways}
     per_check, noise = [], []
     for check in checks.itertuples():
-        if pd.isna(check.start) or thresholds.get(check.version) is None:
+        if pd.isna(check.start):
             continue
         known = answers[(answers.version == check.version) & (answers.labelled_at <= check.at)]
         window = known[(known.created_at >= check.start) & (known.created_at <= check.end)]
@@ -64,9 +65,11 @@ def run(home: Path, *, history: list[int]) -> dict[str, Any]:
                                "measured": measured}
         for way, n in zip(ways, [0, *history], strict=True):
             cal = before.head(n)
-            threshold = thresholds[check.version] if len(cal) < max(ATC_MIN_ROWS, 1) or not n else atc_threshold(
+            threshold = thresholds.get(check.version) if len(cal) < max(ATC_MIN_ROWS, 1) or not n else atc_threshold(
                 cal.confidence.to_numpy(dtype=float), (cal.label == cal.true_label).to_numpy())
-            row[way] = float((window.confidence > threshold).mean()) - measured
+            # as the check does: without a stored threshold (a version older than it), the mean confidence
+            estimate = window.confidence.mean() if threshold is None else (window.confidence > threshold).mean()
+            row[way] = float(estimate) - measured
             errors[way].append(row[way])
         noise.append(float(np.sqrt(2 / np.pi) * np.sqrt(measured * (1 - measured) / len(window))))
         per_check.append(row)

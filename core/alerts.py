@@ -39,13 +39,16 @@ def rollback_payload(previous: str, restored: str, why: str) -> dict[str, Any]:
             "from": previous, "to": restored, "reason": why}
 
 
-def claim_head(engine: Engine, *, holder: str, hold_s: float, now_due: bool = False) -> Alert | None:
-    """The oldest undelivered alert, claimed by ``holder`` for ``hold_s`` seconds; None when there is none, another
-    sender holds it, or its next attempt is not due yet (``now_due``: try it now anyway — a new alert came).
-    Claims are timed by the database's clock (``db_now``), so hosts whose clocks differ agree on who holds one."""
+def claim_head(engine: Engine, *, holder: str, hold_s: float, give_up_after: timedelta,
+               now_due: bool = False) -> Alert | None:
+    """The oldest undelivered alert raised within ``give_up_after``, claimed by ``holder`` for ``hold_s`` seconds;
+    None when there is none, another sender holds it, or its next attempt is not due yet (``now_due``: try it now
+    anyway — a new alert came). Older ones are never sent (``give_up_expired`` gives them up). Claims are timed by
+    the database's clock (``db_now``), so hosts whose clocks differ agree on who holds one."""
     with session_scope(engine) as session:
         now = db_now(session)
-        head = session.exec(select(Alert).where(Alert.status == PENDING).order_by(col(Alert.id))).first()
+        head = session.exec(select(Alert).where(Alert.status == PENDING, col(Alert.created_at) >= now - give_up_after)
+                            .order_by(col(Alert.id))).first()
         if head is None or (not now_due and head.next_attempt_at > now):
             return None
         taken = session.execute(
@@ -68,8 +71,10 @@ def give_up_expired(engine: Engine, give_up_after: timedelta) -> int:
         expired = session.exec(select(Alert).where(Alert.status == PENDING, col(Alert.created_at) < cutoff,
                                                    or_(col(Alert.claimed_until).is_(None),
                                                        col(Alert.claimed_until) < now))).all()
-        for alert in expired:
-            if session.execute(update(Alert).where(col(Alert.id) == alert.id, col(Alert.status) == PENDING)
+        for alert in expired:  # unless a sender claimed it since it was read
+            if session.execute(update(Alert).where(col(Alert.id) == alert.id, col(Alert.status) == PENDING,
+                                                   or_(col(Alert.claimed_until).is_(None),
+                                                       col(Alert.claimed_until) < now))
                                .values(status=GIVEN_UP, claimed_by=None, claimed_until=None)).rowcount == 1:
                 gone += 1
                 registry.record_event(session, kind="alert_failed", subject=str(alert.id), actor="alerts",

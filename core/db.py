@@ -93,9 +93,10 @@ def session_scope(engine: Engine) -> Iterator[Session]:
 def db_now(session: Session) -> datetime:
     """Now by the database's clock on PostgreSQL, the one clock every host that shares it reads; this host's on
     SQLite, which serves one host. Leases and alert claims compare times that different hosts wrote: by their
-    own clocks, a host a minute fast would take a lease or a claim another host still holds."""
+    own clocks, a host a minute fast would take a lease or a claim another host still holds. The statement's time,
+    not ``now()``'s transaction start: a caller's transaction that ran a while first is not back-dated."""
     if session.get_bind().dialect.name == "postgresql":
-        return session.execute(text("SELECT now()")).scalar_one().astimezone(timezone.utc)
+        return session.execute(text("SELECT statement_timestamp()")).scalar_one().astimezone(timezone.utc)
     return datetime.now(timezone.utc)
 
 

@@ -25,7 +25,7 @@ from refitd.core.credentials import redact_url
 from refitd.core.errors import ConfigError
 from refitd.core.leases import holder_name
 from refitd.core.settings import Settings
-from refitd.core.tables import Alert, utcnow
+from refitd.core.tables import Alert
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,11 @@ class Sender:
 
     def deliver(self, *, now_due: bool = False, limit: int = 100) -> dict[str, int]:
         """Send waiting alerts oldest first until one fails, none is due, or ``limit``; return the counts."""
-        # never sent that late; once per pass: what expires during it is given up by the next one (30 s on)
+        # Never sent that late: what expires during this pass is skipped by claim_head and given up by the next pass.
         counts = {"delivered": 0, "failed": 0, "given_up": outbox.give_up_expired(self.engine, self.give_up_after)}
         for _ in range(limit):
             alert = outbox.claim_head(self.engine, holder=self.holder, hold_s=self.hold_s,
-                                      now_due=now_due and not counts["delivered"])
+                                      give_up_after=self.give_up_after, now_due=now_due and not counts["delivered"])
             if alert is None:
                 break
             tries, error, permanent = self._post(alert)
@@ -114,11 +114,12 @@ class Sender:
                     return attempt, f"{error} (the round ran out of time)", False
         return self.tries, error, False
 
-    @staticmethod
-    def _body(alert: Alert) -> dict[str, Any]:
-        """The stored payload, with the alert's id and when it was raised; a late delivery says so in its text."""
+    def _body(self, alert: Alert) -> dict[str, Any]:
+        """The stored payload, with the alert's id and when it was raised; a late delivery says so in its text.
+        Late by the database's clock, which set both times (the claim's start and the raising), not this host's."""
         body = dict(alert.payload) | {"alert_id": alert.id, "raised_at": alert.created_at.isoformat()}
-        if (utcnow() - alert.created_at).total_seconds() > LATE_S and "text" in body:
+        claimed_at = alert.claimed_until - timedelta(seconds=self.hold_s) if alert.claimed_until else alert.created_at
+        if (claimed_at - alert.created_at).total_seconds() > LATE_S and "text" in body:
             body["text"] = f"{body['text']} (raised {alert.created_at:%Y-%m-%d %H:%M:%S} UTC; delivered late)"
         return body
 

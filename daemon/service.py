@@ -24,7 +24,7 @@ from refitd.core.db import engine_for, session_scope, upgrade
 from refitd.core.registration import sweep
 from refitd.core.settings import Settings
 from refitd.core.tables import utcnow
-from refitd.daemon import jobs
+from refitd.daemon import drift, jobs
 from refitd.daemon.jobs import JOB_TABLE
 from refitd.daemon.jobstore import SettingsJobStore, StoreTolerantScheduler
 from refitd.daemon.launcher import RefitLauncher
@@ -97,15 +97,16 @@ class Daemon:
     def _sweep_artifacts(self) -> None:
         """Clear what a crash left: stale scratch folders and folders no registry row names in the artifact store,
         unfinished copies of the reference dataset there and in the home; each sweep on its own."""
-        swept: list = []
         for what, clear in (("the artifact store", lambda: sweep(self.engine, self.serving.plane.store)),
-                            ("the home's reference folder", lambda: reference_info.sweep(self.settings))):
+                            ("the home's reference folder", lambda: reference_info.sweep(self.settings)),
+                            ("the drift reference cache", lambda: drift.sweep(self.settings))):
             try:
-                swept += clear()
+                swept = clear()
             except Exception:  # noqa: BLE001 - leftovers cost disk space, not correctness: serve anyway
                 log.exception("could not sweep %s", what)
-        if swept:
-            log.info("artifact store swept: %s", ", ".join(p.name for p in swept))
+                continue
+            if swept:
+                log.info("%s swept: %s", what[0].upper() + what[1:], ", ".join(p.name for p in swept))
 
     def _start_when_serving(self) -> None:
         while not self.server.started and not self.server.should_exit:

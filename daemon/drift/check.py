@@ -35,6 +35,7 @@ from refitd.core import reference as refdata
 from refitd.core.db import session_scope
 from refitd.core.errors import NoChampionError
 from refitd.core.labels import predictions_with_labels
+from refitd.daemon.drift import CACHE_SCRATCH_PREFIX
 from refitd.core.settings import Settings
 from refitd.core.tables import DriftCheck, ModelVersion, RefitRun, utcnow
 from refitd.daemon.alerts import Sender
@@ -80,9 +81,12 @@ def reference_for(settings: Settings, champion: ModelVersion, engine: Engine) ->
     frame, emb = score(runtime, rows["text"].tolist())
     cache.parent.mkdir(parents=True, exist_ok=True)
     # Written aside and renamed: a check stopped mid-write (its timeout, a daemon stop) leaves no torn cache.
-    scratch = cache.with_name(f".{cache.name}.{os.getpid()}")
-    frame.assign(embedding=[e.astype(np.float16).tobytes() for e in emb]).to_parquet(scratch)
-    os.replace(scratch, cache)
+    scratch = cache.with_name(f"{CACHE_SCRATCH_PREFIX}{cache.name}.{os.getpid()}")
+    try:
+        frame.assign(embedding=[e.astype(np.float16).tobytes() for e in emb]).to_parquet(scratch)
+        os.replace(scratch, cache)
+    finally:  # a failed write (a full disk) leaves nothing behind; a killed one is swept at the next start
+        scratch.unlink(missing_ok=True)
     cache.with_suffix(".json").write_text(json.dumps(provenance | {"rows": len(frame)}, default=str))
     log.info("drift reference for %s: %d rows, %s", champion.version, len(frame), provenance["source"])
     return frame, emb

@@ -32,6 +32,8 @@ from refitd.daemon.alerts import Sender
 from refitd.daemon.status import gather_status, render_status
 from tests.conftest import free_port
 
+DAY = timedelta(hours=24)
+
 
 class Receiver:
     """A real HTTP server on a loopback port (a free one unless given) that keeps what it is sent."""
@@ -219,12 +221,12 @@ def test_two_senders_never_hold_one_alert_at_once(tmp_path, db_url) -> None:
     _raise(settings, "only one")
     one, other = Sender(settings, engine), Sender(settings, engine)  # built on one thread, as a job's would be
     assert one.holder != other.holder
-    mine = alerts.claim_head(engine, holder=one.holder, hold_s=0.5)
+    mine = alerts.claim_head(engine, holder=one.holder, hold_s=0.5, give_up_after=DAY)
     assert mine is not None and mine.claimed_by == one.holder
-    assert alerts.claim_head(engine, holder=other.holder, hold_s=30) is None  # held: it waits
-    assert alerts.claim_head(engine, holder=one.holder, hold_s=30, now_due=True) is None  # once
+    assert alerts.claim_head(engine, holder=other.holder, hold_s=30, give_up_after=DAY) is None  # held: it waits
+    assert alerts.claim_head(engine, holder=one.holder, hold_s=30, give_up_after=DAY, now_due=True) is None  # once
     time.sleep(0.6)
-    theirs = alerts.claim_head(engine, holder=other.holder, hold_s=30)  # the first died: lapsed
+    theirs = alerts.claim_head(engine, holder=other.holder, hold_s=30, give_up_after=DAY)  # the first died: lapsed
     assert theirs is not None and theirs.id == mine.id and theirs.claimed_by == other.holder
     # A lost claim writes nothing: no status, no events (a false "given up" for an alert the other one delivers).
     assert not alerts.mark_delivered(engine, mine, holder=one.holder, tries=1, shown="x")
@@ -232,7 +234,16 @@ def test_two_senders_never_hold_one_alert_at_once(tmp_path, db_url) -> None:
                               give_up_after=timedelta(0)) is None
     assert _events(settings, "alert_failed") == [] and _events(settings, "alert_delayed") == []
     assert alerts.mark_delivered(engine, theirs, holder=other.holder, tries=1, shown="x")
-    assert alerts.claim_head(engine, holder=one.holder, hold_s=30, now_due=True) is None
+    assert alerts.claim_head(engine, holder=one.holder, hold_s=30, give_up_after=DAY, now_due=True) is None
+
+    # Past its deadline an alert is never claimed, and one a sender claimed just before is not given up under it.
+    _raise(settings, "late")
+    time.sleep(0.3)
+    assert alerts.claim_head(engine, holder=one.holder, hold_s=30, give_up_after=timedelta(seconds=0.2),
+                             now_due=True) is None
+    held = alerts.claim_head(engine, holder=one.holder, hold_s=30, give_up_after=DAY, now_due=True)
+    assert held is not None and alerts.give_up_expired(engine, timedelta(seconds=0.2)) == 0
+    assert _events(settings, "alert_failed") == []
 
 
 def test_a_failing_webhook_never_shows_its_url(tmp_path, caplog) -> None:

@@ -27,6 +27,14 @@ def test_leftovers_are_swept_at_start(daemon_home: Path) -> None:  # noqa: F811
     fresh = store.staging("candidate")  # a refit exporting right now, in another process
     shutil.copytree(store.path("v1"), store.root / "v2")  # published, killed before its row was committed
     assert store.versions() == ["v1", "v2"]
+    drift = daemon_home / "drift"  # a drift check killed while writing its reference cache, and one writing now
+    drift.mkdir()
+    killed, writing, other = (drift / ".reference-v1.parquet.4242", drift / ".reference-v1.parquet.4343",
+                              drift / ".nfs0001")
+    for p in (killed, writing, other):
+        p.write_bytes(b"partial")
+    os.utime(killed, (0, 0))
+    os.utime(other, (0, 0))
     ended = subprocess.Popen([sys.executable, "-c", "pass"])  # a refit killed with the daemon that ran it
     ended.wait()
     engine = make_engine(Settings.load(home=daemon_home).database_url)
@@ -42,7 +50,9 @@ def test_leftovers_are_swept_at_start(daemon_home: Path) -> None:  # noqa: F811
     assert store.versions() == ["v1"] and store.verify("v1")
     assert not stale.exists() and fresh.is_dir()
     assert [p.name[: len(".orphan-v2-")] for p in store.root.glob(".orphan-*")] == [".orphan-v2-"]
-    assert "artifact store swept" in Path(daemon.log_path).read_text()  # type: ignore[attr-defined]
+    assert not killed.exists() and writing.is_file() and other.is_file()
+    log = Path(daemon.log_path).read_text()  # type: ignore[attr-defined]
+    assert "artifact store swept" in log and "drift reference cache swept: .reference-v1.parquet.4242" in log
     with session_scope(engine) as s:
         run = s.get(RefitRun, run_id)
         assert run.status == "failed" and "has ended without recording an outcome" in run.reason
