@@ -1,7 +1,7 @@
 """One drift check: the current window of served predictions against the champion's reference.
 
-The reference (:func:`reference_rows`: the champion's training rows, or the production traffic it
-was refit on) is scored by the champion's ONNX model (labels, calibrated confidence, pooled
+The reference (:func:`~refitd.daemon.drift.baseline.reference_rows`: the champion's training rows, or the
+production traffic it was refit on) is scored by the champion's ONNX model (labels, calibrated confidence, pooled
 embeddings) and cached per champion version under ``<home>/drift``; beside it, its calibration
 (the null of every signal at the window size, ``calibration``), rebuilt when the reference, the
 window sizes or the false-alarm settings change. The window is seen as the champion sees it
@@ -21,26 +21,25 @@ import os
 import time
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, select
-from sqlmodel import Session, col
+from sqlalchemy import Engine
+from sqlmodel import Session
 
 from refitd.core import alerts, registry
-from refitd.core.artifacts import TRAIN_ROWS_FILE, ArtifactStore
-from refitd.core import reference as refdata
+from refitd.core.artifacts import ArtifactStore
 from refitd.core.db import session_scope
 from refitd.core.errors import NoChampionError
 from refitd.core.labels import predictions_with_labels
 from refitd.daemon.drift import CACHE_SCRATCH_PREFIX
 from refitd.core.settings import Settings
-from refitd.core.tables import DriftCheck, ModelVersion, RefitRun, utcnow
+from refitd.core.tables import DriftCheck, ModelVersion, utcnow
 from refitd.daemon.alerts import Sender
 from refitd.daemon.drift import report
 from refitd.daemon.drift.alerts import drift_payload
+from refitd.daemon.drift.baseline import reference_rows
 from refitd.daemon.drift.calibration import METHODS, VERSION, Calibration, Reference, calibrate, judge, scores
 from refitd.daemon.drift.performance import performance
 from refitd.daemon.drift.signals import (Signal, add_descriptors, calibrated_verdict, embedding_signal, specs_from,
@@ -67,8 +66,8 @@ def embeddings_of(frame: pd.DataFrame) -> np.ndarray:
 
 
 def reference_for(settings: Settings, champion: ModelVersion, engine: Engine) -> tuple[pd.DataFrame, np.ndarray]:
-    """The champion's reference rows (:func:`reference_rows`) scored by the champion; cached per version,
-    with where the rows came from in ``reference-<version>.json`` beside them."""
+    """The champion's reference rows (:func:`~refitd.daemon.drift.baseline.reference_rows`) scored by the
+    champion; cached per version, with where the rows came from in ``reference-<version>.json`` beside them."""
     cache = settings.home / "drift" / f"reference-{champion.version}.parquet"
     if cache.is_file():
         try:
@@ -96,72 +95,6 @@ def reference_provenance(settings: Settings, version: str) -> dict[str, Any]:
     """Where a cached reference's rows came from (empty when it predates this record)."""
     path = settings.home / "drift" / f"reference-{version}.json"
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def reference_rows(settings: Settings, champion: ModelVersion, folder: Path, engine: Engine) -> tuple[pd.DataFrame, dict]:
-    """The rows a champion is checked against (README, Drift checks, "The reference").
-
-    A champion trained on production labels that arrived since its parent (at least ``drift.min_labels``
-    of them) is checked against the production traffic it was trained and tested on: the newest
-    ``drift.reference_size`` predictions logged after its parent was registered and before its refit
-    started (traffic after that was neither trained nor tested on, and is what the first checks of the
-    new champion see), when at least ``drift.min_window`` were. When the parent's checks had found drift
-    up to the refit, the reference starts where that drift began (:func:`drift_onset`) if at least
-    ``drift.min_window`` rows came since: a refit soon after a shift would otherwise take a reference
-    that reaches back into the traffic before it, and the new champion's checks would read the
-    difference as drift. Any other champion — the first, one trained without new
-    labels — against a sample of its own training rows.
-    """
-    if (folder / TRAIN_ROWS_FILE).is_file():
-        trained = pd.read_parquet(folder / TRAIN_ROWS_FILE)
-    else:  # an artifact from before training rows were stored: the reference dataset's training split
-        data = refdata.load(settings, first_use=False)  # a check never stores (or publishes) what it read
-        trained = data[data["split"] == "train"]
-    d = settings.drift
-    new_labels = int((trained["source"] == "feedback_new").sum()) if "source" in trained else 0
-    if new_labels >= d.min_labels and champion.parent:
-        with session_scope(engine) as session:
-            parent = session.scalars(select(ModelVersion).where(ModelVersion.version == champion.parent)).first()
-            refit = session.scalars(select(RefitRun.created_at).where(RefitRun.candidate_version == champion.version)
-                                    .order_by(col(RefitRun.id).desc())).first()
-            end = refit or champion.created_at
-            onset = drift_onset(session, champion.parent, before=end)
-            since = [s for s in (parent.created_at if parent else None, onset) if s is not None]
-            traffic = predictions_with_labels(session, unlabelled=True, latest=d.reference_size,
-                                              after=max(since) if since else None, before=end)
-            if onset is not None and len(traffic) < d.min_window:  # too little since the shift: reach back
-                onset = None
-                traffic = predictions_with_labels(session, unlabelled=True, latest=d.reference_size,
-                                                  after=parent.created_at if parent else None, before=end)
-        if len(traffic) >= d.min_window:
-            return traffic[["text"]], {
-                "source": "production traffic before the refit" + (" since the drift began" if onset else ""),
-                "trained_on_new_labels": new_labels, "drift_onset": onset,
-                "from": traffic["created_at"].min(), "to": traffic["created_at"].max(),
-                "served_by": sorted(traffic["model_version"].unique().tolist())}
-    sample = trained.sample(n=min(d.reference_size, len(trained)), random_state=0)
-    return sample, {"source": "training rows", "trained_on_new_labels": new_labels}
-
-
-def drift_onset(session: Session, version: str, *, before: Any) -> Any:
-    """Where the drift that ``version``'s last checks before ``before`` found began; None when the last of
-    them found no drift.
-
-    The unbroken run of checks whose own finding was "drifted" (hysteresis aside; checks with too little
-    data neither break nor join it) ends with the last check before ``before``. The drift began after the
-    clean check before that run — its window's end — and no earlier than the first drifted window's
-    start: a window is the newest rows, so the first window to find a shift mostly holds the traffic
-    before it. With no clean check on record, the first drifted window's start."""
-    checks = session.scalars(select(DriftCheck).where(DriftCheck.model_version == version,
-                                                      DriftCheck.verdict != "insufficient_data",
-                                                      col(DriftCheck.created_at) < before)
-                             .order_by(col(DriftCheck.id).desc()).limit(500)).all()
-    onset = None
-    for check in checks:
-        if (check.signals.get("_verdict") or {}).get("found", check.verdict) != "drifted":
-            return max(onset, check.window_end) if onset is not None and check.window_end is not None else onset
-        onset = check.window_start
-    return onset
 
 
 def champion_runtime(settings: Settings, champion: ModelVersion) -> OnnxClassifier:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pandas as pd
-from sqlmodel import select
+from sqlmodel import col, delete, select
 
 from refitd.core import registry
 from refitd.core.artifacts import TRAIN_ROWS_FILE, ArtifactStore
@@ -18,6 +19,7 @@ from refitd.core.db import make_engine, session_scope, upgrade
 from refitd.core.registration import register_candidate
 from refitd.core.settings import Settings
 from refitd.core.tables import Prediction, RefitRun, new_prediction_id, utcnow
+from refitd.daemon.drift.baseline import reference_rows, traffic_file
 from refitd.daemon.drift.check import champion_view, run_check
 from refitd.daemon.drift.performance import performance
 from refitd.daemon.drift.report import workspace_project
@@ -281,6 +283,17 @@ def test_a_champion_trained_on_new_labels_is_checked_against_the_traffic_it_lear
     assert pd.Timestamp(settled.signals["_reference"]["to"]).tz_localize(None) < pd.Timestamp(started).tz_localize(None)
     assert settled.signals["_verdict"]["found"] == "not_drifted", settled.reason
 
+    # Retention prunes the unlabelled traffic the reference came from, and the scored copy is lost (a new host,
+    # a wiped disk): the rebuilt reference is the same published rows, not the training rows it would fall to.
+    reference, _ = reference_rows(settings, v2, store.path(v2.version), engine)
+    with session_scope(engine) as s:
+        s.execute(delete(Prediction).where(col(Prediction.created_at) < started))
+    shutil.rmtree(settings.home / "drift")
+    rebuilt, meta = reference_rows(settings, v2, store.path(v2.version), engine)
+    assert meta["source"] == "production traffic before the refit"
+    assert rebuilt["text"].tolist() == reference["text"].tolist() and len(rebuilt) == 600
+    assert (store.root / "reference" / traffic_file(v2.version)).is_file()
+
     _log(settings, runtime, new_mix["text"].iloc[900:1000].tolist() + further["text"].tolist(), utcnow())
     shifted = run_check(settings, engine)
     assert shifted.signals["_verdict"]["found"] == "drifted", shifted.reason
@@ -290,7 +303,7 @@ def test_the_new_champions_reference_starts_where_the_drift_began(tmp_path: Path
     """A refit soon after a shift: the reference is the traffic since the drift began, not the newest
     ``reference_size`` rows, which would reach back into the traffic before the shift."""
     from refitd.core.tables import DriftCheck
-    from refitd.daemon.drift.check import drift_onset, reference_rows
+    from refitd.daemon.drift.baseline import drift_onset
 
     corpus = load_bundled_corpus()
     airline = corpus[corpus["topic"] == "airline"].sample(700, random_state=3)
