@@ -37,6 +37,11 @@ JOB_TABLE = "apscheduler_jobs"  # APScheduler's job store table in the refitd da
 ALERT_DELIVERY_S = 30  # how often the outbox is looked at for alerts that did not go out at once
 
 
+def followup_s(drift_interval_minutes: float) -> int:
+    """How often a drifted verdict's refit is looked at between checks: a quarter of the interval, 5 to 60 s."""
+    return round(max(5.0, min(60.0, drift_interval_minutes * 60 / 4)))
+
+
 @dataclass
 class Context:
     settings: Settings
@@ -110,6 +115,12 @@ def drift_check(ctx: Context) -> dict[str, Any]:
             "refit": decision.start, "decision": decision.reason}
 
 
+def drift_followup(ctx: Context) -> dict[str, Any] | None:
+    """A drift refit that waits only for labels starts once they are in, not at the next check."""
+    decision = triggers.follow_up_drift(ctx.settings, ctx.engine, ctx.launcher)
+    return None if decision is None else {"refit": decision.start, "decision": decision.reason}
+
+
 def label_check(ctx: Context) -> dict[str, Any]:
     """Start a refit once enough new labels arrived (scheduler.label_trigger)."""
     decision = triggers.consider(ctx.settings, ctx.engine, ctx.launcher, "labels")
@@ -160,7 +171,7 @@ def retention(ctx: Context) -> dict[str, Any]:
 JOBS: dict[str, Callable[[Context], Any]] = {
     "drift_check": drift_check, "label_check": label_check, "scheduled_refit": scheduled_refit,
     "promotion_watch": promotion_watch, "shadow_watch": shadow_watch, "retention": retention,
-    "alert_delivery": alert_delivery,
+    "alert_delivery": alert_delivery, "drift_followup": drift_followup,
 }
 
 
@@ -169,6 +180,7 @@ def wanted(settings: Settings) -> dict[str, BaseTrigger]:
     s = settings.scheduler
     jobs: dict[str, BaseTrigger] = {
         "drift_check": IntervalTrigger(seconds=round(s.drift_interval_minutes * 60)),
+        "drift_followup": IntervalTrigger(seconds=followup_s(s.drift_interval_minutes)),
         "promotion_watch": IntervalTrigger(seconds=round(s.watch_interval_minutes * 60)),
         "shadow_watch": IntervalTrigger(seconds=round(s.watch_interval_minutes * 60)),
         "retention": IntervalTrigger(hours=6),

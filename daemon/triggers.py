@@ -10,6 +10,9 @@ A drift or label refit after one whose candidate does not serve (the gate reject
 back) also waits for ``refit.retry_new_labels`` labels newer than that candidate's snapshot: a refit is
 deterministic, and on the same data it would be refused, or promoted and rolled back, again.
 
+Between checks, the ``drift_followup`` job starts a drift refit that waited only for labels as soon as they are in
+(:func:`follow_up_drift`), not at the next check: at the default ten-minute interval that was up to ten minutes.
+
 All three respect the cooldown between refit starts and the one-refit-at-a-time lease, and wait while a
 candidate is scored in shadow (``gate.shadow_minutes``): its verdict comes first.
 """
@@ -29,7 +32,7 @@ from refitd.core.labels import count_labels_since
 from refitd.core.reference_info import current as current_reference
 from refitd.core.settings import Settings
 from refitd.core.tables import Event, ModelVersion, RefitRun, VersionStatus, utcnow
-from refitd.daemon.drift.verdict import drift_held_over, pending_drift
+from refitd.daemon.drift.verdict import drift_held_over, drift_waiting_for_a_refit, pending_drift
 from refitd.daemon.launcher import RefitLauncher
 
 log = logging.getLogger(__name__)
@@ -154,17 +157,30 @@ def decide(settings: Settings, engine: Engine, launcher: RefitLauncher, trigger:
 
 
 def consider(settings: Settings, engine: Engine, launcher: RefitLauncher, trigger: str, *,
-             drift_verdict: str | None = None) -> Decision:
-    """Decide, then start the refit or record why not; returns the decision."""
+             drift_verdict: str | None = None, quiet: bool = False) -> Decision:
+    """Decide, then start the refit or record why not; returns the decision. ``quiet``: a decision not to start
+    is only logged at debug level (a follow-up between checks, whose check records its own decision)."""
     decision = decide(settings, engine, launcher, trigger, drift_verdict=drift_verdict)
     if decision.start:
         started, where = launcher.start(trigger, decision.reason)
         if not started:  # lost the lease to another process between deciding and starting
             decision = Decision(False, f"{trigger}: skipped, {where}")
-    log.info("%s", decision.reason)
-    if not decision.start and not decision.routine:
+    log.log(logging.DEBUG if quiet and not decision.start else logging.INFO, "%s", decision.reason)
+    if not decision.start and not decision.routine and not quiet:
         with session_scope(engine) as session:
             registry.record_event(session, kind="refit_skipped", subject=trigger, reason=decision.reason,
                                   actor="daemon")
     return decision
 
+
+
+def follow_up_drift(settings: Settings, engine: Engine, launcher: RefitLauncher) -> Decision | None:
+    """Between checks: when the newest check (within two drift intervals) found drift itself, decide on a drift
+    refit again — it starts once ``refit.min_new_labels`` labels are in; a decision not to start records no event
+    (the checks record theirs). None when there is no such check."""
+    since = utcnow() - timedelta(minutes=2 * settings.scheduler.drift_interval_minutes)
+    with session_scope(engine) as session:
+        check = drift_waiting_for_a_refit(session, since=since)
+    if check is None:
+        return None
+    return consider(settings, engine, launcher, "drift", drift_verdict="drifted", quiet=True)

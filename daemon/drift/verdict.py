@@ -58,6 +58,15 @@ def drift_held_over(session: Session) -> str | None:
             f"{held.get('needs')} checks in a row say not drifted (drift.consecutive)")
 
 
+def drift_waiting_for_a_refit(session: Session, *, since) -> DriftCheck | None:  # type: ignore[no-untyped-def]
+    """The newest check, when it was written after ``since`` and its verdict is drift it found itself (not held
+    over from earlier checks): what a refit on drift may still be waiting to start for; else None."""
+    last = _newest(session)
+    if last is None or last.verdict != "drifted" or last.created_at < since:
+        return None
+    return last if (last.signals.get("_verdict") or {}).get("found", "drifted") == "drifted" else None
+
+
 def last_verdict(session: Session) -> str | None:
     """The verdict of the newest check that had enough data (an alert fires when this changes)."""
     last = _newest(session)

@@ -50,8 +50,8 @@ def _started(settings: Settings):  # type: ignore[no-untyped-def]
 def test_rows_are_json_and_next_run_times_survive_a_restart(tmp_path: Path) -> None:
     settings = _settings(tmp_path, label_trigger=500)
     scheduler, engine, actions = _started(settings)
-    assert actions == {"drift_check": "added", "promotion_watch": "added", "shadow_watch": "added", "retention": "added",
-                       "label_check": "added"}
+    assert actions == {"drift_check": "added", "drift_followup": "added", "promotion_watch": "added",
+                       "shadow_watch": "added", "retention": "added", "label_check": "added"}
     before = {j.id: j.next_run_time for j in scheduler.get_jobs()}
     scheduler.shutdown(wait=False)
     rows = _rows(engine)
@@ -81,7 +81,8 @@ def test_a_hostile_row_is_dropped_without_being_loaded(tmp_path: Path) -> None:
     scheduler, engine, actions = _started(settings)
     assert not marker.exists()
     assert actions["drift_check"] == "added" and actions["retention"] == "added" and "extra" not in actions
-    assert sorted(j.id for j in scheduler.get_jobs()) == ["drift_check", "promotion_watch", "retention", "shadow_watch"]
+    assert sorted(j.id for j in scheduler.get_jobs()) == ["drift_check", "drift_followup", "promotion_watch", "retention",
+                                                          "shadow_watch"]
     assert all(j.func_ref == "refitd.daemon.jobs:run_job" for j in scheduler.get_jobs())
     scheduler.shutdown(wait=False)
 

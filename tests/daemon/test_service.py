@@ -158,7 +158,7 @@ def test_schedule_survives_restart_and_a_failing_job_is_an_event(daemon_home: Pa
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url)
-        first = wait_for(lambda: len(_jobs(settings)) == 6 and _jobs(settings), what="six stored jobs")
+        first = wait_for(lambda: len(_jobs(settings)) == 7 and _jobs(settings), what="seven stored jobs")
         cron_next = dict(first)["scheduled_refit"]
         # A file where the drift folder belongs makes the drift job raise: an event, and the daemon keeps serving.
         shutil.rmtree(daemon_home / "drift", ignore_errors=True)
@@ -179,7 +179,7 @@ def test_schedule_survives_restart_and_a_failing_job_is_an_event(daemon_home: Pa
         assert r.status_code == 200 and daemon.poll() is None
     finally:
         assert stop(daemon) == 0
-    # Restart with the same settings: the same six jobs, none doubled, the cron job's next run kept.
+    # Restart with the same settings: the same seven jobs, none doubled, the cron job's next run kept.
     daemon = start_daemon(daemon_home, port, **env)
     try:
         wait_ready(url)

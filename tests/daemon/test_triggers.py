@@ -65,6 +65,40 @@ def test_drift_needs_enough_new_labels_and_respects_the_cooldown(home: Settings)
     assert len(reasons) == 2 and "too few labels" in reasons[0] and "cooldown" in reasons[1]  # every skip, with why
 
 
+def test_a_drift_refit_waiting_for_labels_starts_once_they_are_in_not_at_the_next_check(home: Settings,
+                                                                                     monkeypatch) -> None:
+    """The follow-up between checks: the newest check found drift, too few labels then; once they arrive the refit
+    starts at the follow-up (the launch is recorded, not run), and the waits before it are no events."""
+    from refitd.core.tables import DriftCheck
+    from refitd.daemon.triggers import follow_up_drift
+
+    engine = make_engine(home.database_url)
+    launcher = RefitLauncher(home, engine)
+    launched: list[tuple[str, str]] = []
+    monkeypatch.setattr(launcher, "start", lambda trigger, reason: (launched.append((trigger, reason)), (True, "")))
+    assert follow_up_drift(home, engine, launcher) is None  # no check yet
+
+    def check(found: str, verdict: str, minutes_ago: float = 0) -> None:
+        with session_scope(engine) as s:
+            s.add(DriftCheck(model_version="v1", verdict=verdict, signals={"_verdict": {"found": found}},
+                             created_at=utcnow() - timedelta(minutes=minutes_ago)))
+
+    check("drifted", "drifted")
+    waiting = follow_up_drift(home, engine, launcher)
+    assert waiting is not None and not waiting.start and "too few labels" in waiting.reason and not launched
+    check("not_drifted", "drifted")  # held over: the new window was clean, no reason to refit
+    _labels(home, 5)
+    assert follow_up_drift(home, engine, launcher) is None
+    check("drifted", "drifted", minutes_ago=2 * home.scheduler.drift_interval_minutes + 1)  # stale: checks stopped
+    assert follow_up_drift(home, engine, launcher) is None
+    check("drifted", "drifted")
+    started = follow_up_drift(home, engine, launcher)
+    assert started is not None and started.start and launched == [("drift", started.reason)]
+    assert "the window drifted and 5 new labels arrived" in started.reason
+    with session_scope(engine) as s:
+        assert s.exec(select(Event).where(Event.kind == "refit_skipped")).all() == []  # the waits were quiet
+
+
 def test_labels_count_as_new_from_the_newest_label_the_champions_refit_read(home: Settings) -> None:
     engine = make_engine(home.database_url)
     launcher = RefitLauncher(home, engine)
