@@ -41,15 +41,22 @@ def rollback_payload(previous: str, restored: str, why: str) -> dict[str, Any]:
 
 def claim_head(engine: Engine, *, holder: str, hold_s: float, give_up_after: timedelta,
                now_due: bool = False) -> Alert | None:
-    """The oldest undelivered alert raised within ``give_up_after``, claimed by ``holder`` for ``hold_s`` seconds;
-    None when there is none, another sender holds it, or its next attempt is not due yet (``now_due``: try it now
-    anyway — a new alert came). Older ones are never sent (``give_up_expired`` gives them up). Claims are timed by
-    the database's clock (``db_now``), so hosts whose clocks differ agree on who holds one."""
+    """The oldest undelivered alert, claimed by ``holder`` for ``hold_s`` seconds; None when there is none, another
+    sender holds it, or its next attempt is not due yet (``now_due``: try it now anyway — a new alert came). A head
+    raised longer than ``give_up_after`` ago that nobody holds is given up here (never sent that late) and the next
+    one looked at; one that another sender holds still holds the rest back, so the order is kept. Claims are timed
+    by the database's clock (``db_now``), so hosts whose clocks differ agree on who holds one."""
     with session_scope(engine) as session:
-        now = db_now(session)
-        head = session.exec(select(Alert).where(Alert.status == PENDING, col(Alert.created_at) >= now - give_up_after)
-                            .order_by(col(Alert.id))).first()
-        if head is None or (not now_due and head.next_attempt_at > now):
+        while True:
+            now = db_now(session)
+            head = session.exec(select(Alert).where(Alert.status == PENDING).order_by(col(Alert.id))).first()
+            if head is None:
+                return None
+            if head.created_at >= now - give_up_after:
+                break
+            if not _give_up(session, head, now, give_up_after):
+                return None  # another sender holds it
+        if not now_due and head.next_attempt_at > now:
             return None
         taken = session.execute(
             update(Alert).where(col(Alert.id) == head.id, col(Alert.status) == PENDING,
@@ -64,24 +71,24 @@ def claim_head(engine: Engine, *, holder: str, hold_s: float, give_up_after: tim
 def give_up_expired(engine: Engine, give_up_after: timedelta) -> int:
     """Give up the waiting alerts raised longer than ``give_up_after`` ago that no sender holds (each an
     ``alert_failed`` event): a page days late misleads more than it helps. Runs without a receiver too (retention)."""
-    gone = 0
     with session_scope(engine) as session:
         now = db_now(session)
-        cutoff = now - give_up_after
-        expired = session.exec(select(Alert).where(Alert.status == PENDING, col(Alert.created_at) < cutoff,
-                                                   or_(col(Alert.claimed_until).is_(None),
-                                                       col(Alert.claimed_until) < now))).all()
-        for alert in expired:  # unless a sender claimed it since it was read
-            if session.execute(update(Alert).where(col(Alert.id) == alert.id, col(Alert.status) == PENDING,
-                                                   or_(col(Alert.claimed_until).is_(None),
-                                                       col(Alert.claimed_until) < now))
-                               .values(status=GIVEN_UP, claimed_by=None, claimed_until=None)).rowcount == 1:
-                gone += 1
-                registry.record_event(session, kind="alert_failed", subject=str(alert.id), actor="alerts",
-                                      reason=f"alert {alert.id} ({alert.kind}) given up: not delivered within "
-                                             f"{_hours(give_up_after)} ({alert.attempts} tries; last error: "
-                                             f"{alert.last_error or 'none, never sent'})", data={"alert": alert.payload})
-    return gone
+        expired = session.exec(select(Alert).where(Alert.status == PENDING,
+                                                   col(Alert.created_at) < now - give_up_after)).all()
+        return sum(_give_up(session, alert, now, give_up_after) for alert in expired)
+
+
+def _give_up(session: Session, alert: Alert, now: datetime, give_up_after: timedelta) -> bool:
+    """Give up ``alert`` unless a sender holds it (it may be getting through right now); True when given up."""
+    if session.execute(update(Alert).where(col(Alert.id) == alert.id, col(Alert.status) == PENDING,
+                                           or_(col(Alert.claimed_until).is_(None), col(Alert.claimed_until) < now))
+                       .values(status=GIVEN_UP, claimed_by=None, claimed_until=None)).rowcount != 1:
+        return False
+    registry.record_event(session, kind="alert_failed", subject=str(alert.id), actor="alerts",
+                          reason=f"alert {alert.id} ({alert.kind}) given up: not delivered within "
+                                 f"{_hours(give_up_after)} ({alert.attempts} tries; last error: "
+                                 f"{alert.last_error or 'none, never sent'})", data={"alert": alert.payload})
+    return True
 
 
 def mark_delivered(engine: Engine, alert: Alert, *, holder: str, tries: int, shown: str) -> bool:

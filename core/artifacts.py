@@ -379,6 +379,26 @@ class ArtifactStore:
         finally:
             scratch.unlink(missing_ok=True)
 
+    def shared_add(self, path: Path, name: str) -> bool:
+        """Publish a local file under ``name`` unless one is there already: True when this call published it, False
+        when another writer's was there first (theirs stays). Atomic, as :meth:`shared_put`."""
+        folder = self.root / SHARED_DIR
+        scratch = folder / f"{_SCRATCH}{name}-{uuid.uuid4().hex[:8]}"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, scratch)
+            with scratch.open("rb") as fh:
+                os.fsync(fh.fileno())
+            os.link(scratch, folder / name)  # fails when the name exists: the first writer wins
+            _fsync_dir(folder)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise ArtifactError(SHARED_DIR, f"cannot write {folder / name}: {exc}") from exc
+        finally:
+            scratch.unlink(missing_ok=True)
+
     def shared_get(self, name: str, dest: Path) -> None:
         """Copy a shared file to ``dest`` (an OSError or ArtifactError when it cannot)."""
         shutil.copyfile(self.root / SHARED_DIR / name, dest)

@@ -171,6 +171,17 @@ class ObjectStoreArtifacts(ArtifactStore):
     def shared_put(self, path: Path, name: str) -> None:
         self._call(SHARED_DIR, lambda r: r.upload(path, f"{SHARED_DIR}/{name}"))  # one PUT: whole or not at all
 
+    def shared_add(self, path: Path, name: str) -> bool:
+        """Look, then PUT: two writers in the same instant may both upload (the later object stays); callers
+        write what they would both have computed from the same database."""
+        def add(remote: ObjectStore) -> bool:
+            if remote.exists(f"{SHARED_DIR}/{name}"):
+                return False
+            remote.upload(path, f"{SHARED_DIR}/{name}")
+            return True
+
+        return self._call(SHARED_DIR, add)
+
     def shared_get(self, name: str, dest: Path) -> None:
         self._call(SHARED_DIR, lambda r: r.download(f"{SHARED_DIR}/{name}", dest))
 

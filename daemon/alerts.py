@@ -65,7 +65,7 @@ class Sender:
 
     def deliver(self, *, now_due: bool = False, limit: int = 100) -> dict[str, int]:
         """Send waiting alerts oldest first until one fails, none is due, or ``limit``; return the counts."""
-        # Never sent that late: what expires during this pass is skipped by claim_head and given up by the next pass.
+        # Never sent that late: what expires during this pass is given up by claim_head when it reaches the head.
         counts = {"delivered": 0, "failed": 0, "given_up": outbox.give_up_expired(self.engine, self.give_up_after)}
         for _ in range(limit):
             alert = outbox.claim_head(self.engine, holder=self.holder, hold_s=self.hold_s,

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, select
 from sqlmodel import Session, col
 
 from refitd.core import reference as refdata
-from refitd.core.artifacts import TRAIN_ROWS_FILE, ArtifactStore
+from refitd.core.artifacts import MANIFEST, SHARED_DIR, TRAIN_ROWS_FILE, ArtifactStore, sha256_file
 from refitd.core.db import session_scope
 from refitd.core.errors import ArtifactError
 from refitd.core.labels import predictions_with_labels
@@ -34,9 +34,11 @@ log = logging.getLogger(__name__)
 TRAFFIC_COLUMNS = ["created_at", "model_version", "text"]
 
 
-def traffic_file(version: str) -> str:
-    """The name of ``version``'s published traffic reference in the artifact store's shared folder."""
-    return f"drift-traffic-{version}.parquet"
+def traffic_file(version: str, folder: Path) -> str:
+    """The name of ``version``'s published traffic reference in the artifact store's shared folder: the version
+    and its manifest's digest, so a version name used again (a database restored from a backup, a new home on
+    the same store) never reads another model's traffic."""
+    return f"drift-traffic-{version}-{sha256_file(folder / MANIFEST)[:12]}.parquet"
 
 
 def reference_rows(settings: Settings, champion: ModelVersion, folder: Path, engine: Engine) -> tuple[pd.DataFrame, dict]:
@@ -61,20 +63,22 @@ def reference_rows(settings: Settings, champion: ModelVersion, folder: Path, eng
     d = settings.drift
     new_labels = int((trained["source"] == "feedback_new").sum()) if "source" in trained else 0
     if new_labels >= d.min_labels and champion.parent:
-        traffic, onset = _traffic(settings, champion, engine)
+        traffic, onset, name = _traffic(settings, champion, folder, engine)
         if len(traffic) >= d.min_window:
             return traffic[["text"]], {
                 "source": "production traffic before the refit" + (" since the drift began" if onset else ""),
                 "trained_on_new_labels": new_labels, "drift_onset": onset,
                 "from": traffic["created_at"].min(), "to": traffic["created_at"].max(),
-                "served_by": sorted(traffic["model_version"].unique().tolist())}
+                "served_by": sorted(traffic["model_version"].unique().tolist()), "published": name}
     sample = trained.sample(n=min(d.reference_size, len(trained)), random_state=0)
     return sample, {"source": "training rows", "trained_on_new_labels": new_labels}
 
 
-def _traffic(settings: Settings, champion: ModelVersion, engine: Engine) -> tuple[pd.DataFrame, Any]:
-    """The production traffic before ``champion``'s refit (published, else from the log, then published) and the
-    onset of the drift it starts at (None when it reaches back before one)."""
+def _traffic(settings: Settings, champion: ModelVersion, folder: Path,
+             engine: Engine) -> tuple[pd.DataFrame, Any, str | None]:
+    """The production traffic before ``champion``'s refit — published, else from the log (then published, unless
+    another host's copy got there first: that one is used) — the onset of the drift it starts at (None when it
+    reaches back before one) and the published file's name (None when it could not be published)."""
     d = settings.drift
     with session_scope(engine) as session:
         parent = session.scalars(select(ModelVersion).where(ModelVersion.version == champion.parent)).first()
@@ -83,21 +87,26 @@ def _traffic(settings: Settings, champion: ModelVersion, engine: Engine) -> tupl
         end = refit or champion.created_at
         onset = drift_onset(session, champion.parent, before=end)
         after = parent.created_at if parent else None
-    published = _read_published(settings, champion.version)
-    if published is not None:
-        starts = published["created_at"].min() if len(published) else None
-        return published, (onset if onset is not None and starts is not None and _utc(starts) >= _utc(onset) else None)
-    with session_scope(engine) as session:
-        since = [s for s in (after, onset) if s is not None]
-        traffic = predictions_with_labels(session, unlabelled=True, latest=d.reference_size,
-                                          after=max(since) if since else None, before=end)
-        if onset is not None and len(traffic) < d.min_window:  # too little since the shift: reach back
-            onset = None
-            traffic = predictions_with_labels(session, unlabelled=True, latest=d.reference_size, after=after,
-                                              before=end)
-    if len(traffic) >= d.min_window:
-        _publish(settings, champion.version, traffic[TRAFFIC_COLUMNS])
-    return traffic, onset
+    store, name = ArtifactStore.from_settings(settings), traffic_file(champion.version, folder)
+    published = _read_published(store, name)
+    if published is None:
+        with session_scope(engine) as session:
+            since = [s for s in (after, onset) if s is not None]
+            traffic = predictions_with_labels(session, unlabelled=True, latest=d.reference_size,
+                                              after=max(since) if since else None, before=end)
+            if onset is not None and len(traffic) < d.min_window:  # too little since the shift: reach back
+                onset = None
+                traffic = predictions_with_labels(session, unlabelled=True, latest=d.reference_size, after=after,
+                                                  before=end)
+        if len(traffic) < d.min_window:
+            return traffic, onset, None  # the training rows, then; nothing published that a later check would keep
+        if _publish(settings, store, name, traffic[TRAFFIC_COLUMNS]):
+            return traffic, onset, name
+        published = _read_published(store, name)  # another host published first: every host checks against theirs
+        if published is None:
+            return traffic, onset, None
+    starts = published["created_at"].min() if len(published) else None
+    return published, (onset if onset is not None and starts is not None and _utc(starts) >= _utc(onset) else None), name
 
 
 def _utc(moment: Any) -> pd.Timestamp:
@@ -106,30 +115,35 @@ def _utc(moment: Any) -> pd.Timestamp:
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
-def _read_published(settings: Settings, version: str) -> pd.DataFrame | None:
-    """``version``'s published traffic reference; None when none was published or it cannot be read (then the
-    log is read again: a store that is down costs this check the rows retention pruned, never the check)."""
-    try:
-        data = ArtifactStore.from_settings(settings).shared_read(traffic_file(version))
-        return None if data is None else pd.read_parquet(io.BytesIO(data))[TRAFFIC_COLUMNS]
-    except (ArtifactError, OSError, ValueError, KeyError) as exc:
-        log.warning("the published drift reference of %s is unreadable (%s: %s); reading the log", version,
-                    type(exc).__name__, exc)
+def _read_published(store: ArtifactStore, name: str) -> pd.DataFrame | None:
+    """A published traffic reference; None when none was published. A store that cannot be read, or a damaged
+    file, fails the check (ArtifactError): rebuilt from a pruned log, the reference would be other rows, and the
+    cache would keep them for the champion's life."""
+    data = store.shared_read(name)
+    if data is None:
         return None
+    try:
+        return pd.read_parquet(io.BytesIO(data))[TRAFFIC_COLUMNS]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ArtifactError(SHARED_DIR, f"{store.uri(SHARED_DIR)}/{name} is not a drift reference "
+                                        f"({type(exc).__name__}: {exc}); delete it to have it built again") from None
 
 
-def _publish(settings: Settings, version: str, traffic: pd.DataFrame) -> None:
-    """Publish the traffic rows beside the models; a failure is a warning (the next check tries again)."""
+def _publish(settings: Settings, store: ArtifactStore, name: str, traffic: pd.DataFrame) -> bool:
+    """Publish the traffic rows beside the models unless another host did first; True when this call did. A
+    failure to write is a warning: this host's checks keep the rows in their cache, another host may publish."""
     folder = settings.home / "drift"
-    scratch = folder / f"{CACHE_SCRATCH_PREFIX}{traffic_file(version)}.{os.getpid()}"
+    scratch = folder / f"{CACHE_SCRATCH_PREFIX}{name}.{os.getpid()}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         traffic.to_parquet(scratch, index=False)
-        ArtifactStore.from_settings(settings).shared_put(scratch, traffic_file(version))
-        log.info("drift reference of %s published: %d rows of production traffic", version, len(traffic))
+        if not store.shared_add(scratch, name):
+            return False
+        log.info("drift reference published: %s, %d rows of production traffic", name, len(traffic))
+        return True
     except (ArtifactError, OSError) as exc:
-        log.warning("could not publish the drift reference of %s (%s: %s); the next check tries again", version,
-                    type(exc).__name__, exc)
+        log.warning("could not publish the drift reference %s (%s: %s)", name, type(exc).__name__, exc)
+        return False
     finally:
         scratch.unlink(missing_ok=True)
 

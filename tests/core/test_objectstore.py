@@ -66,6 +66,17 @@ def test_a_published_version_is_read_back_by_a_fresh_store_through_a_verified_do
     assert sorted(p.name for p in reader.root.iterdir()) == ["v1"]  # no scratch left behind
 
 
+def test_a_shared_file_added_by_two_hosts_keeps_the_first(models_url, tmp_path) -> None:
+    one, other = _store(models_url, tmp_path / "one"), _store(models_url, tmp_path / "other")
+    first, second = tmp_path / "first.bin", tmp_path / "second.bin"
+    first.write_bytes(b"first")
+    second.write_bytes(b"second")
+    assert other.shared_read("drift-traffic-v1-x.parquet") is None
+    assert one.shared_add(first, "drift-traffic-v1-x.parquet")
+    assert not other.shared_add(second, "drift-traffic-v1-x.parquet")
+    assert other.shared_read("drift-traffic-v1-x.parquet") == b"first"
+
+
 def test_a_version_without_its_manifest_is_invisible(models_url, s3_server, tmp_path) -> None:
     _publish(models_url, tmp_path)
     bucket, prefix = _bucket_and_prefix(models_url)

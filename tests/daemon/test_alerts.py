@@ -236,14 +236,21 @@ def test_two_senders_never_hold_one_alert_at_once(tmp_path, db_url) -> None:
     assert alerts.mark_delivered(engine, theirs, holder=other.holder, tries=1, shown="x")
     assert alerts.claim_head(engine, holder=one.holder, hold_s=30, give_up_after=DAY, now_due=True) is None
 
-    # Past its deadline an alert is never claimed, and one a sender claimed just before is not given up under it.
+    # An alert past its deadline that a sender still holds holds the newer ones back (order kept) and is not
+    # given up under it; once that sender's claim lapses, the next claim gives it up and takes the newer one.
+    late = timedelta(seconds=0.2)
     _raise(settings, "late")
+    held = alerts.claim_head(engine, holder=one.holder, hold_s=0.5, give_up_after=DAY, now_due=True)
+    assert held is not None and held.payload["text"] == "late"
     time.sleep(0.3)
-    assert alerts.claim_head(engine, holder=one.holder, hold_s=30, give_up_after=timedelta(seconds=0.2),
-                             now_due=True) is None
-    held = alerts.claim_head(engine, holder=one.holder, hold_s=30, give_up_after=DAY, now_due=True)
-    assert held is not None and alerts.give_up_expired(engine, timedelta(seconds=0.2)) == 0
-    assert _events(settings, "alert_failed") == []
+    assert alerts.claim_head(engine, holder=other.holder, hold_s=30, give_up_after=late, now_due=True) is None
+    assert alerts.give_up_expired(engine, late) == 0 and _events(settings, "alert_failed") == []
+    time.sleep(0.3)
+    _raise(settings, "after")
+    after = alerts.claim_head(engine, holder=other.holder, hold_s=30, give_up_after=late, now_due=True)
+    assert after is not None and after.payload["text"] == "after"
+    (failed,) = _events(settings, "alert_failed")
+    assert failed.subject == str(held.id) and "given up: not delivered within" in failed.reason
 
 
 def test_a_failing_webhook_never_shows_its_url(tmp_path, caplog) -> None:

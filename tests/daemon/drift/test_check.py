@@ -16,6 +16,7 @@ from refitd.core import registry
 from refitd.core.artifacts import TRAIN_ROWS_FILE, ArtifactStore
 from refitd.core.datasets import load_bundled_corpus
 from refitd.core.db import make_engine, session_scope, upgrade
+from refitd.core.errors import ArtifactError
 from refitd.core.registration import register_candidate
 from refitd.core.settings import Settings
 from refitd.core.tables import Prediction, RefitRun, new_prediction_id, utcnow
@@ -292,7 +293,13 @@ def test_a_champion_trained_on_new_labels_is_checked_against_the_traffic_it_lear
     rebuilt, meta = reference_rows(settings, v2, store.path(v2.version), engine)
     assert meta["source"] == "production traffic before the refit"
     assert rebuilt["text"].tolist() == reference["text"].tolist() and len(rebuilt) == 600
-    assert (store.root / "reference" / traffic_file(v2.version)).is_file()
+    published = store.root / "reference" / traffic_file(v2.version, store.path(v2.version))
+    assert published.is_file() and meta["published"] == published.name
+    assert not store.shared_add(published, published.name)  # the first writer wins: another host reads that one
+    published.write_bytes(b"damaged")  # a check fails, naming the file, rather than rebuild from a pruned log
+    with pytest.raises(ArtifactError, match="is not a drift reference .* delete it to have it built again"):
+        reference_rows(settings, v2, store.path(v2.version), engine)
+    published.unlink()
 
     _log(settings, runtime, new_mix["text"].iloc[900:1000].tolist() + further["text"].tolist(), utcnow())
     shifted = run_check(settings, engine)
