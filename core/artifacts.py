@@ -365,23 +365,16 @@ class ArtifactStore:
 
     def shared_put(self, path: Path, name: str) -> None:
         """Publish a local file under ``name`` (atomic: readers see the old bytes or the new, never a part)."""
-        folder = self.root / SHARED_DIR
-        scratch = folder / f"{_SCRATCH}{name}-{uuid.uuid4().hex[:8]}"
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, scratch)
-            with scratch.open("rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(scratch, folder / name)
-            _fsync_dir(folder)
-        except OSError as exc:
-            raise ArtifactError(SHARED_DIR, f"cannot write {folder / name}: {exc}") from exc
-        finally:
-            scratch.unlink(missing_ok=True)
+        self._shared_place(path, name, exclusive=False)
 
     def shared_add(self, path: Path, name: str) -> bool:
         """Publish a local file under ``name`` unless one is there already: True when this call published it, False
         when another writer's was there first (theirs stays). Atomic, as :meth:`shared_put`."""
+        return self._shared_place(path, name, exclusive=True)
+
+    def _shared_place(self, path: Path, name: str, *, exclusive: bool) -> bool:
+        """Copy ``path`` to a synced scratch file beside the shared ones, then rename it to ``name`` — or, when
+        ``exclusive``, link it there, which fails when the name exists (False: the first writer wins)."""
         folder = self.root / SHARED_DIR
         scratch = folder / f"{_SCRATCH}{name}-{uuid.uuid4().hex[:8]}"
         try:
@@ -389,11 +382,15 @@ class ArtifactStore:
             shutil.copyfile(path, scratch)
             with scratch.open("rb") as fh:
                 os.fsync(fh.fileno())
-            os.link(scratch, folder / name)  # fails when the name exists: the first writer wins
+            if not exclusive:
+                os.replace(scratch, folder / name)
+            else:
+                try:
+                    os.link(scratch, folder / name)
+                except FileExistsError:
+                    return False
             _fsync_dir(folder)
             return True
-        except FileExistsError:
-            return False
         except OSError as exc:
             raise ArtifactError(SHARED_DIR, f"cannot write {folder / name}: {exc}") from exc
         finally:
