@@ -18,6 +18,7 @@ last, downloads checked against it into a local cache).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -58,6 +59,7 @@ SHARED_DIR = "reference"  # beside the versions, never one: the reference datase
 
 FORMAT = 1  # the version of ArtifactMeta this refitd writes and reads
 OUTPUTS = ("logits", "embedding")  # the graph outputs a runtime reads, in this order
+NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV}  # os.link: no hard links here
 KEEP_S = 24 * 3600  # scratch and set-aside folders untouched this long are removed by a sweep
 _SCRATCH, _ORPHAN = ".tmp-", ".orphan-"
 
@@ -384,11 +386,8 @@ class ArtifactStore:
                 os.fsync(fh.fileno())
             if not exclusive:
                 os.replace(scratch, folder / name)
-            else:
-                try:
-                    os.link(scratch, folder / name)
-                except FileExistsError:
-                    return False
+            elif not _place_new(scratch, folder / name):
+                return False
             _fsync_dir(folder)
             return True
         except OSError as exc:
@@ -413,6 +412,23 @@ class ArtifactStore:
 
     def _unpublish(self, version: str) -> None:
         """Undo :meth:`_upload`."""
+
+
+def _place_new(scratch: Path, target: Path) -> bool:
+    """Give ``scratch`` the name ``target`` unless it exists (False): a hard link, which fails when it does; on a
+    filesystem without hard links (FUSE mounts, vfat, some SMB shares), look, then rename."""
+    try:
+        os.link(scratch, target)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in NO_LINKS:
+            raise
+    if target.exists():
+        return False
+    os.replace(scratch, target)
+    return True
 
 
 def untouched_since(path: Path, cutoff: float, *, folder: bool = True) -> bool:

@@ -50,6 +50,7 @@ class Context:
     on_status: Callable[[str], None] = lambda status: None
     stopping: threading.Event = field(default_factory=threading.Event)  # set on shutdown: running children stop
     checks: CheckProcess | None = None  # the kept drift-check process (drift.process_checks > 0)
+    followed_up: int | None = None  # the drift check the follow-up last tried to start a refit after
 
     def __post_init__(self) -> None:
         if self.checks is None and self.settings.drift.process_checks > 0:
@@ -117,7 +118,8 @@ def drift_check(ctx: Context) -> dict[str, Any]:
 
 def drift_followup(ctx: Context) -> dict[str, Any] | None:
     """A drift refit that waits only for labels starts once they are in, not at the next check."""
-    decision = triggers.follow_up_drift(ctx.settings, ctx.engine, ctx.launcher)
+    decision = triggers.follow_up_drift(ctx.settings, ctx.engine, ctx.launcher, tried=ctx.followed_up,
+                                        on_try=lambda check_id: setattr(ctx, "followed_up", check_id))
     return None if decision is None else {"refit": decision.start, "decision": decision.reason}
 
 

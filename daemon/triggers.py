@@ -20,6 +20,7 @@ candidate is scored in shadow (``gate.shadow_minutes``): its verdict comes first
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -174,13 +175,23 @@ def consider(settings: Settings, engine: Engine, launcher: RefitLauncher, trigge
 
 
 
-def follow_up_drift(settings: Settings, engine: Engine, launcher: RefitLauncher) -> Decision | None:
-    """Between checks: when the newest check (within two drift intervals) found drift itself, decide on a drift
-    refit again — it starts once ``refit.min_new_labels`` labels are in; a decision not to start records no event
-    (the checks record theirs). None when there is no such check."""
+def follow_up_drift(settings: Settings, engine: Engine, launcher: RefitLauncher, *, tried: int | None = None,
+                    on_try: Callable[[int], None] = lambda check_id: None) -> Decision | None:
+    """Between checks: when the newest check (within two drift intervals) checked the champion serving now and
+    found drift itself, decide on a drift refit again — it starts once ``refit.min_new_labels`` labels are in. A
+    decision not to start records no event (the checks record theirs). One try to start per check: ``on_try`` is
+    told the check before the start is tried, and ``tried`` is that check the next time (a launch that failed
+    waits for the next check, not the next tick). None when there is no such check."""
     since = utcnow() - timedelta(minutes=2 * settings.scheduler.drift_interval_minutes)
     with session_scope(engine) as session:
-        check = drift_waiting_for_a_refit(session, since=since)
+        champion = registry.get_champion(session)
+        check = drift_waiting_for_a_refit(session, champion, since=since) if champion is not None else None
     if check is None:
         return None
+    decision = decide(settings, engine, launcher, "drift", drift_verdict="drifted")
+    if not decision.start or check.id == tried:
+        log.debug("%s", decision.reason)
+        return Decision(False, decision.reason if not decision.start else
+                        f"drift: a start was tried after check {check.id} already", routine=True)
+    on_try(check.id)
     return consider(settings, engine, launcher, "drift", drift_verdict="drifted", quiet=True)

@@ -4,12 +4,13 @@ triggers and status read these without loading the check's pandas and Evidently.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlmodel import Session, col
 
-from refitd.core.tables import DriftCheck
+from refitd.core.tables import DriftCheck, ModelVersion
 
 
 def held_verdict(state: str | None, verdicts: list[str], *, needs: int) -> tuple[str, int]:
@@ -58,11 +59,13 @@ def drift_held_over(session: Session) -> str | None:
             f"{held.get('needs')} checks in a row say not drifted (drift.consecutive)")
 
 
-def drift_waiting_for_a_refit(session: Session, *, since) -> DriftCheck | None:  # type: ignore[no-untyped-def]
-    """The newest check, when it was written after ``since`` and its verdict is drift it found itself (not held
-    over from earlier checks): what a refit on drift may still be waiting to start for; else None."""
+def drift_waiting_for_a_refit(session: Session, champion: ModelVersion, *, since: datetime) -> DriftCheck | None:
+    """The newest check, when it checked ``champion`` since it was last promoted (a check of a champion since
+    replaced, or of this one before a rollback to it, says nothing of the model serving now), was written after
+    ``since``, and its verdict is drift it found itself (not held over from earlier checks); else None."""
     last = _newest(session)
-    if last is None or last.verdict != "drifted" or last.created_at < since:
+    if (last is None or last.verdict != "drifted" or last.created_at < since or last.model_version != champion.version
+            or (champion.promoted_at is not None and last.created_at < champion.promoted_at)):
         return None
     return last if (last.signals.get("_verdict") or {}).get("found", "drifted") == "drifted" else None
 

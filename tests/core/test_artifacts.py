@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -169,3 +170,24 @@ def test_seal_refuses_a_meta_naming_a_missing_file(tmp_path) -> None:
             _fill(folder)
             (folder / TOKENIZER_FILE).unlink()
     assert store.versions() == []
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard links", "no hard links"])
+def test_a_shared_file_added_twice_keeps_the_first(tmp_path: Path, monkeypatch, links: bool) -> None:
+    """``shared_add`` publishes once: the first writer's bytes stay; on a filesystem that refuses hard links (FUSE,
+    vfat, some SMB shares) it looks, then renames."""
+    import errno
+
+    if not links:
+        def refuse(src, dst):  # type: ignore[no-untyped-def]
+            raise OSError(errno.EPERM, "Operation not permitted")
+
+        monkeypatch.setattr(os, "link", refuse)
+    store = ArtifactStore(tmp_path / "models")
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.write_bytes(b"first")
+    second.write_bytes(b"second")
+    assert store.shared_add(first, "drift-traffic-v1-x.parquet")
+    assert not store.shared_add(second, "drift-traffic-v1-x.parquet")
+    assert store.shared_read("drift-traffic-v1-x.parquet") == b"first"
+    assert sorted(p.name for p in (tmp_path / "models" / "reference").iterdir()) == ["drift-traffic-v1-x.parquet"]

@@ -75,13 +75,16 @@ def test_a_drift_refit_waiting_for_labels_starts_once_they_are_in_not_at_the_nex
     engine = make_engine(home.database_url)
     launcher = RefitLauncher(home, engine)
     launched: list[tuple[str, str]] = []
-    monkeypatch.setattr(launcher, "start", lambda trigger, reason: (launched.append((trigger, reason)), (True, "")))
+    monkeypatch.setattr(launcher, "start", lambda trigger, reason: launched.append((trigger, reason)) or (True, ""))
     assert follow_up_drift(home, engine, launcher) is None  # no check yet
 
-    def check(found: str, verdict: str, minutes_ago: float = 0) -> None:
+    def check(found: str, verdict: str, minutes_ago: float = 0, version: str = "v1") -> int:
         with session_scope(engine) as s:
-            s.add(DriftCheck(model_version="v1", verdict=verdict, signals={"_verdict": {"found": found}},
-                             created_at=utcnow() - timedelta(minutes=minutes_ago)))
+            row = DriftCheck(model_version=version, verdict=verdict, signals={"_verdict": {"found": found}},
+                             created_at=utcnow() - timedelta(minutes=minutes_ago))
+            s.add(row)
+            s.flush()
+            return row.id
 
     check("drifted", "drifted")
     waiting = follow_up_drift(home, engine, launcher)
@@ -91,9 +94,19 @@ def test_a_drift_refit_waiting_for_labels_starts_once_they_are_in_not_at_the_nex
     assert follow_up_drift(home, engine, launcher) is None
     check("drifted", "drifted", minutes_ago=2 * home.scheduler.drift_interval_minutes + 1)  # stale: checks stopped
     assert follow_up_drift(home, engine, launcher) is None
+    check("drifted", "drifted", version="v0")  # a champion since replaced: says nothing of the one serving now
+    assert follow_up_drift(home, engine, launcher) is None
+    with session_scope(engine) as s:  # v1 promoted again (a rollback to it) after its newest check
+        registry.get_champion(s).promoted_at = utcnow() + timedelta(seconds=1)
     check("drifted", "drifted")
-    started = follow_up_drift(home, engine, launcher)
-    assert started is not None and started.start and launched == [("drift", started.reason)]
+    assert follow_up_drift(home, engine, launcher) is None
+    with session_scope(engine) as s:
+        registry.get_champion(s).promoted_at = utcnow() - timedelta(minutes=5)
+    newest = check("drifted", "drifted")
+    assert follow_up_drift(home, engine, launcher, tried=newest) is not None and not launched  # tried: next check
+    tries: list[int] = []
+    started = follow_up_drift(home, engine, launcher, tried=newest - 1, on_try=tries.append)
+    assert started is not None and started.start and launched == [("drift", started.reason)] and tries == [newest]
     assert "the window drifted and 5 new labels arrived" in started.reason
     with session_scope(engine) as s:
         assert s.exec(select(Event).where(Event.kind == "refit_skipped")).all() == []  # the waits were quiet
