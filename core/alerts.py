@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, or_, update
+from sqlalchemy import Engine, delete, func, or_, text, update
 from sqlmodel import Session, col, select
 
 from refitd.core import registry
@@ -23,9 +23,24 @@ from refitd.core.tables import Alert
 PENDING, DELIVERED, GIVEN_UP = "pending", "delivered", "given_up"
 
 
+# PostgreSQL advisory lock key ("refitd" and 1): one transaction at a time raises alerts (``serialize``)
+ALERT_LOCK = 0x726566697464_0001
+
+
+def serialize(session: Session) -> None:
+    """Hold the alert lock until the caller's transaction ends (PostgreSQL; SQLite has one writer at a time). Alerts
+    are then committed in the order of their ids — a sender takes the oldest committed one, and an alert that got
+    its id first but committed after a newer one would go out after it — and a check that reads the last verdict
+    under it knows no other check's verdict is about to land before its own."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ALERT_LOCK})
+
+
 def enqueue(session: Session, *, kind: str, subject: str | None, payload: dict[str, Any]) -> Alert:
-    """Add an alert to the outbox, committed with the caller's transaction; due now by the database's clock (a host
-    whose clock ran fast would otherwise hold every alert behind this one back for as long as it is off)."""
+    """Add an alert to the outbox, committed with the caller's transaction (under the alert lock: ids in commit
+    order); due now by the database's clock (a host whose clock ran fast would otherwise hold every alert behind
+    this one back for as long as it is off)."""
+    serialize(session)
     now = db_now(session)
     alert = Alert(kind=kind, subject=subject, payload=payload, created_at=now, next_attempt_at=now)
     session.add(alert)

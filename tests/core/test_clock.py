@@ -1,5 +1,6 @@
 """Hosts that share PostgreSQL take leases and alert claims by the database's clock, not their own: a host whose
-clock runs ten minutes fast must not see another host's live lease or claim as expired."""
+clock runs ten minutes fast must not see another host's live lease or claim as expired. And their alerts commit
+in the order of their ids, so a sender never sends a newer one first."""
 
 from __future__ import annotations
 
@@ -68,3 +69,33 @@ def test_sqlite_serves_one_host_and_reads_its_clock(sqlite_url, monkeypatch) -> 
     monkeypatch.setattr(db, "datetime", FastClock)
     with session_scope(engine) as session:
         assert (db.db_now(session) - datetime.now(timezone.utc)).total_seconds() > 500
+
+
+def test_alerts_commit_in_the_order_of_their_ids(postgres_url) -> None:
+    """A sender takes the oldest committed alert: an alert that got its id first but committed after a newer one
+    would go out after it. Under the alert lock, a second transaction's alert waits for the first's commit."""
+    import threading
+    import time
+
+    engine = make_engine(postgres_url)
+    upgrade(engine)
+    committed: dict[str, float] = {}
+    first_in = threading.Event()
+
+    def slow_first() -> None:
+        with session_scope(engine) as session:
+            alerts.enqueue(session, kind="drift", subject="1", payload={"text": "first"})
+            first_in.set()
+            time.sleep(1.0)  # the rest of its transaction (a check's row, a rollback's updates)
+        committed["first"] = time.monotonic()
+
+    thread = threading.Thread(target=slow_first)
+    thread.start()
+    assert first_in.wait(10)
+    with session_scope(engine) as session:
+        second = alerts.enqueue(session, kind="drift", subject="2", payload={"text": "second"})
+        added = time.monotonic()
+    thread.join()
+    assert added >= committed["first"]  # it waited: nothing newer is committed while an older id is not
+    claimed = alerts.claim_head(engine, holder="host-a:1", hold_s=60, give_up_after=DAY)
+    assert claimed is not None and claimed.subject == "1" and claimed.id < second.id
