@@ -416,7 +416,9 @@ class ArtifactStore:
 
 def _place_new(scratch: Path, target: Path) -> bool:
     """Give ``scratch`` the name ``target`` unless it exists (False): a hard link, which fails when it does; on a
-    filesystem without hard links (FUSE mounts, vfat, some SMB shares), look, then rename."""
+    filesystem without hard links (FUSE mounts, vfat, some SMB shares), an exclusively created claim file beside it
+    decides who renames (it stays; a writer that died between claim and rename leaves the name to nobody until the
+    sweep removes the claim a day later)."""
     try:
         os.link(scratch, target)
         return True
@@ -425,6 +427,10 @@ def _place_new(scratch: Path, target: Path) -> bool:
     except OSError as exc:
         if exc.errno not in NO_LINKS:
             raise
+    try:
+        os.close(os.open(target.with_name(f"{_SCRATCH}{target.name}.claim"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
     if target.exists():
         return False
     os.replace(scratch, target)

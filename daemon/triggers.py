@@ -188,10 +188,11 @@ def follow_up_drift(settings: Settings, engine: Engine, launcher: RefitLauncher,
         check = drift_waiting_for_a_refit(session, champion, since=since) if champion is not None else None
     if check is None:
         return None
+    if check.id == tried:
+        return Decision(False, f"drift: a start was tried after check {check.id} already", routine=True)
     decision = decide(settings, engine, launcher, "drift", drift_verdict="drifted")
-    if not decision.start or check.id == tried:
+    if not decision.start:
         log.debug("%s", decision.reason)
-        return Decision(False, decision.reason if not decision.start else
-                        f"drift: a start was tried after check {check.id} already", routine=True)
+        return Decision(False, decision.reason, routine=True)
     on_try(check.id)
     return consider(settings, engine, launcher, "drift", drift_verdict="drifted", quiet=True)

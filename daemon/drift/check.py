@@ -262,7 +262,7 @@ def run_check(settings: Settings, engine: Engine) -> DriftCheck:
     row.duration_s = round(time.perf_counter() - start, 2)
     alert = False
     with session_scope(engine) as session:
-        alerts.serialize(session)  # another host's check cannot land between this read and this row
+        alerts.serialize(session)  # no other check's row lands between this read of the last verdict and this row
         previous = last_verdict(session)
         session.add(row)
         session.flush()

@@ -87,7 +87,7 @@ def test_alerts_commit_in_the_order_of_their_ids(postgres_url) -> None:
             alerts.enqueue(session, kind="drift", subject="1", payload={"text": "first"})
             first_in.set()
             time.sleep(1.0)  # the rest of its transaction (a check's row, a rollback's updates)
-        committed["first"] = time.monotonic()
+            committed["first"] = time.monotonic()  # just before its commit
 
     thread = threading.Thread(target=slow_first)
     thread.start()

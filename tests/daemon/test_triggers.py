@@ -111,6 +111,26 @@ def test_a_drift_refit_waiting_for_labels_starts_once_they_are_in_not_at_the_nex
     with session_scope(engine) as s:
         assert s.exec(select(Event).where(Event.kind == "refit_skipped")).all() == []  # the waits were quiet
 
+    # The daemon's job: a launch that raises (a Prefect API down) is tried once after a check, not at every tick.
+    from types import SimpleNamespace
+
+    from refitd.daemon import jobs
+
+    def down(trigger: str, reason: str) -> tuple[bool, str]:
+        launched.append((trigger, reason))
+        raise RuntimeError("the work pool's API is down")
+
+    monkeypatch.setattr(launcher, "start", down)
+    launched.clear()
+    ctx = SimpleNamespace(settings=home, engine=engine, launcher=launcher, followed_up=None)
+    failing = check("drifted", "drifted")
+    with pytest.raises(RuntimeError, match="API is down"):
+        jobs.drift_followup(ctx)  # type: ignore[arg-type]
+    assert ctx.followed_up == failing and len(launched) == 1
+    again = jobs.drift_followup(ctx)  # type: ignore[arg-type]
+    assert again == {"refit": False, "decision": f"drift: a start was tried after check {failing} already"}
+    assert len(launched) == 1
+
 
 def test_labels_count_as_new_from_the_newest_label_the_champions_refit_read(home: Settings) -> None:
     engine = make_engine(home.database_url)
