@@ -5,8 +5,8 @@ For every stored check with labels: the champion's answers in its window that ha
 (the rows the check measured), and the champion's labelled answers served before the window, labelled by then too.
 Only checks that made an estimate count (not those short of ``drift.min_window`` rows). The baseline is the
 threshold the champion's refit stored (the mean confidence for a version trained before it was stored); the
-alternatives set it again on the latest N of those earlier answers, N = ``--history`` (the check's rule with its default N, ``ESTIMATE_HISTORY_ROWS``, among them),
-falling back to the stored one below ``ATC_MIN_ROWS``. Reported per way: the mean absolute error against measured
+alternatives set it again on the latest N of those earlier answers, N = ``--history`` (the check's rule with its
+default N, ``ESTIMATE_HISTORY_ROWS``, among them), falling back to the stored one below ``ATC_MIN_ROWS``. Reported per way: the mean absolute error against measured
 accuracy, its mean (bias) and its largest, and the labels' own share of the error (an exact estimate would still be
 off by about √(2/π)·√(p(1−p)/n) on n labelled rows). Reads the database only; nothing is scored again.
 """

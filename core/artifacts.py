@@ -18,13 +18,10 @@ last, downloads checked against it into a local cache).
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import json
 import logging
 import os
 import shutil
-import stat
 import time
 import uuid
 from collections.abc import Iterator
@@ -35,6 +32,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from refitd.core.errors import ArtifactError, validation_problems
+from refitd.core.files import fsync_dir, place_new, sha256_file, untouched_since
 
 if TYPE_CHECKING:
     from refitd.core.settings import Settings
@@ -59,7 +57,6 @@ SHARED_DIR = "reference"  # beside the versions, never one: the reference datase
 
 FORMAT = 1  # the version of ArtifactMeta this refitd writes and reads
 OUTPUTS = ("logits", "embedding")  # the graph outputs a runtime reads, in this order
-NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV}  # os.link: no hard links here
 KEEP_S = 24 * 3600  # scratch and set-aside folders untouched this long are removed by a sweep
 _SCRATCH, _ORPHAN = ".tmp-", ".orphan-"
 
@@ -166,22 +163,6 @@ def _resolved_inside(folder: Path, name: str) -> bool:
     return (folder / name).resolve().is_relative_to(folder.resolve())
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def manifest_files(text: bytes | str, version: str) -> dict[str, dict]:
     """A manifest's ``files`` (name → {bytes, sha256}); ArtifactError unless each names a file inside the folder."""
     try:
@@ -286,7 +267,7 @@ class ArtifactStore:
             raise ArtifactError(version, f"{staged} is not a sealed staging folder")
         self._upload(version, staged)
         os.replace(staged, final)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         log.info("artifact %s written to %s", version, self.uri(version))
         return final
 
@@ -294,7 +275,7 @@ class ArtifactStore:
         """Undo :meth:`place`: unpublish ``version``, move its folder back to ``staged`` (its registration failed)."""
         self._unpublish(version)
         os.replace(self.root / version, staged)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         log.warning("artifact %s withdrawn to %s: its registration did not commit", version, staged)
 
     def set_aside(self, version: str) -> PurePath:
@@ -302,7 +283,7 @@ class ArtifactStore:
         aside = self.root / self._aside_name(version)
         os.replace(self.root / version, aside)
         os.utime(aside)  # the sweep's clock starts now, not when the folder was sealed
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         return aside
 
     @contextmanager
@@ -386,9 +367,9 @@ class ArtifactStore:
                 os.fsync(fh.fileno())
             if not exclusive:
                 os.replace(scratch, folder / name)
-            elif not _place_new(scratch, folder / name):
+            elif not place_new(scratch, folder / name, claim=folder / f"{_SCRATCH}{name}.claim"):
                 return False
-            _fsync_dir(folder)
+            fsync_dir(folder)
             return True
         except OSError as exc:
             raise ArtifactError(SHARED_DIR, f"cannot write {folder / name}: {exc}") from exc
@@ -412,36 +393,3 @@ class ArtifactStore:
 
     def _unpublish(self, version: str) -> None:
         """Undo :meth:`_upload`."""
-
-
-def _place_new(scratch: Path, target: Path) -> bool:
-    """Give ``scratch`` the name ``target`` unless it exists (False): a hard link, which fails when it does; on a
-    filesystem without hard links (FUSE mounts, vfat, some SMB shares), an exclusively created claim file beside it
-    decides who renames (it stays; a writer that died between claim and rename leaves the name to nobody until the
-    sweep removes the claim a day later)."""
-    try:
-        os.link(scratch, target)
-        return True
-    except FileExistsError:
-        return False
-    except OSError as exc:
-        if exc.errno not in NO_LINKS:
-            raise
-    try:
-        os.close(os.open(target.with_name(f"{_SCRATCH}{target.name}.claim"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
-        return False
-    if target.exists():
-        return False
-    os.replace(scratch, target)
-    return True
-
-
-def untouched_since(path: Path, cutoff: float, *, folder: bool = True) -> bool:
-    """A folder (a file with ``folder=False``) last touched before ``cutoff``; False for one gone since it was
-    listed (another process's scratch renamed into place between the listing and this look)."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return False
-    return (stat.S_ISDIR(st.st_mode) if folder else stat.S_ISREG(st.st_mode)) and st.st_mtime < cutoff

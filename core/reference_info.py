@@ -16,7 +16,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError
 
-from refitd.core.artifacts import KEEP_S, SHARED_DIR, ArtifactStore, untouched_since
+from refitd.core.artifacts import KEEP_S, SHARED_DIR, ArtifactStore
+from refitd.core.files import untouched_since
 from refitd.core.errors import ArtifactError, ConfigError
 from refitd.core.settings import Settings
 

@@ -158,10 +158,14 @@ def decide(settings: Settings, engine: Engine, launcher: RefitLauncher, trigger:
 
 
 def consider(settings: Settings, engine: Engine, launcher: RefitLauncher, trigger: str, *,
-             drift_verdict: str | None = None, quiet: bool = False) -> Decision:
-    """Decide, then start the refit or record why not; returns the decision. ``quiet``: a decision not to start
-    is only logged at debug level (a follow-up between checks, whose check records its own decision)."""
-    decision = decide(settings, engine, launcher, trigger, drift_verdict=drift_verdict)
+             drift_verdict: str | None = None) -> Decision:
+    """Decide, then start the refit or record why not; returns the decision."""
+    return act(engine, launcher, trigger, decide(settings, engine, launcher, trigger, drift_verdict=drift_verdict))
+
+
+def act(engine: Engine, launcher: RefitLauncher, trigger: str, decision: Decision, *, quiet: bool = False) -> Decision:
+    """Start the refit ``decision`` asks for, or record why not as an event; returns what happened. ``quiet``: a
+    decision not to start is only logged at debug level (a follow-up between checks, whose check records its own)."""
     if decision.start:
         started, where = launcher.start(trigger, decision.reason)
         if not started:  # lost the lease to another process between deciding and starting
@@ -172,7 +176,6 @@ def consider(settings: Settings, engine: Engine, launcher: RefitLauncher, trigge
             registry.record_event(session, kind="refit_skipped", subject=trigger, reason=decision.reason,
                                   actor="daemon")
     return decision
-
 
 
 def follow_up_drift(settings: Settings, engine: Engine, launcher: RefitLauncher, *, tried: int | None = None,
@@ -195,4 +198,4 @@ def follow_up_drift(settings: Settings, engine: Engine, launcher: RefitLauncher,
         log.debug("%s", decision.reason)
         return Decision(False, decision.reason, routine=True)
     on_try(check.id)
-    return consider(settings, engine, launcher, "drift", drift_verdict="drifted", quiet=True)
+    return act(engine, launcher, "drift", decision, quiet=True)

@@ -7,7 +7,8 @@ import logging
 import time
 from pathlib import Path
 
-from refitd.core.artifacts import KEEP_S, untouched_since
+from refitd.core.artifacts import KEEP_S
+from refitd.core.files import untouched_since
 from refitd.core.settings import Settings
 
 log = logging.getLogger(__name__)

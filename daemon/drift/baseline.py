@@ -21,9 +21,10 @@ from sqlalchemy import Engine, select
 from sqlmodel import Session, col
 
 from refitd.core import reference as refdata
-from refitd.core.artifacts import MANIFEST, SHARED_DIR, TRAIN_ROWS_FILE, ArtifactStore, sha256_file
+from refitd.core.artifacts import MANIFEST, SHARED_DIR, TRAIN_ROWS_FILE, ArtifactStore
 from refitd.core.db import session_scope
 from refitd.core.errors import ArtifactError
+from refitd.core.files import sha256_file
 from refitd.core.labels import predictions_with_labels
 from refitd.core.settings import Settings
 from refitd.core.tables import DriftCheck, ModelVersion, RefitRun
@@ -106,13 +107,8 @@ def _traffic(settings: Settings, champion: ModelVersion, folder: Path,
         if published is None:
             return traffic, onset, None
     starts = published["created_at"].min() if len(published) else None
-    return published, (onset if onset is not None and starts is not None and _utc(starts) >= _utc(onset) else None), name
-
-
-def _utc(moment: Any) -> pd.Timestamp:
-    """A time from the database or a parquet file, naive (SQLite: UTC) or not, as an aware UTC timestamp."""
-    stamp = pd.Timestamp(moment)
-    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    # both aware UTC: the database's times read back so on SQLite and PostgreSQL, and parquet keeps the zone
+    return published, (onset if onset is not None and starts is not None and starts >= onset else None), name
 
 
 def _read_published(store: ArtifactStore, name: str) -> pd.DataFrame | None:

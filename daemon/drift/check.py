@@ -33,11 +33,10 @@ from refitd.core.artifacts import ArtifactStore
 from refitd.core.db import session_scope
 from refitd.core.errors import NoChampionError
 from refitd.core.labels import predictions_with_labels
-from refitd.daemon.drift import CACHE_SCRATCH_PREFIX
 from refitd.core.settings import Settings
 from refitd.core.tables import DriftCheck, ModelVersion, utcnow
 from refitd.daemon.alerts import Sender
-from refitd.daemon.drift import report
+from refitd.daemon.drift import CACHE_SCRATCH_PREFIX, report
 from refitd.daemon.drift.alerts import drift_payload
 from refitd.daemon.drift.baseline import reference_rows
 from refitd.daemon.drift.calibration import METHODS, VERSION, Calibration, Reference, calibrate, judge, scores
