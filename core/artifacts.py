@@ -380,6 +380,25 @@ class ArtifactStore:
         """Copy a shared file to ``dest`` (an OSError or ArtifactError when it cannot)."""
         shutil.copyfile(self.root / SHARED_DIR / name, dest)
 
+    def shared_files(self, prefix: str) -> dict[str, float]:
+        """The shared files whose names start with ``prefix`` (never a scratch copy): name → last modified (epoch s)."""
+        folder = self.root / SHARED_DIR
+        try:
+            return {p.name: p.stat().st_mtime for p in folder.glob(f"{prefix}*") if p.is_file()}
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise ArtifactError(SHARED_DIR, f"cannot list {folder}: {exc}") from exc
+
+    def shared_remove(self, name: str) -> None:
+        """Delete a shared file, and the claim that published it where there are no hard links."""
+        folder = self.root / SHARED_DIR
+        try:
+            (folder / name).unlink(missing_ok=True)
+            (folder / f"{_SCRATCH}{name}.claim").unlink(missing_ok=True)
+        except OSError as exc:
+            raise ArtifactError(SHARED_DIR, f"cannot remove {folder / name}: {exc}") from exc
+
     def _scratch_name(self, label: str) -> Path:
         """A fresh hidden name a sweep removes once it is stale."""
         return self.root / f"{_SCRATCH}{label}-{uuid.uuid4().hex[:8]}"

@@ -88,6 +88,14 @@ class ObjectStore:
         return {key.removeprefix(prefix): info.get("LastModified") or info.get("mtime")
                 for key, info in found.items() if key.startswith(top + "/")}
 
+    def delete(self, name: str) -> None:
+        """Delete one object (gone already is fine)."""
+        with _as_oserror(f"cannot delete {self.uri(name)}"):
+            try:
+                self.fs.rm_file(self.key(name))
+            except FileNotFoundError:
+                pass
+
     def copy(self, source: str, dest: str) -> None:
         """Copy every object under ``source/`` to ``dest/`` (server-side)."""
         names = list(self.objects(source))
@@ -184,6 +192,15 @@ class ObjectStoreArtifacts(ArtifactStore):
 
     def shared_get(self, name: str, dest: Path) -> None:
         self._call(SHARED_DIR, lambda r: r.download(f"{SHARED_DIR}/{name}", dest))
+
+    def shared_files(self, prefix: str) -> dict[str, float]:
+        found = self._call(SHARED_DIR, lambda r: r.objects(SHARED_DIR))
+        return {name: (when.timestamp() if isinstance(when, datetime) else float(when or 0.0))
+                for key, when in found.items() if (name := key.removeprefix(f"{SHARED_DIR}/")).startswith(prefix)
+                and "/" not in name}
+
+    def shared_remove(self, name: str) -> None:
+        self._call(SHARED_DIR, lambda r: r.delete(f"{SHARED_DIR}/{name}"))
 
     def _upload(self, version: str, staged: Path) -> None:
         def upload(remote: ObjectStore) -> None:

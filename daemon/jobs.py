@@ -29,6 +29,7 @@ from refitd.core.tables import utcnow
 from refitd.daemon import guard, shadow, triggers
 from refitd.daemon.alerts import Sender
 from refitd.daemon.checker import CheckProcess
+from refitd.daemon.drift import retention as drift_retention
 from refitd.daemon.launcher import RefitLauncher
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,8 @@ def shadow_watch(ctx: Context) -> dict[str, Any] | None:
 
 
 def retention(ctx: Context) -> dict[str, Any]:
-    """Prune predictions without feedback (in batches) and HTML reports older than scheduler.retention_days."""
+    """Prune predictions without feedback (in batches), HTML reports, sent alerts and retired versions' drift
+    references older than scheduler.retention_days."""
     cutoff = utcnow() - timedelta(days=ctx.settings.scheduler.retention_days)
     pruned = prune_predictions(ctx.engine, cutoff, pause_s=0.05)  # in batches: no long writer lock
     alerts.give_up_expired(ctx.engine, timedelta(hours=ctx.settings.drift.webhook_give_up_hours))  # URL or not
@@ -167,7 +169,8 @@ def retention(ctx: Context) -> dict[str, Any]:
     if pruned or reports or sent:
         log.info("retention: pruned %s predictions, %s reports and %s sent alerts older than %s",
                  pruned, reports, sent, cutoff)
-    return {"predictions": pruned, "reports": reports, "alerts": sent}
+    references = drift_retention.prune_references(ctx.settings, ctx.engine, cutoff)  # the store last: it may fail
+    return {"predictions": pruned, "reports": reports, "alerts": sent, "drift_references": len(references)}
 
 
 JOBS: dict[str, Callable[[Context], Any]] = {

@@ -14,6 +14,7 @@ from refitd.core.settings import Settings
 log = logging.getLogger(__name__)
 
 CACHE_SCRATCH_PREFIX = ".reference-"  # a check writes its reference cache to such a hidden file, then renames it
+TRAFFIC_PREFIX = "drift-traffic-"  # a champion's published traffic reference: drift-traffic-<version>-<digest>.parquet
 
 
 def sweep(settings: Settings, *, older_than_s: float = KEEP_S) -> list[Path]:

@@ -28,7 +28,7 @@ from refitd.core.files import sha256_file
 from refitd.core.labels import predictions_with_labels
 from refitd.core.settings import Settings
 from refitd.core.tables import DriftCheck, ModelVersion, RefitRun
-from refitd.daemon.drift import CACHE_SCRATCH_PREFIX
+from refitd.daemon.drift import CACHE_SCRATCH_PREFIX, TRAFFIC_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def traffic_file(version: str, folder: Path) -> str:
     """The name of ``version``'s published traffic reference in the artifact store's shared folder: the version
     and its manifest's digest, so a version name used again (a database restored from a backup, a new home on
     the same store) never reads another model's traffic."""
-    return f"drift-traffic-{version}-{sha256_file(folder / MANIFEST)[:12]}.parquet"
+    return f"{TRAFFIC_PREFIX}{version}-{sha256_file(folder / MANIFEST)[:12]}.parquet"
 
 
 def reference_rows(settings: Settings, champion: ModelVersion, folder: Path, engine: Engine) -> tuple[pd.DataFrame, dict]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,12 @@ def test_a_shared_file_added_by_two_hosts_keeps_the_first(models_url, tmp_path) 
     assert one.shared_add(first, "drift-traffic-v1-x.parquet")
     assert not other.shared_add(second, "drift-traffic-v1-x.parquet")
     assert other.shared_read("drift-traffic-v1-x.parquet") == b"first"
+    one.shared_put(second, "reference-0a1b.parquet")
+    listed = other.shared_files("drift-traffic-")
+    assert list(listed) == ["drift-traffic-v1-x.parquet"] and abs(listed["drift-traffic-v1-x.parquet"] - time.time()) < 600
+    other.shared_remove("drift-traffic-v1-x.parquet")
+    other.shared_remove("drift-traffic-v1-x.parquet")  # gone already: fine
+    assert one.shared_files("drift-traffic-") == {} and one.shared_read("reference-0a1b.parquet") == b"second"
 
 
 def test_a_version_without_its_manifest_is_invisible(models_url, s3_server, tmp_path) -> None:

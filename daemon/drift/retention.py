@@ -1,0 +1,87 @@
+"""Retention of drift references: what a retired version's checks kept of production traffic goes once it is
+older than ``scheduler.retention_days``, as the prediction log's unlabelled rows do.
+
+Two kinds of file hold request texts past the log: the traffic reference a champion refit on production labels
+is checked against, published beside the models (``reference/drift-traffic-<version>-<digest>.parquet``, read by
+every host), and the scheduler host's scored cache of each champion's reference (``<home>/drift/reference-<version>.*``).
+Both outlive retention on purpose while their version may serve: the champion, the version a rollback would
+restore (the newest archived one that was ever promoted), and a candidate or a version in shadow. A version
+past that — archived behind the rollback target, or rejected — keeps its files until they are older than the
+cutoff; then they go. Promoted again by hand later, it is checked against what the log still holds (its labelled
+rows, or its training rows), as a host that never had the files would be. Light: no pandas, no Evidently.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import Engine, select
+from sqlmodel import col
+
+from refitd.core.artifacts import ArtifactStore
+from refitd.core.db import session_scope
+from refitd.core.settings import Settings
+from refitd.core.tables import ModelVersion, VersionStatus
+from refitd.daemon.drift import TRAFFIC_PREFIX
+
+log = logging.getLogger(__name__)
+
+CACHE_PREFIX = "reference-"  # <home>/drift/reference-<version>.parquet, .json and .calibration.json
+_CACHE_SUFFIXES = (".calibration.json", ".parquet", ".json")
+_MAY_SERVE = (VersionStatus.champion.value, VersionStatus.candidate.value, VersionStatus.shadow.value)
+
+
+def retired_versions(engine: Engine) -> set[str]:
+    """Versions in the registry that may not serve again without an operator: neither the champion, a candidate,
+    one in shadow, nor the rollback target."""
+    with session_scope(engine) as session:
+        rows = session.execute(select(ModelVersion.version, ModelVersion.status, ModelVersion.promoted_at)
+                               .order_by(col(ModelVersion.id))).all()
+    promoted = [r for r in rows if r.status == VersionStatus.archived.value and r.promoted_at is not None]
+    target = max(promoted, key=lambda r: r.promoted_at).version if promoted else None
+    return {r.version for r in rows if r.status not in _MAY_SERVE and r.version != target}
+
+
+def traffic_version(name: str) -> str | None:
+    """The version a published traffic reference's name (``drift-traffic-<version>-<digest>.parquet``) is for."""
+    if not (name.startswith(TRAFFIC_PREFIX) and name.endswith(".parquet")):
+        return None
+    version, _, digest = name.removeprefix(TRAFFIC_PREFIX).removesuffix(".parquet").rpartition("-")
+    return version or None
+
+
+def cache_version(name: str) -> str | None:
+    """The version a file of this host's reference cache (``reference-<version>.<suffix>``) is for."""
+    if not name.startswith(CACHE_PREFIX):
+        return None
+    for suffix in _CACHE_SUFFIXES:
+        if name.endswith(suffix):
+            return name.removeprefix(CACHE_PREFIX).removesuffix(suffix) or None
+    return None
+
+
+def prune_references(settings: Settings, engine: Engine, cutoff: datetime) -> list[str]:
+    """Delete retired versions' published traffic references and this host's cached references last written
+    before ``cutoff``; the names removed (published ones as ``reference/<name>``). A store that cannot be listed
+    or written raises ArtifactError after the local files are done."""
+    retired, before = retired_versions(engine), cutoff.timestamp()
+    removed: list[str] = []
+    folder: Path = settings.home / "drift"
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        try:
+            old = path.is_file() and path.stat().st_mtime < before
+        except FileNotFoundError:
+            continue
+        if old and cache_version(path.name) in retired:
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    store = ArtifactStore.from_settings(settings)
+    for name, modified in sorted(store.shared_files(TRAFFIC_PREFIX).items()):
+        if modified < before and traffic_version(name) in retired:
+            store.shared_remove(name)
+            removed.append(f"reference/{name}")
+    if removed:
+        log.info("retention: removed %d drift reference files of retired versions: %s", len(removed), ", ".join(removed))
+    return removed
