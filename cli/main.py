@@ -225,9 +225,9 @@ def feedback_import(
 ) -> None:
     """Add labelled texts in bulk (e.g. a labelling team's export); the next refit trains on them."""
     from refitd.core.datasets import load_table
-    from refitd.core.db import engine_for, session_scope, upgrade
+    from refitd.core.db import db_now, engine_for, session_scope, upgrade
     from refitd.core.reference_info import current as current_reference
-    from refitd.core.tables import Feedback, utcnow
+    from refitd.core.tables import Feedback
 
     settings = _settings(ctx)
     t = settings.training
@@ -236,8 +236,8 @@ def feedback_import(
                        labels=sorted(stored.labels) if stored is not None else None)
     engine = engine_for(settings)
     upgrade(engine)
-    now = utcnow()
     with session_scope(engine) as session:
+        now = db_now(session)  # labels' times are the database's: every host counts them against one clock
         session.add_all(Feedback(text=text, label=label, source=source, created_at=now)
                         for text, label in zip(frame["text"], frame["label"], strict=True))
     console.print(f"imported {len(frame)} labelled texts from {path} ({frame['label'].value_counts().to_dict()})")

@@ -22,7 +22,7 @@ from sqlalchemy import Engine, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, func, select
 
-from refitd.core.db import session_scope
+from refitd.core.db import db_now, session_scope
 from refitd.core.errors import ChampionChangedError, NotFoundError, RegistryError
 from refitd.core.tables import Event, ModelVersion, RegistryLock, VersionStatus, utcnow
 
@@ -69,8 +69,8 @@ def retrying(fn):  # type: ignore[no-untyped-def]
 def record_event(
     session: Session, *, kind: str, subject: str | None, reason: str, actor: str = "refitd", data: dict | None = None
 ) -> Event:
-    """Add one audit row (committed with the caller's transaction)."""
-    ev = Event(kind=kind, subject=subject, reason=reason, actor=actor, data=data or {})
+    """Add one audit row (committed with the caller's transaction), stamped by the database's clock (``db_now``)."""
+    ev = Event(kind=kind, subject=subject, reason=reason, actor=actor, data=data or {}, created_at=db_now(session))
     session.add(ev)
     return ev
 
@@ -147,7 +147,7 @@ def _promote(session: Session, mv: ModelVersion, *, actor: str, reason: str) -> 
         session.add(previous)
         session.flush()
     mv.status = VersionStatus.champion.value
-    mv.promoted_at = utcnow()
+    mv.promoted_at = db_now(session)  # compared with checks other hosts made: one clock for all
     session.add(mv)
     record_event(
         session,
@@ -256,7 +256,7 @@ def rollback(engine: Engine, *, actor: str = "refitd", reason: str = "", only_fr
         current.status, current.gate_reason = VersionStatus.rejected.value, f"rolled back: {why}"
         session.add(current)
         session.flush()
-        previous.status, previous.promoted_at = VersionStatus.champion.value, utcnow()
+        previous.status, previous.promoted_at = VersionStatus.champion.value, db_now(session)
         session.add(previous)
         record_event(
             session,

@@ -17,13 +17,15 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from refitd.core import registry
+from refitd.core.db import db_now
 from refitd.core.errors import NotFoundError
 from refitd.core.tables import RefitRun, utcnow
 
 
 def start_run(session: Session, *, trigger: str, params: dict[str, Any], flow_run_id: str | None = None) -> RefitRun:
     """Record that a run has started."""
-    run = RefitRun(trigger=trigger, status="running", params=params, flow_run_id=flow_run_id)
+    run = RefitRun(trigger=trigger, status="running", params=params, flow_run_id=flow_run_id,
+                   created_at=db_now(session))  # the cooldown compares it with the scheduler host's decisions
     session.add(run)
     session.flush()
     session.refresh(run)

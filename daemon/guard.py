@@ -25,10 +25,10 @@ from sqlmodel import Session, col
 
 from refitd.core import alerts, registry
 from refitd.core.errors import ChampionChangedError
-from refitd.core.db import session_scope
+from refitd.core.db import db_now, session_scope
 from refitd.core.labels import labelled_accuracy
 from refitd.core.settings import Settings
-from refitd.core.tables import Event, ModelVersion, Prediction, utcnow
+from refitd.core.tables import Event, ModelVersion, Prediction
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def check(settings: Settings, engine: Engine) -> dict[str, Any] | None:
         promoted = _watched_promotion(session)
         if promoted is None:
             return None
-        since = promoted.created_at
+        since, now = promoted.created_at, db_now(session)  # the event was stamped by the database's clock too
         new_version, old_version = promoted.subject or "", promoted.data["previous"]
         new = _quality(session, new_version, after=since)
         # The previous champion's baseline: as many of its last labelled answers as the new one has, so both
@@ -105,7 +105,7 @@ def check(settings: Settings, engine: Engine) -> dict[str, Any] | None:
                        latest=min(PREVIOUS_LABELS, max(s.watch_min_labels, new.labelled)))
     figures = {"new": new.__dict__, "old": old.__dict__, "since": since.isoformat()}
     comparison = f"{new.words()} vs {old.words()}"
-    over = utcnow() - since > timedelta(minutes=s.watch_minutes)
+    over = now - since > timedelta(minutes=s.watch_minutes)
     if new.accuracy is not None and old.accuracy is not None and min(new.labelled, old.labelled) >= s.watch_min_labels:
         drop = old.accuracy - new.accuracy
         figures["drop"] = drop

@@ -26,10 +26,10 @@ from sqlmodel import Session, col, select
 
 from refitd.core import children, leases, registry
 from refitd.core.children import Child
-from refitd.core.db import session_scope
+from refitd.core.db import db_now, session_scope
 from refitd.core.runs import close_gone, finish_run, orphan_here, orphans_here, running, running_here
 from refitd.core.settings import Settings
-from refitd.core.tables import Event, RefitRun, utcnow
+from refitd.core.tables import Event, RefitRun
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +101,10 @@ class RefitLauncher:
         (its process group, as the daemon stops its own child), and a later decision closes its row."""
         limit = timedelta(minutes=self.settings.refit.timeout_minutes)
         with session_scope(self.engine) as session:
-            found = orphans_here(session)
+            found, now = orphans_here(session), db_now(session)  # a run's row is stamped by the database's clock
         waiting = []
         for run_id, pid, started in found:
-            if utcnow() - started <= limit:
+            if now - started <= limit:
                 waiting.append((run_id, pid))
                 continue
             reason = f"refit run {run_id} (pid {pid}) timed out: running {limit} with nobody following it; stopped"
@@ -142,7 +142,7 @@ class RefitLauncher:
         if not self.settings.prefect.deployment:
             return None
         with session_scope(self.engine) as session:
-            found = _deployment_run(session)
+            found, now = _deployment_run(session), db_now(session)  # the worker's row, by the database's clock
         if found is None:
             return None
         flow_run_id, run_id, since = found
@@ -160,7 +160,7 @@ class RefitLauncher:
                 self._mark_failed(f"its flow run ended {state} without recording an outcome: {message}", flow_run_id)
             return None
         limit = self.settings.refit.timeout_minutes
-        if utcnow() - since <= timedelta(minutes=limit):
+        if now - since <= timedelta(minutes=limit):
             return f"{what} is still {state.lower()} on its work pool"
         why = f"timed out: {state.lower()} {limit:g} minutes after it was started, with nobody following it"
         self._cancel_flow_run(flow_run_id, why)

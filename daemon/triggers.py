@@ -28,11 +28,11 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from refitd.core import registry
-from refitd.core.db import session_scope
+from refitd.core.db import db_now, session_scope
 from refitd.core.labels import count_labels_since
 from refitd.core.reference_info import current as current_reference
 from refitd.core.settings import Settings
-from refitd.core.tables import Event, ModelVersion, RefitRun, VersionStatus, utcnow
+from refitd.core.tables import Event, ModelVersion, RefitRun, VersionStatus
 from refitd.daemon.drift.verdict import drift_held_over, drift_waiting_for_a_refit, pending_drift
 from refitd.daemon.launcher import RefitLauncher
 
@@ -121,13 +121,13 @@ def decide(settings: Settings, engine: Engine, launcher: RefitLauncher, trigger:
         if in_shadow is not None:
             return Decision(False, f"{trigger}: skipped, {in_shadow.version} is being scored in shadow; its verdict "
                                    "comes first")
-        last = last_start(session)
+        last, now = last_start(session), db_now(session)
         new_labels = count_labels_since(session, registry.labels_until(champion))
         unserved = not_serving(session, champion)
         waiting = pending_drift(session) if trigger == "drift" and drift_verdict != "drifted" else None
         held_over = drift_held_over(session) if trigger == "drift" and drift_verdict == "drifted" else None
     cooldown = timedelta(minutes=settings.refit.cooldown_minutes)
-    if last is not None and last + cooldown > utcnow():
+    if last is not None and last + cooldown > now:
         return Decision(False, f"{trigger}: skipped, cooldown — the last refit started {last:%H:%M:%S} "
                                f"UTC; the next may start after {last + cooldown:%H:%M:%S}")
     if trigger == "drift":
@@ -185,8 +185,9 @@ def follow_up_drift(settings: Settings, engine: Engine, launcher: RefitLauncher,
     decision not to start records no event (the checks record theirs). One try to start per check: ``on_try`` is
     told the check before the start is tried, and ``tried`` is that check the next time (a launch that failed
     waits for the next check, not the next tick). None when there is no such check."""
-    since = utcnow() - timedelta(minutes=2 * settings.scheduler.drift_interval_minutes)
     with session_scope(engine) as session:
+        # the database's clock, as the check's row and the promotion were stamped: hosts' clocks may differ
+        since = db_now(session) - timedelta(minutes=2 * settings.scheduler.drift_interval_minutes)
         champion = registry.get_champion(session)
         check = drift_waiting_for_a_refit(session, champion, since=since) if champion is not None else None
     if check is None:

@@ -21,10 +21,10 @@ from sqlmodel import select
 
 from refitd.core import registry
 from refitd.core.artifacts import ArtifactStore
-from refitd.core.db import session_scope
+from refitd.core.db import db_now, session_scope
 from refitd.core.errors import ModelLoadError, NoChampionError, NotFoundError, NotReadyError, RefitdError, UnprocessableError
 from refitd.core.settings import Settings
-from refitd.core.tables import Feedback, Prediction, utcnow
+from refitd.core.tables import Feedback, Prediction
 from refitd.serving.batcher import Answer, Batcher
 from refitd.serving.limits import text_problem
 from refitd.serving.metrics import ServingMetrics
@@ -256,7 +256,7 @@ class DataPlane:
                         return {"feedback_id": row.id, "status": "unchanged"}
                     status = "replaced" if row is not None else "recorded"
                     row = row or Feedback(prediction_id=prediction_id, text=text, label=label, source=source)
-                    row.label, row.source, row.created_at = label, source, utcnow()
+                    row.label, row.source, row.created_at = label, source, db_now(session)  # one clock for every host's labels
                     session.add(row)
                     session.flush()
                     return {"feedback_id": row.id, "status": status}

@@ -30,7 +30,7 @@ from sqlmodel import Session
 
 from refitd.core import alerts, registry
 from refitd.core.artifacts import ArtifactStore
-from refitd.core.db import session_scope
+from refitd.core.db import db_now, session_scope
 from refitd.core.errors import NoChampionError
 from refitd.core.labels import predictions_with_labels
 from refitd.core.settings import Settings
@@ -238,12 +238,13 @@ def run_check(settings: Settings, engine: Engine) -> DriftCheck:
         champion = registry.get_champion(session)
         if champion is None:
             raise NoChampionError()
+        started = db_now(session)  # the row's time: compared with promotions, stamped by the same clock
         window = load_window(session, size=d.window_size, minutes=d.window_minutes)
         history = predictions_with_labels(session, model_version=champion.version,
                                           before=window["created_at"].min(), latest=ESTIMATE_HISTORY_ROWS,
                                           content=False) \
             if len(window) >= d.min_window else None
-    row = DriftCheck(model_version=champion.version, window_size=len(window), verdict="insufficient_data",
+    row = DriftCheck(model_version=champion.version, created_at=started, window_size=len(window), verdict="insufficient_data",
                      window_start=window["created_at"].min() if len(window) else None,
                      window_end=window["created_at"].max() if len(window) else None)
     if len(window) < d.min_window:

@@ -132,6 +132,47 @@ def test_a_drift_refit_waiting_for_labels_starts_once_they_are_in_not_at_the_nex
     assert len(launched) == 1
 
 
+def test_a_promoting_host_with_a_fast_clock_hides_no_check_and_no_cooldown(home: Settings, monkeypatch) -> None:
+    """Promotions, events, refit runs, labels and checks are stamped by the database's clock (PostgreSQL; SQLite
+    serves one host), so a training host five minutes fast neither makes the follow-up ignore the check made after
+    its promotion nor stretches the cooldown after the refit it ran."""
+    from datetime import datetime, timezone
+
+    from refitd.core.db import db_now
+    from refitd.core.tables import DriftCheck
+    from refitd.daemon.triggers import follow_up_drift
+
+    def fast() -> datetime:
+        return datetime.now(timezone.utc) + timedelta(minutes=5)
+
+    for module in (registry, __import__("refitd.core.runs", fromlist=["utcnow"]),
+                   __import__("refitd.core.tables", fromlist=["utcnow"])):
+        monkeypatch.setattr(module, "utcnow", fast)  # what a fast host's code would read as now
+    engine = make_engine(home.database_url)
+    launcher = RefitLauncher(home, engine)
+    launched: list[str] = []
+    monkeypatch.setattr(launcher, "start", lambda trigger, reason: launched.append(trigger) or (True, ""))
+    v2 = registry.register_version(engine, artifact_uri="/models/v2").version
+    with session_scope(engine) as s:
+        start_run(s, trigger="drift", params={})  # the refit that made v2, on the fast host
+    registry.promote(engine, v2)
+    _labels(home, 5)
+    with session_scope(engine) as s:
+        now = db_now(s)
+        assert abs((registry.get_champion(s).promoted_at - now).total_seconds()) < 60
+        assert abs((s.exec(select(RefitRun).where(RefitRun.trigger == "drift")).one().created_at - now).total_seconds()) < 60
+        promoted = s.exec(select(Event).where(Event.kind == "promoted", Event.subject == v2)).one()
+        assert abs((promoted.created_at - now).total_seconds()) < 60
+        assert all(abs((f.created_at - now).total_seconds()) < 60 for f in s.exec(select(Feedback)))
+        s.add(DriftCheck(model_version=v2, verdict="drifted", signals={"_verdict": {"found": "drifted"}},
+                         created_at=now))
+    home.refit.cooldown_minutes = 0.05  # 3 s after the refit started, by the database's clock
+    time.sleep(3.5)
+    started = follow_up_drift(home, engine, launcher)
+    assert started is not None and started.start, started
+    assert launched == ["drift"]
+
+
 def test_labels_count_as_new_from_the_newest_label_the_champions_refit_read(home: Settings) -> None:
     engine = make_engine(home.database_url)
     launcher = RefitLauncher(home, engine)
