@@ -81,7 +81,7 @@ def models_show(ctx: typer.Context, version: Annotated[str, typer.Argument(help=
         from refitd.daemon.shadow import progress
 
         with session_scope(engine_for(settings)) as session:
-            shadow = progress(session)
+            shadow = progress(session, settings)
     if shadow:
         console.print(f"shadow beside {shadow.get('champion') or '-'} for {shadow.get('minutes')} min: "
                       f"{shadow['scored']} live requests scored, agreement {_fmt(shadow['agreement'])}, mean confidence "

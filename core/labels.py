@@ -9,16 +9,19 @@ process (triggers, the watch) counts without it.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Select, case, func, select
+from sqlalchemy import ColumnElement, Select, and_, case, func, select
 from sqlmodel import Session, col
 
 from refitd.core.tables import Feedback, Prediction
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from refitd.core.settings import Settings
 
 
 def labelled_rows(session: Session, *, since: datetime | None = None) -> pd.DataFrame:
@@ -48,13 +51,14 @@ def labelled_rows(session: Session, *, since: datetime | None = None) -> pd.Data
 def predictions_with_labels(
     session: Session, *, unlabelled: bool = False, model_version: str | None = None,
     after: datetime | None = None, before: datetime | None = None, latest: int | None = None,
-    content: bool = True,
+    content: bool = True, sources: Collection[str] | None = None,
 ) -> pd.DataFrame:
     """Served predictions, newest first, each with the feedback label given for it as ``true_label``.
 
     Only labelled ones unless ``unlabelled`` (then ``true_label`` is None where nobody labelled it);
     optionally one model version's, served at or after ``after`` and before ``before``, the ``latest`` N.
     Without ``content`` the text and embedding columns are not read (answers and labels only: a tenth of the bytes).
+    With ``sources``, only labels from those count (:func:`measuring`); another source's label reads as none.
     """
     fields = {"created_at": Prediction.created_at, "model_version": Prediction.model_version,
               "text": Prediction.text, "label": Prediction.label, "confidence": Prediction.confidence,
@@ -62,7 +66,7 @@ def predictions_with_labels(
     if not content:
         del fields["text"], fields["embedding"]
     query = select(*fields.values())
-    query = _served(query.join(Feedback, Feedback.prediction_id == Prediction.id, isouter=unlabelled),
+    query = _served(query.join(Feedback, labelled_by(sources), isouter=unlabelled),
                     model_version=model_version, after=after, before=before)
     rows = session.execute(query.order_by(col(Prediction.created_at).desc()).limit(latest)).all()
     import pandas as pd
@@ -71,18 +75,34 @@ def predictions_with_labels(
 
 
 def labelled_accuracy(session: Session, *, model_version: str, after: datetime | None = None,
-                      before: datetime | None = None, latest: int | None = None) -> tuple[int, float | None]:
+                      before: datetime | None = None, latest: int | None = None,
+                      sources: Collection[str] | None = None) -> tuple[int, float | None]:
     """How many of ``model_version``'s answers (served at or after ``after``, before ``before``; the ``latest``
-    N labelled ones) have a label, and the share of them it got right (None without any), counted by the
-    database: the rows of :func:`predictions_with_labels` without reading them."""
+    N labelled ones) have a label (from ``sources``, when given), and the share of them it got right (None
+    without any), counted by the database: the rows of :func:`predictions_with_labels` without reading them."""
     right = case((col(Prediction.label) == col(Feedback.label), 1), else_=0)
-    query = _served(select(right.label("right")).join(Feedback, Feedback.prediction_id == Prediction.id),
+    query = _served(select(right.label("right")).join(Feedback, labelled_by(sources)),
                     model_version=model_version, after=after, before=before)
     if latest is not None:
         query = query.order_by(col(Prediction.created_at).desc()).limit(latest)
     rows = query.subquery()
     n, correct = session.execute(select(func.count(), func.sum(rows.c.right))).one()
     return int(n), (int(correct) / n if n else None)
+
+
+def measuring(settings: Settings) -> list[str] | None:
+    """The feedback sources whose labels measure accuracy (``serving.feedback_measure_sources``), None for all.
+    A label sent because the answer looked wrong is no sample of how often answers are right: counted as one,
+    it would drag measured accuracy down, set the estimate's threshold by mistakes, and let any candidate beat
+    the champion on the champion's own errors."""
+    return settings.serving.feedback_measure_sources
+
+
+def labelled_by(sources: Collection[str] | None, prediction_id: Any = Prediction.id) -> ColumnElement[bool]:
+    """The join of a prediction (``prediction_id``: its id column here or in another table) to its label, narrowed
+    to labels from ``sources`` when given."""
+    on = Feedback.prediction_id == prediction_id
+    return on if sources is None else and_(on, col(Feedback.source).in_(list(sources)))
 
 
 def _served(query: Select, *, model_version: str | None, after: datetime | None, before: datetime | None) -> Select:

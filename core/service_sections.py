@@ -63,6 +63,13 @@ class ServingSection(Section):
     feedback_sources: list[str] = Field(
         ["api", "review", "import"], description="Values /v1/feedback accepts as `source`; anything else is 422."
     )
+    feedback_measure_sources: list[str] | None = Field(
+        None, description="The feedback sources whose labels are a sample of traffic chosen without looking at the "
+                          "answer (an audit, a random review queue), and so measure accuracy: the drift check's "
+                          "performance signal and the label-free estimate's threshold, the promotion watch, shadow "
+                          "scoring, and a refit's recent test and validation sets. Labels of the other sources "
+                          "(corrections sent because an answer looked wrong) train the next model and count toward "
+                          "the label trigger, never toward a measure. Unset: every source measures.")
     feedback_rate_per_s: float = Field(
         50.0, description="Labels per second each feedback source may send (token bucket); beyond it 429 + Retry-After."
     )
@@ -106,6 +113,10 @@ class ServingSection(Section):
             raise ValueError(f"serving.max_body_bytes must be ≥ 1024; got {self.max_body_bytes}")
         if not self.feedback_sources or any(not s or len(s) > 32 for s in self.feedback_sources):
             raise ValueError(f"serving.feedback_sources must name 1–32 character sources; got {self.feedback_sources}")
+        unknown = sorted(set(self.feedback_measure_sources or []) - set(self.feedback_sources))
+        if unknown:
+            raise ValueError(f"serving.feedback_measure_sources must be among serving.feedback_sources "
+                             f"({', '.join(self.feedback_sources)}); got {', '.join(unknown)}")
         if self.feedback_rate_per_s <= 0 or self.feedback_burst < 1:
             raise ValueError("serving.feedback_rate_per_s must be > 0 and serving.feedback_burst ≥ 1; "
                              f"got {self.feedback_rate_per_s} and {self.feedback_burst}")

@@ -7,12 +7,14 @@ request by ``prediction_id``, and to its feedback label where one arrived.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import case, func, insert, select
 from sqlmodel import Session, col
 
+from refitd.core.labels import labelled_by
 from refitd.core.tables import Feedback, Prediction, ShadowScore
 
 
@@ -22,9 +24,11 @@ def record_scores(session: Session, rows: list[dict[str, Any]]) -> None:
         session.execute(insert(ShadowScore), rows)
 
 
-def figures(session: Session, version: str, *, since: datetime | None = None) -> dict[str, Any]:
+def figures(session: Session, version: str, *, since: datetime | None = None,
+            sources: Collection[str] | None = None) -> dict[str, Any]:
     """What the shadow scored so far: requests, agreement with the champion, both mean confidences, and both
-    accuracies on the requests that got a label (None while none did)."""
+    accuracies on the requests that got a label (from ``sources`` when given: :func:`labels.measuring`; None
+    while none did)."""
     agree = _count(ShadowScore.label == Prediction.label)
     joined = (select(func.count(), agree, func.avg(ShadowScore.confidence), func.avg(Prediction.confidence))
               .select_from(ShadowScore).join(Prediction, Prediction.id == ShadowScore.prediction_id)
@@ -33,7 +37,7 @@ def figures(session: Session, version: str, *, since: datetime | None = None) ->
                        _count(ShadowScore.label == Feedback.label),
                        _count(Prediction.label == Feedback.label))
                 .select_from(ShadowScore).join(Prediction, Prediction.id == ShadowScore.prediction_id)
-                .join(Feedback, Feedback.prediction_id == ShadowScore.prediction_id)
+                .join(Feedback, labelled_by(sources, ShadowScore.prediction_id))
                 .where(ShadowScore.version == version))
     if since is not None:
         joined = joined.where(col(ShadowScore.created_at) >= since)

@@ -26,7 +26,7 @@ from sqlmodel import Session, col
 from refitd.core import alerts, registry
 from refitd.core.errors import ChampionChangedError
 from refitd.core.db import db_now, session_scope
-from refitd.core.labels import labelled_accuracy
+from refitd.core.labels import labelled_accuracy, measuring
 from refitd.core.settings import Settings
 from refitd.core.tables import Event, ModelVersion, Prediction
 
@@ -51,9 +51,10 @@ class Quality:
         return f"{self.version}: accuracy {acc} on {self.labelled} labels, estimate {est} ({self.estimate_method})"
 
 
-def _quality(session: Session, version: str, *, after: datetime | None = None, before: datetime | None = None,
-             latest: int | None = None) -> Quality:
-    labelled, acc = labelled_accuracy(session, model_version=version, after=after, before=before, latest=latest)
+def _quality(session: Session, version: str, *, sources: list[str] | None, after: datetime | None = None,
+             before: datetime | None = None, latest: int | None = None) -> Quality:
+    labelled, acc = labelled_accuracy(session, model_version=version, after=after, before=before, latest=latest,
+                                      sources=sources)
     mv = session.scalars(select(ModelVersion).where(ModelVersion.version == version)).first()
     threshold = None if mv is None else registry.atc_threshold(mv)
     if threshold is None:
@@ -98,10 +99,10 @@ def check(settings: Settings, engine: Engine) -> dict[str, Any] | None:
             return None
         since, now = promoted.created_at, db_now(session)  # the event was stamped by the database's clock too
         new_version, old_version = promoted.subject or "", promoted.data["previous"]
-        new = _quality(session, new_version, after=since)
+        new = _quality(session, new_version, sources=measuring(settings), after=since)
         # The previous champion's baseline: as many of its last labelled answers as the new one has, so both
         # are scored on recent traffic (after a drift, older answers were on traffic that no longer comes).
-        old = _quality(session, old_version, before=since,
+        old = _quality(session, old_version, sources=measuring(settings), before=since,
                        latest=min(PREVIOUS_LABELS, max(s.watch_min_labels, new.labelled)))
     figures = {"new": new.__dict__, "old": old.__dict__, "since": since.isoformat()}
     comparison = f"{new.words()} vs {old.words()}"

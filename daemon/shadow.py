@@ -26,11 +26,12 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from refitd.core import registry
-from refitd.core.db import session_scope
+from refitd.core.db import db_now, session_scope
 from refitd.core.sections import GateSection
 from refitd.core.settings import Settings
+from refitd.core.labels import measuring
 from refitd.core.shadow import figures
-from refitd.core.tables import Event, utcnow
+from refitd.core.tables import Event
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +42,16 @@ def shadow_started(session: Session, version: str) -> datetime | None:
                         .order_by(col(Event.id).desc())).first()
 
 
-def progress(session: Session) -> dict[str, Any] | None:
-    """The shadow in progress and its figures so far (``refitd status``), or None."""
+def progress(session: Session, settings: Settings) -> dict[str, Any] | None:
+    """The shadow in progress and its figures so far (``refitd status``), or None. Its accuracies count the labels
+    that measure (``serving.feedback_measure_sources``): a correction of the champion's mistake alone would hand
+    the shadow every such request."""
     mv = registry.get_shadow(session)
     if mv is None:
         return None
     since = shadow_started(session, mv.version) or mv.created_at
-    return {**figures(session, mv.version, since=since), "since": since.isoformat(),
-            "minutes": round((utcnow() - since).total_seconds() / 60, 1)}
+    return {**figures(session, mv.version, since=since, sources=measuring(settings)), "since": since.isoformat(),
+            "minutes": round((db_now(session) - since).total_seconds() / 60, 1)}  # the event's clock
 
 
 def verdict(f: dict[str, Any], g: GateSection) -> tuple[bool, str]:
@@ -69,7 +72,7 @@ def check(settings: Settings, engine: Engine) -> dict[str, Any] | None:
     """Judge the shadow once it has run its time and scored enough; None when nothing is in shadow."""
     g = settings.gate
     with session_scope(engine) as session:
-        f = progress(session)
+        f = progress(session, settings)
     if f is None:
         return None
     version = f["version"]

@@ -40,7 +40,7 @@ def gather_status(settings: Settings, *, events: int = 10, checks: int = 5) -> d
                  for c in list_checks(session, limit=checks)]
         run = running(session)
         run_gone = gone(run) if run is not None else None
-        shadow = shadow_progress(session)
+        shadow = shadow_progress(session, settings)
         waiting = alerts.waiting(session)
     champ = None
     if champion is not None:

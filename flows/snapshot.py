@@ -6,8 +6,10 @@ too, so no refit ever trains on a frozen test row. Every other text has one labe
 its newest (:func:`refitd.core.datasets.dedupe`): later feedback over earlier, and
 feedback over the reference data, which is older than any of it; so no text is in
 two parts of a snapshot. New production labels (since the champion was trained)
-are split by a salted hash of the text into recent-test / validation / train;
-older rows are replayed beside them so the model does not forget. Feedback whose label is outside the
+are split by a salted hash of the text into recent-test / validation / train —
+labels of a source that does not measure (``serving.feedback_measure_sources``: corrections
+sent because an answer looked wrong) into train only, since the recent test set and
+validation measure the models; older rows are replayed beside them so the model does not forget. Feedback whose label is outside the
 model's label set is left out (counted in ``unknown_labels``): a new class needs new reference
 data (``refitd data replace``), not a refit.
 """
@@ -78,14 +80,18 @@ def build(
     max_test_rows: int | None,
     seed: int,
     min_reference_share: float = 0.0,
+    measuring: list[str] | None = None,
 ) -> Snapshot:
-    """The training snapshot. ``reference`` has a ``split`` column; ``production`` has text, label, created_at."""
+    """The training snapshot. ``reference`` has a ``split`` column; ``production`` has text, label, created_at and,
+    with ``measuring`` (the sources whose labels may measure; None for all), source."""
     labels = sorted(reference["label"].unique().tolist())
     # Sort first: the same rows in any order make the same snapshot (and the same digest).
     ref = reference.sort_values("text", kind="stable").reset_index(drop=True).assign(source="reference")
     production = production.sort_values(["created_at", "text"], kind="stable") if len(production) else production
-    prod = production.assign(source="feedback")[["text", "label", "created_at", "source"]] if len(production) else \
-        pd.DataFrame(columns=["text", "label", "created_at", "source"])
+    columns = ["text", "label", "created_at", "source", "measures"]
+    prod = production.assign(source="feedback", measures=True if measuring is None else
+                             production["source"].isin(measuring))[columns] if len(production) else \
+        pd.DataFrame(columns=columns)
     # A label the model has no output for cannot be trained on: left out (and counted, and named in the refit's
     # reason), not a failure of every refit until someone edits the feedback table.
     unknown = prod.loc[~prod["label"].isin(labels), "label"].value_counts()
@@ -102,8 +108,9 @@ def build(
     is_new = is_new.astype(bool)
     new, old = prod.loc[is_new].copy(), prod.loc[~is_new].copy()
     new["source"], old["source"] = "feedback_new", "feedback_old"
-    new["part"] = new["text"].map(lambda t: _recent_split(t, recent_fraction))
-    old["part"] = old["text"].map(lambda t: _recent_split(t, recent_fraction))
+    for part in (new, old):
+        part["part"] = part["text"].map(lambda t: _recent_split(t, recent_fraction))
+        part.loc[~part["measures"].astype(bool), "part"] = "train"  # a correction trains; it measures nothing
 
     new_train = new[new["part"] == "train"]
     train = _training_mix(ref[ref["split"] == "train"], old[old["part"] == "train"], new_train,

@@ -32,7 +32,7 @@ from refitd.core import alerts, registry
 from refitd.core.artifacts import ArtifactStore
 from refitd.core.db import db_now, session_scope
 from refitd.core.errors import NoChampionError
-from refitd.core.labels import predictions_with_labels
+from refitd.core.labels import measuring, predictions_with_labels
 from refitd.core.settings import Settings
 from refitd.core.tables import DriftCheck, ModelVersion, utcnow
 from refitd.daemon.alerts import Sender
@@ -54,10 +54,12 @@ log = logging.getLogger(__name__)
 ESTIMATE_HISTORY_ROWS = 1000
 
 
-def load_window(session: Session, *, size: int, minutes: float | None = None) -> pd.DataFrame:
-    """The last ``size`` predictions (within the last ``minutes`` when given), with embedding and feedback label."""
+def load_window(session: Session, *, size: int, minutes: float | None = None,
+                sources: list[str] | None = None) -> pd.DataFrame:
+    """The last ``size`` predictions (within the last ``minutes`` when given), with embedding and feedback label
+    (from ``sources`` when given; another source's label reads as none)."""
     after = None if minutes is None else utcnow() - timedelta(minutes=minutes)
-    return predictions_with_labels(session, unlabelled=True, after=after, latest=size)
+    return predictions_with_labels(session, unlabelled=True, after=after, latest=size, sources=sources)
 
 
 def embeddings_of(frame: pd.DataFrame) -> np.ndarray:
@@ -239,10 +241,12 @@ def run_check(settings: Settings, engine: Engine) -> DriftCheck:
         if champion is None:
             raise NoChampionError()
         started = db_now(session)  # the row's time: compared with promotions, stamped by the same clock
-        window = load_window(session, size=d.window_size, minutes=d.window_minutes)
+        # Only labels that measure (serving.feedback_measure_sources) count, in the window and in the estimate's
+        # history: corrections of wrong answers would read as a fall in accuracy, and set the threshold by mistakes.
+        window = load_window(session, size=d.window_size, minutes=d.window_minutes, sources=measuring(settings))
         history = predictions_with_labels(session, model_version=champion.version,
                                           before=window["created_at"].min(), latest=ESTIMATE_HISTORY_ROWS,
-                                          content=False) \
+                                          content=False, sources=measuring(settings)) \
             if len(window) >= d.min_window else None
     row = DriftCheck(model_version=champion.version, created_at=started, window_size=len(window), verdict="insufficient_data",
                      window_start=window["created_at"].min() if len(window) else None,

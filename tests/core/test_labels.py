@@ -59,3 +59,34 @@ def test_labelled_accuracy_counts_in_the_database_what_the_frame_shows(engine) -
             else:
                 assert acc is None
         assert labelled_accuracy(s, model_version="v1")[0] > 25
+
+
+def test_only_labels_that_measure_count_as_measured(engine) -> None:  # type: ignore[no-untyped-def]
+    """A correction (sent because the answer looked wrong) trains but measures nothing: with
+    ``serving.feedback_measure_sources`` the monitoring reads and the database count see it as no label, the
+    shadow's figures too, while training still reads every label."""
+    from refitd.core.shadow import figures, record_scores
+
+    now = utcnow()
+    with session_scope(engine) as s:
+        for i in range(10):  # v1 answered "a" to all; the truth is "a" for the even ones
+            s.add(Prediction(id=f"m{i}", created_at=now - timedelta(seconds=100 - i), model_version="v1",
+                             text=f"m {i}", label="a", scores={}, confidence=0.5, latency_ms=1.0))
+        s.flush()
+        record_scores(s, [{"version": "v2", "prediction_id": f"m{i}", "label": "b", "confidence": 0.6}
+                          for i in range(10)])
+        for i in range(0, 10, 2):  # an audit of every other answer: right, by chance, each time
+            s.add(Feedback(prediction_id=f"m{i}", label="a", source="review"))
+        for i in range(1, 10, 2):  # every other one was wrong, and users corrected each of those
+            s.add(Feedback(prediction_id=f"m{i}", label="b", source="api"))
+    with session_scope(engine) as s:
+        assert labelled_accuracy(s, model_version="v1") == (10, 0.5)  # the corrections halve it
+        assert labelled_accuracy(s, model_version="v1", sources=["review"]) == (5, 1.0)
+        window = predictions_with_labels(s, unlabelled=True, sources=["review"])
+        assert len(window) == 10 and window["true_label"].notna().sum() == 5  # a correction reads as no label
+        assert set(window.loc[window["true_label"].notna(), "text"]) == {f"m {i}" for i in range(0, 10, 2)}
+        assert len(predictions_with_labels(s, sources=["review", "import"])) == 5
+        every, audited = figures(s, "v2"), figures(s, "v2", sources=["review"])
+        assert (every["labelled"], every["accuracy"], every["champion_accuracy"]) == (10, 0.5, 0.5)
+        assert (audited["labelled"], audited["accuracy"], audited["champion_accuracy"]) == (5, 0.0, 1.0)
+        assert len(labelled_rows(s)) == 10  # training reads them all

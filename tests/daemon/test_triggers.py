@@ -371,6 +371,11 @@ def test_promotion_watch_rolls_back_on_a_live_drop(home: Settings, untrained_art
     publish_version(home, untrained_artifact)  # v2 promoted now
     assert guard.check(home, engine)["action"] == "watching"  # no labels for v2 yet
     _served(home, "v2", right=16, wrong=14, at=utcnow() + timedelta(seconds=1))  # 0.53 after
+    audited = Settings.load(home=home.home, database={"url": home.database_url},
+                            serving={"feedback_measure_sources": ["review"]},
+                            scheduler={"watch_min_labels": 20, "rollback_drop": 0.1})
+    waiting = guard.check(audited, engine)  # these labels' source does not measure: no label counts, no rollback
+    assert waiting["action"] == "watching" and waiting["new"]["labelled"] == waiting["old"]["labelled"] == 0
     hooked = Settings.load(home=home.home, database={"url": home.database_url}, drift={"webhook_url": DEAD_HOOK},
                            scheduler={"watch_min_labels": 20, "rollback_drop": 0.1})
     outcome = guard.check(hooked, engine)

@@ -212,3 +212,19 @@ def test_feedback_with_a_label_outside_the_label_set_is_left_out_and_counted() -
     assert set(s.counts) == {"train", "validation", "test", "recent_test"}  # the parts' counts keep their shape
     kept = set(s.train["text"]) | set(s.validation["text"]) | set(s.recent_test["text"])
     assert not kept & set(odd["text"]) and set(s.train["label"]) | set(s.recent_test["label"]) <= set(s.labels)
+
+
+def test_corrections_train_and_never_measure() -> None:
+    """With ``serving.feedback_measure_sources``, labels of another source (corrections of wrong answers) all go to
+    train, so the recent test set and validation that measure the models hold only labels that may measure."""
+    prod = pd.concat([_production(400, T0 + timedelta(days=1), "audit").assign(source="review"),
+                      _production(400, T0 + timedelta(days=1), "fix").assign(source="api")], ignore_index=True)
+    every = snap.build(_reference(), prod, since=T0, **KW)
+    assert any(t.startswith("fix") for t in every.recent_test["text"])  # without the setting: split alike
+    s = snap.build(_reference(), prod, since=T0, **KW, measuring=["review"])
+    assert not any(t.startswith("fix") for t in pd.concat([s.recent_test["text"], s.validation["text"]]))
+    trainable = {t for i in range(400) if split_of(t := f"fix text {i}", validation_fraction=0.1,
+                                                    test_fraction=0.15) != "test"}  # the frozen set's hash keeps some
+    assert {t for t in s.train["text"] if t.startswith("fix")} == trainable
+    audited = {t for t in every.recent_test["text"] if t.startswith("audit")}
+    assert set(s.recent_test["text"]) == audited and audited  # the audit's labels split as before

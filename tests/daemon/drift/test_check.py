@@ -354,3 +354,29 @@ def test_the_new_champions_reference_starts_where_the_drift_began(tmp_path: Path
     time.sleep(0.01)
     with session_scope(engine) as s:
         assert drift_onset(s, v1.version, before=utcnow()) is None
+
+
+def test_only_labels_that_measure_count_in_the_checks_performance(tmp_path: Path, untrained_artifact: Path) -> None:
+    """Corrections of wrong answers (a source outside ``serving.feedback_measure_sources``) would read as a fall in
+    live accuracy: with the setting the check measures on the audit's labels alone, and the estimate's history too."""
+    from refitd.core.tables import Feedback
+
+    corpus = load_bundled_corpus()
+    airline = corpus[corpus["topic"] == "airline"].sample(700, random_state=5)
+    settings = Settings.load(home=tmp_path, drift={"window_size": 300, "min_window": 200, "reference_size": 400,
+                                                   "min_labels": 30})
+    engine, _, v1, runtime = _serving_v1(settings, untrained_artifact, airline.iloc[:400])
+    _log(settings, runtime, airline["text"].iloc[400:700].tolist(), utcnow())
+    with session_scope(engine) as s:
+        rows = s.exec(select(Prediction).order_by(col(Prediction.created_at))).all()
+        labels = sorted(set(airline["label"]))
+        for row in rows[:60]:  # an audit: it happens to agree with every answer it saw
+            s.add(Feedback(prediction_id=row.id, label=row.label, source="review"))
+        for row in rows[60:120]:  # users corrected answers they found wrong
+            s.add(Feedback(prediction_id=row.id, label=next(lbl for lbl in labels if lbl != row.label), source="api"))
+    every = run_check(settings, engine).signals["_performance"]
+    assert every["labelled"] == 120 and every["measured_accuracy"] == 0.5
+    audited = Settings.load(home=tmp_path, drift={"window_size": 300, "min_window": 200, "reference_size": 400,
+                                                  "min_labels": 30}, serving={"feedback_measure_sources": ["review"]})
+    measured = run_check(audited, engine).signals["_performance"]
+    assert measured["labelled"] == 60 and measured["measured_accuracy"] == 1.0
