@@ -98,6 +98,13 @@ def measuring(settings: Settings) -> list[str] | None:
     return settings.serving.feedback_measure_sources
 
 
+def kept_source(stored: str | None, new: str, sources: Collection[str] | None) -> str:
+    """The source a prediction's label is stored under when ``new`` labels it after ``stored`` (None: the first
+    label): once a measuring source (``sources``; None: all) labelled the answer it stays measured — it was
+    picked without looking at it, whatever a later correction says — else the newest source."""
+    return stored if sources is not None and stored in sources and new not in sources else new  # type: ignore[return-value]
+
+
 def labelled_by(sources: Collection[str] | None, prediction_id: Any = Prediction.id) -> ColumnElement[bool]:
     """The join of a prediction (``prediction_id``: its id column here or in another table) to its label, narrowed
     to labels from ``sources`` when given."""

@@ -194,8 +194,11 @@ class ObjectStoreArtifacts(ArtifactStore):
         self._call(SHARED_DIR, lambda r: r.download(f"{SHARED_DIR}/{name}", dest))
 
     def shared_files(self, prefix: str) -> dict[str, float]:
+        """As the folder store's; an object whose listing gives no time reads as modified now (never as old)."""
         found = self._call(SHARED_DIR, lambda r: r.objects(SHARED_DIR))
-        return {name: (when.timestamp() if isinstance(when, datetime) else float(when or 0.0))
+        now = time.time()
+        return {name: when.timestamp() if isinstance(when, datetime) else
+                float(when) if isinstance(when, int | float) else now
                 for key, when in found.items() if (name := key.removeprefix(f"{SHARED_DIR}/")).startswith(prefix)
                 and "/" not in name}
 

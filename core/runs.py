@@ -19,7 +19,7 @@ from sqlmodel import Session, col, select
 from refitd.core import registry
 from refitd.core.db import db_now
 from refitd.core.errors import NotFoundError
-from refitd.core.tables import RefitRun, utcnow
+from refitd.core.tables import RefitRun
 
 
 def start_run(session: Session, *, trigger: str, params: dict[str, Any], flow_run_id: str | None = None) -> RefitRun:
@@ -49,7 +49,7 @@ def finish_run(
     run.status, run.reason, run.verdict = status, reason, verdict
     run.candidate_version = candidate_version or run.candidate_version
     run.metrics = metrics if metrics is not None else run.metrics
-    run.finished_at = utcnow()
+    run.finished_at = db_now(session)  # the clock its created_at was read from
     session.add(run)
     return run
 

@@ -113,6 +113,9 @@ class ServingSection(Section):
             raise ValueError(f"serving.max_body_bytes must be ≥ 1024; got {self.max_body_bytes}")
         if not self.feedback_sources or any(not s or len(s) > 32 for s in self.feedback_sources):
             raise ValueError(f"serving.feedback_sources must name 1–32 character sources; got {self.feedback_sources}")
+        if self.feedback_measure_sources == []:
+            raise ValueError("serving.feedback_measure_sources is empty: no label would measure accuracy (no "
+                             "performance signal, no rollback on live labels); unset it to let every source measure")
         unknown = sorted(set(self.feedback_measure_sources or []) - set(self.feedback_sources))
         if unknown:
             raise ValueError(f"serving.feedback_measure_sources must be among serving.feedback_sources "

@@ -27,9 +27,9 @@ from sqlmodel import Session, col, select
 
 from refitd.core import registry
 from refitd.core.db import db_now, session_scope
+from refitd.core.labels import measuring
 from refitd.core.sections import GateSection
 from refitd.core.settings import Settings
-from refitd.core.labels import measuring
 from refitd.core.shadow import figures
 from refitd.core.tables import Event
 

@@ -6,10 +6,11 @@ too, so no refit ever trains on a frozen test row. Every other text has one labe
 its newest (:func:`refitd.core.datasets.dedupe`): later feedback over earlier, and
 feedback over the reference data, which is older than any of it; so no text is in
 two parts of a snapshot. New production labels (since the champion was trained)
-are split by a salted hash of the text into recent-test / validation / train —
-labels of a source that does not measure (``serving.feedback_measure_sources``: corrections
-sent because an answer looked wrong) into train only, since the recent test set and
-validation measure the models; older rows are replayed beside them so the model does not forget. Feedback whose label is outside the
+are split by a salted hash of the text into recent-test / validation / train — a text
+labelled only by sources that do not measure (``serving.feedback_measure_sources``:
+corrections sent because an answer looked wrong) into train only, since the recent test
+set and validation measure the models; older rows are replayed beside them so the model
+does not forget. Feedback whose label is outside the
 model's label set is left out (counted in ``unknown_labels``): a new class needs new reference
 data (``refitd data replace``), not a refit.
 """
@@ -99,6 +100,7 @@ def build(
     if len(unknown):
         log.warning("left out %d feedback rows whose labels are outside the label set %s: %s",
                     int(unknown.sum()), labels, unknown.to_dict())
+    prod = _measured_texts(prod, since)
     frozen_texts = set(ref.loc[ref["split"] == "test", "text"].map(normalise))
     frozen = prod["text"].map(lambda t: normalise(t) in frozen_texts or split_of(
         t, validation_fraction=validation_fraction, test_fraction=test_fraction) == "test")
@@ -126,6 +128,18 @@ def build(
     return Snapshot(train[cols], validation[cols], test[cols], recent[cols], labels,
                     unknown_labels={str(k): int(v) for k, v in unknown.items()},
                     labels_until=since if newest is None else pd.Timestamp(newest).to_pydatetime()).seal()
+
+
+def _measured_texts(prod: pd.DataFrame, since: datetime | None) -> pd.DataFrame:
+    """Decide per text, before the newest label of each is kept, whether it may measure: when any of its labels
+    came from a measuring source (picked without looking at the answer; a later correction gives the truth, not
+    the choice) and none from another source is older than ``since`` — such a correction went to train, so the
+    champion may have learned the text, and it must not test it now."""
+    if not len(prod) or bool(prod["measures"].all()):
+        return prod
+    key, measured = prod["text"].map(normalise), prod["measures"].astype(bool)
+    taught = ~measured & (prod["created_at"] <= since if since is not None else False)
+    return prod.assign(measures=measured.groupby(key).transform("any") & ~taught.groupby(key).transform("any"))
 
 
 def _training_mix(reference: pd.DataFrame, old: pd.DataFrame, new: pd.DataFrame, *, replay_ratio: float,

@@ -23,6 +23,7 @@ from refitd.core import registry
 from refitd.core.artifacts import ArtifactStore
 from refitd.core.db import db_now, session_scope
 from refitd.core.errors import ModelLoadError, NoChampionError, NotFoundError, NotReadyError, RefitdError, UnprocessableError
+from refitd.core.labels import kept_source, measuring
 from refitd.core.settings import Settings
 from refitd.core.tables import Feedback, Prediction
 from refitd.serving.batcher import Answer, Batcher
@@ -54,6 +55,7 @@ class DataPlane:
         # stops this server from loading the version as champion
         self.shadow_refused: dict[str, str] = {}
         self._rng = random.Random()
+        self._measuring = measuring(settings)  # the feedback sources whose labels measure (core/labels)
         self._swap_lock = threading.Lock()
         s = settings.serving
         self.batcher = Batcher(lambda: self.runtime, max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms,
@@ -252,11 +254,16 @@ class DataPlane:
                         if session.exec(locked).first() is None:
                             raise NotFoundError("prediction", prediction_id)
                         row = session.query(Feedback).filter(Feedback.prediction_id == prediction_id).one_or_none()
+                    kept = kept_source(row.source if row is not None else None, source, self._measuring)
                     if row is not None and row.label == label:
+                        if row.source != kept:  # an audit confirms a correction: the answer is measured now
+                            row.source = kept
+                            session.add(row)
                         return {"feedback_id": row.id, "status": "unchanged"}
                     status = "replaced" if row is not None else "recorded"
                     row = row or Feedback(prediction_id=prediction_id, text=text, label=label, source=source)
-                    row.label, row.source, row.created_at = label, source, db_now(session)  # one clock for every host's labels
+                    # the database's clock: every host's labels are counted against one
+                    row.label, row.source, row.created_at = label, kept, db_now(session)
                     session.add(row)
                     session.flush()
                     return {"feedback_id": row.id, "status": status}

@@ -14,7 +14,15 @@ from refitd.core.settings import Settings
 log = logging.getLogger(__name__)
 
 CACHE_SCRATCH_PREFIX = ".reference-"  # a check writes its reference cache to such a hidden file, then renames it
+CACHE_PREFIX = "reference-"  # <home>/drift/reference-<version><suffix>: a champion's scored reference and what goes with it
+CACHE_SUFFIXES = (".parquet", ".json", ".calibration.json", ".calibration.partial")
 TRAFFIC_PREFIX = "drift-traffic-"  # a champion's published traffic reference: drift-traffic-<version>-<digest>.parquet
+
+
+def cache_file(settings: Settings, version: str, suffix: str) -> Path:
+    """One file of this host's reference cache for ``version``: its rows (``.parquet``), where they came from
+    (``.json``), its calibration (``.calibration.json``)."""
+    return settings.home / "drift" / f"{CACHE_PREFIX}{version}{suffix}"
 
 
 def sweep(settings: Settings, *, older_than_s: float = KEEP_S) -> list[Path]:

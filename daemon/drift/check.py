@@ -36,7 +36,7 @@ from refitd.core.labels import measuring, predictions_with_labels
 from refitd.core.settings import Settings
 from refitd.core.tables import DriftCheck, ModelVersion, utcnow
 from refitd.daemon.alerts import Sender
-from refitd.daemon.drift import CACHE_SCRATCH_PREFIX, report
+from refitd.daemon.drift import CACHE_SCRATCH_PREFIX, cache_file, report
 from refitd.daemon.drift.alerts import drift_payload
 from refitd.daemon.drift.baseline import reference_rows
 from refitd.daemon.drift.calibration import METHODS, VERSION, Calibration, Reference, calibrate, judge, scores
@@ -69,7 +69,7 @@ def embeddings_of(frame: pd.DataFrame) -> np.ndarray:
 def reference_for(settings: Settings, champion: ModelVersion, engine: Engine) -> tuple[pd.DataFrame, np.ndarray]:
     """The champion's reference rows (:func:`~refitd.daemon.drift.baseline.reference_rows`) scored by the
     champion; cached per version, with where the rows came from in ``reference-<version>.json`` beside them."""
-    cache = settings.home / "drift" / f"reference-{champion.version}.parquet"
+    cache = cache_file(settings, champion.version, ".parquet")
     if cache.is_file():
         try:
             frame = pd.read_parquet(cache)
@@ -94,7 +94,7 @@ def reference_for(settings: Settings, champion: ModelVersion, engine: Engine) ->
 
 def reference_provenance(settings: Settings, version: str) -> dict[str, Any]:
     """Where a cached reference's rows came from (empty when it predates this record)."""
-    path = settings.home / "drift" / f"reference-{version}.json"
+    path = cache_file(settings, version, ".json")
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
@@ -209,7 +209,7 @@ def calibration_for(settings: Settings, champion: ModelVersion, reference: Refer
     from the reference now and stored there (a changed reference or drift setting starts the file afresh)."""
     d = settings.drift
     size = calibrated_window(rows, window_size=d.window_size, min_window=d.min_window)
-    path = settings.home / "drift" / f"reference-{champion.version}.calibration.json"
+    path = cache_file(settings, champion.version, ".calibration.json")
     key = {"version": VERSION, "reference": reference.digest, "false_alarm_rate": d.false_alarm_rate,
            "draws": d.calibration_draws, "window_size": d.window_size, "min_window": d.min_window}
     try:

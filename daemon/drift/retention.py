@@ -14,6 +14,7 @@ rows, or its training rows), as a host that never had the files would be. Light:
 from __future__ import annotations
 
 import logging
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -24,12 +25,11 @@ from refitd.core.artifacts import ArtifactStore
 from refitd.core.db import session_scope
 from refitd.core.settings import Settings
 from refitd.core.tables import ModelVersion, VersionStatus
-from refitd.daemon.drift import TRAFFIC_PREFIX
+from refitd.daemon.drift import CACHE_PREFIX, CACHE_SUFFIXES, TRAFFIC_PREFIX
 
 log = logging.getLogger(__name__)
 
-CACHE_PREFIX = "reference-"  # <home>/drift/reference-<version>.parquet, .json and .calibration.json
-_CACHE_SUFFIXES = (".calibration.json", ".parquet", ".json")
+_TRAFFIC_NAME = re.compile(re.escape(TRAFFIC_PREFIX) + r"(.+)-[0-9a-f]{12}\.parquet")
 _MAY_SERVE = (VersionStatus.champion.value, VersionStatus.candidate.value, VersionStatus.shadow.value)
 
 
@@ -45,18 +45,17 @@ def retired_versions(engine: Engine) -> set[str]:
 
 
 def traffic_version(name: str) -> str | None:
-    """The version a published traffic reference's name (``drift-traffic-<version>-<digest>.parquet``) is for."""
-    if not (name.startswith(TRAFFIC_PREFIX) and name.endswith(".parquet")):
-        return None
-    version, _, digest = name.removeprefix(TRAFFIC_PREFIX).removesuffix(".parquet").rpartition("-")
-    return version or None
+    """The version a published traffic reference's name (``drift-traffic-<version>-<12 hex digits>.parquet``,
+    ``baseline.traffic_file``) is for; None for any other name."""
+    found = _TRAFFIC_NAME.fullmatch(name)
+    return found.group(1) if found else None
 
 
 def cache_version(name: str) -> str | None:
     """The version a file of this host's reference cache (``reference-<version>.<suffix>``) is for."""
     if not name.startswith(CACHE_PREFIX):
         return None
-    for suffix in _CACHE_SUFFIXES:
+    for suffix in sorted(CACHE_SUFFIXES, key=len, reverse=True):  # .calibration.json before .json
         if name.endswith(suffix):
             return name.removeprefix(CACHE_PREFIX).removesuffix(suffix) or None
     return None
@@ -78,10 +77,13 @@ def prune_references(settings: Settings, engine: Engine, cutoff: datetime) -> li
             path.unlink(missing_ok=True)
             removed.append(path.name)
     store = ArtifactStore.from_settings(settings)
-    for name, modified in sorted(store.shared_files(TRAFFIC_PREFIX).items()):
+    listed = store.shared_files(TRAFFIC_PREFIX)
+    retired &= retired_versions(engine)  # again after the listing: a version promoted meanwhile keeps its file
+    for name, modified in sorted(listed.items()):
         if modified < before and traffic_version(name) in retired:
             store.shared_remove(name)
             removed.append(f"reference/{name}")
     if removed:
-        log.info("retention: removed %d drift reference files of retired versions: %s", len(removed), ", ".join(removed))
+        log.info("retention: removed %d drift reference files of retired versions: %s",
+                 len(removed), ", ".join(removed))
     return removed

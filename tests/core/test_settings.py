@@ -40,6 +40,7 @@ def test_sources_toml_then_env_then_arguments(monkeypatch, tmp_path) -> None:
         ("[serving]\nprot = 1\n", r"serving.prot: Extra inputs are not permitted"),
         ("[serving]\nqueue_size = 64\n", r"serving.queue_size must be ≥ serving.max_batch_size \(32\) and "
                                          r"serving.max_texts_per_request \(256\); got 64"),
+        ("[serving]\nfeedback_measure_sources = []\n", r"serving.feedback_measure_sources is empty: .* unset it"),
         ("[serving]\nfeedback_measure_sources = ['audit']\n",
          r"serving.feedback_measure_sources must be among serving.feedback_sources \(api, review, import\); got audit"),
         ("[training]\ntopics = ['airline', 'self-driving']\n",

@@ -228,3 +228,19 @@ def test_corrections_train_and_never_measure() -> None:
     assert {t for t in s.train["text"] if t.startswith("fix")} == trainable
     audited = {t for t in every.recent_test["text"] if t.startswith("audit")}
     assert set(s.recent_test["text"]) == audited and audited  # the audit's labels split as before
+
+
+def test_an_audited_text_corrected_later_still_measures_and_a_trained_correction_never_does() -> None:
+    """Per text: audited, then corrected, it measures (the audit picked it; the correction is its truth); corrected
+    before the champion's refit (so it went to train), then audited, it trains only — the champion may know it."""
+    audit = _production(400, T0 + timedelta(days=1), "t").assign(source="review")
+    corrected = audit.assign(label="positive", source="api", created_at=audit["created_at"] + timedelta(days=1))
+    s = snap.build(_reference(), pd.concat([audit, corrected], ignore_index=True), since=T0, **KW, measuring=["review"])
+    plain = snap.build(_reference(), audit, since=T0, **KW, measuring=["review"])
+    assert set(s.recent_test["text"]) == set(plain.recent_test["text"]) and len(s.recent_test)
+    assert (s.recent_test["label"] == "positive").all()  # the newest label is the truth
+    trained_first = audit.assign(source="api", created_at=T0 - timedelta(days=1))  # a correction the champion read
+    late_audit = audit.assign(created_at=T0 + timedelta(days=2))
+    t = snap.build(_reference(), pd.concat([trained_first, late_audit], ignore_index=True), since=T0, **KW,
+                   measuring=["review"])
+    assert len(t.recent_test) == 0 and not set(t.validation["text"]) & set(audit["text"])

@@ -37,6 +37,26 @@ def test_feedback_idempotent_replace_and_404(running) -> None:
     assert sorted((r.label, r.prediction_id is None) for r in rows) == [("neutral", False), ("positive", True)]
 
 
+def test_an_answer_an_audit_labelled_stays_measured(start_server) -> None:
+    """With ``serving.feedback_measure_sources``, a prediction's label keeps the audit's source when a correction
+    replaces it (the audit picked the answer without looking at it), and an audit that confirms a correction makes
+    the answer measured; the label is always the newest."""
+    running = start_server(serving={"feedback_measure_sources": ["review"]})
+
+    def label(pid: str, value: str, source: str) -> str:
+        answer = httpx.post(f"{running.url}/v1/feedback", json={"prediction_id": pid, "label": value, "source": source})
+        assert answer.status_code == 200, answer.text
+        return answer.json()["status"]
+
+    audited, corrected, plain = (_predict(running.url, t)["prediction_id"] for t in ("late again", "nice crew", "ok"))
+    assert (label(audited, "negative", "review"), label(audited, "neutral", "api")) == ("recorded", "replaced")
+    assert (label(corrected, "positive", "api"), label(corrected, "positive", "review")) == ("recorded", "unchanged")
+    assert (label(plain, "negative", "api"), label(plain, "positive", "api")) == ("recorded", "replaced")
+    with session_scope(make_engine(running.settings.database_url)) as s:
+        stored = {r.prediction_id: (r.label, r.source) for r in s.exec(select(Feedback)).all()}
+    assert stored == {audited: ("neutral", "review"), corrected: ("positive", "review"), plain: ("positive", "api")}
+
+
 @pytest.mark.parametrize("binary", [True, False])
 def test_v2_infer_with_tritonclient(running, binary: bool) -> None:
     client = triton.InferenceServerClient(running.url.removeprefix("http://"))

@@ -23,6 +23,7 @@ def test_names_are_read_back_to_their_version() -> None:
     assert traffic_version("drift-traffic-v12-0123456789ab.parquet") == "v12"
     assert traffic_version("drift-traffic-my-model-v3-0123456789ab.parquet") == "my-model-v3"
     assert traffic_version("reference-9f2c.parquet") is None and traffic_version("drift-traffic-.parquet") is None
+    assert traffic_version("drift-traffic-v3-notes.parquet") is None  # not a digest: not ours to delete
     assert cache_version("reference-v4.calibration.json") == "v4" and cache_version("reference-v4.parquet") == "v4"
     assert cache_version("reference-v4.json") == "v4" and cache_version(".reference-v4.parquet.77") is None
     assert cache_version("other.json") is None
