@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 
 def labelled_rows(session: Session, *, since: datetime | None = None) -> pd.DataFrame:
-    """text, label, predicted, model_version, created_at (of the label), source — for every feedback row."""
+    """text, label, predicted, model_version, created_at (of the label), source, corrected_at — for every
+    feedback row."""
     query = (
         select(
             func.coalesce(Prediction.text, Feedback.text).label("text"),
@@ -34,6 +35,7 @@ def labelled_rows(session: Session, *, since: datetime | None = None) -> pd.Data
             Prediction.model_version,
             Feedback.created_at,
             Feedback.source,
+            Feedback.corrected_at,
         )
         .select_from(Feedback)
         .outerjoin(Prediction, Prediction.id == Feedback.prediction_id)
@@ -44,7 +46,8 @@ def labelled_rows(session: Session, *, since: datetime | None = None) -> pd.Data
     rows = session.execute(query).all()
     import pandas as pd
 
-    frame = pd.DataFrame(rows, columns=["text", "label", "predicted", "model_version", "created_at", "source"])
+    frame = pd.DataFrame(rows, columns=["text", "label", "predicted", "model_version", "created_at", "source",
+                                        "corrected_at"])
     return frame[frame["text"].notna()].reset_index(drop=True)
 
 

@@ -196,11 +196,16 @@ class ObjectStoreArtifacts(ArtifactStore):
     def shared_files(self, prefix: str) -> dict[str, float]:
         """As the folder store's; an object whose listing gives no time reads as modified now (never as old)."""
         found = self._call(SHARED_DIR, lambda r: r.objects(SHARED_DIR))
-        now = time.time()
-        return {name: when.timestamp() if isinstance(when, datetime) else
+        now, out = time.time(), {}
+        for key, when in found.items():
+            name = key.removeprefix(f"{SHARED_DIR}/")
+            if not name.startswith(prefix) or "/" in name:
+                continue
+            if not isinstance(when, datetime | int | float):
+                log.warning("%s lists no time for %s (%r): kept as if written now", self.remote.url, key, when)
+            out[name] = when.timestamp() if isinstance(when, datetime) else \
                 float(when) if isinstance(when, int | float) else now
-                for key, when in found.items() if (name := key.removeprefix(f"{SHARED_DIR}/")).startswith(prefix)
-                and "/" not in name}
+        return out
 
     def shared_remove(self, name: str) -> None:
         self._call(SHARED_DIR, lambda r: r.delete(f"{SHARED_DIR}/{name}"))

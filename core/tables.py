@@ -123,6 +123,9 @@ class Feedback(SQLModel, table=True):
     label: str = Field(max_length=LABEL_MAX_CHARS)
     source: str = Field(default="api", max_length=32)
     created_at: datetime = Field(default_factory=utcnow, index=True)
+    # when a source that does not measure (serving.feedback_measure_sources) first labelled the prediction: the
+    # row keeps only the newest label and source, and such a correction may have trained a model since
+    corrected_at: datetime | None = None
 
 
 class ShadowScore(SQLModel, table=True):

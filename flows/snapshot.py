@@ -89,9 +89,10 @@ def build(
     # Sort first: the same rows in any order make the same snapshot (and the same digest).
     ref = reference.sort_values("text", kind="stable").reset_index(drop=True).assign(source="reference")
     production = production.sort_values(["created_at", "text"], kind="stable") if len(production) else production
-    columns = ["text", "label", "created_at", "source", "measures"]
+    columns = ["text", "label", "created_at", "source", "measures", "corrected_at"]
     prod = production.assign(source="feedback", measures=True if measuring is None else
-                             production["source"].isin(measuring))[columns] if len(production) else \
+                             production["source"].isin(measuring),
+                             corrected_at=production.get("corrected_at"))[columns] if len(production) else \
         pd.DataFrame(columns=columns)
     # A label the model has no output for cannot be trained on: left out (and counted, and named in the refit's
     # reason), not a failure of every refit until someone edits the feedback table.
@@ -100,7 +101,7 @@ def build(
     if len(unknown):
         log.warning("left out %d feedback rows whose labels are outside the label set %s: %s",
                     int(unknown.sum()), labels, unknown.to_dict())
-    prod = _measured_texts(prod, since)
+    prod = _measured_texts(prod, since) if measuring is not None else prod
     frozen_texts = set(ref.loc[ref["split"] == "test", "text"].map(normalise))
     frozen = prod["text"].map(lambda t: normalise(t) in frozen_texts or split_of(
         t, validation_fraction=validation_fraction, test_fraction=test_fraction) == "test")
@@ -133,12 +134,16 @@ def build(
 def _measured_texts(prod: pd.DataFrame, since: datetime | None) -> pd.DataFrame:
     """Decide per text, before the newest label of each is kept, whether it may measure: when any of its labels
     came from a measuring source (picked without looking at the answer; a later correction gives the truth, not
-    the choice) and none from another source is older than ``since`` — such a correction went to train, so the
-    champion may have learned the text, and it must not test it now."""
-    if not len(prod) or bool(prod["measures"].all()):
+    the choice) and no correction of it is older than ``since`` — a row from another source, or one whose
+    ``corrected_at`` (its prediction's first correction, kept when an audit relabelled it) is that old — since
+    such a correction went to train, the champion may have learned the text, and it must not test it now."""
+    if not len(prod):
         return prod
     key, measured = prod["text"].map(normalise), prod["measures"].astype(bool)
     taught = ~measured & (prod["created_at"] <= since if since is not None else False)
+    if since is not None:  # a correction an audit's label replaced since: its row keeps when it came
+        corrected = pd.to_datetime(prod["corrected_at"], utc=True)
+        taught |= (corrected <= since).fillna(False).astype(bool)
     return prod.assign(measures=measured.groupby(key).transform("any") & ~taught.groupby(key).transform("any"))
 
 

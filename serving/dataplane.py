@@ -253,17 +253,22 @@ class DataPlane:
                             .with_for_update(read=True, key_share=True)
                         if session.exec(locked).first() is None:
                             raise NotFoundError("prediction", prediction_id)
-                        row = session.query(Feedback).filter(Feedback.prediction_id == prediction_id).one_or_none()
-                    kept = kept_source(row.source if row is not None else None, source, self._measuring)
+                        row = session.exec(select(Feedback).where(Feedback.prediction_id == prediction_id)
+                                           .with_for_update()).one_or_none()  # one writer at a time decides
+                    measures = self._measuring
+                    kept = kept_source(row.source if row is not None else None, source, measures)
+                    corrects = measures is not None and source not in measures
                     if row is not None and row.label == label:
-                        if row.source != kept:  # an audit confirms a correction: the answer is measured now
-                            row.source = kept
+                        if measures is not None and row.source not in measures and kept in measures:
+                            row.source = kept  # an audit confirms a correction: the answer is measured now
                             session.add(row)
                         return {"feedback_id": row.id, "status": "unchanged"}
                     status = "replaced" if row is not None else "recorded"
                     row = row or Feedback(prediction_id=prediction_id, text=text, label=label, source=source)
                     # the database's clock: every host's labels are counted against one
                     row.label, row.source, row.created_at = label, kept, db_now(session)
+                    if corrects and row.corrected_at is None:  # kept for good: it may train a model from now on
+                        row.corrected_at = row.created_at
                     session.add(row)
                     session.flush()
                     return {"feedback_id": row.id, "status": status}

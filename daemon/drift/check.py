@@ -226,7 +226,7 @@ def calibration_for(settings: Settings, champion: ModelVersion, reference: Refer
                  calibration.window, calibration.reference, calibration.cutoff)
         stored["windows"][str(size)] = calibration.as_json()
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
+        partial = cache_file(settings, champion.version, ".calibration.partial")
         partial.write_text(json.dumps(stored))
         os.replace(partial, path)
     return Calibration.from_json(stored["windows"][str(size)])

@@ -64,8 +64,10 @@ def cache_version(name: str) -> str | None:
 def prune_references(settings: Settings, engine: Engine, cutoff: datetime) -> list[str]:
     """Delete retired versions' published traffic references and this host's cached references last written
     before ``cutoff``; the names removed (published ones as ``reference/<name>``). A store that cannot be listed
-    or written raises ArtifactError after the local files are done."""
-    retired, before = retired_versions(engine), cutoff.timestamp()
+    or written raises ArtifactError (before any local file goes, when it cannot be listed)."""
+    store, before = ArtifactStore.from_settings(settings), cutoff.timestamp()
+    listed = store.shared_files(TRAFFIC_PREFIX)
+    retired = retired_versions(engine)  # after the listing: a version promoted since keeps its files
     removed: list[str] = []
     folder: Path = settings.home / "drift"
     for path in sorted(folder.iterdir()) if folder.is_dir() else []:
@@ -76,9 +78,6 @@ def prune_references(settings: Settings, engine: Engine, cutoff: datetime) -> li
         if old and cache_version(path.name) in retired:
             path.unlink(missing_ok=True)
             removed.append(path.name)
-    store = ArtifactStore.from_settings(settings)
-    listed = store.shared_files(TRAFFIC_PREFIX)
-    retired &= retired_versions(engine)  # again after the listing: a version promoted meanwhile keeps its file
     for name, modified in sorted(listed.items()):
         if modified < before and traffic_version(name) in retired:
             store.shared_remove(name)

@@ -82,6 +82,10 @@ def test_a_shared_file_added_by_two_hosts_keeps_the_first(models_url, tmp_path) 
     other.shared_remove("drift-traffic-v1-x.parquet")
     other.shared_remove("drift-traffic-v1-x.parquet")  # gone already: fine
     assert one.shared_files("drift-traffic-") == {} and one.shared_read("reference-0a1b.parquet") == b"second"
+    # A listing without a time (some S3-compatible servers, other fsspec backends) never reads as old.
+    other.remote.objects = lambda folder="": {"reference/drift-traffic-v2-0123456789ab.parquet": None,  # type: ignore[method-assign]
+                                             "reference/drift-traffic-v3-0123456789ab.parquet": "yesterday"}
+    assert all(abs(t - time.time()) < 60 for t in other.shared_files("drift-traffic-").values())
 
 
 def test_a_version_without_its_manifest_is_invisible(models_url, s3_server, tmp_path) -> None:

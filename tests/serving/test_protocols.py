@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 import tritonclient.http as triton
 from prometheus_client.parser import text_string_to_metric_families
@@ -55,6 +56,49 @@ def test_an_answer_an_audit_labelled_stays_measured(start_server) -> None:
     with session_scope(make_engine(running.settings.database_url)) as s:
         stored = {r.prediction_id: (r.label, r.source) for r in s.exec(select(Feedback)).all()}
     assert stored == {audited: ("neutral", "review"), corrected: ("positive", "review"), plain: ("positive", "api")}
+
+
+def test_a_correction_that_trained_a_model_never_tests_it_even_once_audited(start_server) -> None:
+    """Labels posted through the API, then read by two refits in a row: texts corrected before the first refit
+    (so trained by its model) are never in the second refit's recent test or validation set, whether an audit
+    later confirmed the correction (its row's source becomes the audit's) or relabelled it."""
+    from refitd.core.datasets import assign_splits
+    from refitd.core.labels import labelled_rows
+    from refitd.flows import snapshot as snap
+
+    running = start_server(serving={"feedback_measure_sources": ["review"], "feedback_rate_per_s": 1000,
+                                    "feedback_burst": 1000})
+    texts = [f"flight {i} was {'late' if i % 2 else 'fine'} and the crew {i % 7}" for i in range(240)]
+    ids = [httpx.post(f"{running.url}/v1/predict", json={"texts": texts[i:i + 8]}).json()["predictions"]
+           for i in range(0, len(texts), 8)]
+    pids = [p["prediction_id"] for batch in ids for p in batch]
+
+    def label(pid: str, value: str, source: str) -> None:
+        answer = httpx.post(f"{running.url}/v1/feedback", json={"prediction_id": pid, "label": value, "source": source})
+        assert answer.status_code == 200, answer.text
+
+    for pid in pids:
+        label(pid, "negative", "api")  # corrections, before the first refit
+    engine = make_engine(running.settings.database_url)
+    reference = assign_splits(pd.DataFrame({"text": [f"reference {i}" for i in range(300)],
+                                            "label": ["negative", "neutral", "positive"] * 100}),
+                              validation_fraction=0.1, test_fraction=0.15)
+    kw = dict(validation_fraction=0.1, test_fraction=0.15, recent_fraction=0.2, replay_ratio=1.0, max_train_rows=None,
+              max_test_rows=None, seed=0, measuring=["review"])
+    with session_scope(engine) as s:
+        first = snap.build(reference, labelled_rows(s), since=None, **kw)
+    assert len(first.recent_test) == 0 and not set(first.validation["text"]) & set(texts)  # corrections only train
+    assert len(set(first.train["text"]) & set(texts)) > 150
+    for i, pid in enumerate(pids):  # then an audit: confirming half of them, relabelling the rest
+        label(pid, "negative" if i % 2 else "positive", "review")
+    with session_scope(engine) as s:
+        rows = labelled_rows(s)
+        second = snap.build(reference, rows, since=first.labels_until, **kw)
+        unguarded = snap.build(reference, rows.assign(corrected_at=None), since=first.labels_until, **kw)
+    assert set(rows["source"]) == {"review"} and rows["corrected_at"].notna().all()
+    measured = set(second.recent_test["text"]) | set(second.validation["text"])
+    assert not measured & set(texts)
+    assert set(unguarded.recent_test["text"]) & set(texts)  # what the row alone would have let through
 
 
 @pytest.mark.parametrize("binary", [True, False])
