@@ -9,8 +9,9 @@ two parts of a snapshot. New production labels (since the champion was trained)
 are split by a salted hash of the text into recent-test / validation / train — a text
 labelled only by sources that do not measure (``serving.feedback_measure_sources``:
 corrections sent because an answer looked wrong) into train only, since the recent test
-set and validation measure the models; older rows are replayed beside them so the model
-does not forget. Feedback whose label is outside the
+set and validation measure the models; so does a text of the reference's training split
+that comes back as feedback, which every model learned. Older rows are replayed beside
+them so the model does not forget. Feedback whose label is outside the
 model's label set is left out (counted in ``unknown_labels``): a new class needs new reference
 data (``refitd data replace``), not a refit.
 """
@@ -106,6 +107,8 @@ def build(
     frozen = prod["text"].map(lambda t: normalise(t) in frozen_texts or split_of(
         t, validation_fraction=validation_fraction, test_fraction=test_fraction) == "test")
     prod = dedupe(prod.loc[~frozen.astype(bool)], newest_by="created_at").reset_index(drop=True)
+    trained_texts = set(ref.loc[ref["split"] == "train", "text"].map(normalise))  # every model so far learned these
+    prod["measures"] = prod["measures"].astype(bool) & ~prod["text"].map(normalise).isin(trained_texts)
     ref = ref.loc[~ref["text"].map(normalise).isin(set(prod["text"].map(normalise)))]  # its feedback is newer
     is_new = (prod["created_at"] > since) if since is not None else pd.Series(True, index=prod.index)
     is_new = is_new.astype(bool)

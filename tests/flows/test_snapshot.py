@@ -244,3 +244,16 @@ def test_an_audited_text_corrected_later_still_measures_and_a_trained_correction
     t = snap.build(_reference(), pd.concat([trained_first, late_audit], ignore_index=True), since=T0, **KW,
                    measuring=["review"])
     assert len(t.recent_test) == 0 and not set(t.validation["text"]) & set(audit["text"])
+
+
+def test_a_reference_training_text_fed_back_trains_and_never_tests() -> None:
+    """Every model so far trained on the reference's training split: such a text coming back as feedback (with its
+    label, or another) goes to train, never to the recent test set or validation that measure the models."""
+    ref = _reference()
+    trained = ref[ref["split"] == "train"].head(300)
+    echoed = trained[["text"]].assign(label="positive", created_at=T0 + timedelta(days=1))
+    s = snap.build(ref, pd.concat([echoed, _production(300, T0 + timedelta(days=1))], ignore_index=True), since=T0,
+                   **KW)
+    measured = set(s.recent_test["text"]) | set(s.validation["text"])
+    assert not measured & set(trained["text"]) and measured & {f"prod text {i}" for i in range(300)}
+    assert set(trained["text"]) <= set(s.train["text"])  # as the feedback, with its newest label
