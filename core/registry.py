@@ -67,10 +67,13 @@ def retrying(fn):  # type: ignore[no-untyped-def]
 
 
 def record_event(
-    session: Session, *, kind: str, subject: str | None, reason: str, actor: str = "refitd", data: dict | None = None
+    session: Session, *, kind: str, subject: str | None, reason: str, actor: str = "refitd", data: dict | None = None,
+    at: datetime | None = None,
 ) -> Event:
-    """Add one audit row (committed with the caller's transaction), stamped by the database's clock (``db_now``)."""
-    ev = Event(kind=kind, subject=subject, reason=reason, actor=actor, data=data or {}, created_at=db_now(session))
+    """Add one audit row (committed with the caller's transaction), stamped ``at`` or by the database's clock now
+    (``db_now``)."""
+    ev = Event(kind=kind, subject=subject, reason=reason, actor=actor, data=data or {},
+               created_at=at or db_now(session))
     session.add(ev)
     return ev
 
@@ -151,6 +154,7 @@ def _promote(session: Session, mv: ModelVersion, *, actor: str, reason: str) -> 
     session.add(mv)
     record_event(
         session,
+        at=mv.promoted_at,
         kind="promoted",
         subject=mv.version,
         actor=actor,
@@ -260,6 +264,7 @@ def rollback(engine: Engine, *, actor: str = "refitd", reason: str = "", only_fr
         session.add(previous)
         record_event(
             session,
+            at=previous.promoted_at,
             kind="rolled_back",
             subject=previous.version,
             actor=actor,

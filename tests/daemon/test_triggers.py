@@ -147,7 +147,7 @@ def test_a_promoting_host_with_a_fast_clock_hides_no_check_and_no_cooldown(home:
 
     for module in (registry, __import__("refitd.core.runs", fromlist=["utcnow"]),
                    __import__("refitd.core.tables", fromlist=["utcnow"])):
-        monkeypatch.setattr(module, "utcnow", fast)  # what a fast host's code would read as now
+        monkeypatch.setattr(module, "utcnow", fast, raising=False)  # what a fast host's code would read as now
     engine = make_engine(home.database_url)
     launcher = RefitLauncher(home, engine)
     launched: list[str] = []
