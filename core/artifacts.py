@@ -158,6 +158,11 @@ class ArtifactMeta(BaseModel):
         return meta
 
 
+def _claim(folder: Path, name: str) -> Path:
+    """The file whose exclusive creation publishes shared ``name`` where there are no hard links (``place_new``)."""
+    return folder / f"{_SCRATCH}{name}.claim"
+
+
 def _resolved_inside(folder: Path, name: str) -> bool:
     """Whether ``folder / name`` stays inside ``folder`` once links are followed."""
     return (folder / name).resolve().is_relative_to(folder.resolve())
@@ -367,7 +372,7 @@ class ArtifactStore:
                 os.fsync(fh.fileno())
             if not exclusive:
                 os.replace(scratch, folder / name)
-            elif not place_new(scratch, folder / name, claim=folder / f"{_SCRATCH}{name}.claim"):
+            elif not place_new(scratch, folder / name, claim=_claim(folder, name)):
                 return False
             fsync_dir(folder)
             return True
@@ -395,7 +400,7 @@ class ArtifactStore:
         folder = self.root / SHARED_DIR
         try:
             (folder / name).unlink(missing_ok=True)
-            (folder / f"{_SCRATCH}{name}.claim").unlink(missing_ok=True)
+            _claim(folder, name).unlink(missing_ok=True)
         except OSError as exc:
             raise ArtifactError(SHARED_DIR, f"cannot remove {folder / name}: {exc}") from exc
 

@@ -21,8 +21,6 @@ from refitd.core.tables import Feedback, Prediction
 if TYPE_CHECKING:
     import pandas as pd
 
-    from refitd.core.settings import Settings
-
 
 def labelled_rows(session: Session, *, since: datetime | None = None) -> pd.DataFrame:
     """text, label, predicted, model_version, created_at (of the label), source, corrected_at — for every
@@ -61,7 +59,8 @@ def predictions_with_labels(
     Only labelled ones unless ``unlabelled`` (then ``true_label`` is None where nobody labelled it);
     optionally one model version's, served at or after ``after`` and before ``before``, the ``latest`` N.
     Without ``content`` the text and embedding columns are not read (answers and labels only: a tenth of the bytes).
-    With ``sources``, only labels from those count (:func:`measuring`); another source's label reads as none.
+    With ``sources`` (``serving.feedback_measure_sources``), only labels from those count; another source's label
+    reads as none: a label sent because the answer looked wrong is no sample of how often answers are right.
     """
     fields = {"created_at": Prediction.created_at, "model_version": Prediction.model_version,
               "text": Prediction.text, "label": Prediction.label, "confidence": Prediction.confidence,
@@ -91,14 +90,6 @@ def labelled_accuracy(session: Session, *, model_version: str, after: datetime |
     rows = query.subquery()
     n, correct = session.execute(select(func.count(), func.sum(rows.c.right))).one()
     return int(n), (int(correct) / n if n else None)
-
-
-def measuring(settings: Settings) -> list[str] | None:
-    """The feedback sources whose labels measure accuracy (``serving.feedback_measure_sources``), None for all.
-    A label sent because the answer looked wrong is no sample of how often answers are right: counted as one,
-    it would drag measured accuracy down, set the estimate's threshold by mistakes, and let any candidate beat
-    the champion on the champion's own errors."""
-    return settings.serving.feedback_measure_sources
 
 
 def kept_source(stored: str | None, new: str, sources: Collection[str] | None) -> str:

@@ -196,15 +196,18 @@ class ObjectStoreArtifacts(ArtifactStore):
     def shared_files(self, prefix: str) -> dict[str, float]:
         """As the folder store's; an object whose listing gives no time reads as modified now (never as old)."""
         found = self._call(SHARED_DIR, lambda r: r.objects(SHARED_DIR))
-        now, out = time.time(), {}
+        out = {}
         for key, when in found.items():
             name = key.removeprefix(f"{SHARED_DIR}/")
             if not name.startswith(prefix) or "/" in name:
                 continue
-            if not isinstance(when, datetime | int | float):
+            if isinstance(when, datetime):
+                out[name] = when.timestamp()
+            elif isinstance(when, int | float):
+                out[name] = float(when)
+            else:
                 log.warning("%s lists no time for %s (%r): kept as if written now", self.remote.url, key, when)
-            out[name] = when.timestamp() if isinstance(when, datetime) else \
-                float(when) if isinstance(when, int | float) else now
+                out[name] = time.time()
         return out
 
     def shared_remove(self, name: str) -> None:

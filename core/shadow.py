@@ -27,7 +27,7 @@ def record_scores(session: Session, rows: list[dict[str, Any]]) -> None:
 def figures(session: Session, version: str, *, since: datetime | None = None,
             sources: Collection[str] | None = None) -> dict[str, Any]:
     """What the shadow scored so far: requests, agreement with the champion, both mean confidences, and both
-    accuracies on the requests that got a label (from ``sources`` when given: :func:`labels.measuring`; None
+    accuracies on the requests that got a label (from ``sources`` when given: ``serving.feedback_measure_sources``; None
     while none did)."""
     agree = _count(ShadowScore.label == Prediction.label)
     joined = (select(func.count(), agree, func.avg(ShadowScore.confidence), func.avg(Prediction.confidence))

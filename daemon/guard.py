@@ -26,7 +26,7 @@ from sqlmodel import Session, col
 from refitd.core import alerts, registry
 from refitd.core.errors import ChampionChangedError
 from refitd.core.db import db_now, session_scope
-from refitd.core.labels import labelled_accuracy, measuring
+from refitd.core.labels import labelled_accuracy
 from refitd.core.settings import Settings
 from refitd.core.tables import Event, ModelVersion, Prediction
 
@@ -99,10 +99,11 @@ def check(settings: Settings, engine: Engine) -> dict[str, Any] | None:
             return None
         since, now = promoted.created_at, db_now(session)  # the event was stamped by the database's clock too
         new_version, old_version = promoted.subject or "", promoted.data["previous"]
-        new = _quality(session, new_version, sources=measuring(settings), after=since)
+        measures = settings.serving.feedback_measure_sources
+        new = _quality(session, new_version, sources=measures, after=since)
         # The previous champion's baseline: as many of its last labelled answers as the new one has, so both
         # are scored on recent traffic (after a drift, older answers were on traffic that no longer comes).
-        old = _quality(session, old_version, sources=measuring(settings), before=since,
+        old = _quality(session, old_version, sources=measures, before=since,
                        latest=min(PREVIOUS_LABELS, max(s.watch_min_labels, new.labelled)))
     figures = {"new": new.__dict__, "old": old.__dict__, "since": since.isoformat()}
     comparison = f"{new.words()} vs {old.words()}"

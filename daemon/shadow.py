@@ -27,7 +27,6 @@ from sqlmodel import Session, col, select
 
 from refitd.core import registry
 from refitd.core.db import db_now, session_scope
-from refitd.core.labels import measuring
 from refitd.core.sections import GateSection
 from refitd.core.settings import Settings
 from refitd.core.shadow import figures
@@ -50,7 +49,7 @@ def progress(session: Session, settings: Settings) -> dict[str, Any] | None:
     if mv is None:
         return None
     since = shadow_started(session, mv.version) or mv.created_at
-    return {**figures(session, mv.version, since=since, sources=measuring(settings)), "since": since.isoformat(),
+    return {**figures(session, mv.version, since=since, sources=settings.serving.feedback_measure_sources), "since": since.isoformat(),
             "minutes": round((db_now(session) - since).total_seconds() / 60, 1)}  # the event's clock
 
 

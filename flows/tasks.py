@@ -24,7 +24,7 @@ from refitd.core import reference as refdata
 from refitd.core import registry
 from refitd.core.datasets import text_digest
 from refitd.core.db import engine_for, session_scope
-from refitd.core.labels import labelled_rows, measuring
+from refitd.core.labels import labelled_rows
 from refitd.core.registration import register_candidate as register
 from refitd.core.sections import GateSection
 from refitd.core.settings import Settings
@@ -54,7 +54,8 @@ def snapshot_data(settings: Settings, champion: ModelVersion | None) -> snap.Sna
                           validation_fraction=t.validation_fraction, test_fraction=t.test_fraction,
                           recent_fraction=t.recent_test_fraction, replay_ratio=t.replay_ratio,
                           max_train_rows=t.max_train_rows, max_test_rows=t.max_test_rows,
-                          min_reference_share=t.min_reference_share, seed=t.seed, measuring=measuring(settings))
+                          min_reference_share=t.min_reference_share, seed=t.seed,
+                          measuring=settings.serving.feedback_measure_sources)
     snapshot.reference_digest = described.digest if described is not None else None
     return snapshot
 

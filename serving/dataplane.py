@@ -23,7 +23,7 @@ from refitd.core import registry
 from refitd.core.artifacts import ArtifactStore
 from refitd.core.db import db_now, session_scope
 from refitd.core.errors import ModelLoadError, NoChampionError, NotFoundError, NotReadyError, RefitdError, UnprocessableError
-from refitd.core.labels import kept_source, measuring
+from refitd.core.labels import kept_source
 from refitd.core.settings import Settings
 from refitd.core.tables import Feedback, Prediction
 from refitd.serving.batcher import Answer, Batcher
@@ -55,7 +55,6 @@ class DataPlane:
         # stops this server from loading the version as champion
         self.shadow_refused: dict[str, str] = {}
         self._rng = random.Random()
-        self._measuring = measuring(settings)  # the feedback sources whose labels measure (core/labels)
         self._swap_lock = threading.Lock()
         s = settings.serving
         self.batcher = Batcher(lambda: self.runtime, max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms,
@@ -255,7 +254,7 @@ class DataPlane:
                             raise NotFoundError("prediction", prediction_id)
                         row = session.exec(select(Feedback).where(Feedback.prediction_id == prediction_id)
                                            .with_for_update()).one_or_none()  # one writer at a time decides
-                    measures = self._measuring
+                    measures = self.settings.serving.feedback_measure_sources
                     kept = kept_source(row.source if row is not None else None, source, measures)
                     corrects = measures is not None and source not in measures
                     if row is not None and row.label == label:

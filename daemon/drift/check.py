@@ -32,7 +32,7 @@ from refitd.core import alerts, registry
 from refitd.core.artifacts import ArtifactStore
 from refitd.core.db import db_now, session_scope
 from refitd.core.errors import NoChampionError
-from refitd.core.labels import measuring, predictions_with_labels
+from refitd.core.labels import predictions_with_labels
 from refitd.core.settings import Settings
 from refitd.core.tables import DriftCheck, ModelVersion, utcnow
 from refitd.daemon.alerts import Sender
@@ -243,10 +243,11 @@ def run_check(settings: Settings, engine: Engine) -> DriftCheck:
         started = db_now(session)  # the row's time: compared with promotions, stamped by the same clock
         # Only labels that measure (serving.feedback_measure_sources) count, in the window and in the estimate's
         # history: corrections of wrong answers would read as a fall in accuracy, and set the threshold by mistakes.
-        window = load_window(session, size=d.window_size, minutes=d.window_minutes, sources=measuring(settings))
+        measures = settings.serving.feedback_measure_sources
+        window = load_window(session, size=d.window_size, minutes=d.window_minutes, sources=measures)
         history = predictions_with_labels(session, model_version=champion.version,
                                           before=window["created_at"].min(), latest=ESTIMATE_HISTORY_ROWS,
-                                          content=False, sources=measuring(settings)) \
+                                          content=False, sources=measures) \
             if len(window) >= d.min_window else None
     row = DriftCheck(model_version=champion.version, created_at=started, window_size=len(window), verdict="insufficient_data",
                      window_start=window["created_at"].min() if len(window) else None,
