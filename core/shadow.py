@@ -8,7 +8,6 @@ request by ``prediction_id``, and to its feedback label where one arrived.
 from __future__ import annotations
 
 from collections.abc import Collection
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import case, func, insert, select
@@ -24,11 +23,11 @@ def record_scores(session: Session, rows: list[dict[str, Any]]) -> None:
         session.execute(insert(ShadowScore), rows)
 
 
-def figures(session: Session, version: str, *, since: datetime | None = None,
-            sources: Collection[str] | None = None) -> dict[str, Any]:
+def figures(session: Session, version: str, *, sources: Collection[str] | None = None) -> dict[str, Any]:
     """What the shadow scored so far: requests, agreement with the champion, both mean confidences, and both
     accuracies on the requests that got a label (from ``sources`` when given: ``serving.feedback_measure_sources``; None
-    while none did)."""
+    while none did). A version is in shadow once (it leaves promoted or rejected), so its scores are told apart
+    by version alone, never by comparing the serving hosts' clocks with the shadow's start (the database's)."""
     agree = _count(ShadowScore.label == Prediction.label)
     joined = (select(func.count(), agree, func.avg(ShadowScore.confidence), func.avg(Prediction.confidence))
               .select_from(ShadowScore).join(Prediction, Prediction.id == ShadowScore.prediction_id)
@@ -39,9 +38,6 @@ def figures(session: Session, version: str, *, since: datetime | None = None,
                 .select_from(ShadowScore).join(Prediction, Prediction.id == ShadowScore.prediction_id)
                 .join(Feedback, labelled_by(sources, ShadowScore.prediction_id))
                 .where(ShadowScore.version == version))
-    if since is not None:
-        joined = joined.where(col(ShadowScore.created_at) >= since)
-        labelled = labelled.where(col(ShadowScore.created_at) >= since)
     n, agreeing, confidence, champion_confidence = session.execute(joined).one()
     n_labelled, shadow_right, champion_right = session.execute(labelled).one()
     champion = session.execute(select(Prediction.model_version).join(ShadowScore, Prediction.id == ShadowScore.prediction_id)

@@ -2,7 +2,8 @@
 
 For ``scheduler.watch_minutes`` after a promotion, the new champion's measured accuracy on
 the feedback labels of the predictions it served is compared with the previous champion's
-on as many of its last labelled predictions before the promotion (recent traffic, not last month's). Once both
+on as many of its last labelled predictions (recent traffic, not last month's). Answers are told apart by the
+version that gave them, never by comparing a serving host's clock with the database's. Once both
 have ``scheduler.watch_min_labels`` labels, a drop of ``scheduler.rollback_drop`` or more rolls
 back, records why and alerts; a watch that ends without one records that it passed. The
 label-free accuracy estimate of both is reported beside them: the share of each version's answers
@@ -52,9 +53,8 @@ class Quality:
 
 
 def _quality(session: Session, version: str, *, sources: list[str] | None, after: datetime | None = None,
-             before: datetime | None = None, latest: int | None = None) -> Quality:
-    labelled, acc = labelled_accuracy(session, model_version=version, after=after, before=before, latest=latest,
-                                      sources=sources)
+             latest: int | None = None) -> Quality:
+    labelled, acc = labelled_accuracy(session, model_version=version, after=after, latest=latest, sources=sources)
     mv = session.scalars(select(ModelVersion).where(ModelVersion.version == version)).first()
     threshold = None if mv is None else registry.atc_threshold(mv)
     if threshold is None:
@@ -63,9 +63,8 @@ def _quality(session: Session, version: str, *, sources: list[str] | None, after
         served = select(func.avg(case((col(Prediction.confidence) > threshold, 1.0), else_=0.0)))
         method = registry.estimate_method(mv)
     served = served.where(Prediction.model_version == version)
-    for cond in ([col(Prediction.created_at) >= after] if after else []) + (
-            [col(Prediction.created_at) < before] if before else []):
-        served = served.where(cond)
+    if after is not None:
+        served = served.where(col(Prediction.created_at) >= after)
     estimate = session.execute(served).scalar()
     return Quality(version, labelled, acc, None if estimate is None else float(estimate), method)
 
@@ -84,6 +83,20 @@ def _watched_promotion(session: Session) -> Event | None:
     return None if ended is not None else promoted
 
 
+def _replaced(session: Session, version: str, before_id: int) -> datetime | None:
+    """When ``version`` last stopped serving as champion before the event ``before_id`` (a promotion over it, or
+    a rollback from it); None when it never served. Its answers up to then belong to that earlier time, and
+    the times are far enough apart that the two clocks' difference does not matter."""
+    ends = session.scalars(select(Event).where(col(Event.id) < before_id,
+                                               col(Event.kind).in_(["promoted", "rolled_back"]))
+                           .order_by(col(Event.id).desc()))
+    for event in ends:
+        data = event.data or {}
+        if (data.get("previous") if event.kind == "promoted" else data.get("from")) == version:
+            return event.created_at
+    return None
+
+
 def _alert(session: Session, rolled_back: ModelVersion, restored: ModelVersion, *, why: str) -> None:
     """The rollback's page, stored in the rollback's transaction."""
     alerts.enqueue(session, kind="rolled_back", subject=restored.version,
@@ -100,10 +113,13 @@ def check(settings: Settings, engine: Engine) -> dict[str, Any] | None:
         since, now = promoted.created_at, db_now(session)  # the event was stamped by the database's clock too
         new_version, old_version = promoted.subject or "", promoted.data["previous"]
         measures = settings.serving.feedback_measure_sources
-        new = _quality(session, new_version, sources=measures, after=since)
-        # The previous champion's baseline: as many of its last labelled answers as the new one has, so both
-        # are scored on recent traffic (after a drift, older answers were on traffic that no longer comes).
-        old = _quality(session, old_version, sources=measures, before=since,
+        # Answers are told apart by the version that gave them, not by comparing their times (the serving host's
+        # clock) with the promotion's (the database's): a serving host a minute behind would hide the new
+        # champion's first minute. Only a version that served before, and was replaced, has answers to leave out.
+        new = _quality(session, new_version, sources=measures, after=_replaced(session, new_version, promoted.id))
+        # The previous champion's baseline: its last labelled answers, as many as the new one has, so both are
+        # scored on recent traffic (after a drift, older answers were on traffic that no longer comes).
+        old = _quality(session, old_version, sources=measures,
                        latest=min(PREVIOUS_LABELS, max(s.watch_min_labels, new.labelled)))
     figures = {"new": new.__dict__, "old": old.__dict__, "since": since.isoformat()}
     comparison = f"{new.words()} vs {old.words()}"

@@ -49,7 +49,7 @@ def progress(session: Session, settings: Settings) -> dict[str, Any] | None:
     if mv is None:
         return None
     since = shadow_started(session, mv.version) or mv.created_at
-    return {**figures(session, mv.version, since=since, sources=settings.serving.feedback_measure_sources), "since": since.isoformat(),
+    return {**figures(session, mv.version, sources=settings.serving.feedback_measure_sources), "since": since.isoformat(),
             "minutes": round((db_now(session) - since).total_seconds() / 60, 1)}  # the event's clock
 
 

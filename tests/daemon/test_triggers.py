@@ -393,6 +393,31 @@ def test_promotion_watch_rolls_back_on_a_live_drop(home: Settings, untrained_art
     assert guard.check(home, engine) is None  # the watch ended with the rollback
 
 
+def test_promotion_watch_reads_answers_by_version_not_by_a_serving_hosts_clock(home: Settings,
+                                                                             untrained_artifact: Path) -> None:
+    """A serving host whose clock is five minutes behind the database stamps the new champion's first answers
+    before its promotion: they are still its answers. A version promoted again after a rollback is watched on
+    what it served since, not on the answers that got it rolled back."""
+    engine = make_engine(home.database_url)
+    settings = Settings.load(home=home.home, database={"url": home.database_url},
+                             scheduler={"watch_min_labels": 20, "rollback_drop": 0.1})
+    _served(home, "v1", right=27, wrong=3, at=utcnow() - timedelta(minutes=30))  # 0.90
+    publish_version(home, untrained_artifact)  # v2 promoted now, by the database's clock
+    _served(home, "v2", right=16, wrong=14, at=utcnow() - timedelta(minutes=5))  # 0.53, a slow host's stamps
+    outcome = guard.check(settings, engine)
+    assert outcome["new"]["labelled"] == 30 and outcome["action"] == "rolled_back" and outcome["to"] == "v1"
+    time.sleep(0.05)  # the rollback and the next promotion: distinct times on any clock's resolution
+    _served(home, "v1", right=9, wrong=1, at=utcnow())  # v1 serves again, and keeps its standard
+    registry.promote(engine, "v2", actor="operator", reason="tried again by hand")
+    again = guard.check(settings, engine)
+    assert again["action"] == "watching" and again["new"]["labelled"] == 0  # its first reign's answers are not this one's
+    assert again["old"]["labelled"] == 20 and again["old"]["accuracy"] == pytest.approx(16 / 20)  # v1's latest 20
+    _served(home, "v2", right=19, wrong=1, at=utcnow() + timedelta(seconds=1))  # this time it holds up
+    held = guard.check(settings, engine)
+    assert held["action"] == "watching" and held["new"]["labelled"] == 20
+    assert held["new"]["accuracy"] == pytest.approx(0.95)
+
+
 def test_promotion_watch_passes_a_champion_that_holds_up(home: Settings, untrained_artifact: Path) -> None:
     engine = make_engine(home.database_url)
     _served(home, "v1", right=24, wrong=6, at=utcnow() - timedelta(minutes=30))  # 0.80
