@@ -22,6 +22,7 @@ from sqlalchemy import Engine, select
 from sqlmodel import col
 
 from refitd.core.artifacts import ArtifactStore
+from refitd.core.errors import ArtifactError
 from refitd.core.db import session_scope
 from refitd.core.settings import Settings
 from refitd.core.tables import ModelVersion, VersionStatus
@@ -64,9 +65,13 @@ def cache_version(name: str) -> str | None:
 def prune_references(settings: Settings, engine: Engine, cutoff: datetime) -> list[str]:
     """Delete retired versions' published traffic references and this host's cached references last written
     before ``cutoff``; the names removed (published ones as ``reference/<name>``). A store that cannot be listed
-    or written raises ArtifactError (before any local file goes, when it cannot be listed)."""
+    or written raises ArtifactError, after this host's own files went: an unreachable store keeps no local file."""
     store, before = ArtifactStore.from_settings(settings), cutoff.timestamp()
-    listed = store.shared_files(TRAFFIC_PREFIX)
+    unlisted: ArtifactError | None = None
+    try:
+        listed = store.shared_files(TRAFFIC_PREFIX)
+    except ArtifactError as exc:
+        listed, unlisted = {}, exc
     retired = retired_versions(engine)  # after the listing: a version promoted since keeps its files
     removed: list[str] = []
     folder: Path = settings.home / "drift"
@@ -85,4 +90,6 @@ def prune_references(settings: Settings, engine: Engine, cutoff: datetime) -> li
     if removed:
         log.info("retention: removed %d drift reference files of retired versions: %s",
                  len(removed), ", ".join(removed))
+    if unlisted is not None:
+        raise unlisted
     return removed

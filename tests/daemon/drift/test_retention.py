@@ -9,8 +9,11 @@ from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from refitd.core import registry
 from refitd.core.artifacts import ArtifactStore
+from refitd.core.errors import ArtifactError
 from refitd.core.settings import Settings
 from refitd.core.tables import utcnow
 from refitd.daemon import jobs
@@ -93,3 +96,24 @@ def test_without_hard_links_the_claim_goes_with_the_file(tmp_path: Path, monkeyp
     store.shared_remove("drift-traffic-v2-0123456789ab.parquet")
     assert sorted(p.name for p in (tmp_path / "models" / "reference").iterdir()) == []
     assert store.shared_add(source, "drift-traffic-v2-0123456789ab.parquet")
+
+
+def test_a_store_that_cannot_be_listed_still_lets_this_hosts_files_go(tmp_path: Path, db_url: str, engine,
+                                                                      monkeypatch) -> None:
+    """An unreachable store fails the job (its event says why) but keeps no retired text on this host."""
+    settings = Settings.load(home=tmp_path, database={"url": db_url}, scheduler={"retention_days": 30})
+    store = ArtifactStore.from_settings(settings)
+    v1, v2, v3 = (registry.register_version(engine, artifact_uri=f"/models/y{i}").version for i in range(3))
+    for version in (v1, v2, v3):
+        registry.promote(engine, version)  # v1 retired behind the rollback target v2
+    old = _files(settings, store, v1, age_days=31)
+
+    def unreachable(self: ArtifactStore, prefix: str) -> dict[str, float]:
+        raise ArtifactError("reference", "object store http://127.0.0.1:9: connection refused")
+
+    monkeypatch.setattr(ArtifactStore, "shared_files", unreachable)
+    with pytest.raises(ArtifactError, match="connection refused"):
+        prune_references(settings, engine, utcnow() - timedelta(days=30))
+    assert not any(p.exists() for p in old[:3]) and old[3].exists()  # local files gone; the store's wait for it
+    monkeypatch.undo()
+    assert prune_references(settings, engine, utcnow() - timedelta(days=30)) == [f"reference/{old[3].name}"]
