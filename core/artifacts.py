@@ -13,7 +13,8 @@ also sets aside a sealed folder that no registry row names).
 
 The versions may instead live in an object store (``storage.models_url = "s3://bucket/prefix"``):
 :mod:`refitd.core.objectstore` keeps the same API and the same rules there (manifest uploaded
-last, downloads checked against it into a local cache).
+last, downloads checked against it into a local cache). Files that belong to no version (the reference
+dataset, published drift references) sit beside the versions: :mod:`refitd.core.shared_folder`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from refitd.core.errors import ArtifactError, validation_problems
-from refitd.core.files import fsync_dir, place_new, sha256_file, untouched_since
+from refitd.core.files import fsync_dir, sha256_file, untouched_since
+from refitd.core.shared_folder import SCRATCH_PREFIX, SHARED_DIR, SharedFolder
 
 if TYPE_CHECKING:
     from refitd.core.settings import Settings
@@ -53,12 +55,11 @@ HISTORY_FILE = "train_history.json"
 TRAIN_ROWS_FILE = "train_rows.parquet"  # exactly the rows trained on (the drift reference)
 FROZEN_LOGITS_FILE = "frozen_logits.npz"  # fp32 logits on the frozen test set, keyed by its digest (a later refit reuses them)
 
-SHARED_DIR = "reference"  # beside the versions, never one: the reference dataset every host refits from (core/reference.py)
 
 FORMAT = 1  # the version of ArtifactMeta this refitd writes and reads
 OUTPUTS = ("logits", "embedding")  # the graph outputs a runtime reads, in this order
 KEEP_S = 24 * 3600  # scratch and set-aside folders untouched this long are removed by a sweep
-_SCRATCH, _ORPHAN = ".tmp-", ".orphan-"
+_ORPHAN = ".orphan-"
 
 
 class Calibration(BaseModel):
@@ -158,11 +159,6 @@ class ArtifactMeta(BaseModel):
         return meta
 
 
-def _claim(folder: Path, name: str) -> Path:
-    """The file whose exclusive creation publishes shared ``name`` where there are no hard links (``place_new``)."""
-    return folder / f"{_SCRATCH}{name}.claim"
-
-
 def _resolved_inside(folder: Path, name: str) -> bool:
     """Whether ``folder / name`` stays inside ``folder`` once links are followed."""
     return (folder / name).resolve().is_relative_to(folder.resolve())
@@ -192,7 +188,7 @@ def check_files(folder: Path, version: str, files: dict[str, dict]) -> None:
             raise ArtifactError(version, f"{name} does not match its manifest checksum")
 
 
-class ArtifactStore:
+class ArtifactStore(SharedFolder):
     """Version folders under ``root``; written atomically, verified on read.
 
     Build it with :meth:`from_settings`: when ``storage.models_url`` is an object-store URL that
@@ -329,84 +325,21 @@ class ArtifactStore:
             return []
         cutoff = time.time() - older_than_s
         removed = [p for p in self.root.iterdir()
-                   if p.name.startswith((_SCRATCH, _ORPHAN)) and untouched_since(p, cutoff)]
+                   if p.name.startswith((SCRATCH_PREFIX, _ORPHAN)) and untouched_since(p, cutoff)]
         for p in removed:
             shutil.rmtree(p, ignore_errors=True)
             log.warning("removed unfinished artifact folder %s", p)
         shared = self.root / SHARED_DIR  # a publish of the reference killed mid-copy
         copies = [p for p in shared.iterdir()
-                  if p.name.startswith(_SCRATCH) and untouched_since(p, cutoff, folder=False)] if shared.is_dir() else []
+                  if p.name.startswith(SCRATCH_PREFIX) and untouched_since(p, cutoff, folder=False)] if shared.is_dir() else []
         for p in copies:
             p.unlink(missing_ok=True)
             log.warning("removed unfinished copy %s", p)
         return removed + copies
 
-    def shared_read(self, name: str) -> bytes | None:
-        """The bytes of ``SHARED_DIR/<name>`` beside the versions (the reference dataset), or None if never put."""
-        path = self.root / SHARED_DIR / name
-        try:
-            return path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise ArtifactError(SHARED_DIR, f"cannot read {path}: {exc}") from exc
-
-    def shared_put(self, path: Path, name: str) -> None:
-        """Publish a local file under ``name`` (atomic: readers see the old bytes or the new, never a part)."""
-        self._shared_place(path, name, exclusive=False)
-
-    def shared_add(self, path: Path, name: str) -> bool:
-        """Publish a local file under ``name`` unless one is there already: True when this call published it, False
-        when another writer's was there first (theirs stays). Atomic, as :meth:`shared_put`."""
-        return self._shared_place(path, name, exclusive=True)
-
-    def _shared_place(self, path: Path, name: str, *, exclusive: bool) -> bool:
-        """Copy ``path`` to a synced scratch file beside the shared ones, then rename it to ``name`` — or, when
-        ``exclusive``, link it there, which fails when the name exists (False: the first writer wins)."""
-        folder = self.root / SHARED_DIR
-        scratch = folder / f"{_SCRATCH}{name}-{uuid.uuid4().hex[:8]}"
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, scratch)
-            with scratch.open("rb") as fh:
-                os.fsync(fh.fileno())
-            if not exclusive:
-                os.replace(scratch, folder / name)
-            elif not place_new(scratch, folder / name, claim=_claim(folder, name)):
-                return False
-            fsync_dir(folder)
-            return True
-        except OSError as exc:
-            raise ArtifactError(SHARED_DIR, f"cannot write {folder / name}: {exc}") from exc
-        finally:
-            scratch.unlink(missing_ok=True)
-
-    def shared_get(self, name: str, dest: Path) -> None:
-        """Copy a shared file to ``dest`` (an OSError or ArtifactError when it cannot)."""
-        shutil.copyfile(self.root / SHARED_DIR / name, dest)
-
-    def shared_files(self, prefix: str) -> dict[str, float]:
-        """The shared files whose names start with ``prefix`` (never a scratch copy): name → last modified (epoch s)."""
-        folder = self.root / SHARED_DIR
-        try:
-            return {p.name: p.stat().st_mtime for p in folder.glob(f"{prefix}*") if p.is_file()}
-        except FileNotFoundError:
-            return {}
-        except OSError as exc:
-            raise ArtifactError(SHARED_DIR, f"cannot list {folder}: {exc}") from exc
-
-    def shared_remove(self, name: str) -> None:
-        """Delete a shared file, and the claim that published it where there are no hard links."""
-        folder = self.root / SHARED_DIR
-        try:
-            (folder / name).unlink(missing_ok=True)
-            _claim(folder, name).unlink(missing_ok=True)
-        except OSError as exc:
-            raise ArtifactError(SHARED_DIR, f"cannot remove {folder / name}: {exc}") from exc
-
     def _scratch_name(self, label: str) -> Path:
         """A fresh hidden name a sweep removes once it is stale."""
-        return self.root / f"{_SCRATCH}{label}-{uuid.uuid4().hex[:8]}"
+        return self.root / f"{SCRATCH_PREFIX}{label}-{uuid.uuid4().hex[:8]}"
 
     @staticmethod
     def _aside_name(version: str) -> str:

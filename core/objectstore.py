@@ -27,8 +27,9 @@ from typing import TypeVar
 
 import fsspec
 
-from refitd.core.artifacts import KEEP_S, MANIFEST, SHARED_DIR, ArtifactStore, check_files, manifest_files
+from refitd.core.artifacts import KEEP_S, MANIFEST, ArtifactStore, check_files, manifest_files
 from refitd.core.errors import ArtifactError
+from refitd.core.shared_folder import SHARED_DIR
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

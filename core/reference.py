@@ -23,12 +23,13 @@ from pathlib import Path
 import pandas as pd
 
 from refitd.core.datasets import digest_frame, load_configured
-from refitd.core.artifacts import SHARED_DIR, ArtifactStore
+from refitd.core.artifacts import ArtifactStore
 from refitd.core.errors import ArtifactError, ConfigError
 from refitd.core.files import sha256_file
 from refitd.core.reference_info import META_FILE, SCRATCH_PREFIX, ReferenceInfo, folder, info, published
 from refitd.core.registry import served_labels
 from refitd.core.settings import Settings
+from refitd.core.shared_folder import SHARED_DIR
 from refitd.core.tables import ModelVersion, utcnow
 
 COLUMNS = ["text", "label", "split"]

@@ -16,10 +16,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError
 
-from refitd.core.artifacts import KEEP_S, SHARED_DIR, ArtifactStore
+from refitd.core.artifacts import KEEP_S, ArtifactStore
 from refitd.core.files import untouched_since
 from refitd.core.errors import ArtifactError, ConfigError
 from refitd.core.settings import Settings
+from refitd.core.shared_folder import SHARED_DIR
 
 log = logging.getLogger(__name__)
 

@@ -84,7 +84,7 @@ def test_sweep_removes_only_stale_scratch(tmp_path) -> None:
 
 def test_sweep_removes_unfinished_reference_copies(tmp_path) -> None:
     from refitd.core import reference_info
-    from refitd.core.artifacts import SHARED_DIR
+    from refitd.core.shared_folder import SHARED_DIR
     from refitd.core.settings import Settings
 
     settings = Settings.load(home=tmp_path / "home", storage={"models_url": str(tmp_path / "models")})
