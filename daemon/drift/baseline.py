@@ -21,12 +21,13 @@ from sqlalchemy import Engine, select
 from sqlmodel import Session, col
 
 from refitd.core import reference as refdata
-from refitd.core.artifacts import MANIFEST, SHARED_DIR, TRAIN_ROWS_FILE, ArtifactStore
+from refitd.core.artifacts import MANIFEST, TRAIN_ROWS_FILE, ArtifactStore
 from refitd.core.db import session_scope
 from refitd.core.errors import ArtifactError
 from refitd.core.files import sha256_file
 from refitd.core.labels import predictions_with_labels
 from refitd.core.settings import Settings
+from refitd.core.shared_folder import SHARED_DIR
 from refitd.core.tables import DriftCheck, ModelVersion, RefitRun
 from refitd.daemon.drift import CACHE_SCRATCH_PREFIX, TRAFFIC_PREFIX
 
@@ -53,7 +54,9 @@ def reference_rows(settings: Settings, champion: ModelVersion, folder: Path, eng
     up to the refit, the reference starts where that drift began (:func:`drift_onset`) if at least
     ``drift.min_window`` rows came since: a refit soon after a shift would otherwise take a reference
     that reaches back into the traffic before it, and the new champion's checks would read the
-    difference as drift. Those rows are published the first time (:func:`traffic_file`) and read back after.
+    difference as drift. Those rows are published the first time (:func:`traffic_file`) and read back after;
+    a smaller ``drift.reference_size`` later takes their newest rows, a larger one keeps them all (the log
+    may no longer hold what came before them).
     Any other champion — the first, one trained without new labels — against a sample of its own training rows.
     """
     if (folder / TRAIN_ROWS_FILE).is_file():
@@ -106,6 +109,8 @@ def _traffic(settings: Settings, champion: ModelVersion, folder: Path,
         published = _read_published(store, name)  # another host published first: every host checks against theirs
         if published is None:
             return traffic, onset, None
+    if len(published) > d.reference_size:  # published at a larger drift.reference_size: its newest rows, on every host
+        published = published.sort_values("created_at", ascending=False, kind="stable").head(d.reference_size)
     starts = published["created_at"].min() if len(published) else None
     # both aware UTC: the database's times read back so on SQLite and PostgreSQL, and parquet keeps the zone
     return published, (onset if onset is not None and starts is not None and starts >= onset else None), name

@@ -68,9 +68,14 @@ def embeddings_of(frame: pd.DataFrame) -> np.ndarray:
 
 def reference_for(settings: Settings, champion: ModelVersion, engine: Engine) -> tuple[pd.DataFrame, np.ndarray]:
     """The champion's reference rows (:func:`~refitd.daemon.drift.baseline.reference_rows`) scored by the
-    champion; cached per version, with where the rows came from in ``reference-<version>.json`` beside them."""
+    champion; cached per version, with where the rows came from in ``reference-<version>.json`` beside them.
+    A cache drawn at another ``drift.reference_size`` is drawn again: a changed setting takes effect at the next check."""
     cache = cache_file(settings, champion.version, ".parquet")
-    if cache.is_file():
+    drawn_at = reference_provenance(settings, champion.version).get("reference_size", settings.drift.reference_size)
+    if drawn_at != settings.drift.reference_size:
+        log.info("drift reference for %s: drift.reference_size changed from %s to %d; drawing it again",
+                 champion.version, drawn_at, settings.drift.reference_size)
+    elif cache.is_file():
         try:
             frame = pd.read_parquet(cache)
             return frame.drop(columns=["embedding"]), embeddings_of(frame)
@@ -87,7 +92,9 @@ def reference_for(settings: Settings, champion: ModelVersion, engine: Engine) ->
         os.replace(scratch, cache)
     finally:  # a failed write (a full disk) leaves nothing behind; a killed one is swept at the next start
         scratch.unlink(missing_ok=True)
-    cache.with_suffix(".json").write_text(json.dumps(provenance | {"rows": len(frame)}, default=str))
+    cache.with_suffix(".json").write_text(json.dumps(provenance | {"rows": len(frame),
+                                                                   "reference_size": settings.drift.reference_size},
+                                                     default=str))
     log.info("drift reference for %s: %d rows, %s", champion.version, len(frame), provenance["source"])
     return frame, emb
 
@@ -95,7 +102,10 @@ def reference_for(settings: Settings, champion: ModelVersion, engine: Engine) ->
 def reference_provenance(settings: Settings, version: str) -> dict[str, Any]:
     """Where a cached reference's rows came from (empty when it predates this record)."""
     path = cache_file(settings, version, ".json")
-    return json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):  # unreadable: the reference is drawn again with a fresh record
+        return {}
 
 
 def champion_runtime(settings: Settings, champion: ModelVersion) -> OnnxClassifier:

@@ -96,6 +96,12 @@ def test_checks_over_logged_traffic(tmp_path: Path, untrained_artifact: Path) ->
     again = run_check(settings, engine)  # rebuilt, not a check that fails until someone deletes the file
     assert again.verdict == "drifted" and len(pd.read_parquet(cache)) == rows
 
+    # An operator changes drift.reference_size: the next check draws the reference again at that size.
+    resized = Settings.load(home=tmp_path, drift={"window_size": 300, "min_window": 200, "reference_size": 600})
+    smaller = run_check(resized, engine)
+    assert smaller.signals["_reference"]["rows"] == 600 and len(pd.read_parquet(cache)) == 600
+    assert run_check(resized, engine).signals["_reference"]["rows"] == 600  # and keeps it
+
 
 def test_time_window_keeps_only_recent_predictions(tmp_path: Path) -> None:
     from refitd.daemon.drift.check import load_window
@@ -293,6 +299,9 @@ def test_a_champion_trained_on_new_labels_is_checked_against_the_traffic_it_lear
     rebuilt, meta = reference_rows(settings, v2, store.path(v2.version), engine)
     assert meta["source"] == "production traffic before the refit"
     assert rebuilt["text"].tolist() == reference["text"].tolist() and len(rebuilt) == 600
+    smaller = settings.model_copy(update={"drift": settings.drift.model_copy(update={"reference_size": 400})})
+    newest, _ = reference_rows(smaller, v2, store.path(v2.version), engine)  # a smaller size: the newest published
+    assert newest["text"].tolist() == reference["text"].tolist()[:400]
     published = store.root / "reference" / traffic_file(v2.version, store.path(v2.version))
     assert published.is_file() and meta["published"] == published.name
     assert not store.shared_add(published, published.name)  # the first writer wins: another host reads that one
