@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from refitd.core.errors import ArtifactError, validation_problems
 from refitd.core.files import fsync_dir, sha256_file, untouched_since
-from refitd.core.shared_folder import SCRATCH_PREFIX, SHARED_DIR, SharedFolder
+from refitd.core.shared_folder import STORE_SCRATCH, SHARED_DIR, SharedFolder
 
 if TYPE_CHECKING:
     from refitd.core.settings import Settings
@@ -325,13 +325,13 @@ class ArtifactStore(SharedFolder):
             return []
         cutoff = time.time() - older_than_s
         removed = [p for p in self.root.iterdir()
-                   if p.name.startswith((SCRATCH_PREFIX, _ORPHAN)) and untouched_since(p, cutoff)]
+                   if p.name.startswith((STORE_SCRATCH, _ORPHAN)) and untouched_since(p, cutoff)]
         for p in removed:
             shutil.rmtree(p, ignore_errors=True)
             log.warning("removed unfinished artifact folder %s", p)
         shared = self.root / SHARED_DIR  # a publish of the reference killed mid-copy
         copies = [p for p in shared.iterdir()
-                  if p.name.startswith(SCRATCH_PREFIX) and untouched_since(p, cutoff, folder=False)] if shared.is_dir() else []
+                  if p.name.startswith(STORE_SCRATCH) and untouched_since(p, cutoff, folder=False)] if shared.is_dir() else []
         for p in copies:
             p.unlink(missing_ok=True)
             log.warning("removed unfinished copy %s", p)
@@ -339,7 +339,7 @@ class ArtifactStore(SharedFolder):
 
     def _scratch_name(self, label: str) -> Path:
         """A fresh hidden name a sweep removes once it is stale."""
-        return self.root / f"{SCRATCH_PREFIX}{label}-{uuid.uuid4().hex[:8]}"
+        return self.root / f"{STORE_SCRATCH}{label}-{uuid.uuid4().hex[:8]}"
 
     @staticmethod
     def _aside_name(version: str) -> str:

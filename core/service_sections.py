@@ -136,7 +136,9 @@ class DriftSection(Section):
         None, description="When set, the window is the predictions of the last T minutes (still at most window_size)."
     )
     min_window: int = Field(200, description="A window smaller than this is 'insufficient data', never drift.")
-    reference_size: int = Field(2000, description="Rows of the champion's training data used as reference.")
+    reference_size: int = Field(2000, description="Rows the champion is checked against: a sample of its training "
+                                                  "rows, or the newest production traffic before its refit when it "
+                                                  "was trained on new labels. A change takes effect at the next check.")
     methods: dict[str, str] = Field(
         {}, description="Per-signal drift method overrides, e.g. {confidence = 'ks'} (Evidently method names)."
     )
@@ -208,6 +210,9 @@ class DriftSection(Section):
             raise ValueError(f"drift.window_minutes must be > 0 (or unset for a count window); got {self.window_minutes}")
         if self.min_window < 30:
             raise ValueError(f"drift.min_window must be ≥ 30; got {self.min_window}")
+        if self.reference_size < self.min_window:
+            raise ValueError(f"drift.reference_size must be ≥ drift.min_window ({self.min_window}); got "
+                             f"{self.reference_size}")
         if self.window_size < self.min_window:
             raise ValueError(
                 f"drift.window_size must be ≥ drift.min_window ({self.min_window}); got {self.window_size}"

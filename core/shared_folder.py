@@ -19,12 +19,12 @@ from refitd.core.errors import ArtifactError
 from refitd.core.files import fsync_dir, place_new
 
 SHARED_DIR = "reference"  # beside the version folders, never one of them
-SCRATCH_PREFIX = ".tmp-"  # a file or folder being written; never read, swept once stale
+STORE_SCRATCH = ".tmp-"  # a file or folder being written; never read, swept once stale
 
 
 def _claim(folder: Path, name: str) -> Path:
     """The file whose exclusive creation publishes shared ``name`` where there are no hard links (``place_new``)."""
-    return folder / f"{SCRATCH_PREFIX}{name}.claim"
+    return folder / f"{STORE_SCRATCH}{name}.claim"
 
 
 class SharedFolder:
@@ -55,7 +55,7 @@ class SharedFolder:
         """Copy ``path`` to a synced scratch file beside the shared ones, then rename it to ``name`` — or, when
         ``exclusive``, link it there, which fails when the name exists (False: the first writer wins)."""
         folder = self.root / SHARED_DIR
-        scratch = folder / f"{SCRATCH_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
+        scratch = folder / f"{STORE_SCRATCH}{name}-{uuid.uuid4().hex[:8]}"
         try:
             folder.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, scratch)

@@ -3,8 +3,9 @@
 For ``scheduler.watch_minutes`` after a promotion, the new champion's measured accuracy on
 the feedback labels of the predictions it served is compared with the previous champion's
 on as many of its last labelled predictions (recent traffic, not last month's). Answers are told apart by the
-version that gave them, never by comparing a serving host's clock with the database's. Once both
-have ``scheduler.watch_min_labels`` labels, a drop of ``scheduler.rollback_drop`` or more rolls
+version that gave them, not by comparing a serving host's clock with the database's (a version promoted again
+counts its answers from its earlier reign's end or ``CLOCK_TOLERANCE`` before this promotion, whichever is
+later). Once both have ``scheduler.watch_min_labels`` labels, a drop of ``scheduler.rollback_drop`` or more rolls
 back, records why and alerts; a watch that ends without one records that it passed. The
 label-free accuracy estimate of both is reported beside them: the share of each version's answers
 whose calibrated confidence is above the ATC threshold its refit stored, or their mean confidence for a
@@ -34,6 +35,8 @@ from refitd.core.tables import Event, ModelVersion, Prediction
 log = logging.getLogger(__name__)
 
 PREVIOUS_LABELS = 500  # at most this many of the previous champion's last labelled predictions
+# How far a serving host's clock may lag the database's and its answers still count for a version promoted again
+CLOCK_TOLERANCE = timedelta(minutes=5)
 
 
 @dataclass
@@ -85,8 +88,7 @@ def _watched_promotion(session: Session) -> Event | None:
 
 def _replaced(session: Session, version: str, before_id: int) -> datetime | None:
     """When ``version`` last stopped serving as champion before the event ``before_id`` (a promotion over it, or
-    a rollback from it); None when it never served. Its answers up to then belong to that earlier time, and
-    the times are far enough apart that the two clocks' difference does not matter."""
+    a rollback from it), by the database's clock; None when it never served."""
     ends = session.scalars(select(Event).where(col(Event.id) < before_id,
                                                col(Event.kind).in_(["promoted", "rolled_back"]))
                            .order_by(col(Event.id).desc()))
@@ -115,8 +117,12 @@ def check(settings: Settings, engine: Engine) -> dict[str, Any] | None:
         measures = settings.serving.feedback_measure_sources
         # Answers are told apart by the version that gave them, not by comparing their times (the serving host's
         # clock) with the promotion's (the database's): a serving host a minute behind would hide the new
-        # champion's first minute. Only a version that served before, and was replaced, has answers to leave out.
-        new = _quality(session, new_version, sources=measures, after=_replaced(session, new_version, promoted.id))
+        # champion's first minute. Only a version that served before, and was replaced, has answers to leave out:
+        # those before its earlier reign ended, and those a host still gave after it, up to CLOCK_TOLERANCE
+        # before this promotion.
+        replaced = _replaced(session, new_version, promoted.id)
+        after = None if replaced is None else max(replaced, since - CLOCK_TOLERANCE)
+        new = _quality(session, new_version, sources=measures, after=after)
         # The previous champion's baseline: its last labelled answers, as many as the new one has, so both are
         # scored on recent traffic (after a drift, older answers were on traffic that no longer comes).
         old = _quality(session, old_version, sources=measures,

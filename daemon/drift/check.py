@@ -19,8 +19,10 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -68,43 +70,71 @@ def embeddings_of(frame: pd.DataFrame) -> np.ndarray:
 
 def reference_for(settings: Settings, champion: ModelVersion, engine: Engine) -> tuple[pd.DataFrame, np.ndarray]:
     """The champion's reference rows (:func:`~refitd.daemon.drift.baseline.reference_rows`) scored by the
-    champion; cached per version, with where the rows came from in ``reference-<version>.json`` beside them.
-    A cache drawn at another ``drift.reference_size`` is drawn again: a changed setting takes effect at the next check."""
-    cache = cache_file(settings, champion.version, ".parquet")
-    drawn_at = reference_provenance(settings, champion.version).get("reference_size", settings.drift.reference_size)
-    if drawn_at != settings.drift.reference_size:
-        log.info("drift reference for %s: drift.reference_size changed from %s to %d; drawing it again",
-                 champion.version, drawn_at, settings.drift.reference_size)
-    elif cache.is_file():
-        try:
-            frame = pd.read_parquet(cache)
-            return frame.drop(columns=["embedding"]), embeddings_of(frame)
-        except Exception as exc:  # noqa: BLE001 - a damaged cache is rebuilt, never a check that fails for good
-            log.warning("drift reference cache %s unreadable (%s: %s); rebuilding it", cache.name, type(exc).__name__, exc)
+    champion; cached per version, with where the rows came from in ``reference-<version>.json`` beside them."""
+    cached = _cached_reference(settings, champion.version)
+    if cached is not None:
+        return cached
     runtime = champion_runtime(settings, champion)
     rows, provenance = reference_rows(settings, champion, runtime.folder, engine)
     frame, emb = score(runtime, rows["text"].tolist())
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    # Written aside and renamed: a check stopped mid-write (its timeout, a daemon stop) leaves no torn cache.
-    scratch = cache.with_name(f"{CACHE_SCRATCH_PREFIX}{cache.name}.{os.getpid()}")
-    try:
-        frame.assign(embedding=[e.astype(np.float16).tobytes() for e in emb]).to_parquet(scratch)
-        os.replace(scratch, cache)
-    finally:  # a failed write (a full disk) leaves nothing behind; a killed one is swept at the next start
-        scratch.unlink(missing_ok=True)
-    cache.with_suffix(".json").write_text(json.dumps(provenance | {"rows": len(frame),
-                                                                   "reference_size": settings.drift.reference_size},
-                                                     default=str))
+    # Each file written aside and renamed: a check stopped mid-write (its timeout, a daemon stop) leaves no torn
+    # cache; the record last, so a cache without one is drawn again.
+    _write_aside(cache_file(settings, champion.version, ".parquet"),
+                 lambda path: frame.assign(embedding=[e.astype(np.float16).tobytes() for e in emb]).to_parquet(path))
+    _write_record(settings, champion.version,
+                  provenance | {"rows": len(frame), "reference_size": settings.drift.reference_size})
     log.info("drift reference for %s: %d rows, %s", champion.version, len(frame), provenance["source"])
     return frame, emb
 
 
+def _cached_reference(settings: Settings, version: str) -> tuple[pd.DataFrame, np.ndarray] | None:
+    """This host's cached reference of ``version``, or None to draw it again: none cached, no readable record of
+    where it came from, drawn at another ``drift.reference_size`` (a changed setting takes effect at the next
+    check), or damaged. A record from before the size was kept in it is taken as drawn at the size in force now
+    when it holds no more rows, and says so from then on."""
+    cache, size = cache_file(settings, version, ".parquet"), settings.drift.reference_size
+    record = reference_provenance(settings, version)
+    if not cache.is_file() or not record:
+        return None
+    if "reference_size" not in record and int(record.get("rows", 0)) <= size:
+        record["reference_size"] = size
+        _write_record(settings, version, record)
+    if record.get("reference_size") != size:
+        log.info("drift reference for %s: drawn at drift.reference_size %s, now %d; drawing it again",
+                 version, record.get("reference_size", f"(not recorded, {record.get('rows')} rows)"), size)
+        return None
+    try:
+        frame = pd.read_parquet(cache)
+        return frame.drop(columns=["embedding"]), embeddings_of(frame)
+    except Exception as exc:  # noqa: BLE001 - a damaged cache is rebuilt, never a check that fails for good
+        log.warning("drift reference cache %s unreadable (%s: %s); rebuilding it", cache.name, type(exc).__name__, exc)
+        return None
+
+
+def _write_aside(path: Path, write: Callable[[Path], object]) -> None:
+    """``write`` a file to a scratch name beside ``path``, then rename it there. A failed write (a full disk) leaves
+    nothing behind; a killed one is swept at the next start (:func:`refitd.daemon.drift.sweep`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(f"{CACHE_SCRATCH_PREFIX}{path.name}.{os.getpid()}")
+    try:
+        write(scratch)
+        os.replace(scratch, path)
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
+def _write_record(settings: Settings, version: str, record: dict[str, Any]) -> None:
+    _write_aside(cache_file(settings, version, ".json"),
+                 lambda path: path.write_text(json.dumps(record, default=str)))
+
+
 def reference_provenance(settings: Settings, version: str) -> dict[str, Any]:
-    """Where a cached reference's rows came from (empty when it predates this record)."""
+    """Where a cached reference's rows came from, and the size it was drawn at (empty when there is no readable
+    record: the reference is then drawn again)."""
     path = cache_file(settings, version, ".json")
     try:
         return json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):  # unreadable: the reference is drawn again with a fresh record
+    except (OSError, ValueError):
         return {}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from datetime import timedelta
@@ -16,7 +17,7 @@ from refitd.core import registry
 from refitd.core.artifacts import TRAIN_ROWS_FILE, ArtifactStore
 from refitd.core.datasets import load_bundled_corpus
 from refitd.core.db import make_engine, session_scope, upgrade
-from refitd.core.errors import ArtifactError
+from refitd.core.errors import ArtifactError, ConfigError
 from refitd.core.registration import register_candidate
 from refitd.core.settings import Settings
 from refitd.core.tables import Prediction, RefitRun, new_prediction_id, utcnow
@@ -101,6 +102,18 @@ def test_checks_over_logged_traffic(tmp_path: Path, untrained_artifact: Path) ->
     smaller = run_check(resized, engine)
     assert smaller.signals["_reference"]["rows"] == 600 and len(pd.read_parquet(cache)) == 600
     assert run_check(resized, engine).signals["_reference"]["rows"] == 600  # and keeps it
+    # A record written before the size was kept in it: taken as drawn at the size in force, and says so from then
+    # on, so a later change is seen; a cache without its record is drawn again.
+    record = settings.home / "drift" / "reference-v1.json"
+    record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "reference_size"}))
+    drawn = cache.stat().st_mtime_ns
+    assert run_check(resized, engine).signals["_reference"]["rows"] == 600
+    assert cache.stat().st_mtime_ns == drawn and json.loads(record.read_text())["reference_size"] == 600
+    record.unlink()
+    assert run_check(resized, engine).signals["_reference"]["source"] == "training rows"
+    assert cache.stat().st_mtime_ns != drawn
+    with pytest.raises(ConfigError, match=r"drift.reference_size must be ≥ drift.min_window \(200\); got 100"):
+        Settings.load(home=tmp_path, drift={"reference_size": 100})
 
 
 def test_time_window_keeps_only_recent_predictions(tmp_path: Path) -> None:
