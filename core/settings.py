@@ -111,12 +111,14 @@ class Settings(BaseSettings):
             raise ConfigError(validation_problems(exc, subject="settings")) from None
 
     def quick(self) -> Settings:
-        """The quick profile (demos, tests, smoke runs): a few hundred rows, short texts, short training."""
+        """The quick profile (demos, tests, smoke runs): a few hundred rows, short texts, short training (at least
+        four frozen layers, unless freezing is off: a model whose layers cannot be frozen, such as ALBERT's shared
+        ones, runs with ``training.freeze_layers = 0``)."""
         t = self.training
         return self.updated({"model": {"max_length": min(self.model.max_length, 32)},
                              "training": {"max_train_rows": min(t.max_train_rows or 400, 400),
                                           "max_test_rows": min(t.max_test_rows or 500, 500),
-                                          "epochs": 2.0, "freeze_layers": max(t.freeze_layers, 4),
+                                          "epochs": 2.0, "freeze_layers": t.freeze_layers and max(t.freeze_layers, 4),
                                           "learning_rate": 3e-4, "batch_size": 16}})
 
     # Handing settings to a child process ----------------------------------------------

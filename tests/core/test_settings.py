@@ -74,6 +74,8 @@ def test_the_quick_profile_is_one_validated_transform(tmp_path) -> None:
     q = Settings.load(home=tmp_path).quick()
     assert (q.training.max_train_rows, q.training.max_test_rows, q.model.max_length) == (400, 500, 32)
     assert q.training.freeze_layers >= 4 and q.quick().model_dump() == q.model_dump()  # idempotent
+    unfrozen = Settings.load(home=tmp_path, training={"freeze_layers": 0, "unfreeze_every_epochs": 0}).quick()
+    assert unfrozen.training.freeze_layers == 0  # freezing off stays off (a model whose layers cannot be frozen)
 
 
 @pytest.mark.parametrize(("given", "mode"), [(None, "run"), ("run", "run"), ("off", "off"), ("on", "on"), ("ON", "on"),
