@@ -1,4 +1,5 @@
-"""``python -m refitd.bench route``: what answering ``POST /v1/predict`` outside FastAPI's routing saves a lone request.
+"""``python -m refitd.bench route``: what answering ``POST /v1/predict`` (and V2 infer) outside FastAPI's routing saves a
+lone request.
 
 One ``refitd serve``-built app (the real data plane, batcher and prediction log) with a twin of the route:
 the same endpoint registered with FastAPI at ``/bench/predict-fastapi`` (first in the route table, so its
@@ -6,7 +7,9 @@ matching costs the least it can), beside ``/v1/predict``, which refitd's pure-AS
 (serving/fastpath.py). The server runs on one core with one inference thread; one client on another core
 sends every text to both routes in turn, on one keep-alive connection, the order alternating, so a shared
 machine's changing load falls on both alike. Reported: each route's p50, and the median of the per-text
-differences (FastAPI-routed minus fast), per precision.
+differences (FastAPI-routed minus fast), per precision. The Open Inference Protocol's infer route is paired the
+same way: ``/v2/models/<name>/infer`` (FastRoute) against its FastAPI-routed twin at ``/bench/v2/models/{model}/infer``,
+one text per request as JSON.
 
 Beside them, the same text goes to a raw ONNX Runtime session (the served graph, one intra-op thread, the same
 tokenizer; a helper process pinned to the server's core, timing its own encode and run) in the same turn, so
@@ -34,6 +37,8 @@ from typing import Any
 
 TWIN = "/bench/predict-fastapi"
 FAST = "/v1/predict"
+V2_ROUTE = "/v2/models/{model}/infer"
+V2_TWIN = "/bench" + V2_ROUTE
 
 
 def serve(port: int) -> None:
@@ -43,9 +48,10 @@ def serve(port: int) -> None:
 
     settings = Settings.load()
     app = build(settings).app
-    route = next(r for r in app.routes if getattr(r, "path", None) == FAST)
-    app.add_api_route(TWIN, route.endpoint, methods=["POST"], include_in_schema=False)  # type: ignore[attr-defined]
-    app.router.routes.insert(0, app.router.routes.pop())
+    for path, twin in ((FAST, TWIN), (V2_ROUTE, V2_TWIN)):  # each twin first in the table: the least matching cost
+        route = next(r for r in app.routes if getattr(r, "path", None) == path)
+        app.add_api_route(twin, route.endpoint, methods=["POST"], include_in_schema=False)  # type: ignore[attr-defined]
+        app.router.routes.insert(0, app.router.routes.pop())
     GracefulServer(uvicorn_config(settings, app, host="127.0.0.1", port=port)).run()
 
 
@@ -69,9 +75,11 @@ def raw(artifact: Path, model_file: str) -> None:
         print(f"{(time.perf_counter() - start) * 1000:.6f}", flush=True)
 
 
-def _paired(port: int, bodies: list[bytes], texts: list[str], helper: Any) -> dict[str, Any]:
+def _paired(port: int, bodies: list[bytes], texts: list[str], helper: Any, *, model: str) -> dict[str, Any]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     lat: dict[str, list[float]] = {TWIN: [], FAST: [], "raw": []}
+    v2_fast, v2_twin = V2_ROUTE.format(model=model), V2_TWIN.format(model=model)
+    v2: dict[str, list[float]] = {v2_fast: [], v2_twin: []}
 
     def alone(text: str) -> float:
         helper.stdin.write(json.dumps(text) + "\n")
@@ -94,11 +102,21 @@ def _paired(port: int, bodies: list[bytes], texts: list[str], helper: Any) -> di
     for i, (body, text) in enumerate(zip(bodies, texts, strict=True)):
         for turn in ((TWIN, FAST, "raw"), (FAST, "raw", TWIN), ("raw", TWIN, FAST))[i % 3]:
             lat[turn].append(alone(text) if turn == "raw" else one(turn, body))
+    v2_bodies = [json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [t]}]}).encode()
+                 for t in texts]
+    for body in v2_bodies[:50]:  # warm-up
+        one(v2_twin, body)
+        one(v2_fast, body)
+    for i, body in enumerate(v2_bodies):
+        for path in ((v2_twin, v2_fast), (v2_fast, v2_twin))[i % 2]:
+            v2[path].append(one(path, body))
     conn.close()
     return {"fastapi_p50_ms": statistics.median(lat[TWIN]), "fast_p50_ms": statistics.median(lat[FAST]),
             "saved_ms": statistics.median(a - b for a, b in zip(lat[TWIN], lat[FAST], strict=True)),
             "raw_p50_ms": statistics.median(lat["raw"]),
-            "added_ms": statistics.median(a - b for a, b in zip(lat[FAST], lat["raw"], strict=True))}
+            "added_ms": statistics.median(a - b for a, b in zip(lat[FAST], lat["raw"], strict=True)),
+            "v2_fastapi_p50_ms": statistics.median(v2[v2_twin]), "v2_fast_p50_ms": statistics.median(v2[v2_fast]),
+            "v2_saved_ms": statistics.median(a - b for a, b in zip(v2[v2_twin], v2[v2_fast], strict=True))}
 
 
 def run(home: Path, *, texts: int) -> dict[str, Any]:
@@ -126,7 +144,7 @@ def run(home: Path, *, texts: int) -> dict[str, Any]:
                                   env=env, preexec_fn=lambda: os.sched_setaffinity(0, server))
         try:
             with pinned(client):
-                out["precisions"][precision] = _paired(port, bodies, sample, helper)
+                out["precisions"][precision] = _paired(port, bodies, sample, helper, model=settings.model.name)
         finally:
             helper.stdin.close()  # type: ignore[union-attr]
             helper.wait(timeout=30)
@@ -143,6 +161,11 @@ def render(r: dict[str, Any]) -> str:
     for precision, p in r["precisions"].items():
         lines.append(f"| {precision} | {p['raw_p50_ms']:.3f} | {p['fast_p50_ms']:.3f} | {p['fastapi_p50_ms']:.3f} | "
                      f"{p['added_ms']:+.3f} ms | {p['saved_ms']:+.3f} ms |")
+    lines += ["", "| precision | V2 infer FastRoute p50 ms | V2 infer FastAPI-routed p50 ms | saved (median of pairs) |",
+              "|---|---:|---:|---:|"]
+    for precision, p in r["precisions"].items():
+        lines.append(f"| {precision} | {p['v2_fast_p50_ms']:.3f} | {p['v2_fastapi_p50_ms']:.3f} | "
+                     f"{p['v2_saved_ms']:+.3f} ms |")
     return "\n".join(lines)
 
 
@@ -153,6 +176,8 @@ def ratios(r: dict[str, Any]) -> list[tuple[str, str, str]]:
                     f"{p['fast_p50_ms'] / p['fastapi_p50_ms']:.3f}× ({p['saved_ms']:+.3f} ms)", "< 1×"))
         out.append((f"{precision}: served − raw single text, median of per-text pairs (client and server on own cores)",
                     f"{p['added_ms']:+.3f} ms", "≤ 1.0 ms"))
+        out.append((f"{precision}: V2 infer FastRoute p50 / FastAPI-routed p50 (saved per request)",
+                    f"{p['v2_fast_p50_ms'] / p['v2_fastapi_p50_ms']:.3f}× ({p['v2_saved_ms']:+.3f} ms)", "< 1×"))
     return out
 
 

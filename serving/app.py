@@ -27,7 +27,7 @@ from refitd.core import registry
 from refitd.core.errors import AdminDeniedError, NoChampionError, RefitdError, UnprocessableError
 from refitd.serving.body import JSON, BodyLimit, errors_message, parse_body, parse_json, validate
 from refitd.serving.dataplane import DataPlane
-from refitd.serving.fastpath import FastRoute, error_parts
+from refitd.serving.fastpath import JSON_HEADER, FastRoute, Headers, error_parts
 from refitd.serving.limits import check_texts, text_problem, too_many_texts
 from refitd.serving.oip import add_v2_routes
 from refitd.serving.ratelimit import RateLimiter
@@ -144,12 +144,17 @@ def create_app(plane: DataPlane) -> FastAPI:
         metrics.log_rejected.set(plane.predlog.rejected)
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
+    async def predict_fast(raw: bytes, headers: Headers) -> tuple[bytes, Headers]:
+        return await predict_json(raw), [JSON_HEADER]
+
     _add_admin_routes(app, plane)
-    add_v2_routes(app, plane)
+    infer_path, infer_fast = add_v2_routes(app, plane)
     _publish_current_labels(app, plane)
-    # Each add_middleware wraps the ones before it: FastRoute innermost, RequestMetrics outermost.
-    route = next(r for r in app.routes if getattr(r, "path", None) == "/v1/predict")
-    app.add_middleware(FastRoute, path="/v1/predict", route=route, answer=predict_json)
+    # Each add_middleware wraps the ones before it: the FastRoutes innermost, RequestMetrics outermost.
+    for path, template, answer in ((infer_path, "/v2/models/{model}/infer", infer_fast),
+                                   ("/v1/predict", "/v1/predict", predict_fast)):
+        route = next(r for r in app.routes if getattr(r, "path", None) == template)
+        app.add_middleware(FastRoute, path=path, route=route, answer=answer)
     app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
     fixed = frozenset(r.path for r in app.routes if "{" not in getattr(r, "path", "{"))
     app.add_middleware(RequestMetrics, metrics=metrics, paths=fixed)  # outermost: counts the 413s BodyLimit answers too

@@ -1,12 +1,14 @@
-"""``POST /v1/predict`` answered in pure ASGI: the hot route skips FastAPI's routing and request objects.
+"""``POST /v1/predict`` (and the Open Inference Protocol's ``POST /v2/models/<name>/infer``) answered in pure ASGI:
+the hot routes skip FastAPI's routing and request objects.
 
 What this skips of a lone request (route matching, the exception and exit-stack middlewares, dependency
 solving, ``Request`` and ``Response`` objects) measured 0.12–0.22 ms, medians of 800 paired requests against
 the same endpoint routed by FastAPI in the same server (``python -m refitd.bench route``; 2-vCPU AMD EPYC,
-server on one core): a sixth to a fifth of what the server adds to the model call at concurrency 1. This
-middleware answers ``POST /v1/predict`` itself with the same code the FastAPI endpoint runs
-(``answer``) and the same error bodies; it sits inside ``RequestMetrics`` and ``BodyLimit``, so the
-route is counted under its template and the body limit holds. Every other method and route, and the
+server on one core): a sixth to a fifth of what the server adds to the model call at concurrency 1. Each
+instance answers one route itself with the same code the FastAPI endpoint runs (``answer``) and the same
+error bodies: ``/v1/predict``, and the V2 infer route of the served model's name (a versioned infer path, or
+another name, goes on to FastAPI). It sits inside ``RequestMetrics`` and ``BodyLimit``, so the route is
+counted under its template and the body limit holds. Every other method and route, and the
 route's OpenAPI entry, stay FastAPI's; an error it does not own (not a :class:`RefitdError`) goes on to
 Starlette's server-error middleware and a 500, as it would from the endpoint. With FastAPI's own telemetry on
 (``serving.opentelemetry``) requests go to FastAPI too: its router is what names the span and the
@@ -37,10 +39,15 @@ def error_parts(exc: RefitdError) -> tuple[int, bytes, list[tuple[bytes, bytes]]
     return exc.status_code, orjson.dumps({"error": str(exc)}), headers
 
 
-class FastRoute:
-    """Answer ``POST path`` with ``answer(body) -> JSON bytes``; pass anything else on to ``app``."""
+Headers = list[tuple[bytes, bytes]]
+# The request's whole body and its ASGI headers → the answer's body and headers (its content type among them)
+Answer = Callable[[bytes, Headers], Awaitable[tuple[bytes, Headers]]]
 
-    def __init__(self, app: Any, *, path: str, route: Any, answer: Callable[[bytes], Awaitable[bytes]]) -> None:
+
+class FastRoute:
+    """Answer ``POST path`` with ``answer(body, headers)``; pass anything else on to ``app``."""
+
+    def __init__(self, app: Any, *, path: str, route: Any, answer: Answer) -> None:
         self.app, self.path, self.route, self.answer = app, path, route, answer
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -53,11 +60,13 @@ class FastRoute:
             raw = await _body(receive)
             if raw is None:
                 return  # the client went away before its body arrived: nobody to answer
-            status, body, headers = 200, await self.answer(raw), []
+            body, headers = await self.answer(raw, scope["headers"])
+            status = 200
         except RefitdError as exc:
-            status, body, headers = error_parts(exc)
+            status, body, extra = error_parts(exc)
+            headers = [JSON_HEADER, *extra]
         await send({"type": "http.response.start", "status": status,
-                    "headers": [JSON_HEADER, (b"content-length", str(len(body)).encode()), *headers]})
+                    "headers": [*headers, (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
 

@@ -9,17 +9,20 @@ from refitd.core.errors import NotFoundError
 from refitd.serving import v2
 from refitd.serving.body import parse_json
 from refitd.serving.dataplane import DataPlane
+from refitd.serving.fastpath import Answer, Headers
 from refitd.serving.limits import check_texts
 from refitd.serving.schemas import errors, infer_schema
 
 SERVER_VERSION = "0.1.0"
+_HEADER_KEY = v2.HEADER.lower().encode("latin-1")  # as ASGI names request headers
 # With binary_data outputs the answer is the JSON header followed by raw tensor bytes.
 BINARY_ANSWER = {200: {"description": "JSON, or (binary_data outputs) a JSON header of Inference-Header-Content-Length "
                                       "bytes followed by the tensors' bytes.",
                        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 
 
-def add_v2_routes(app: FastAPI, plane: DataPlane) -> None:
+def add_v2_routes(app: FastAPI, plane: DataPlane) -> tuple[str, Answer]:
+    """Add the V2 routes; the served model's unversioned infer path, and its answer for a :class:`FastRoute`."""
     name = plane.settings.model.name
     limits = plane.settings.serving
 
@@ -51,17 +54,25 @@ def add_v2_routes(app: FastAPI, plane: DataPlane) -> None:
         check(model, version)
         return JSONResponse({"name": name, "ready": plane.ready}, status_code=200 if plane.ready else 503)
 
-    async def infer(model: str, request: Request, version: str | None = None) -> Response:
-        check(model, version)
+    async def infer_body(raw: bytes, header_length: str | None) -> tuple[bytes, dict[str, str]]:
         plane.require_ready()
-        head, binary = v2.split_body(await request.body(), request.headers.get(v2.HEADER))
+        head, binary = v2.split_body(raw, header_length)
         parsed = v2.parse_infer(await parse_json(head), binary, {"label", "scores"},
                                 max_texts=limits.max_texts_per_request)
         check_texts(parsed.texts, max_texts=limits.max_texts_per_request, max_chars=limits.max_text_chars)
         answer, _ = await plane.predict_answer(parsed.texts)
-        body, headers = v2.build_response(parsed, model_name=name, model_version=answer.runtime.version,
-                                          labels=answer.labels, scores=answer.scores)
+        return v2.build_response(parsed, model_name=name, model_version=answer.runtime.version,
+                                 labels=answer.labels, scores=answer.scores)
+
+    async def infer(model: str, request: Request, version: str | None = None) -> Response:
+        check(model, version)
+        body, headers = await infer_body(await request.body(), request.headers.get(v2.HEADER))
         return Response(body, headers=headers)
+
+    async def infer_fast(raw: bytes, headers: Headers) -> tuple[bytes, Headers]:
+        length = next((value.decode("latin-1") for key, value in headers if key == _HEADER_KEY), None)
+        body, answer_headers = await infer_body(raw, length)
+        return body, [(key.lower().encode("latin-1"), value.encode("latin-1")) for key, value in answer_headers.items()]
 
     body = {"requestBody": {"required": True, "content": {"application/json": {
         "schema": infer_schema(max_texts=limits.max_texts_per_request, max_chars=limits.max_text_chars)}}}}
@@ -77,3 +88,5 @@ def add_v2_routes(app: FastAPI, plane: DataPlane) -> None:
         runtime = plane.runtime
         return [{"name": name, "version": runtime.version if runtime else "",
                  "state": "READY" if plane.ready else "UNAVAILABLE", "reason": ""}]
+
+    return f"/v2/models/{name}/infer", infer_fast

@@ -1,4 +1,4 @@
-"""FastRoute: POST /v1/predict in pure ASGI answers as the FastAPI route did, and steps aside for the rest.
+"""FastRoute: POST /v1/predict (and V2 infer) in pure ASGI answers as the FastAPI route did, and steps aside for the rest.
 
 Driven through the ASGI interface itself (the served path through a real server is test_api.py's and
 test_front_door.py's: metrics labels, 405 with Allow, 413 on a declared or chunked body)."""
@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from refitd.core.errors import OverloadedError, UnprocessableError
-from refitd.serving.fastpath import FastRoute
+from refitd.serving.fastpath import JSON_HEADER, FastRoute
 
 
 class _Inner:
@@ -47,9 +47,9 @@ def _body(chunks: list[bytes]) -> list[dict]:
 def test_answers_post_with_the_whole_body_and_labels_the_route() -> None:
     seen: list[bytes] = []
 
-    async def answer(raw: bytes) -> bytes:
+    async def answer(raw: bytes, headers: list) -> tuple[bytes, list]:
         seen.append(raw)
-        return orjson.dumps({"predictions": [{"label": "travel"}]})
+        return orjson.dumps({"predictions": [{"label": "travel"}]}), [JSON_HEADER]
 
     inner, route_obj = _Inner(), object()
     route = FastRoute(inner, path="/v1/predict", route=route_obj, answer=answer)
@@ -65,7 +65,7 @@ def test_answers_post_with_the_whole_body_and_labels_the_route() -> None:
 @pytest.mark.parametrize(("method", "path"), [("GET", "/v1/predict"), ("POST", "/v1/feedback"),
                                               ("POST", "/v1/predict/"), ("HEAD", "/v1/predict")])
 def test_every_other_method_and_route_goes_to_the_app(method: str, path: str) -> None:
-    async def answer(raw: bytes) -> bytes:
+    async def answer(raw: bytes, headers: list) -> tuple[bytes, list]:
         raise AssertionError("the fast path answered a request it does not own")
 
     inner = _Inner()
@@ -74,10 +74,10 @@ def test_every_other_method_and_route_goes_to_the_app(method: str, path: str) ->
 
 
 def test_refitd_errors_answer_with_status_message_and_retry_after() -> None:
-    async def overloaded(raw: bytes) -> bytes:
+    async def overloaded(raw: bytes, headers: list) -> tuple[bytes, list]:
         raise OverloadedError("queue full", retry_after=3)
 
-    async def unprocessable(raw: bytes) -> bytes:
+    async def unprocessable(raw: bytes, headers: list) -> tuple[bytes, list]:
         raise UnprocessableError("text: must not be empty")
 
     for answer, status, retry, message in ((overloaded, 503, [(b"retry-after", b"3")], "queue full"),
@@ -89,7 +89,7 @@ def test_refitd_errors_answer_with_status_message_and_retry_after() -> None:
 
 
 def test_a_client_gone_before_its_body_gets_no_answer_and_other_errors_propagate() -> None:
-    async def answer(raw: bytes) -> bytes:
+    async def answer(raw: bytes, headers: list) -> tuple[bytes, list]:
         raise RuntimeError("a bug")
 
     route = FastRoute(_Inner(), path="/v1/predict", route=None, answer=answer)
@@ -101,8 +101,8 @@ def test_a_client_gone_before_its_body_gets_no_answer_and_other_errors_propagate
 
 
 def test_behind_a_root_path_it_still_answers_and_with_fastapi_telemetry_it_steps_aside() -> None:
-    async def answer(raw: bytes) -> bytes:
-        return b'{"predictions": []}'
+    async def answer(raw: bytes, headers: list) -> tuple[bytes, list]:
+        return b'{"predictions": []}', [JSON_HEADER]
 
     inner = _Inner()
     route = FastRoute(inner, path="/v1/predict", route=None, answer=answer)
@@ -120,6 +120,7 @@ def test_the_served_app_answers_predict_through_the_fast_route(tmp_path) -> None
     from refitd.serving.server import build
 
     app = build(Settings.load(home=tmp_path)).app
-    assert [m.cls for m in app.user_middleware] == [RequestMetrics, BodyLimit, FastRoute]  # outermost first
-    fast = next(m for m in app.user_middleware if m.cls is FastRoute)
-    assert fast.kwargs["path"] == "/v1/predict" and fast.kwargs["route"].path == "/v1/predict"
+    assert [m.cls for m in app.user_middleware] == [RequestMetrics, BodyLimit, FastRoute, FastRoute]  # outermost first
+    fast = [m.kwargs for m in app.user_middleware if m.cls is FastRoute]
+    assert [(f["path"], f["route"].path) for f in fast] == [("/v1/predict", "/v1/predict"),
+                                                             ("/v2/models/refitd/infer", "/v2/models/{model}/infer")]

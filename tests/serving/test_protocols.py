@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 import tritonclient.http as triton
@@ -146,6 +147,36 @@ def test_v2_versioned_routes_and_errors(running) -> None:
     assert r.status_code == 400
     r = httpx.post(f"{url}/v2/models/refitd/infer", content=b"{}", headers={"Inference-Header-Content-Length": "99"})
     assert r.status_code == 400 and "body has 2 bytes" in r.json()["error"]
+
+
+def test_v2_infer_answers_alike_through_the_fast_route_and_through_fastapi(running) -> None:
+    """The served model's unversioned infer path is answered in pure ASGI (FastRoute), the versioned one by FastAPI:
+    the same bytes and headers, binary or JSON, the same errors; each counted under its route template."""
+    url = running.url
+    blob = b"".join(len(t).to_bytes(4, "little") + t for t in (b"@united worst airline", "caf\u00e9 ok".encode()))
+    head = orjson.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2],
+                                     "parameters": {"binary_data_size": len(blob)}}],
+                         "outputs": [{"name": "label", "parameters": {"binary_data": True}},
+                                     {"name": "scores", "parameters": {"binary_data": True}}]})
+    requests = [(head + blob, {"Inference-Header-Content-Length": str(len(head))}, 200),
+                (orjson.dumps({"id": "r1", "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1],
+                                                       "data": ["lovely crew"]}]}), {}, 200),
+                (orjson.dumps({"inputs": []}), {}, 422), (b"{nope", {}, 400),
+                (b"{}", {"Inference-Header-Content-Length": "99"}, 400)]
+    for body, headers, status in requests:
+        fast = httpx.post(f"{url}/v2/models/refitd/infer", content=body, headers=headers)
+        routed = httpx.post(f"{url}/v2/models/refitd/versions/v1/infer", content=body, headers=headers)
+        assert fast.status_code == routed.status_code == status, (fast.text, routed.text)
+        assert fast.content == routed.content
+        for name in ("content-type", "content-length", "inference-header-content-length"):
+            assert fast.headers.get(name) == routed.headers.get(name), name
+    binary = httpx.post(f"{url}/v2/models/refitd/infer", content=requests[0][0], headers=requests[0][1])
+    assert binary.headers["content-type"] == "application/octet-stream"
+    families = {f.name: f for f in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)}
+    counted = {(s.labels["route"], s.labels["code"]): s.value for s in families["refitd_requests"].samples
+               if s.name == "refitd_requests_total"}
+    assert counted[("/v2/models/{model}/infer", "200")] == 3
+    assert counted[("/v2/models/{model}/versions/{version}/infer", "200")] == 2
 
 
 def test_metrics_scrape_parses(running) -> None:
