@@ -8,8 +8,8 @@ matching costs the least it can), beside ``/v1/predict``, which refitd's pure-AS
 sends every text to both routes in turn, on one keep-alive connection, the order alternating, so a shared
 machine's changing load falls on both alike. Reported: each route's p50, and the median of the per-text
 differences (FastAPI-routed minus fast), per precision. The Open Inference Protocol's infer route is paired the
-same way: ``/v2/models/<name>/infer`` (FastRoute) against its FastAPI-routed twin at ``/bench/v2/models/{model}/infer``,
-one text per request as JSON.
+same way, in a second phase after the ``/v1`` pairs: ``/v2/models/<name>/infer`` (FastRoute) against its
+FastAPI-routed twin at ``/bench/v2/models/{model}/infer`` (second in the route table), one text per request as JSON.
 
 Beside them, the same text goes to a raw ONNX Runtime session (the served graph, one intra-op thread, the same
 tokenizer; a helper process pinned to the server's core, timing its own encode and run) in the same turn, so
@@ -42,14 +42,14 @@ V2_TWIN = "/bench" + V2_ROUTE
 
 
 def serve(port: int) -> None:
-    """The server side (a child process): refitd's app plus the FastAPI-routed twin of /v1/predict."""
+    """The server side (a child process): refitd's app plus FastAPI-routed twins of /v1/predict and V2 infer."""
     from refitd.core.settings import Settings
     from refitd.serving.server import GracefulServer, build, uvicorn_config
 
     settings = Settings.load()
     app = build(settings).app
-    for path, twin in ((FAST, TWIN), (V2_ROUTE, V2_TWIN)):  # each twin first in the table: the least matching cost
-        route = next(r for r in app.routes if getattr(r, "path", None) == path)
+    for path, twin in ((V2_ROUTE, V2_TWIN), (FAST, TWIN)):  # the /v1 twin first in the table, the V2 twin second:
+        route = next(r for r in app.routes if getattr(r, "path", None) == path)  # the least matching cost each
         app.add_api_route(twin, route.endpoint, methods=["POST"], include_in_schema=False)  # type: ignore[attr-defined]
         app.router.routes.insert(0, app.router.routes.pop())
     GracefulServer(uvicorn_config(settings, app, host="127.0.0.1", port=port)).run()

@@ -28,6 +28,14 @@ class ModelSection(Section):
     )
     max_length: int = Field(64, description="Maximum tokens per text, for training and serving.")
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v or "/" in v:
+            raise ValueError(f"model.name must be non-empty and without '/' (it is served under /v2/models/{{name}}); "
+                             f"got {v!r}")
+        return v
+
     @field_validator("max_length")
     @classmethod
     def _max_length(cls, v: int) -> int:

@@ -148,13 +148,12 @@ def create_app(plane: DataPlane) -> FastAPI:
         return await predict_json(raw), [JSON_HEADER]
 
     _add_admin_routes(app, plane)
-    infer_path, infer_fast = add_v2_routes(app, plane)
+    infer_path, infer_route, infer_fast = add_v2_routes(app, plane)
     _publish_current_labels(app, plane)
     # Each add_middleware wraps the ones before it: the FastRoutes innermost, RequestMetrics outermost.
-    for path, template, answer in ((infer_path, "/v2/models/{model}/infer", infer_fast),
-                                   ("/v1/predict", "/v1/predict", predict_fast)):
-        route = next(r for r in app.routes if getattr(r, "path", None) == template)
-        app.add_middleware(FastRoute, path=path, route=route, answer=answer)
+    app.add_middleware(FastRoute, path=infer_path, route=infer_route, answer=infer_fast)
+    predict_route = next(r for r in app.routes if getattr(r, "path", None) == "/v1/predict")
+    app.add_middleware(FastRoute, path="/v1/predict", route=predict_route, answer=predict_fast)
     app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
     fixed = frozenset(r.path for r in app.routes if "{" not in getattr(r, "path", "{"))
     app.add_middleware(RequestMetrics, metrics=metrics, paths=fixed)  # outermost: counts the 413s BodyLimit answers too

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
@@ -21,8 +23,9 @@ BINARY_ANSWER = {200: {"description": "JSON, or (binary_data outputs) a JSON hea
                        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 
 
-def add_v2_routes(app: FastAPI, plane: DataPlane) -> tuple[str, Answer]:
-    """Add the V2 routes; the served model's unversioned infer path, and its answer for a :class:`FastRoute`."""
+def add_v2_routes(app: FastAPI, plane: DataPlane) -> tuple[str, Any, Answer]:
+    """Add the V2 routes; for a :class:`FastRoute`, the served model's unversioned infer path, its route (what
+    metrics label it by) and its answer."""
     name = plane.settings.model.name
     limits = plane.settings.serving
 
@@ -89,4 +92,5 @@ def add_v2_routes(app: FastAPI, plane: DataPlane) -> tuple[str, Answer]:
         return [{"name": name, "version": runtime.version if runtime else "",
                  "state": "READY" if plane.ready else "UNAVAILABLE", "reason": ""}]
 
-    return f"/v2/models/{name}/infer", infer_fast
+    infer_route = next(r for r in app.routes if getattr(r, "path", None) == "/v2/models/{model}/infer")
+    return f"/v2/models/{name}/infer", infer_route, infer_fast

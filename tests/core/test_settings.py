@@ -70,6 +70,12 @@ def test_updated_settings_are_validated_and_children_get_every_field(tmp_path) -
         Settings.from_json(s.to_json().replace('"log_level": "INFO"', '"log_level": "LOUD"'))
 
 
+@pytest.mark.parametrize("name", ["", "org/model"])
+def test_a_model_name_v2_could_not_route_is_refused(tmp_path, name: str) -> None:
+    with pytest.raises(ConfigError, match="model.name must be non-empty and without '/'"):
+        Settings.load(home=tmp_path, model={"name": name})
+
+
 def test_the_quick_profile_is_one_validated_transform(tmp_path) -> None:
     q = Settings.load(home=tmp_path).quick()
     assert (q.training.max_train_rows, q.training.max_test_rows, q.model.max_length) == (400, 500, 32)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import orjson
 import pytest
 
@@ -48,13 +49,14 @@ def test_answers_post_with_the_whole_body_and_labels_the_route() -> None:
     seen: list[bytes] = []
 
     async def answer(raw: bytes, headers: list) -> tuple[bytes, list]:
-        seen.append(raw)
+        seen.append((raw, headers))
         return orjson.dumps({"predictions": [{"label": "travel"}]}), [JSON_HEADER]
 
     inner, route_obj = _Inner(), object()
     route = FastRoute(inner, path="/v1/predict", route=route_obj, answer=answer)
-    scope, sent = _call(route, "POST", "/v1/predict", _body([b'{"text": "a', b' long ', b'flight"}']))
-    assert seen == [b'{"text": "a long flight"}'] and inner.calls == []
+    asked = [(b"inference-header-content-length", b"12")]
+    scope, sent = _call(route, "POST", "/v1/predict", _body([b'{"text": "a', b' long ', b'flight"}']), headers=asked)
+    assert seen == [(b'{"text": "a long flight"}', asked)] and inner.calls == []
     assert scope["route"] is route_obj  # RequestMetrics reads the route template from here
     start, body = sent
     assert start["status"] == 200 and (b"content-type", b"application/json") in start["headers"]
@@ -71,6 +73,17 @@ def test_every_other_method_and_route_goes_to_the_app(method: str, path: str) ->
     inner = _Inner()
     _, sent = _call(FastRoute(inner, path="/v1/predict", route=None, answer=answer), method, path, _body([b"{}"]))
     assert inner.calls == [(method, path)] and sent[0]["status"] == 299
+
+
+def test_a_request_with_a_query_string_goes_to_the_app() -> None:
+    """What FastAPI makes of a query (a V2 ``?version=``, say) stays FastAPI's."""
+    async def answer(raw: bytes, headers: list) -> tuple[bytes, list]:
+        raise AssertionError("the fast path answered a request with a query string")
+
+    inner = _Inner()
+    route = FastRoute(inner, path="/v2/models/refitd/infer", route=None, answer=answer)
+    _, sent = _call(route, "POST", "/v2/models/refitd/infer", _body([b"{}"]), query_string=b"version=v7")
+    assert inner.calls == [("POST", "/v2/models/refitd/infer")] and sent[0]["status"] == 299
 
 
 def test_refitd_errors_answer_with_status_message_and_retry_after() -> None:
@@ -124,3 +137,14 @@ def test_the_served_app_answers_predict_through_the_fast_route(tmp_path) -> None
     fast = [m.kwargs for m in app.user_middleware if m.cls is FastRoute]
     assert [(f["path"], f["route"].path) for f in fast] == [("/v1/predict", "/v1/predict"),
                                                              ("/v2/models/refitd/infer", "/v2/models/{model}/infer")]
+    # With FastAPI's own infer route gone, the fast route still answers (503: no model loaded yet), and a request
+    # it leaves to FastAPI finds no route: so the answers above came from the fast route, not from FastAPI.
+    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) != "/v2/models/{model}/infer"]
+
+    async def post(path: str) -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://refitd") as client:
+            return await client.post(path, json={"inputs": []})
+
+    answered = asyncio.run(post("/v2/models/refitd/infer"))
+    assert answered.status_code == 503 and "no model is loaded" in answered.json()["error"]
+    assert asyncio.run(post("/v2/models/refitd/infer?version=v7")).status_code == 404

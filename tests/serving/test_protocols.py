@@ -132,6 +132,8 @@ def test_v2_versioned_routes_and_errors(running) -> None:
     assert httpx.post(f"{url}/v2/models/refitd/versions/v1/infer", json=body).status_code == 200
     assert httpx.post(f"{url}/v2/models/refitd/versions/v7/infer", json=body).status_code == 404
     assert httpx.post(f"{url}/v2/models/other/infer", json=body).status_code == 404
+    assert httpx.post(f"{url}/v2/models/refitd/infer?version=v7", json=body).status_code == 404  # FastAPI's, as ever
+    assert httpx.post(f"{url}/v2/models/refitd/infer?version=v1", json=body).status_code == 200
     cases = [
         ({"inputs": [{"name": "text", "datatype": "FP32", "shape": [1], "data": [1.0]}]}, 422, "datatype BYTES"),
         ({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": ["a"]}]}, 422, "shape [2] but 1 elements"),
