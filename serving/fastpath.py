@@ -5,13 +5,12 @@ What this skips of a lone request (route matching, the exception and exit-stack 
 solving, ``Request`` and ``Response`` objects) measured 0.12–0.52 ms, medians of 800 paired requests against
 the same endpoint routed by FastAPI in the same server (``python -m refitd.bench route``; 2-vCPU AMD EPYC hosts,
 server on one core; the larger figures on a slower host): a sixth to a third of what the server adds to the
-model call at concurrency 1. Each
-instance answers one route itself with the same code the FastAPI endpoint runs (``answer``) and the same
-error bodies: ``/v1/predict``, and the V2 infer route of the served model's name (a versioned infer path, or
-another name, goes on to FastAPI, as does a request with a query string: what FastAPI would make of it stays
-FastAPI's). It sits inside ``RequestMetrics`` and ``BodyLimit``, so the route is counted under its template and
-the body limit holds. Every other method and route, and the
-route's OpenAPI entry, stay FastAPI's; an error it does not own (not a :class:`RefitdError`) goes on to
+model call at concurrency 1. Each instance answers one route itself with the same code the FastAPI endpoint
+runs (``answer``) and the same error bodies: ``/v1/predict``, and the V2 infer route of the served model's name
+(a versioned infer path, or another name, goes on to FastAPI, as does a request with a query string: what
+FastAPI would make of it stays FastAPI's). It sits inside ``RequestMetrics`` and ``BodyLimit``, so the route is
+counted under its template and the body limit holds. Every other method and route, and the route's OpenAPI
+entry, stay FastAPI's; an error it does not own (not a :class:`RefitdError`) goes on to
 Starlette's server-error middleware and a 500, as it would from the endpoint. With FastAPI's own telemetry on
 (``serving.opentelemetry``) requests go to FastAPI too: its router is what names the span and the
 ``http.route`` of each request, and a trace is worth more than the fraction of a millisecond.

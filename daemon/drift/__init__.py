@@ -21,7 +21,8 @@ TRAFFIC_PREFIX = "drift-traffic-"  # a champion's published traffic reference: d
 
 def cache_file(settings: Settings, version: str, suffix: str) -> Path:
     """One file of this host's reference cache for ``version``: its rows (``.parquet``), where they came from
-    (``.json``), its calibration (``.calibration.json``, written through ``.calibration.partial``)."""
+    (``.json``), its calibration (``.calibration.json``; ``.calibration.partial`` is what an older refitd killed
+    mid-write left, which retention still takes)."""
     return settings.home / "drift" / f"{CACHE_PREFIX}{version}{suffix}"
 
 

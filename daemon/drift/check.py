@@ -265,10 +265,7 @@ def calibration_for(settings: Settings, champion: ModelVersion, reference: Refer
                  "cutoff p ≤ %.2g)", champion.version, size, calibration.seconds, calibration.draws,
                  calibration.window, calibration.reference, calibration.cutoff)
         stored["windows"][str(size)] = calibration.as_json()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache_file(settings, champion.version, ".calibration.partial")
-        partial.write_text(json.dumps(stored))
-        os.replace(partial, path)
+        _write_aside(path, lambda scratch: scratch.write_text(json.dumps(stored)))
     return Calibration.from_json(stored["windows"][str(size)])
 
 
